@@ -1,0 +1,109 @@
+//! Command line: `run` starts the daemon; the other commands talk to it or
+//! to its state.
+mod sessions;
+
+use crate::config::{Config, DEFAULT_CONFIG, Overrides};
+use crate::policy::Policy;
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Transparent access gateway for AI agent skills"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: attach the kernel hooks and proxy the workload's connections
+    Run(Overrides),
+    /// Remove the kernel hooks; connects from the workload cgroups go direct again
+    Detach {
+        /// Configuration file (for `bpffs_dir`)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// bpffs directory of the pins
+        #[arg(long, value_name = "DIR")]
+        bpffs_dir: Option<PathBuf>,
+    },
+    /// Recorded sessions
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCmd),
+    /// Policy files
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy directory; exit 1 with every error as file:line:col
+    Check {
+        /// Directory [default: the configured one]
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run(o) => crate::daemon::run(o),
+        Cmd::Detach { config, bpffs_dir } => {
+            let dir = match bpffs_dir {
+                Some(d) => d,
+                None => {
+                    Config::load(&Overrides {
+                        config,
+                        ..Default::default()
+                    })?
+                    .bpffs_dir
+                }
+            };
+            let n = crate::bpf::detach_all(&dir)?;
+            println!("detached {n} pinned link(s) under {}", dir.display());
+            Ok(())
+        }
+        Cmd::Sessions(c) => sessions::run(c),
+        Cmd::Policy(PolicyCmd::Check { dir }) => {
+            let dir = match dir {
+                Some(d) => d,
+                None => Config::load(&Overrides::default())?.policies,
+            };
+            match Policy::load_dir(&dir) {
+                Ok(p) => {
+                    println!(
+                        "{}: {} rule(s) in {} file(s), OK",
+                        dir.display(),
+                        p.rules.len(),
+                        p.files.len()
+                    );
+                    Ok(())
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    bail!("{} error(s) in {}", errors.len(), dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// Used by subcommands that only need paths from the config file.
+pub fn config_or_default(config: Option<PathBuf>) -> Result<Config> {
+    match config {
+        Some(_) => Config::load(&Overrides {
+            config,
+            ..Default::default()
+        }),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(&Overrides::default())
+        }
+        None => Ok(Config::default()),
+    }
+}

@@ -1,0 +1,126 @@
+//! `interceptor sessions list`: through the daemon's admin socket when it
+//! runs (it holds the store's lock), from the store itself when it does not.
+use crate::store::{Session, Store};
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum SessionsCmd {
+    /// List recorded sessions, oldest first
+    List {
+        /// Print JSON (one array) instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many (the newest)
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Admin socket of the running daemon
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+        /// State directory, read when no daemon runs
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: SessionsCmd) -> Result<()> {
+    let SessionsCmd::List {
+        json,
+        limit,
+        config,
+        admin_socket,
+        state_dir,
+    } = cmd;
+    let cfg = super::config_or_default(config)?;
+    let socket = admin_socket.unwrap_or(cfg.admin_socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sessions: Vec<Session> = match rt.block_on(crate::admin::get(
+        &socket,
+        &format!("/v1/sessions?limit={limit}"),
+    ))? {
+        Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
+        Some((status, body)) => bail!(
+            "admin socket answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ),
+        None => Store::open(&state_dir.unwrap_or(cfg.state_dir))?.recent(limit)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sessions)?);
+    } else {
+        print!("{}", table(&sessions));
+    }
+    Ok(())
+}
+
+fn table(sessions: &[Session]) -> String {
+    let header = [
+        "ID",
+        "STARTED (UTC)",
+        "CGROUP",
+        "PID",
+        "EXE",
+        "UID",
+        "DESTINATION",
+        "DECISION",
+        "RULE",
+        "UP",
+        "DOWN",
+        "STATE",
+    ];
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.to_string(),
+                format_ms(s.started_ms),
+                s.workload.cgroup.clone(),
+                s.workload.pid.to_string(),
+                s.workload.exe.clone(),
+                s.workload.uid.to_string(),
+                s.destination.clone(),
+                format!("{:?}", s.decision).to_lowercase(),
+                s.rule.clone().unwrap_or_else(|| "-".into()),
+                s.bytes_up.to_string(),
+                s.bytes_down.to_string(),
+                match (&s.state, &s.error) {
+                    (_, Some(_)) => "error".into(),
+                    (st, None) => format!("{st:?}").to_lowercase(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l + "\n"
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}
+
+fn format_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&f).unwrap_or_default()
+}

@@ -1,0 +1,275 @@
+//! Daemon configuration: `/etc/interceptor/interceptor.toml`, overridden by flags.
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/interceptor/interceptor.toml";
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpMode {
+    /// UDP from the workload is refused in the kernel (default: it is not proxied yet).
+    Deny,
+    /// UDP goes out directly, unrecorded. An explicit operator choice.
+    Allow,
+}
+
+/// The file format. Every field is optional; see [`Config::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    cgroups: Option<Vec<String>>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    admin_socket: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    bpffs_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    udp: Option<UdpMode>,
+    heartbeat_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    detach_on_exit: Option<bool>,
+}
+
+/// Effective configuration of `interceptor run`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Workload cgroups, relative to the cgroup2 mount or absolute.
+    pub cgroups: Vec<String>,
+    /// Proxy listener port; the proxy listens on 127.0.0.1 and ::1.
+    pub listen_port: u16,
+    /// Health and metrics listener (loopback).
+    pub admin_listen: SocketAddr,
+    /// Control API (sessions, later approvals); Unix socket, root only.
+    pub admin_socket: PathBuf,
+    pub policies: PathBuf,
+    pub state_dir: PathBuf,
+    /// Where programs, links and maps are pinned.
+    pub bpffs_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub udp: UdpMode,
+    pub heartbeat_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub detach_on_exit: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cgroups: vec!["skills.slice".into()],
+            listen_port: 15001,
+            admin_listen: "127.0.0.1:15000".parse().unwrap(),
+            admin_socket: "/run/interceptor/admin.sock".into(),
+            policies: "/etc/interceptor/policies".into(),
+            state_dir: "/var/lib/interceptor".into(),
+            bpffs_dir: "/sys/fs/bpf/interceptor".into(),
+            log_format: LogFormat::Text,
+            udp: UdpMode::Deny,
+            heartbeat_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(10),
+            detach_on_exit: false,
+        }
+    }
+}
+
+/// Flags of `interceptor run` that override the file.
+#[derive(Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Configuration file [default: /etc/interceptor/interceptor.toml if present]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Workload cgroup, relative to the cgroup2 mount or absolute (repeatable)
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Proxy listener, loopback only: PORT, 127.0.0.1:PORT or [::1]:PORT
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Health/metrics listener on loopback (ADDR:PORT)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
+    /// Control socket
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// Policy directory (*.toml)
+    #[arg(long, value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    /// State directory (session store)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned links and maps
+    #[arg(long, value_name = "DIR")]
+    pub bpffs_dir: Option<PathBuf>,
+    /// Log format
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Detach the kernel hooks on SIGTERM/SIGINT (default: keep them, blocking)
+    #[arg(long)]
+    pub detach_on_exit: bool,
+}
+
+impl Config {
+    pub fn load(o: &Overrides) -> Result<Config> {
+        let file = match &o.config {
+            Some(p) => read_file(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => File::default(),
+        };
+        let mut c = Config::default();
+        if let Some(v) = file.cgroups {
+            c.cgroups = v;
+        }
+        if let Some(v) = file.listen {
+            c.listen_port = parse_listen(&v).context("config `listen`")?;
+        }
+        if let Some(v) = file.admin_listen {
+            c.admin_listen = parse_admin(&v).context("config `admin_listen`")?;
+        }
+        if let Some(v) = file.admin_socket {
+            c.admin_socket = v;
+        }
+        if let Some(v) = file.policies {
+            c.policies = v;
+        }
+        if let Some(v) = file.state_dir {
+            c.state_dir = v;
+        }
+        if let Some(v) = file.bpffs_dir {
+            c.bpffs_dir = v;
+        }
+        if let Some(v) = file.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = file.udp {
+            c.udp = v;
+        }
+        if let Some(v) = file.heartbeat_timeout_ms {
+            if v < 1000 {
+                bail!(
+                    "config `heartbeat_timeout_ms` must be at least 1000 (the daemon beats every 250 ms)"
+                );
+            }
+            c.heartbeat_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = file.connect_timeout_ms {
+            c.connect_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = file.detach_on_exit {
+            c.detach_on_exit = v;
+        }
+        // Flags win over the file.
+        if !o.cgroups.is_empty() {
+            c.cgroups = o.cgroups.clone();
+        }
+        if let Some(v) = &o.listen {
+            c.listen_port = parse_listen(v).context("--listen")?;
+        }
+        if let Some(v) = &o.admin_listen {
+            c.admin_listen = parse_admin(v).context("--admin-listen")?;
+        }
+        if let Some(v) = &o.admin_socket {
+            c.admin_socket = v.clone();
+        }
+        if let Some(v) = &o.policies {
+            c.policies = v.clone();
+        }
+        if let Some(v) = &o.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &o.bpffs_dir {
+            c.bpffs_dir = v.clone();
+        }
+        if let Some(v) = o.log_format {
+            c.log_format = v;
+        }
+        c.detach_on_exit |= o.detach_on_exit;
+        if c.cgroups.is_empty() {
+            bail!("no workload cgroup configured (`cgroups` in the config file or --cgroup)");
+        }
+        if c.admin_listen.port() == c.listen_port {
+            bail!(
+                "the admin listener and the proxy listener cannot share port {}",
+                c.listen_port
+            );
+        }
+        Ok(c)
+    }
+}
+
+fn read_file(path: &Path) -> Result<File> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The proxy always listens on both loopbacks (the kernel rewrites IPv4
+/// connects to 127.0.0.1 and IPv6 ones to ::1), so only the port is free.
+pub fn parse_listen(s: &str) -> Result<u16> {
+    let port = if let Ok(p) = s.parse::<u16>() {
+        p
+    } else {
+        let addr: SocketAddr = s
+            .parse()
+            .with_context(|| format!("{s:?} is not PORT, 127.0.0.1:PORT or [::1]:PORT"))?;
+        if !addr.ip().is_loopback() {
+            bail!("{s}: the proxy listens on loopback only (127.0.0.1 and ::1)");
+        }
+        addr.port()
+    };
+    if port == 0 {
+        bail!("{s}: the proxy port cannot be 0");
+    }
+    Ok(port)
+}
+
+fn parse_admin(s: &str) -> Result<SocketAddr> {
+    let addr: SocketAddr = s
+        .parse()
+        .with_context(|| format!("{s:?} is not ADDR:PORT"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{s}: the admin listener must be on loopback");
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen("15001").unwrap(), 15001);
+        assert_eq!(parse_listen("127.0.0.1:9").unwrap(), 9);
+        assert_eq!(parse_listen("[::1]:9").unwrap(), 9);
+        assert!(parse_listen("0.0.0.0:9").is_err());
+        assert!(parse_listen("0").is_err());
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("icpt-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "listen = \"15009\"\nbogus = 1\n").unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(err.contains("bogus"), "{err}");
+        std::fs::write(&f, "listen = \"15009\"\ncgroups = [\"a\"]\n").unwrap();
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.listen_port, 15009);
+        assert_eq!(c.cgroups, vec!["a".to_string()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

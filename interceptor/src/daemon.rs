@@ -1,0 +1,194 @@
+//! `interceptor run`: start-up checks, wiring, signals, shutdown.
+use crate::admin;
+use crate::bpf::{HookSettings, Hooks};
+use crate::cgroup::{self, CgroupNames};
+use crate::config::{Config, LogFormat, Overrides, UdpMode};
+use crate::policy::Policy;
+use crate::proxy::{Proxy, Stats};
+use crate::store::Store;
+use anyhow::{Context, Result, bail};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
+
+pub fn run(o: Overrides) -> Result<()> {
+    let cfg = Config::load(&o)?;
+    init_logging(cfg.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(serve(cfg));
+    if let Err(e) = &r {
+        tracing::error!("{e:#}");
+    }
+    r
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INTERCEPTOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "interceptor run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup programs)"
+        );
+    }
+    let mount = cgroup::cgroup2_mount()?;
+    let cgroups = cfg
+        .cgroups
+        .iter()
+        .map(|c| cgroup::resolve(&mount, c))
+        .collect::<Result<Vec<_>>>()?;
+    // The daemon's own upstream connects would be redirected to itself.
+    let own = cgroup::cgroup_of("self")?;
+    if let Some(cg) = cgroups.iter().find(|cg| cgroup::is_within(&own, &cg.rel)) {
+        bail!(
+            "the daemon runs inside the workload cgroup {} (its own cgroup is /{own}); \
+             start it outside the cgroups it intercepts",
+            cg.rel
+        );
+    }
+
+    let policy = Policy::load_dir(&cfg.policies).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("invalid policy:\n  {}", list.join("\n  "))
+    })?;
+    tracing::info!(dir = %cfg.policies.display(), rules = policy.rules.len(), "policy loaded");
+    let store = Store::open(&cfg.state_dir)?;
+
+    // Listeners before hooks: once the hooks redirect, someone must accept.
+    let v4 = bind_proxy(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.listen_port)))?;
+    let v6 = match bind_proxy(SocketAddr::from((Ipv6Addr::LOCALHOST, cfg.listen_port))) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            // IPv6 connects are then refused (redirected to a closed port).
+            tracing::warn!(
+                "no IPv6 proxy listener, IPv6 connects from the workload will fail: {e:#}"
+            );
+            None
+        }
+    };
+    let admin_tcp = TcpListener::bind(cfg.admin_listen).await.with_context(|| {
+        format!(
+            "binding the admin listener {} (is another daemon running? use --admin-listen)",
+            cfg.admin_listen
+        )
+    })?;
+    let admin_unix = admin::bind_socket(&cfg.admin_socket)?;
+
+    let hooks = Hooks::attach(
+        &cfg.bpffs_dir,
+        &cgroups,
+        &HookSettings {
+            proxy_port: cfg.listen_port,
+            protected_ports: vec![cfg.listen_port, cfg.admin_listen.port()],
+            allow_udp: cfg.udp == UdpMode::Allow,
+            heartbeat_timeout: cfg.heartbeat_timeout,
+        },
+    )?;
+    let proxy = Arc::new(Proxy {
+        hooks,
+        names: CgroupNames::new(mount, cgroups.iter().map(|c| c.abs.clone()).collect()),
+        policy: RwLock::new(Arc::new(policy)),
+        store,
+        stats: Stats::default(),
+        connect_timeout: cfg.connect_timeout,
+    });
+
+    let hb = proxy.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = hb.hooks.beat() {
+                tracing::error!(error = %e, "heartbeat write failed; connects will be refused");
+            }
+        }
+    });
+    tokio::spawn(proxy.clone().serve(v4));
+    if let Some(v6) = v6 {
+        tokio::spawn(proxy.clone().serve(v6));
+    }
+    tokio::spawn(admin::serve_tcp(admin_tcp, proxy.clone()));
+    tokio::spawn(admin::serve_unix(admin_unix, proxy.clone()));
+    tracing::info!(
+        cgroups = ?cgroups.iter().map(|c| c.rel.as_str()).collect::<Vec<_>>(),
+        port = cfg.listen_port,
+        admin = %cfg.admin_listen,
+        socket = %cfg.admin_socket.display(),
+        "ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&proxy, &cfg),
+        }
+    }
+
+    if cfg.detach_on_exit {
+        let n = crate::bpf::detach_all(&cfg.bpffs_dir)?;
+        tracing::info!(
+            links = n,
+            "stopping; hooks detached, the workload connects directly now"
+        );
+    } else {
+        proxy.hooks.stop_beating()?;
+        tracing::info!(
+            "stopping; hooks stay attached and refuse connects until the daemon is back"
+        );
+    }
+    let _ = std::fs::remove_file(&cfg.admin_socket);
+    proxy.store.flush()?;
+    Ok(())
+}
+
+/// SIGHUP: a valid policy replaces the old one for new connections; an
+/// invalid one is logged and the old one stays in force.
+fn reload(proxy: &Proxy, cfg: &Config) {
+    match Policy::load_dir(&cfg.policies) {
+        Ok(p) => {
+            tracing::info!(rules = p.rules.len(), "policy reloaded");
+            *proxy.policy.write().unwrap() = Arc::new(p);
+        }
+        Err(errors) => {
+            for e in errors {
+                tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
+            }
+        }
+    }
+}
+
+fn bind_proxy(addr: SocketAddr) -> Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("proxy port {addr} is already in use (another interceptor, or pick one with --listen)")
+        } else {
+            anyhow::anyhow!("binding the proxy listener {addr}: {e}")
+        }
+    })?;
+    Ok(sock.listen(4096)?)
+}

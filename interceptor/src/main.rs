@@ -1,0 +1,21 @@
+//! interceptor: a transparent access gateway for AI agent skills.
+mod admin;
+mod bpf;
+mod cgroup;
+mod cli;
+mod config;
+mod daemon;
+mod identity;
+mod policy;
+mod proxy;
+mod store;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    if let Err(e) = cli::dispatch(cli) {
+        eprintln!("interceptor: error: {e:#}");
+        std::process::exit(1);
+    }
+}

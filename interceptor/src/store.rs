@@ -1,0 +1,151 @@
+//! Session store: one sled record per connection, keyed by a monotonically
+//! increasing id (big-endian, so iteration is chronological).
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Who opened the connection, as the kernel and /proc told us.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Workload {
+    /// cgroup path relative to the cgroup2 mount ("skills.slice/foo.service").
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// Thread id and process id (tgid) that called connect().
+    pub tid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// /proc/PID/exe at accept time; empty when the process was already gone.
+    pub exe: String,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    pub id: u64,
+    /// Unix time, milliseconds.
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub state: State,
+    pub workload: Workload,
+    /// The original destination the workload dialled.
+    pub destination: String,
+    /// The client end as the proxy saw it.
+    pub client: String,
+    pub decision: crate::policy::Action,
+    /// Deciding rule; `None` for the default deny or an unattributed connection.
+    pub rule: Option<String>,
+    pub reason: String,
+    /// Workload → upstream.
+    pub bytes_up: u64,
+    /// Upstream → workload.
+    pub bytes_down: u64,
+    pub error: Option<String>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    sessions: sled::Tree,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let path = state_dir.join("store");
+        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                anyhow::anyhow!(
+                    "the session store {} is locked by a running daemon; query it through the admin socket",
+                    path.display()
+                )
+            }
+            e => anyhow::anyhow!("opening the session store {}: {e}", path.display()),
+        })?;
+        let sessions = db.open_tree("sessions")?;
+        Ok(Store { db, sessions })
+    }
+
+    pub fn next_id(&self) -> Result<u64> {
+        // generate_id is monotonic across restarts.
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub fn put(&self, s: &Session) -> Result<()> {
+        self.sessions
+            .insert(s.id.to_be_bytes(), serde_json::to_vec(s)?)?;
+        Ok(())
+    }
+
+    /// The newest `limit` sessions, oldest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<Session>> {
+        let mut out: Vec<Session> = self
+            .sessions
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| -> Result<Session> {
+                let (_, v) = kv?;
+                Ok(serde_json::from_slice(&v)?)
+            })
+            .collect::<Result<_>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_round_trip_in_order() {
+        let dir = std::env::temp_dir().join(format!("icpt-store-{}", std::process::id()));
+        let store = Store::open(&dir).unwrap();
+        for i in 0..5 {
+            let s = Session {
+                id: store.next_id().unwrap(),
+                started_ms: i,
+                ended_ms: None,
+                state: State::Open,
+                workload: Workload::default(),
+                destination: format!("127.0.0.1:{i}"),
+                client: String::new(),
+                decision: crate::policy::Action::Allow,
+                rule: None,
+                reason: String::new(),
+                bytes_up: 0,
+                bytes_down: 0,
+                error: None,
+            };
+            store.put(&s).unwrap();
+        }
+        let r = store.recent(3).unwrap();
+        assert_eq!(
+            r.iter().map(|s| s.started_ms).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert!(r.windows(2).all(|w| w[0].id < w[1].id));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

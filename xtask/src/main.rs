@@ -1,0 +1,54 @@
+//! Developer tasks: `cargo xtask build-ebpf | demo | bench`.
+mod bench;
+mod build_ebpf;
+mod demo;
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+fn usage() -> &'static str {
+    "usage: cargo xtask <command>\n\n\
+     commands:\n  \
+     build-ebpf        build the kernel programs into target/bpf/interceptor.bpf.o\n  \
+     demo              build everything and run the end-to-end demo (root)\n  \
+     bench [--quick]   through-proxy vs direct benchmark, writes BENCHMARKS.md (root)\n"
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{}", usage());
+        std::process::exit(2);
+    };
+    match cmd.as_str() {
+        "build-ebpf" => build_ebpf::run(),
+        "demo" => demo::run(),
+        "bench" => bench::run(&args[1..]),
+        // Internal: the benchmark's client, started inside or outside the cgroup.
+        "bench-client" => bench::client(&args[1..]),
+        "-h" | "--help" | "help" => {
+            print!("{}", usage());
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{}", usage()),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its name when it does not succeed.
+pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot start {cmd:?}: {e}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
