@@ -28,6 +28,10 @@ pub use pins::{detach_all, ensure_bpffs};
 /// The kernel object, built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("INTERCEPTOR_BPF_OBJECT_PATH"));
 
+/// With bpf links (kernel >= 5.7) the kernel takes no attach flags and always
+/// stacks programs as if BPF_F_ALLOW_MULTI; `Single` is what sends 0.
+const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
 /// What the kernel programs need to know.
 pub struct HookSettings {
     pub proxy_port: u16,
@@ -202,21 +206,22 @@ fn attach_cgroup(
         std::fs::File::open(&cg.abs).with_context(|| format!("opening {}", cg.abs.display()))?;
     let links_dir = layout.links_for(cg)?;
     let pin = |name: &str, link: FdLink| -> Result<()> {
-        let path = links_dir.join(format!("{name}.{generation}"));
+        // bpffs refuses names containing a dot.
+        let path = links_dir.join(format!("{name}-{generation}"));
         link.pin(&path)
-            .map_err(|e| anyhow!("pinning {}: {e}", path.display()))?;
+            .with_context(|| format!("pinning {}", path.display()))?;
         Ok(())
     };
     // Order matters only for the moment before all are attached; sock_ops and
     // getpeername first, so a connect that is redirected is also recorded.
     {
         let p: &mut SockOps = program(bpf, programs::SOCK_OPS)?;
-        let id = p.attach(&dir, CgroupAttachMode::AllowMultiple)?;
+        let id = p.attach(&dir, ATTACH_MODE)?;
         pin(programs::SOCK_OPS, p.take_link(id)?.try_into()?)?;
     }
     for name in [programs::POST_BIND4, programs::POST_BIND6] {
         let p: &mut CgroupSock = program(bpf, name)?;
-        let id = p.attach(&dir, CgroupAttachMode::AllowMultiple)?;
+        let id = p.attach(&dir, ATTACH_MODE)?;
         pin(name, p.take_link(id)?.try_into()?)?;
     }
     for name in [
@@ -228,7 +233,7 @@ fn attach_cgroup(
         programs::CONNECT6,
     ] {
         let p: &mut CgroupSockAddr = program(bpf, name)?;
-        let id = p.attach(&dir, CgroupAttachMode::AllowMultiple)?;
+        let id = p.attach(&dir, ATTACH_MODE)?;
         pin(name, p.take_link(id)?.try_into()?)?;
     }
     Ok(())

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <bpffs_dir>/v<LAYOUT_VERSION>/maps/<MAP>                  shared state
-//! <bpffs_dir>/v<LAYOUT_VERSION>/links/<cgroup id>/<prog>.<generation>
+//! <bpffs_dir>/v<LAYOUT_VERSION>/links/<cgroup id>/<prog>-<generation>
 //! ```
 //! The version keeps an upgraded daemon from reusing maps of another layout;
 //! links of every version are found (and replaced) on start.

@@ -217,7 +217,6 @@ pub fn parse_file(
         };
         rules.push(Rule {
             id,
-            origin,
             workloads,
             destinations,
             action,
