@@ -100,6 +100,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Durable on disk when it returns; concurrent callers share one fsync.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())

@@ -236,7 +236,7 @@ mod tests {
         let e = load_dir(&dir).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         e.iter()
-            .map(|e| e.to_string().rsplit_once("p.toml:").unwrap().1.to_string())
+            .map(|e| e.to_string().split_once("/p.toml:").unwrap().1.to_string())
             .collect()
     }
 

@@ -114,20 +114,19 @@ impl Proxy {
         if decision.action == Action::Deny {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
             reset(conn);
-            self.finish(session);
+            self.finish(session).await;
             return;
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         self.record(&session);
 
         // forward
-        let upstream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination)).await
-            {
-                Ok(Ok(u)) => u,
-                Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()),
-                Err(_) => return self.upstream_failed(conn, session, "connect timed out".into()),
-            };
+        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
+        let upstream = match connect.await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
+            Err(_) => return self.upstream_failed(conn, session, "connect timed out".into()).await,
+        };
         let _ = upstream.set_nodelay(true);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         let t = tcp::splice(conn, upstream).await;
@@ -137,21 +136,26 @@ impl Proxy {
         session.bytes_up = t.up;
         session.bytes_down = t.down;
         session.error = t.error;
-        self.finish(session);
+        self.finish(session).await;
     }
 
-    fn upstream_failed(&self, conn: TcpStream, mut session: Session, error: String) {
+    async fn upstream_failed(&self, conn: TcpStream, mut session: Session, error: String) {
         self.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(session = session.id, destination = %session.destination, %error, "upstream connect failed");
         reset(conn);
         session.error = Some(format!("upstream: {error}"));
-        self.finish(session);
+        self.finish(session).await;
     }
 
-    fn finish(&self, mut session: Session) {
+    /// The closed record is durable before the handler ends, so a crash
+    /// right after a connection loses nothing about it.
+    async fn finish(&self, mut session: Session) {
         session.state = State::Closed;
         session.ended_ms = Some(store::now_ms());
         self.record(&session);
+        if let Err(e) = self.store.flush_async().await {
+            tracing::error!(session = session.id, error = %e, "could not flush the session store");
+        }
     }
 
     // record

@@ -1,0 +1,158 @@
+"""A skill stand-in for the end-to-end tests: plain sockets, run inside the
+workload cgroup. Every mode prints one JSON object on stdout.
+
+  echo HOST PORT SIZE     send SIZE deterministic bytes, read the echo back
+  concurrent HOST PORT N  N connections at once through asyncio, each echoed
+  connect HOST PORT       try a connect, report the errno
+  hold HOST PORT          connect, report addresses, wait for a line on stdin
+  bind HOST PORT          try to bind, report the errno
+  udp HOST PORT           try a UDP sendto, report the errno
+"""
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def me():
+    return {"pid": os.getpid(), "exe": os.readlink("/proc/self/exe")}
+
+
+def out(d):
+    print(json.dumps(d), flush=True)
+
+
+def pattern(size):
+    """Deterministic, incompressible-looking bytes, generated in blocks."""
+    block = hashlib.sha256(b"interceptor").digest() * 2048  # 64 KiB
+    sent = 0
+    while sent < size:
+        chunk = block[: min(len(block), size - sent)]
+        yield chunk
+        sent += len(chunk)
+        block = hashlib.sha256(block[:32]).digest() * 2048
+
+
+def echo(host, port, size):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect((host, port))
+    info = dict(me(), peer=list(s.getpeername())[:2], local=list(s.getsockname())[:2])
+    sent_hash = hashlib.sha256()
+
+    def send():
+        for chunk in pattern(size):
+            sent_hash.update(chunk)
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=send)
+    t.start()
+    got = hashlib.sha256()
+    n = 0
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            break
+        got.update(b)
+        n += len(b)
+    t.join()
+    s.close()
+    out(dict(info, sent=size, received=n, sent_sha256=sent_hash.hexdigest(), received_sha256=got.hexdigest()))
+
+
+async def exchange(i, r, w):
+    payload = (f"conn-{i}-".encode() * 4096)[:65536]
+    w.write(payload)
+    await w.drain()
+    w.write_eof()
+    back = await r.read()
+    w.close()
+    return back == payload
+
+
+async def concurrent(host, port, n):
+    # Every connection is open before the first byte is sent.
+    conns = await asyncio.wait_for(asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(n))), 60)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(exchange(i, r, w) for i, (r, w) in enumerate(conns)), return_exceptions=True), 120
+    )
+    ok = sum(1 for r in results if r is True)
+    errors = [repr(r) for r in results if r is not True][:5]
+    out({"ok": ok, "n": n, "errors": errors})
+
+
+def try_connect(host, port):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect((host, port))
+        # Before the exchange: once both sides closed, getpeername fails.
+        peer = list(s.getpeername())[:2]
+        # A redirected connect succeeds at TCP level; a denied one is reset.
+        s.sendall(b"ping\n")
+        s.shutdown(socket.SHUT_WR)
+        data = s.recv(100)
+        out(dict(me(), connected=True, errno=0, data=data.decode(errors="replace"), peer=peer))
+    except OSError as e:
+        out(dict(me(), connected=False, errno=e.errno or 0, error=str(e)))
+    finally:
+        s.close()
+
+
+def hold(host, port):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect((host, port))
+    out(dict(me(), peer=list(s.getpeername())[:2], local=list(s.getsockname())[:2]))
+    sys.stdin.readline()
+    s.close()
+
+
+def try_bind(host, port):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    # TIME_WAIT leftovers of the daemon's port must not answer for the hook.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+        out({"bound": True, "errno": 0})
+    except OSError as e:
+        out({"bound": False, "errno": e.errno or 0, "error": str(e)})
+
+
+def try_udp(host, port):
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"x", (host, port))
+        out({"sent": True, "errno": 0})
+    except OSError as e:
+        out({"sent": False, "errno": e.errno or 0, "error": str(e)})
+
+
+def main():
+    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "echo":
+        echo(host, port, int(sys.argv[4]))
+    elif mode == "concurrent":
+        asyncio.run(concurrent(host, port, int(sys.argv[4])))
+    elif mode == "connect":
+        try_connect(host, port)
+    elif mode == "hold":
+        hold(host, port)
+    elif mode == "bind":
+        try_bind(host, port)
+    elif mode == "udp":
+        try_udp(host, port)
+    else:
+        sys.exit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+//! Test harness: real cgroups, the real daemon binary, real clients, local
+//! upstreams on loopback. Everything cleans up in `Drop`, so a failing test
+//! leaves no cgroup, process or pinned hook behind.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_interceptor");
+
+/// True when the kernel tests can run. Otherwise fails loudly, unless
+/// INTERCEPTOR_SKIP_KERNEL_TESTS=1 asks to skip (CI never sets it).
+pub fn kernel_ready() -> bool {
+    let problem = if unsafe { libc::geteuid() } != 0 {
+        Some("the kernel tests need root (they load BPF programs and create cgroups)".to_string())
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("this kernel has no BTF (/sys/kernel/btf/vmlinux)".to_string())
+    } else if cgroup2_mount().is_none() {
+        Some("no cgroup2 hierarchy is mounted".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if std::env::var("INTERCEPTOR_SKIP_KERNEL_TESTS").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED (INTERCEPTOR_SKIP_KERNEL_TESTS=1): {p}");
+            false
+        }
+        Some(p) => panic!("{p}. Run as root on a kernel with BPF, or set INTERCEPTOR_SKIP_KERNEL_TESTS=1 to skip."),
+    }
+}
+
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+    })
+}
+
+fn unique() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A fresh cgroup under the cgroup2 mount; its processes are killed and the
+/// cgroup removed on drop.
+pub struct TestCgroup {
+    pub rel: String,
+    pub abs: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> TestCgroup {
+        let mount = cgroup2_mount().expect("cgroup2 mount");
+        let rel = format!("interceptor-test-{tag}-{}", unique());
+        let abs = mount.join(&rel);
+        std::fs::create_dir(&abs).unwrap_or_else(|e| panic!("mkdir {}: {e}", abs.display()));
+        TestCgroup { rel, abs }
+    }
+
+    /// `sh -c` that moves itself into the cgroup, then execs the program, so
+    /// nothing runs in the forked child of this (multi-threaded) test process.
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.abs.display()))
+            .arg("sh")
+            .arg(program)
+            .args(args);
+        c
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::write(self.abs.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let procs = std::fs::read_to_string(self.abs.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&self.abs);
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A port in 20000..32000 (below the ephemeral range) free on both loopbacks.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20000 + (std::process::id() % 500) * 20;
+    for _ in 0..2000 {
+        let p = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 12000) as u16;
+        let p = if p >= 32000 { p - 12000 } else { p };
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("::1", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port");
+}
+
+/// Runs a command with a deadline; returns (status ok, stdout, stderr).
+pub fn run(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} timed out after {timeout:?}; stderr: {}", t_err.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.success(), t_out.join().unwrap(), t_err.join().unwrap())
+}
+
+pub fn client_py() -> String {
+    format!("{}/../tests/e2e/client.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs tests/e2e/client.py in the cgroup and parses its JSON line.
+pub fn py(cg: &TestCgroup, args: &[&str]) -> Value {
+    let script = client_py();
+    let mut all = vec!["-u", script.as_str()];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run(cg.command("python3", &all), Duration::from_secs(180));
+    assert!(ok, "client {args:?} failed: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("client output {out:?}: {e}; stderr {err}"))
+}
+
+/// Runs the client outside any test cgroup.
+pub fn py_outside(args: &[&str]) -> Value {
+    let script = client_py();
+    let mut c = Command::new("python3");
+    c.arg("-u").arg(&script).args(args);
+    let (ok, out, err) = run(c, Duration::from_secs(60));
+    assert!(ok, "client {args:?} failed: {err}");
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// A running `interceptor run`, SIGKILLed and its hooks detached on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub cfg: DaemonConfig,
+    pub log: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct DaemonConfig {
+    pub dir: PathBuf,
+    pub cgroups: Vec<String>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub extra: String,
+}
+
+impl DaemonConfig {
+    /// A private directory (policies, state, socket) and bpffs pin dir.
+    pub fn new(cgroups: &[&TestCgroup], policy: &str) -> DaemonConfig {
+        let dir = std::env::temp_dir().join(format!("interceptor-test-{}", unique()));
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/50-test.toml"), policy).unwrap();
+        DaemonConfig {
+            dir,
+            cgroups: cgroups.iter().map(|c| c.rel.clone()).collect(),
+            port: free_port(),
+            admin_port: free_port(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn bpffs(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{}", self.dir.file_name().unwrap().to_string_lossy()))
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        let f = self.dir.join("interceptor.toml");
+        let cgroups: Vec<String> = self.cgroups.iter().map(|c| format!("{c:?}")).collect();
+        std::fs::write(
+            &f,
+            format!(
+                "cgroups = [{}]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\n\
+                 admin_socket = {:?}\npolicies = {:?}\nstate_dir = {:?}\nbpffs_dir = {:?}\n{}",
+                cgroups.join(", "),
+                self.port,
+                self.admin_port,
+                self.socket(),
+                self.dir.join("policies"),
+                self.dir.join("state"),
+                self.bpffs(),
+                self.extra
+            ),
+        )
+        .unwrap();
+        f
+    }
+
+    pub fn set_policy(&self, policy: &str) {
+        let tmp = self.dir.join("policies/.50-test.toml.tmp");
+        std::fs::write(&tmp, policy).unwrap();
+        std::fs::rename(tmp, self.dir.join("policies/50-test.toml")).unwrap();
+    }
+}
+
+impl Daemon {
+    pub fn start(cfg: &DaemonConfig) -> Daemon {
+        let mut d = Daemon { child: None, cfg: cfg.clone(), log: PathBuf::new() };
+        d.restart();
+        d
+    }
+
+    /// Starts (again) with the same configuration and waits for readiness.
+    pub fn restart(&mut self) {
+        let log = self.cfg.dir.join(format!("daemon-{}.log", unique()));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.cfg.config_file())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("spawn interceptor");
+        self.child = Some(child);
+        self.log = log;
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", self.log_text());
+            }
+            if self.log_text().contains("ready") && self.healthz() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon not ready after 30 s:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn healthz(&self) -> bool {
+        http_get(SocketAddr::from(([127, 0, 0, 1], self.cfg.admin_port)), "/healthz")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&mut self, sig: i32) {
+        unsafe { libc::kill(self.pid() as i32, sig) };
+        let _ = self.child.as_mut().unwrap().wait();
+        self.child = None;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+    }
+
+    /// `interceptor sessions list --json`, through the admin socket when the
+    /// daemon runs, from the store otherwise.
+    pub fn sessions(&self) -> Vec<Value> {
+        let mut c = Command::new(BIN);
+        c.args(["sessions", "list", "--json", "--limit", "100000", "--admin-socket"])
+            .arg(self.cfg.socket())
+            .arg("--state-dir")
+            .arg(self.cfg.dir.join("state"));
+        let (ok, out, err) = run(c, Duration::from_secs(30));
+        assert!(ok, "sessions list failed: {err}");
+        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    }
+
+    /// Waits until a closed session matching `pred` is recorded.
+    pub fn wait_session(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.sessions().into_iter().find(|s| s["state"] == "closed" && pred(s)) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("no matching session; have: {:#?}", self.sessions());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new(BIN).arg("detach").arg("--bpffs-dir").arg(self.cfg.bpffs()).output();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ({}) ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// What an upstream saw of one connection.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub peer: SocketAddr,
+}
+
+/// A TCP upstream on loopback (outside every test cgroup) that records each
+/// accepted connection and runs `serve` on it in its own thread.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn start(bind: &str, serve: fn(TcpStream)) -> Upstream {
+        let l = TcpListener::bind(bind).unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (s2, a2) = (seen.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                s2.lock().unwrap().push(Seen { peer: c.peer_addr().unwrap() });
+                a2.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve(c));
+            }
+        });
+        Upstream { addr, seen, accepted }
+    }
+
+    pub fn echo(bind: &str) -> Upstream {
+        Upstream::start(bind, |mut c| {
+            let mut r = c.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut c);
+            let _ = c.shutdown(std::net::Shutdown::Write);
+        })
+    }
+
+    /// A minimal HTTP/1.1 responder: `GET /bytes/N` returns N deterministic
+    /// bytes, anything else "hello". Test fixture only.
+    pub fn http(bind: &str) -> Upstream {
+        Upstream::start(bind, |c| {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                return;
+            }
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut w = c;
+            if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+                let mut left = n;
+                let block = pattern_block();
+                while left > 0 {
+                    let k = left.min(block.len());
+                    if w.write_all(&block[..k]).is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+            } else {
+                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+            }
+        })
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// 64 KiB of bytes that are not all alike.
+pub fn pattern_block() -> Vec<u8> {
+    (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+}
+
+/// The pid owning the TCP socket whose local address is `local`, from
+/// /proc/net/tcp{,6} and /proc/*/fd.
+pub fn socket_owner(local: SocketAddr) -> Option<u32> {
+    let inode = socket_inode(local)?;
+    let target = format!("socket:[{inode}]");
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn socket_inode(local: SocketAddr) -> Option<u64> {
+    let (file, hex) = match local {
+        SocketAddr::V4(a) => ("/proc/net/tcp", format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port())),
+        SocketAddr::V6(a) => {
+            let o = a.ip().octets();
+            let words: String = (0..4)
+                .map(|i| format!("{:08X}", u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])))
+                .collect();
+            ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
+        }
+    };
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&hex.as_str())).then(|| f[9].parse().ok()).flatten()
+    })
+}
+
+pub fn sha256_hex(data: impl Iterator<Item = Vec<u8>>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for d in data {
+        h.update(&d);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub const EPERM: i64 = 1;
+pub const ECONNREFUSED: i64 = 111;
+pub const ECONNRESET: i64 = 104;
