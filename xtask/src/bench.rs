@@ -1,6 +1,202 @@
-pub fn run(_a: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+//! `cargo xtask bench`: the same client, once directly and once from inside
+//! an intercepted cgroup (through the proxy), against the same loopback
+//! servers, in one run. Writes BENCHMARKS.md with the ratios.
+use crate::lab::{self, Lab, Upstream};
+use crate::workspace_root;
+use anyhow::{Context, Result, bail};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Instant;
+
+const POLICY: &str = r#"[[rule]]
+id = "bench"
+workload = "interceptor-bench"
+destination = ["127.0.0.1"]
+action = "allow"
+"#;
+
+struct Sizes {
+    connects: usize,
+    round_trips: usize,
+    bulk_bytes: u64,
 }
-pub fn client(_a: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+
+/// One measured metric, direct and proxied.
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    direct: f64,
+    proxied: f64,
+    /// Lower is better (latency) or higher is better (throughput).
+    lower_is_better: bool,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes { connects: 300, round_trips: 3000, bulk_bytes: 256 << 20 }
+    } else {
+        Sizes { connects: 2000, round_trips: 20000, bulk_bytes: 2 << 30 }
+    };
+    lab::require_root()?;
+    let bin = lab::build_release()?;
+
+    let greeter = Upstream::start("127.0.0.1:0", |mut c| {
+        let _ = c.write_all(b"!");
+    })?;
+    let echo = Upstream::start("127.0.0.1:0", |mut c| {
+        let mut buf = [0u8; 64];
+        while c.read_exact(&mut buf).is_ok() {
+            if c.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    })?;
+    let bulk = sizes.bulk_bytes;
+    let source = Upstream::start("127.0.0.1:0", move |mut c| {
+        let block = vec![0x5au8; 256 * 1024];
+        let mut left = bulk;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            if c.write_all(&block[..n]).is_err() {
+                return;
+            }
+            left -= n as u64;
+        }
+    })?;
+
+    let lab = Lab::new(&bin, "interceptor-bench", POLICY, 15201, 15200)?;
+    let _daemon = lab.start_daemon()?;
+    let me = std::env::current_exe()?;
+    let me = me.to_str().unwrap();
+    let measure = |args: &[&str]| -> Result<(Vec<f64>, Vec<f64>)> {
+        let mut all = vec!["bench-client"];
+        all.extend_from_slice(args);
+        let direct = parse(&lab::output(Command::new(me).args(&all))?)?;
+        let proxied = parse(&lab.in_cgroup(me, &all)?)?;
+        Ok((direct, proxied))
+    };
+
+    eprintln!("measuring connect + first byte ({} connects each)...", sizes.connects);
+    let (d, p) = measure(&["connect", &greeter.addr.to_string(), &sizes.connects.to_string()])?;
+    let mut rows = vec![
+        Row { name: "connect + first byte, p50", unit: "µs", direct: d[0], proxied: p[0], lower_is_better: true },
+        Row { name: "connect + first byte, p99", unit: "µs", direct: d[1], proxied: p[1], lower_is_better: true },
+    ];
+    eprintln!("measuring keep-alive request/response ({} round trips of 64 B each)...", sizes.round_trips);
+    let (d, p) = measure(&["rr", &echo.addr.to_string(), &sizes.round_trips.to_string()])?;
+    rows.push(Row { name: "request/response (64 B echo), p50", unit: "µs", direct: d[0], proxied: p[0], lower_is_better: true });
+    rows.push(Row { name: "request/response (64 B echo), p99", unit: "µs", direct: d[1], proxied: p[1], lower_is_better: true });
+    eprintln!("measuring bulk download ({} MiB each)...", sizes.bulk_bytes >> 20);
+    let (d, p) = measure(&["bulk", &source.addr.to_string(), &sizes.bulk_bytes.to_string()])?;
+    rows.push(Row { name: "bulk download throughput", unit: "MiB/s", direct: d[0], proxied: p[0], lower_is_better: false });
+
+    let table = render(&rows);
+    println!("\n{table}");
+    let report = format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench{}` on {}. Same machine, same run, same\n\
+         loopback servers: the client runs once directly and once inside an\n\
+         intercepted cgroup, so its connections go through the eBPF redirect and\n\
+         the proxy (attribution, policy, a session record per connection).\n\
+         The ratio is proxied / direct for latencies and direct / proxied for\n\
+         throughput: 1.00 means no cost, higher means slower through the proxy.\n\n\
+         Machine: {} CPUs, kernel {}, release build.\n\n{table}\n\
+         Not a test: no thresholds, numbers from a shared 2-core machine are noisy.\n",
+        if quick { " --quick" } else { "" },
+        today(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    );
+    std::fs::write(workspace_root().join("BENCHMARKS.md"), report)?;
+    eprintln!("wrote BENCHMARKS.md");
+    Ok(())
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut out = String::from("| metric | direct | through interceptor | ratio |\n|---|---:|---:|---:|\n");
+    for r in rows {
+        let ratio = if r.lower_is_better { r.proxied / r.direct } else { r.direct / r.proxied };
+        out += &format!(
+            "| {} | {:.1} {u} | {:.1} {u} | {ratio:.2}x |\n",
+            r.name,
+            r.direct,
+            r.proxied,
+            u = r.unit
+        );
+    }
+    out
+}
+
+fn today() -> String {
+    lab::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn parse(out: &str) -> Result<Vec<f64>> {
+    out.split_whitespace()
+        .map(|v| v.parse::<f64>().with_context(|| format!("bench client printed {out:?}")))
+        .collect()
+}
+
+/// The client side, run directly and inside the cgroup. Prints numbers only.
+pub fn client(args: &[String]) -> Result<()> {
+    let (mode, addr, n) = match args {
+        [m, a, n] => (m.as_str(), a.as_str(), n.parse::<u64>()?),
+        _ => bail!("usage: bench-client connect|rr|bulk ADDR N"),
+    };
+    match mode {
+        "connect" => {
+            let mut lat = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t = Instant::now();
+                let mut s = TcpStream::connect(addr)?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let (p50, p99) = percentiles(&mut lat);
+            println!("{p50} {p99}");
+        }
+        "rr" => {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            let msg = [7u8; 64];
+            let mut back = [0u8; 64];
+            let mut lat = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let t = Instant::now();
+                s.write_all(&msg)?;
+                s.read_exact(&mut back)?;
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let (p50, p99) = percentiles(&mut lat);
+            println!("{p50} {p99}");
+        }
+        "bulk" => {
+            let t = Instant::now();
+            let mut s = TcpStream::connect(addr)?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                got += k as u64;
+            }
+            if got != n {
+                bail!("bulk: got {got} of {n} bytes");
+            }
+            println!("{}", got as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64());
+        }
+        m => bail!("unknown bench-client mode {m}"),
+    }
+    Ok(())
+}
+
+fn percentiles(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    (at(0.50), at(0.99))
 }

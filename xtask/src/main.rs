@@ -2,6 +2,7 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod lab;
 
 use anyhow::{Result, bail};
 use std::path::PathBuf;

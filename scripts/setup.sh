@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building and testing interceptor needs on a fresh Debian 12
+# machine (run as root). Idempotent: a second run installs nothing.
+#
+# rustup's toolchains here ship no rust-src, so the eBPF crate is built with
+# Debian's rustc (rustc-web, LLVM 22) and its library source (rust-web-src),
+# linked by bpf-linker built against the same LLVM.
+set -euo pipefail
+
+APT_PACKAGES=(rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev
+              curl python3 iproute2 ca-certificates)
+BPF_LINKER_VERSION=0.13.0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/setup.sh: run as root (it installs Debian packages)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+    echo "scripts/setup.sh: no cargo on PATH; install Rust with rustup (stable >= 1.95)" >&2
+    exit 1
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    echo "==> cargo install bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
+    LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+        cargo install bpf-linker --version "$BPF_LINKER_VERSION" \
+        --no-default-features --features llvm-22
+fi
+echo "==> toolchain ready: $(cargo --version), $(/usr/bin/rustc --version) for eBPF, $(bpf-linker --version)"

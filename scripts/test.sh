@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine, as root: installs the toolchain,
+# builds the eBPF object, then runs every test (unit tests and the
+# end-to-end tests on the real kernel, which are never skipped here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "==> cargo xtask build-ebpf"
+cargo xtask build-ebpf
+echo "==> policy examples"
+cargo run --quiet -p interceptor -- policy check policies
+echo "==> cargo test --workspace"
+cargo test --workspace --all-targets
