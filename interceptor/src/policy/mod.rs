@@ -119,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_load_and_mean_what_they_say() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let p = Policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert!(p.files.len() >= 2);
+        let d = |w: &str, a: &str| p.decide(&Subject { workload: w, destination: a.parse().unwrap() });
+        assert_eq!(d("skills.slice/x.service", "169.254.169.254:80").rule.as_deref(), Some("deny-cloud-metadata"));
+        assert_eq!(d("skills.slice/x.service", "127.0.0.1:5433").action, Action::Allow);
+        assert_eq!(d("skills.slice/billing.service", "10.20.0.7:8443").rule.as_deref(), Some("billing-api"));
+        assert_eq!(d("skills.slice/other.service", "10.20.0.7:8443").action, Action::Deny);
+        assert_eq!(d("skills.slice/billing.service", "10.20.0.7:25").rule.as_deref(), Some("deny-smtp"));
+    }
+
+    #[test]
     fn first_match_wins_and_default_denies() {
         let p = policy(
             r#"
