@@ -12,4 +12,9 @@ cargo xtask build-ebpf
 echo "==> policy examples"
 cargo run --quiet -p interceptor -- policy check policies
 echo "==> cargo test --workspace"
-cargo test --workspace --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

@@ -1,7 +1,7 @@
 //! Map keys and values shared by the kernel programs (`interceptor-ebpf`) and
 //! the daemon (`interceptor`). Plain `#[repr(C)]` data with explicit padding,
 //! so both sides agree on the layout byte for byte.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Bump when any type below changes layout: the pin directory carries it, so
 /// a daemon never reuses maps pinned by an incompatible build.
@@ -112,4 +112,21 @@ mod pod {
     unsafe impl aya::Pod for super::Heartbeat {}
     unsafe impl aya::Pod for super::ConnRecord {}
     unsafe impl aya::Pod for super::TupleKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    // The kernel object and the daemon are compiled separately: any layout
+    // change must be deliberate (and bump LAYOUT_VERSION).
+    #[test]
+    fn map_value_layouts_are_stable() {
+        assert_eq!((size_of::<Config>(), align_of::<Config>()), (32, 8));
+        assert_eq!((size_of::<Heartbeat>(), align_of::<Heartbeat>()), (8, 8));
+        assert_eq!((size_of::<ConnRecord>(), align_of::<ConnRecord>()), (56, 8));
+        assert_eq!((size_of::<TupleKey>(), align_of::<TupleKey>()), (20, 4));
+        assert_eq!(LAYOUT_VERSION, 1);
+    }
 }

@@ -1,7 +1,7 @@
 //! `interceptor run`: start-up checks, wiring, signals, shutdown.
 use crate::admin;
 use crate::bpf::{HookSettings, Hooks};
-use crate::cgroup::{self, CgroupNames};
+use crate::cgroup::{self, CgroupNames, WorkloadCgroup};
 use crate::config::{Config, LogFormat, Overrides, UdpMode};
 use crate::policy::Policy;
 use crate::proxy::{Proxy, Stats};
@@ -118,6 +118,7 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     });
+    let _watcher = watch_cgroups(proxy.clone(), cgroups.clone())?;
     tokio::spawn(proxy.clone().serve(v4));
     if let Some(v6) = v6 {
         tokio::spawn(proxy.clone().serve(v6));
@@ -158,6 +159,44 @@ async fn serve(cfg: Config) -> Result<()> {
     let _ = std::fs::remove_file(&cfg.admin_socket);
     proxy.store.flush()?;
     Ok(())
+}
+
+/// Re-attaches to a workload cgroup that was removed and re-created (systemd
+/// does that to unit cgroups). inotify on the parent directories reacts
+/// within milliseconds; a 1 s poll backs it up. Between the mkdir and the
+/// attach a process moved into the new cgroup is not yet covered: keep that
+/// window short, and prefer a slice that persists as the workload cgroup.
+fn watch_cgroups(proxy: Arc<Proxy>, cgroups: Vec<WorkloadCgroup>) -> Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .context("starting the cgroup watcher (inotify)")?;
+    for cg in &cgroups {
+        if let Some(parent) = cg.abs.parent() {
+            watcher
+                .watch(parent, notify::RecursiveMode::NonRecursive)
+                .with_context(|| format!("watching {}", parent.display()))?;
+        }
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(()) = rx.recv() => {}
+            }
+            for cg in &cgroups {
+                match proxy.hooks.ensure_attached(cg) {
+                    Ok(true) => tracing::warn!(cgroup = %cg.rel, "workload cgroup was re-created; hooks attached to the new one"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(cgroup = %cg.rel, error = %format!("{e:#}"), "could not attach to the re-created cgroup"),
+                }
+            }
+        }
+    });
+    Ok(watcher)
 }
 
 /// SIGHUP: a valid policy replaces the old one for new connections; an

@@ -379,3 +379,35 @@ fn invalid_policy_reload_keeps_the_previous_policy() {
     assert!(d.log_text().contains("50-test.toml:4:15"), "{}", d.log_text());
     assert_ping(&cg, &port);
 }
+
+#[test]
+fn a_recreated_workload_cgroup_is_covered_again() {
+    require_kernel!();
+    let cg = TestCgroup::new("recreate");
+    let echo = Upstream::echo("127.0.0.1:0");
+    let denied = Upstream::echo("127.0.0.1:0");
+    let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[echo.addr.to_string()]));
+    let d = Daemon::start(&cfg);
+    let port = echo.addr.port().to_string();
+    assert_ping(&cg, &port);
+    let old_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.abs).unwrap());
+
+    // What systemd does to a unit's cgroup on restart.
+    cg.remove();
+    std::fs::create_dir(&cg.abs).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.log_text().contains("workload cgroup was re-created") {
+        assert!(std::time::Instant::now() < deadline, "no re-attach:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The new cgroup is intercepted: denied stays denied, allowed is recorded.
+    let r = py(&cg, &["connect", "127.0.0.1", &denied.addr.port().to_string()]);
+    assert_eq!(r["connected"], false, "{r}");
+    assert_eq!(denied.accepted(), 0, "a process in the re-created cgroup went direct");
+    assert_ping(&cg, &port);
+    let new_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.abs).unwrap());
+    let s = d.wait_session(|s| s["workload"]["cgroup_id"] == new_id && s["decision"] == "allow");
+    assert_eq!(s["workload"]["cgroup"], cg.rel.as_str());
+    // The dead cgroup's links were released.
+    assert!(!cfg.bpffs().join(format!("v1/links/{old_id}")).exists());
+}

@@ -19,6 +19,7 @@ use interceptor_common::{
     TupleKey, counters, maps, programs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -42,9 +43,19 @@ pub struct HookSettings {
 
 /// Attached hooks plus the maps the daemon keeps using.
 pub struct Hooks {
+    /// Loaded programs, kept to attach to re-created cgroups.
+    attacher: Mutex<Attacher>,
     heartbeat: Mutex<Array<MapData, Heartbeat>>,
     by_tuple: Mutex<HashMap<MapData, TupleKey, ConnRecord>>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+struct Attacher {
+    bpf: Ebpf,
+    layout: pins::Layout,
+    generation: String,
+    /// Workload cgroup (relative path) → id of the cgroup the links are on.
+    attached: std::collections::HashMap<String, u64>,
 }
 
 /// Kernel counters, summed over CPUs.
@@ -91,9 +102,11 @@ impl Hooks {
         )?;
 
         let generation = format!("{}-{}", std::process::id(), monotonic_ns());
+        let mut attached = std::collections::HashMap::new();
         for cg in cgroups {
-            attach_cgroup(&mut bpf, &layout, cg, &generation)
+            let id = attach_cgroup(&mut bpf, &layout, cg, &generation)
                 .with_context(|| format!("attaching to cgroup {}", cg.rel))?;
+            attached.insert(cg.rel.clone(), id);
         }
         // Only now that the new programs are pinned, the old ones can go.
         for old in old_links {
@@ -107,7 +120,34 @@ impl Hooks {
             heartbeat: Mutex::new(heartbeat),
             by_tuple: Mutex::new(HashMap::try_from(take(&mut bpf, maps::BY_TUPLE)?)?),
             counters: PerCpuArray::try_from(take(&mut bpf, maps::COUNTERS)?)?,
+            attacher: Mutex::new(Attacher { bpf, layout, generation, attached }),
         })
+    }
+
+    /// Makes sure the hooks cover the cgroup now at `cg`'s path. systemd
+    /// removes and re-creates unit cgroups; a link stays with the dead one,
+    /// so a new cgroup of the same name needs its own. Returns true when it
+    /// attached (the cgroup is new), false when it was covered already or is
+    /// absent.
+    pub fn ensure_attached(&self, cg: &WorkloadCgroup) -> Result<bool> {
+        let current = match std::fs::metadata(&cg.abs) {
+            Ok(m) => m.ino(),
+            Err(_) => return Ok(false),
+        };
+        let mut a = self.attacher.lock().unwrap();
+        if a.attached.get(&cg.rel) == Some(&current) {
+            return Ok(false);
+        }
+        let Attacher { bpf, layout, generation, attached } = &mut *a;
+        let id = attach_cgroup(bpf, layout, cg, generation)?;
+        if let Some(old) = attached.insert(cg.rel.clone(), id) {
+            // The dead cgroup's links: unpinning them frees it.
+            for l in layout.links_of(old) {
+                let _ = pins::remove_link(&l);
+            }
+            pins::remove_empty_dirs(layout);
+        }
+        Ok(true)
     }
 
     /// Refreshes the heartbeat; the programs refuse connects when it is stale.
@@ -195,16 +235,19 @@ fn take(bpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 }
 
 /// Attaches every program to one cgroup and pins each link right away (a
-/// loader that dies before pinning leaves no hook behind).
+/// loader that dies before pinning leaves no hook behind). Returns the id of
+/// the cgroup it attached to.
 fn attach_cgroup(
     bpf: &mut Ebpf,
     layout: &pins::Layout,
     cg: &WorkloadCgroup,
     generation: &str,
-) -> Result<()> {
+) -> Result<u64> {
     let dir =
         std::fs::File::open(&cg.abs).with_context(|| format!("opening {}", cg.abs.display()))?;
-    let links_dir = layout.links_for(cg)?;
+    // The id of the cgroup behind this very fd, whatever the path names later.
+    let cgroup_id = dir.metadata()?.ino();
+    let links_dir = layout.links_for(cgroup_id)?;
     let pin = |name: &str, link: FdLink| -> Result<()> {
         // bpffs refuses names containing a dot.
         let path = links_dir.join(format!("{name}-{generation}"));
@@ -236,7 +279,7 @@ fn attach_cgroup(
         let id = p.attach(&dir, ATTACH_MODE)?;
         pin(name, p.take_link(id)?.try_into()?)?;
     }
-    Ok(())
+    Ok(cgroup_id)
 }
 
 /// A program of the object, loaded into the kernel on first use.

@@ -6,11 +6,9 @@
 //! ```
 //! The version keeps an upgraded daemon from reusing maps of another layout;
 //! links of every version are found (and replaced) on start.
-use crate::cgroup::WorkloadCgroup;
 use anyhow::{Context, Result, bail};
 use aya::programs::links::PinnedLink;
 use interceptor_common::LAYOUT_VERSION;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub struct Layout {
@@ -32,11 +30,17 @@ impl Layout {
 
     /// The link directory of one cgroup, named by its id so a re-created
     /// cgroup of the same name does not inherit a dead link's pins.
-    pub fn links_for(&self, cg: &WorkloadCgroup) -> Result<PathBuf> {
-        let id = std::fs::metadata(&cg.abs)?.ino();
-        let dir = self.root.join("links").join(id.to_string());
+    pub fn links_for(&self, cgroup_id: u64) -> Result<PathBuf> {
+        let dir = self.root.join("links").join(cgroup_id.to_string());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// The pinned links of one cgroup id in this layout.
+    pub fn links_of(&self, cgroup_id: u64) -> Vec<PathBuf> {
+        std::fs::read_dir(self.root.join("links").join(cgroup_id.to_string()))
+            .map(|it| it.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     /// Every pinned link of every layout version under the base directory.
