@@ -68,6 +68,10 @@ async fn serve(cfg: Config) -> Result<()> {
     })?;
     tracing::info!(dir = %cfg.policies.display(), rules = policy.rules.len(), "policy loaded");
     let store = Store::open(&cfg.state_dir)?;
+    let interrupted = store.close_interrupted()?;
+    if interrupted > 0 {
+        tracing::warn!(sessions = interrupted, "sessions left open by a previous run marked interrupted");
+    }
 
     // Listeners before hooks: once the hooks redirect, someone must accept.
     let v4 = bind_proxy(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.listen_port)))?;

@@ -25,6 +25,8 @@ pub struct Workload {
 pub enum State {
     Open,
     Closed,
+    /// The daemon stopped (crash, SIGKILL) while the connection was open.
+    Interrupted,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -53,6 +55,32 @@ pub struct Session {
 pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
+    /// Ids of sessions in state Open, so a restart finds the ones a dead
+    /// daemon left behind without scanning everything.
+    open: sled::Tree,
+    flusher: std::sync::Mutex<std::sync::mpsc::Sender<FlushWaiter>>,
+}
+
+type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// One thread flushes for everyone waiting: each waiter asked after its own
+/// write, so the flush that starts after its request covers it.
+fn spawn_flusher(db: sled::Db) -> std::sync::mpsc::Sender<FlushWaiter> {
+    let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
+    std::thread::Builder::new()
+        .name("store-flush".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut waiters = vec![first];
+                waiters.extend(rx.try_iter());
+                let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                for w in waiters {
+                    let _ = w.send(r.clone());
+                }
+            }
+        })
+        .expect("spawning the store flusher");
+    tx
 }
 
 impl Store {
@@ -70,7 +98,9 @@ impl Store {
             e => anyhow::anyhow!("opening the session store {}: {e}", path.display()),
         })?;
         let sessions = db.open_tree("sessions")?;
-        Ok(Store { db, sessions })
+        let open = db.open_tree("sessions_open")?;
+        let flusher = std::sync::Mutex::new(spawn_flusher(db.clone()));
+        Ok(Store { db, sessions, open, flusher })
     }
 
     pub fn next_id(&self) -> Result<u64> {
@@ -79,9 +109,34 @@ impl Store {
     }
 
     pub fn put(&self, s: &Session) -> Result<()> {
-        self.sessions
-            .insert(s.id.to_be_bytes(), serde_json::to_vec(s)?)?;
+        let key = s.id.to_be_bytes();
+        self.sessions.insert(key, serde_json::to_vec(s)?)?;
+        if s.state == State::Open {
+            self.open.insert(key, &[])?;
+        } else {
+            self.open.remove(key)?;
+        }
         Ok(())
+    }
+
+    /// Marks the sessions a previous daemon left open as interrupted.
+    /// Returns how many there were.
+    pub fn close_interrupted(&self) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.open.iter() {
+            let (key, _) = kv?;
+            if let Some(v) = self.sessions.get(&key)? {
+                let mut s: Session = serde_json::from_slice(&v)?;
+                s.state = State::Interrupted;
+                s.error.get_or_insert_with(|| "the daemon stopped while the connection was open".into());
+                self.put(&s)?;
+            } else {
+                self.open.remove(&key)?;
+            }
+            n += 1;
+        }
+        self.db.flush()?;
+        Ok(n)
     }
 
     /// The newest `limit` sessions, oldest first.
@@ -100,10 +155,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Durable on disk when it returns; concurrent callers share one fsync.
+    /// Durable on disk when it returns. Concurrent callers share one flush
+    /// (group commit). sled's own `flush_async` waits for its background
+    /// flusher and is far slower under load, hence this.
     pub async fn flush_async(&self) -> Result<()> {
-        self.db.flush_async().await?;
-        Ok(())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flusher
+            .lock()
+            .unwrap()
+            .send(tx)
+            .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?
+            .map_err(|e| anyhow::anyhow!("flushing the session store: {e}"))
     }
 
     pub fn flush(&self) -> Result<()> {

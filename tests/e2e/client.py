@@ -7,6 +7,7 @@ workload cgroup. Every mode prints one JSON object on stdout.
   hold HOST PORT          connect, report addresses, wait for a line on stdin
   bind HOST PORT          try to bind, report the errno
   udp HOST PORT           try a UDP sendto, report the errno
+  hammer HOST P1,P2 SECS  connect in a loop, count what got through
 """
 import asyncio
 import hashlib
@@ -116,6 +117,32 @@ def hold(host, port):
     s.close()
 
 
+def hammer(host, ports, seconds):
+    """Connect in a loop for `seconds` to each port in turn; count outcomes."""
+    import time
+    end = time.monotonic() + seconds
+    through, failed = 0, {}
+    i = 0
+    while time.monotonic() < end:
+        port = ports[i % len(ports)]
+        i += 1
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect((host, port))
+            s.sendall(b"x")
+            s.shutdown(socket.SHUT_WR)
+            if s.recv(10) == b"x":
+                through += 1
+            else:
+                failed["empty"] = failed.get("empty", 0) + 1
+        except OSError as e:
+            failed[str(e.errno)] = failed.get(str(e.errno), 0) + 1
+        finally:
+            s.close()
+    out({"attempts": i, "through": through, "failed": failed})
+
+
 def try_bind(host, port):
     s = socket.socket(family(host), socket.SOCK_STREAM)
     # TIME_WAIT leftovers of the daemon's port must not answer for the hook.
@@ -137,7 +164,8 @@ def try_udp(host, port):
 
 
 def main():
-    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, host = sys.argv[1], sys.argv[2]
+    port = int(sys.argv[3]) if sys.argv[3].isdigit() else 0
     if mode == "echo":
         echo(host, port, int(sys.argv[4]))
     elif mode == "concurrent":
@@ -146,6 +174,8 @@ def main():
         try_connect(host, port)
     elif mode == "hold":
         hold(host, port)
+    elif mode == "hammer":
+        hammer(host, [int(p) for p in sys.argv[3].split(",")], float(sys.argv[4]))
     elif mode == "bind":
         try_bind(host, port)
     elif mode == "udp":

@@ -411,3 +411,55 @@ fn a_recreated_workload_cgroup_is_covered_again() {
     // The dead cgroup's links were released.
     assert!(!cfg.bpffs().join(format!("v1/links/{old_id}")).exists());
 }
+
+/// Attack: a skill connects in a tight loop while the daemon is killed,
+/// restarted, stopped and restarted again. Nothing may ever reach a denied
+/// upstream, and whatever reached the allowed one went through the proxy.
+#[test]
+fn racing_daemon_restarts_never_opens_a_direct_path() {
+    require_kernel!();
+    let cg = TestCgroup::new("race");
+    let allowed = Upstream::echo("127.0.0.1:0");
+    let denied = Upstream::echo("127.0.0.1:0");
+    let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[allowed.addr.to_string()]));
+    let mut d = Daemon::start(&cfg);
+    let ports = format!("{},{}", allowed.addr.port(), denied.addr.port());
+    let script = client_py();
+    let mut hammer = cg.command("python3", &["-u", &script, "hammer", "127.0.0.1", &ports, "6"]);
+    hammer.stdout(std::process::Stdio::piped());
+    let child = hammer.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    d.restart();
+    let out = child.wait_with_output().unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["through"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["failed"].as_object().unwrap().len() > 0, "the restarts were not noticed: {r}");
+    assert_eq!(denied.accepted(), 0, "a connect reached the denied upstream: {r}");
+    // Every connection the allowed upstream saw has a recorded, allowed
+    // session (closed, or interrupted by the kill).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let sessions = d.sessions();
+        let allowed_sessions = sessions.iter().filter(|s| s["decision"] == "allow").count();
+        // Nothing stays "open": the restart marked the killed daemon's
+        // sessions interrupted, the rest closed.
+        let open = sessions.iter().filter(|s| s["state"] == "open").count();
+        // A kill between the durable record and the upstream connect leaves
+        // a session without an upstream connection, never the reverse.
+        if allowed_sessions >= allowed.accepted() && open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} connections reached the upstream, {allowed_sessions} allowed sessions recorded",
+            allowed.accepted()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

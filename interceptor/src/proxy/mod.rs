@@ -118,7 +118,15 @@ impl Proxy {
             return;
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        // The decision is on disk before the first byte reaches the upstream:
+        // a crash can interrupt a session, never erase it.
         self.record(&session);
+        if let Err(e) = self.store.flush_async().await {
+            // Fail closed: no forwarding without a durable record.
+            tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
+            reset(conn);
+            return;
+        }
 
         // forward
         let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
