@@ -118,10 +118,13 @@ impl Proxy {
             return;
         }
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        // The decision is on disk before the first byte reaches the upstream:
-        // a crash can interrupt a session, never erase it.
+        // The decision is on disk before any byte is forwarded: a crash can
+        // interrupt a session, never erase it. The upstream connect overlaps
+        // the flush (a SYN carries no data).
         self.record(&session);
-        if let Err(e) = self.store.flush_async().await {
+        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
+        let (flushed, connected) = tokio::join!(self.store.flush_async(), connect);
+        if let Err(e) = flushed {
             // Fail closed: no forwarding without a durable record.
             tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
             reset(conn);
@@ -129,8 +132,7 @@ impl Proxy {
         }
 
         // forward
-        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
-        let upstream = match connect.await {
+        let upstream = match connected {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
             Err(_) => return self.upstream_failed(conn, session, "connect timed out".into()).await,
