@@ -39,6 +39,24 @@ struct File {
     heartbeat_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     detach_on_exit: Option<bool>,
+    credentials_dir: Option<PathBuf>,
+    upstream_ca_files: Option<Vec<PathBuf>>,
+    oidc: Option<OidcFile>,
+}
+
+/// `[oidc]`: where user tokens come from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub user_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub leeway_s: Option<u64>,
+    /// Request header carrying `Bearer <jwt>` (removed before forwarding).
+    pub header: Option<String>,
+    /// Extra CAs to trust the issuer's HTTPS with (PEM files).
+    pub ca_files: Option<Vec<PathBuf>>,
 }
 
 /// Effective configuration of `interceptor run`.
@@ -61,6 +79,11 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub connect_timeout: Duration,
     pub detach_on_exit: bool,
+    /// Where `file:NAME` credentials live.
+    pub credentials_dir: PathBuf,
+    /// Extra CAs (PEM) trusted for upstream TLS, besides the system roots.
+    pub upstream_ca_files: Vec<PathBuf>,
+    pub oidc: Option<OidcFile>,
 }
 
 impl Default for Config {
@@ -78,6 +101,9 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(10),
             detach_on_exit: false,
+            credentials_dir: "/etc/interceptor/credentials".into(),
+            upstream_ca_files: Vec::new(),
+            oidc: None,
         }
     }
 }
@@ -165,6 +191,21 @@ impl Config {
         }
         if let Some(v) = file.detach_on_exit {
             c.detach_on_exit = v;
+        }
+        if let Some(v) = file.credentials_dir {
+            c.credentials_dir = v;
+        }
+        if let Some(v) = file.upstream_ca_files {
+            c.upstream_ca_files = v;
+        }
+        if let Some(o) = file.oidc {
+            if !o.issuer.starts_with("https://") {
+                bail!("[oidc] issuer {:?} must be an https:// URL", o.issuer);
+            }
+            if o.audiences.is_empty() {
+                bail!("[oidc] audiences must name at least one audience");
+            }
+            c.oidc = Some(o);
         }
         // Flags win over the file.
         if !o.cgroups.is_empty() {

@@ -3,9 +3,13 @@ use crate::admin;
 use crate::bpf::{HookSettings, Hooks};
 use crate::cgroup::{self, CgroupNames, WorkloadCgroup};
 use crate::config::{Config, LogFormat, Overrides, UdpMode};
+use crate::credentials::Credentials;
+use crate::identity::oidc::{OidcConfig, Validator};
 use crate::policy::Policy;
-use crate::proxy::{Proxy, Stats};
+use crate::proxy::upstream::Pool;
+use crate::proxy::{Clock, Proxy, Stats};
 use crate::store::Store;
+use crate::tls::Tls;
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -68,9 +72,15 @@ async fn serve(cfg: Config) -> Result<()> {
     })?;
     tracing::info!(dir = %cfg.policies.display(), rules = policy.rules.len(), "policy loaded");
     let store = Store::open(&cfg.state_dir)?;
+    let tls = Tls::load_or_create(&cfg.state_dir, &cfg.upstream_ca_files)?;
+    let (oidc, user_header) = oidc_validator(&cfg)?;
+    let clock = test_clock()?;
     let interrupted = store.close_interrupted()?;
     if interrupted > 0 {
-        tracing::warn!(sessions = interrupted, "sessions left open by a previous run marked interrupted");
+        tracing::warn!(
+            sessions = interrupted,
+            "sessions left open by a previous run marked interrupted"
+        );
     }
 
     // Listeners before hooks: once the hooks redirect, someone must accept.
@@ -110,6 +120,12 @@ async fn serve(cfg: Config) -> Result<()> {
         store,
         stats: Stats::default(),
         connect_timeout: cfg.connect_timeout,
+        upstreams: Pool::new(tls.client.clone(), cfg.connect_timeout),
+        tls,
+        credentials: Credentials::new(cfg.credentials_dir.clone()),
+        oidc,
+        user_header,
+        clock,
     });
 
     let hb = proxy.clone();
@@ -170,7 +186,10 @@ async fn serve(cfg: Config) -> Result<()> {
 /// within milliseconds; a 1 s poll backs it up. Between the mkdir and the
 /// attach a process moved into the new cgroup is not yet covered: keep that
 /// window short, and prefer a slice that persists as the workload cgroup.
-fn watch_cgroups(proxy: Arc<Proxy>, cgroups: Vec<WorkloadCgroup>) -> Result<notify::RecommendedWatcher> {
+fn watch_cgroups(
+    proxy: Arc<Proxy>,
+    cgroups: Vec<WorkloadCgroup>,
+) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
@@ -193,9 +212,13 @@ fn watch_cgroups(proxy: Arc<Proxy>, cgroups: Vec<WorkloadCgroup>) -> Result<noti
             }
             for cg in &cgroups {
                 match proxy.hooks.ensure_attached(cg) {
-                    Ok(true) => tracing::warn!(cgroup = %cg.rel, "workload cgroup was re-created; hooks attached to the new one"),
+                    Ok(true) => {
+                        tracing::warn!(cgroup = %cg.rel, "workload cgroup was re-created; hooks attached to the new one")
+                    }
                     Ok(false) => {}
-                    Err(e) => tracing::error!(cgroup = %cg.rel, error = %format!("{e:#}"), "could not attach to the re-created cgroup"),
+                    Err(e) => {
+                        tracing::error!(cgroup = %cg.rel, error = %format!("{e:#}"), "could not attach to the re-created cgroup")
+                    }
                 }
             }
         }
@@ -216,6 +239,46 @@ fn reload(proxy: &Proxy, cfg: &Config) {
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
             }
         }
+    }
+}
+
+/// The OIDC validator, when `[oidc]` is configured, and the header users
+/// present tokens in.
+fn oidc_validator(cfg: &Config) -> Result<(Option<Arc<Validator>>, http::HeaderName)> {
+    let Some(o) = &cfg.oidc else {
+        return Ok((None, http::header::PROXY_AUTHORIZATION));
+    };
+    let header = match &o.header {
+        Some(h) => http::HeaderName::from_bytes(h.as_bytes())
+            .with_context(|| format!("[oidc] header {h:?}"))?,
+        None => http::header::PROXY_AUTHORIZATION,
+    };
+    let oc = OidcConfig {
+        issuer: o.issuer.clone(),
+        audiences: o.audiences.clone(),
+        user_claim: o.user_claim.clone().unwrap_or_else(|| "sub".into()),
+        groups_claim: o.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+        leeway: Duration::from_secs(o.leeway_s.unwrap_or(30)),
+        min_refresh_interval: Duration::from_secs(30),
+    };
+    let tls = Arc::new(crate::tls::client_config(
+        o.ca_files.as_deref().unwrap_or_default(),
+    )?);
+    Ok((Some(Arc::new(Validator::new(oc, tls)?)), header))
+}
+
+/// INTERCEPTOR_TEST_NOW=<RFC 3339> pins the clock policy time windows see.
+/// For tests; logged loudly.
+fn test_clock() -> Result<Clock> {
+    match std::env::var("INTERCEPTOR_TEST_NOW") {
+        Ok(v) => {
+            let t: jiff::Timestamp = v
+                .parse()
+                .with_context(|| format!("INTERCEPTOR_TEST_NOW={v:?}"))?;
+            tracing::warn!(now = %t, "policy clock pinned by INTERCEPTOR_TEST_NOW (tests only)");
+            Ok(Clock::fixed(t))
+        }
+        Err(_) => Ok(Clock::system()),
     }
 }
 

@@ -4,11 +4,13 @@ mod bpf;
 mod cgroup;
 mod cli;
 mod config;
+mod credentials;
 mod daemon;
 mod identity;
 mod policy;
 mod proxy;
 mod store;
+mod tls;
 
 use clap::Parser;
 

@@ -41,6 +41,15 @@ pub struct Session {
     pub destination: String,
     /// The client end as the proxy saw it.
     pub client: String,
+    /// "tcp", "http", "tls" (intercepted) or "tls-passthrough".
+    #[serde(default)]
+    pub protocol: String,
+    /// TLS server name, when there was one.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// HTTP requests on this connection.
+    #[serde(default)]
+    pub requests: u64,
     pub decision: crate::policy::Action,
     /// Deciding rule; `None` for the default deny or an unattributed connection.
     pub rule: Option<String>,
@@ -52,9 +61,36 @@ pub struct Session {
     pub error: Option<String>,
 }
 
+/// One HTTP request, under its connection's session.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub session: u64,
+    /// 1-based order on the connection.
+    pub seq: u64,
+    pub started_ms: u64,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    /// OIDC user name, when a valid token came with the request.
+    pub user: Option<String>,
+    pub decision: crate::policy::Action,
+    pub rule: Option<String>,
+    pub reason: String,
+    /// Name of the injected credential (never its value).
+    pub injected: Option<String>,
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
 pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
+    /// Keyed by session id then seq (both big-endian): a session's requests
+    /// are one ordered range.
+    requests: sled::Tree,
     /// Ids of sessions in state Open, so a restart finds the ones a dead
     /// daemon left behind without scanning everything.
     open: sled::Tree,
@@ -99,8 +135,15 @@ impl Store {
         })?;
         let sessions = db.open_tree("sessions")?;
         let open = db.open_tree("sessions_open")?;
+        let requests = db.open_tree("requests")?;
         let flusher = std::sync::Mutex::new(spawn_flusher(db.clone()));
-        Ok(Store { db, sessions, open, flusher })
+        Ok(Store {
+            db,
+            sessions,
+            requests,
+            open,
+            flusher,
+        })
     }
 
     pub fn next_id(&self) -> Result<u64> {
@@ -119,6 +162,22 @@ impl Store {
         Ok(())
     }
 
+    pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&r.session.to_be_bytes());
+        key[8..].copy_from_slice(&r.seq.to_be_bytes());
+        self.requests.insert(key, serde_json::to_vec(r)?)?;
+        Ok(())
+    }
+
+    /// The requests of one session, in order.
+    pub fn requests_of(&self, session: u64) -> Result<Vec<RequestRecord>> {
+        self.requests
+            .scan_prefix(session.to_be_bytes())
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
     /// Marks the sessions a previous daemon left open as interrupted.
     /// Returns how many there were.
     pub fn close_interrupted(&self) -> Result<usize> {
@@ -128,7 +187,9 @@ impl Store {
             if let Some(v) = self.sessions.get(&key)? {
                 let mut s: Session = serde_json::from_slice(&v)?;
                 s.state = State::Interrupted;
-                s.error.get_or_insert_with(|| "the daemon stopped while the connection was open".into());
+                s.error.get_or_insert_with(|| {
+                    "the daemon stopped while the connection was open".into()
+                });
                 self.put(&s)?;
             } else {
                 self.open.remove(&key)?;
@@ -200,6 +261,9 @@ mod tests {
                 workload: Workload::default(),
                 destination: format!("127.0.0.1:{i}"),
                 client: String::new(),
+                protocol: "tcp".into(),
+                sni: None,
+                requests: 0,
                 decision: crate::policy::Action::Allow,
                 rule: None,
                 reason: String::new(),

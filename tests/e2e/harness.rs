@@ -32,7 +32,9 @@ pub fn kernel_ready() -> bool {
             eprintln!("SKIPPED (INTERCEPTOR_SKIP_KERNEL_TESTS=1): {p}");
             false
         }
-        Some(p) => panic!("{p}. Run as root on a kernel with BPF, or set INTERCEPTOR_SKIP_KERNEL_TESTS=1 to skip."),
+        Some(p) => panic!(
+            "{p}. Run as root on a kernel with BPF, or set INTERCEPTOR_SKIP_KERNEL_TESTS=1 to skip."
+        ),
     }
 }
 
@@ -40,13 +42,18 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
     })
 }
 
 fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A fresh cgroup under the cgroup2 mount; its processes are killed and the
@@ -70,7 +77,10 @@ impl TestCgroup {
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.abs.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                self.abs.display()
+            ))
             .arg("sh")
             .arg(program)
             .args(args);
@@ -113,7 +123,9 @@ pub fn free_port() -> u16 {
 
 /// Runs a command with a deadline; returns (status ok, stdout, stderr).
 pub fn run(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
@@ -135,11 +147,18 @@ pub fn run(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} timed out after {timeout:?}; stderr: {}", t_err.join().unwrap());
+            panic!(
+                "{cmd:?} timed out after {timeout:?}; stderr: {}",
+                t_err.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    (status.success(), t_out.join().unwrap(), t_err.join().unwrap())
+    (
+        status.success(),
+        t_out.join().unwrap(),
+        t_err.join().unwrap(),
+    )
 }
 
 pub fn client_py() -> String {
@@ -153,7 +172,8 @@ pub fn py(cg: &TestCgroup, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     let (ok, out, err) = run(cg.command("python3", &all), Duration::from_secs(180));
     assert!(ok, "client {args:?} failed: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("client output {out:?}: {e}; stderr {err}"))
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("client output {out:?}: {e}; stderr {err}"))
 }
 
 /// Runs the client outside any test cgroup.
@@ -198,7 +218,10 @@ impl DaemonConfig {
     }
 
     pub fn bpffs(&self) -> PathBuf {
-        PathBuf::from(format!("/sys/fs/bpf/interceptor-test-{}", self.dir.file_name().unwrap().to_string_lossy()))
+        PathBuf::from(format!(
+            "/sys/fs/bpf/interceptor-test-{}",
+            self.dir.file_name().unwrap().to_string_lossy()
+        ))
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -236,7 +259,11 @@ impl DaemonConfig {
 
 impl Daemon {
     pub fn start(cfg: &DaemonConfig) -> Daemon {
-        let mut d = Daemon { child: None, cfg: cfg.clone(), log: PathBuf::new() };
+        let mut d = Daemon {
+            child: None,
+            cfg: cfg.clone(),
+            log: PathBuf::new(),
+        };
         d.restart();
         d
     }
@@ -275,8 +302,11 @@ impl Daemon {
     }
 
     pub fn healthz(&self) -> bool {
-        http_get(SocketAddr::from(([127, 0, 0, 1], self.cfg.admin_port)), "/healthz")
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        http_get(
+            SocketAddr::from(([127, 0, 0, 1], self.cfg.admin_port)),
+            "/healthz",
+        )
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -305,10 +335,17 @@ impl Daemon {
     /// daemon runs, from the store otherwise.
     pub fn sessions(&self) -> Vec<Value> {
         let mut c = Command::new(BIN);
-        c.args(["sessions", "list", "--json", "--limit", "100000", "--admin-socket"])
-            .arg(self.cfg.socket())
-            .arg("--state-dir")
-            .arg(self.cfg.dir.join("state"));
+        c.args([
+            "sessions",
+            "list",
+            "--json",
+            "--limit",
+            "100000",
+            "--admin-socket",
+        ])
+        .arg(self.cfg.socket())
+        .arg("--state-dir")
+        .arg(self.cfg.dir.join("state"));
         let (ok, out, err) = run(c, Duration::from_secs(30));
         assert!(ok, "sessions list failed: {err}");
         serde_json::from_str::<Vec<Value>>(&out).unwrap()
@@ -318,7 +355,11 @@ impl Daemon {
     pub fn wait_session(&self, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(s) = self.sessions().into_iter().find(|s| s["state"] == "closed" && pred(s)) {
+            if let Some(s) = self
+                .sessions()
+                .into_iter()
+                .find(|s| s["state"] == "closed" && pred(s))
+            {
                 return s;
             }
             if Instant::now() > deadline {
@@ -332,9 +373,17 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
-        let _ = Command::new(BIN).arg("detach").arg("--bpffs-dir").arg(self.cfg.bpffs()).output();
+        let _ = Command::new(BIN)
+            .arg("detach")
+            .arg("--bpffs-dir")
+            .arg(self.cfg.bpffs())
+            .output();
         if std::thread::panicking() {
-            eprintln!("---- daemon log ({}) ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- daemon log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -342,7 +391,11 @@ impl Drop for Daemon {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
@@ -372,12 +425,18 @@ impl Upstream {
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
-                s2.lock().unwrap().push(Seen { peer: c.peer_addr().unwrap() });
+                s2.lock().unwrap().push(Seen {
+                    peer: c.peer_addr().unwrap(),
+                });
                 a2.fetch_add(1, Ordering::SeqCst);
                 std::thread::spawn(move || serve(c));
             }
         });
-        Upstream { addr, seen, accepted }
+        Upstream {
+            addr,
+            seen,
+            accepted,
+        }
     }
 
     pub fn echo(bind: &str) -> Upstream {
@@ -405,8 +464,14 @@ impl Upstream {
             }
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
             let mut w = c;
-            if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
-                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n");
+            if let Some(n) = path
+                .strip_prefix("/bytes/")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+                );
                 let mut left = n;
                 let block = pattern_block();
                 while left > 0 {
@@ -417,7 +482,10 @@ impl Upstream {
                     left -= k;
                 }
             } else {
-                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n");
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n"
+                );
             }
         })
     }
@@ -429,7 +497,9 @@ impl Upstream {
 
 /// 64 KiB of bytes that are not all alike.
 pub fn pattern_block() -> Vec<u8> {
-    (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()
+    (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
 }
 
 /// The pid owning the TCP socket whose local address is `local`, from
@@ -438,8 +508,12 @@ pub fn socket_owner(local: SocketAddr) -> Option<u32> {
     let inode = socket_inode(local)?;
     let target = format!("socket:[{inode}]");
     for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == target) {
                 return Some(pid);
@@ -451,11 +525,23 @@ pub fn socket_owner(local: SocketAddr) -> Option<u32> {
 
 fn socket_inode(local: SocketAddr) -> Option<u64> {
     let (file, hex) = match local {
-        SocketAddr::V4(a) => ("/proc/net/tcp", format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port())),
+        SocketAddr::V4(a) => (
+            "/proc/net/tcp",
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(a.ip().octets()),
+                a.port()
+            ),
+        ),
         SocketAddr::V6(a) => {
             let o = a.ip().octets();
             let words: String = (0..4)
-                .map(|i| format!("{:08X}", u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])))
+                .map(|i| {
+                    format!(
+                        "{:08X}",
+                        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                    )
+                })
                 .collect();
             ("/proc/net/tcp6", format!("{words}:{:04X}", a.port()))
         }
@@ -463,7 +549,12 @@ fn socket_inode(local: SocketAddr) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&hex.as_str())).then(|| f[9].parse().ok()).flatten()
+        // TIME_WAIT leftovers of an earlier connection on the same port
+        // have inode 0: skip them.
+        (f.get(1) == Some(&hex.as_str()))
+            .then(|| f[9].parse().ok())
+            .flatten()
+            .filter(|&i: &u64| i != 0)
     })
 }
 

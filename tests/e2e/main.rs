@@ -44,16 +44,30 @@ fn bytes_arrive_intact_and_sessions_are_attributed() {
     let cg = TestCgroup::new("bytes");
     let echo = Upstream::echo("127.0.0.1:0");
     let web = Upstream::http("127.0.0.1:0");
-    let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[echo.addr.to_string(), web.addr.to_string()]));
+    let cfg = DaemonConfig::new(
+        &[&cg],
+        &allow_policy(&cg, &[echo.addr.to_string(), web.addr.to_string()]),
+    );
     let d = Daemon::start(&cfg);
 
     // 100 MB up and the same back, hashed on both ends.
     let size = 100 * 1024 * 1024;
-    let r = py(&cg, &["echo", "127.0.0.1", &echo.addr.port().to_string(), &size.to_string()]);
+    let r = py(
+        &cg,
+        &[
+            "echo",
+            "127.0.0.1",
+            &echo.addr.port().to_string(),
+            &size.to_string(),
+        ],
+    );
     assert_eq!(r["received"].as_u64().unwrap(), size as u64);
     assert_eq!(r["sent_sha256"], r["received_sha256"]);
     // The skill sees the address it dialled.
-    assert_eq!(r["peer"], serde_json::json!(["127.0.0.1", echo.addr.port()]));
+    assert_eq!(
+        r["peer"],
+        serde_json::json!(["127.0.0.1", echo.addr.port()])
+    );
     let pid = r["pid"].as_u64().unwrap();
     let s = d.wait_session(|s| s["workload"]["pid"].as_u64() == Some(pid));
     assert_eq!(s["workload"]["cgroup"], cg.rel.as_str());
@@ -70,7 +84,10 @@ fn bytes_arrive_intact_and_sessions_are_attributed() {
     let url = format!("http://{}/bytes/{n}", web.addr);
     let out_file = cfg.dir.join("download");
     let (ok, _, err) = run(
-        cg.command("curl", &["-sS", "--fail", "-o", out_file.to_str().unwrap(), &url]),
+        cg.command(
+            "curl",
+            &["-sS", "--fail", "-o", out_file.to_str().unwrap(), &url],
+        ),
         Duration::from_secs(60),
     );
     assert!(ok, "curl: {err}");
@@ -78,7 +95,11 @@ fn bytes_arrive_intact_and_sessions_are_attributed() {
     let block = pattern_block();
     let expected: Vec<u8> = block.iter().cycle().take(n).copied().collect();
     assert!(got == expected, "download differs ({} bytes)", got.len());
-    let s = d.wait_session(|s| s["workload"]["exe"].as_str().is_some_and(|e| e.ends_with("/curl")));
+    let s = d.wait_session(|s| {
+        s["workload"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/curl"))
+    });
     assert_eq!(s["destination"], web.addr.to_string());
     assert!(s["bytes_down"].as_u64().unwrap() > n as u64);
 }
@@ -90,16 +111,31 @@ fn two_hundred_concurrent_connections() {
     let echo = Upstream::echo("127.0.0.1:0");
     let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[echo.addr.to_string()]));
     let d = Daemon::start(&cfg);
-    let r = py(&cg, &["concurrent", "127.0.0.1", &echo.addr.port().to_string(), "200"]);
+    let r = py(
+        &cg,
+        &[
+            "concurrent",
+            "127.0.0.1",
+            &echo.addr.port().to_string(),
+            "200",
+        ],
+    );
     assert_eq!(r["ok"], 200, "{r}");
     assert_eq!(echo.accepted(), 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let n = d.sessions().iter().filter(|s| s["state"] == "closed" && s["decision"] == "allow").count();
+        let n = d
+            .sessions()
+            .iter()
+            .filter(|s| s["state"] == "closed" && s["decision"] == "allow")
+            .count();
         if n == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{n} of 200 sessions recorded");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of 200 sessions recorded"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -113,26 +149,49 @@ fn upstream_sees_the_proxy_and_the_skill_sees_the_original_address() {
     let d = Daemon::start(&cfg);
 
     let mut child = cg
-        .command("python3", &["-u", &client_py(), "hold", "127.0.0.1", &echo.addr.port().to_string()])
+        .command(
+            "python3",
+            &[
+                "-u",
+                &client_py(),
+                "hold",
+                "127.0.0.1",
+                &echo.addr.port().to_string(),
+            ],
+        )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let r: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(r["peer"], serde_json::json!(["127.0.0.1", echo.addr.port()]));
+    assert_eq!(
+        r["peer"],
+        serde_json::json!(["127.0.0.1", echo.addr.port()])
+    );
     // The skill's socket is really connected to the proxy listener...
     assert_eq!(r["local"][0], "127.0.0.1");
     // ...and the upstream's peer is a socket of the daemon, not the skill.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while echo.accepted() == 0 {
-        assert!(std::time::Instant::now() < deadline, "upstream saw no connection");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream saw no connection"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let peer = echo.seen.lock().unwrap()[0].peer;
     assert_ne!(peer.port() as u64, r["local"][1].as_u64().unwrap());
-    assert_eq!(socket_owner(peer), Some(d.pid()), "upstream peer {peer} is not the daemon's");
+    assert_eq!(
+        socket_owner(peer),
+        Some(d.pid()),
+        "upstream peer {peer} is not the daemon's"
+    );
     drop(child.stdin.take());
     let _ = child.wait();
 }
@@ -164,7 +223,10 @@ fn denied_destinations_are_refused_and_recorded() {
     let d = Daemon::start(&cfg);
 
     // Default deny.
-    let r = py(&cg, &["connect", "127.0.0.1", &other.addr.port().to_string()]);
+    let r = py(
+        &cg,
+        &["connect", "127.0.0.1", &other.addr.port().to_string()],
+    );
     assert_eq!(r["connected"], false, "{r}");
     assert_eq!(errno(&r), ECONNRESET, "{r}");
     let s = d.wait_session(|s| s["destination"] == other.addr.to_string());
@@ -179,13 +241,19 @@ fn denied_destinations_are_refused_and_recorded() {
     assert_eq!(s["reason"], "discard port is off limits");
     // The denied upstream never saw a connection; curl fails too.
     let (ok, _, _) = run(
-        cg.command("curl", &["-sS", "--max-time", "5", &format!("http://{}/", other.addr)]),
+        cg.command(
+            "curl",
+            &["-sS", "--max-time", "5", &format!("http://{}/", other.addr)],
+        ),
         Duration::from_secs(20),
     );
     assert!(!ok);
     assert_eq!(other.accepted(), 0);
     // The allowed one still works.
-    let r = py(&cg, &["connect", "127.0.0.1", &allowed.addr.port().to_string()]);
+    let r = py(
+        &cg,
+        &["connect", "127.0.0.1", &allowed.addr.port().to_string()],
+    );
     assert_eq!(r["data"], "ping\n", "{r}");
 }
 
@@ -211,16 +279,30 @@ fn fail_closed_while_the_daemon_is_down_then_back() {
     std::thread::sleep(Duration::from_millis(1500));
     let r = py(&cg, &["connect", "127.0.0.1", &port]);
     assert_eq!(errno(&r), EPERM, "{r}");
-    let (ok, _, _) = run(cg.command("curl", &["-sS", "--max-time", "5", &format!("http://{}/", echo.addr)]), Duration::from_secs(20));
+    let (ok, _, _) = run(
+        cg.command(
+            "curl",
+            &["-sS", "--max-time", "5", &format!("http://{}/", echo.addr)],
+        ),
+        Duration::from_secs(20),
+    );
     assert!(!ok, "curl went through with the daemon down");
-    assert_eq!(echo.accepted(), 1, "a connect reached the upstream while the daemon was down");
+    assert_eq!(
+        echo.accepted(),
+        1,
+        "a connect reached the upstream while the daemon was down"
+    );
 
     // After a restart it works again and earlier sessions are intact.
     d.restart();
     assert_ping(&cg, &port);
     assert_eq!(echo.accepted(), 2);
     let after = d.sessions();
-    assert!(after.len() > before, "{} sessions after restart, {before} before", after.len());
+    assert!(
+        after.len() > before,
+        "{} sessions after restart, {before} before",
+        after.len()
+    );
 }
 
 #[test]
@@ -232,7 +314,11 @@ fn sigterm_keeps_blocking_and_detach_releases() {
     let mut d = Daemon::start(&cfg);
     let port = echo.addr.port().to_string();
     d.signal(libc::SIGTERM);
-    assert!(d.log_text().contains("hooks stay attached"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("hooks stay attached"),
+        "{}",
+        d.log_text()
+    );
     let r = py(&cg, &["connect", "127.0.0.1", &port]);
     assert_eq!(errno(&r), EPERM, "{r}");
     assert_eq!(echo.accepted(), 0);
@@ -257,19 +343,36 @@ fn ipv6_and_v4_mapped_destinations() {
     let cg = TestCgroup::new("v6");
     let v6 = Upstream::echo("[::1]:0");
     let v4 = Upstream::echo("127.0.0.1:0");
-    let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[v6.addr.to_string(), v4.addr.to_string()]));
+    let cfg = DaemonConfig::new(
+        &[&cg],
+        &allow_policy(&cg, &[v6.addr.to_string(), v4.addr.to_string()]),
+    );
     let d = Daemon::start(&cfg);
 
-    let r = py(&cg, &["echo", "::1", &v6.addr.port().to_string(), "1000000"]);
+    let r = py(
+        &cg,
+        &["echo", "::1", &v6.addr.port().to_string(), "1000000"],
+    );
     assert_eq!(r["sent_sha256"], r["received_sha256"]);
     assert_eq!(r["peer"], serde_json::json!(["::1", v6.addr.port()]));
     assert_eq!(r["local"][0], "::1");
     d.wait_session(|s| s["destination"] == v6.addr.to_string());
 
     // An IPv6 socket dialling a v4-mapped address.
-    let r = py(&cg, &["echo", "::ffff:127.0.0.1", &v4.addr.port().to_string(), "1000000"]);
+    let r = py(
+        &cg,
+        &[
+            "echo",
+            "::ffff:127.0.0.1",
+            &v4.addr.port().to_string(),
+            "1000000",
+        ],
+    );
     assert_eq!(r["sent_sha256"], r["received_sha256"]);
-    assert_eq!(r["peer"], serde_json::json!(["::ffff:127.0.0.1", v4.addr.port()]));
+    assert_eq!(
+        r["peer"],
+        serde_json::json!(["::ffff:127.0.0.1", v4.addr.port()])
+    );
     let s = d.wait_session(|s| s["destination"] == v4.addr.to_string());
     assert_eq!(s["bytes_up"], 1000000);
 
@@ -282,7 +385,10 @@ fn ipv6_and_v4_mapped_destinations() {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (ok, out, err) = run(cg.command("curl", &["-sS", "-g", &format!("http://{}/", web.addr)]), Duration::from_secs(20));
+    let (ok, out, err) = run(
+        cg.command("curl", &["-sS", "-g", &format!("http://{}/", web.addr)]),
+        Duration::from_secs(20),
+    );
     assert!(ok, "{err}");
     assert_eq!(out, "hello\n");
 }
@@ -296,7 +402,13 @@ fn the_workload_cannot_reach_or_take_the_proxy_ports() {
     let (port, admin) = (cfg.port.to_string(), cfg.admin_port.to_string());
     // Even with a policy allowing everything, the admin and proxy ports are
     // refused in the kernel, on every local address.
-    for host in ["127.0.0.1", "127.0.0.7", "::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+    for host in [
+        "127.0.0.1",
+        "127.0.0.7",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+    ] {
         for p in [&admin, &port] {
             let r = py(&cg, &["connect", host, p]);
             assert_eq!(errno(&r), EPERM, "connect {host}:{p} {r}");
@@ -330,14 +442,19 @@ fn start_up_errors_are_clear() {
     let run_daemon = |c: Command| run(c, Duration::from_secs(30));
     let base = |extra: &[&str]| {
         let mut c = Command::new(BIN);
-        c.args(["run", "--config"]).arg(cfg.config_file()).args(extra);
+        c.args(["run", "--config"])
+            .arg(cfg.config_file())
+            .args(extra);
         c
     };
 
     // Missing cgroup.
     let (ok, _, err) = run_daemon(base(&["--cgroup", "interceptor-test-does-not-exist"]));
     assert!(!ok);
-    assert!(err.contains("cgroup interceptor-test-does-not-exist does not exist"), "{err}");
+    assert!(
+        err.contains("cgroup interceptor-test-does-not-exist does not exist"),
+        "{err}"
+    );
 
     // Proxy port taken.
     let taken = std::net::TcpListener::bind(("127.0.0.1", cfg.port)).unwrap();
@@ -347,17 +464,27 @@ fn start_up_errors_are_clear() {
     drop(taken);
 
     // Started inside the cgroup it would intercept.
-    let mut c = cg.command(BIN, &["run", "--config", cfg.config_file().to_str().unwrap()]);
+    let mut c = cg.command(
+        BIN,
+        &["run", "--config", cfg.config_file().to_str().unwrap()],
+    );
     c.env_remove("RUST_LOG");
     let (ok, _, err) = run_daemon(c);
     assert!(!ok);
     assert!(err.contains("runs inside the workload cgroup"), "{err}");
 
     // A broken policy: every error with file:line:col, nothing attached.
-    std::fs::write(cfg.dir.join("policies/60-bad.toml"), "[[rule]]\nid = \"x\"\naction = \"alow\"\n").unwrap();
+    std::fs::write(
+        cfg.dir.join("policies/60-bad.toml"),
+        "[[rule]]\nid = \"x\"\naction = \"alow\"\n",
+    )
+    .unwrap();
     let (ok, _, err) = run_daemon(base(&[]));
     assert!(!ok);
-    assert!(err.contains("60-bad.toml:3:10: unknown action \"alow\""), "{err}");
+    assert!(
+        err.contains("60-bad.toml:3:10: unknown action \"alow\""),
+        "{err}"
+    );
     assert!(!cfg.bpffs().exists());
 }
 
@@ -369,14 +496,20 @@ fn invalid_policy_reload_keeps_the_previous_policy() {
     let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[echo.addr.to_string()]));
     let d = Daemon::start(&cfg);
     let port = echo.addr.port().to_string();
-    cfg.set_policy("[[rule]]\nid = \"broken\"\naction = \"allow\"\ndestination = [\"300.0.0.1\"]\n");
+    cfg.set_policy(
+        "[[rule]]\nid = \"broken\"\naction = \"allow\"\ndestination = [\"300.0.0.1\"]\n",
+    );
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !d.log_text().contains("policy reload rejected") {
         assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(d.log_text().contains("50-test.toml:4:15"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("50-test.toml:4:15"),
+        "{}",
+        d.log_text()
+    );
     assert_ping(&cg, &port);
 }
 
@@ -397,13 +530,24 @@ fn a_recreated_workload_cgroup_is_covered_again() {
     std::fs::create_dir(&cg.abs).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !d.log_text().contains("workload cgroup was re-created") {
-        assert!(std::time::Instant::now() < deadline, "no re-attach:\n{}", d.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no re-attach:\n{}",
+            d.log_text()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // The new cgroup is intercepted: denied stays denied, allowed is recorded.
-    let r = py(&cg, &["connect", "127.0.0.1", &denied.addr.port().to_string()]);
+    let r = py(
+        &cg,
+        &["connect", "127.0.0.1", &denied.addr.port().to_string()],
+    );
     assert_eq!(r["connected"], false, "{r}");
-    assert_eq!(denied.accepted(), 0, "a process in the re-created cgroup went direct");
+    assert_eq!(
+        denied.accepted(),
+        0,
+        "a process in the re-created cgroup went direct"
+    );
     assert_ping(&cg, &port);
     let new_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.abs).unwrap());
     let s = d.wait_session(|s| s["workload"]["cgroup_id"] == new_id && s["decision"] == "allow");
@@ -425,7 +569,10 @@ fn racing_daemon_restarts_never_opens_a_direct_path() {
     let mut d = Daemon::start(&cfg);
     let ports = format!("{},{}", allowed.addr.port(), denied.addr.port());
     let script = client_py();
-    let mut hammer = cg.command("python3", &["-u", &script, "hammer", "127.0.0.1", &ports, "6"]);
+    let mut hammer = cg.command(
+        "python3",
+        &["-u", &script, "hammer", "127.0.0.1", &ports, "6"],
+    );
     hammer.stdout(std::process::Stdio::piped());
     let child = hammer.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
@@ -439,8 +586,15 @@ fn racing_daemon_restarts_never_opens_a_direct_path() {
     let out = child.wait_with_output().unwrap();
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["through"].as_u64().unwrap() > 0, "{r}");
-    assert!(r["failed"].as_object().unwrap().len() > 0, "the restarts were not noticed: {r}");
-    assert_eq!(denied.accepted(), 0, "a connect reached the denied upstream: {r}");
+    assert!(
+        r["failed"].as_object().unwrap().len() > 0,
+        "the restarts were not noticed: {r}"
+    );
+    assert_eq!(
+        denied.accepted(),
+        0,
+        "a connect reached the denied upstream: {r}"
+    );
     // Every connection the allowed upstream saw has a recorded, allowed
     // session (closed, or interrupted by the kill).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

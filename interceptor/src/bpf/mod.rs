@@ -120,7 +120,12 @@ impl Hooks {
             heartbeat: Mutex::new(heartbeat),
             by_tuple: Mutex::new(HashMap::try_from(take(&mut bpf, maps::BY_TUPLE)?)?),
             counters: PerCpuArray::try_from(take(&mut bpf, maps::COUNTERS)?)?,
-            attacher: Mutex::new(Attacher { bpf, layout, generation, attached }),
+            attacher: Mutex::new(Attacher {
+                bpf,
+                layout,
+                generation,
+                attached,
+            }),
         })
     }
 
@@ -138,7 +143,12 @@ impl Hooks {
         if a.attached.get(&cg.rel) == Some(&current) {
             return Ok(false);
         }
-        let Attacher { bpf, layout, generation, attached } = &mut *a;
+        let Attacher {
+            bpf,
+            layout,
+            generation,
+            attached,
+        } = &mut *a;
         let id = attach_cgroup(bpf, layout, cg, generation)?;
         if let Some(old) = attached.insert(cg.rel.clone(), id) {
             // The dead cgroup's links: unpinning them frees it.

@@ -38,6 +38,20 @@ enum Cmd {
     /// Policy files
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The local CA that signs intercepted TLS
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print the CA certificate (PEM) for skill runtimes to trust; creates the CA on first use
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +82,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Sessions(c) => sessions::run(c),
+        Cmd::Ca(CaCmd::Export { config, state_dir }) => {
+            let dir = match state_dir {
+                Some(d) => d,
+                None => config_or_default(config)?.state_dir,
+            };
+            let tls = crate::tls::Tls::load_or_create(&dir, &[])?;
+            print!("{}", tls.ca_pem());
+            Ok(())
+        }
         Cmd::Policy(PolicyCmd::Check { dir }) => {
             let dir = match dir {
                 Some(d) => d,

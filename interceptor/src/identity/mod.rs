@@ -1,6 +1,8 @@
 //! Who is calling. Workload identity comes from the kernel (cgroup id,
 //! pid/tgid, uid/gid recorded at connect time), never from anything the
 //! workload sends.
+pub mod oidc;
+
 use crate::cgroup::CgroupNames;
 use crate::store::Workload;
 use interceptor_common::ConnRecord;

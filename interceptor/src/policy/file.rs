@@ -1,8 +1,9 @@
 //! Policy files: parse, validate, and point at the exact place of every error.
-use super::{Action, Destination, Policy, Rule};
-use globset::{GlobBuilder, GlobSetBuilder};
+use super::time_window::TimeWindow;
+use super::{Action, Credential, Destination, Placement, Policy, Rule, TlsMode};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -38,19 +39,50 @@ impl fmt::Display for PolicyError {
 struct FileDoc {
     #[serde(default)]
     rule: Vec<Spanned<RuleDoc>>,
+    #[serde(default)]
+    credential: BTreeMap<String, Spanned<CredentialDoc>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleDoc {
     id: Spanned<String>,
-    #[serde(default)]
     workload: Option<Spanned<OneOrMany>>,
-    #[serde(default)]
     destination: Option<Spanned<OneOrMany>>,
+    time: Option<Spanned<TimeDoc>>,
+    host: Option<Spanned<OneOrMany>>,
+    method: Option<Spanned<OneOrMany>>,
+    path: Option<Spanned<OneOrMany>>,
+    path_regex: Option<Spanned<String>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
+    user: Option<Spanned<OneOrMany>>,
+    groups: Option<Spanned<OneOrMany>>,
     action: Spanned<String>,
-    #[serde(default)]
     reason: Option<String>,
+    inject: Option<Spanned<String>>,
+    max_body: Option<Spanned<Size>>,
+    #[serde(default)]
+    require_user: bool,
+    tls: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeDoc {
+    days: Option<Vec<String>>,
+    from: String,
+    to: String,
+    tz: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialDoc {
+    source: String,
+    header: Option<String>,
+    format: Option<String>,
+    basic_user: Option<String>,
+    query: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +97,46 @@ impl OneOrMany {
         match self {
             OneOrMany::One(s) => vec![s.as_str()],
             OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Bytes as an integer or a string with a unit ("10MB", "512KiB").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => {
+                let t = t.trim();
+                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                let (n, unit) = t.split_at(split);
+                let n: u64 = n.parse().map_err(|_| {
+                    format!("{t:?} is not a size like 1048576, \"64KB\" or \"10MiB\"")
+                })?;
+                let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+                    "" | "b" => 1,
+                    "kb" => 1000,
+                    "kib" => 1 << 10,
+                    "mb" => 1_000_000,
+                    "mib" => 1 << 20,
+                    "gb" => 1_000_000_000,
+                    "gib" => 1 << 30,
+                    u => {
+                        return Err(format!(
+                            "unknown size unit {u:?} (B, KB, KiB, MB, MiB, GB, GiB)"
+                        ));
+                    }
+                };
+                n.checked_mul(mult)
+                    .ok_or_else(|| format!("{t:?} is too large"))
+            }
         }
     }
 }
@@ -93,20 +165,36 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
         .collect();
     files.sort();
     let mut policy = Policy {
-        rules: Vec::new(),
         files: files.clone(),
+        ..Default::default()
     };
     let mut errors = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
+    // inject references, checked once every file is read.
+    let mut injects: Vec<(String, PolicyError)> = Vec::new();
     for f in &files {
         match std::fs::read_to_string(f) {
-            Ok(text) => parse_file(f, &text, &mut policy.rules, &mut seen, &mut errors),
+            Ok(text) => {
+                let mut p = Parser {
+                    file: f,
+                    text: &text,
+                    errors: &mut errors,
+                };
+                p.file_doc(&mut policy, &mut seen, &mut injects);
+            }
             Err(e) => errors.push(PolicyError {
                 file: f.clone(),
                 line: 0,
                 col: 0,
                 message: format!("cannot read: {e}"),
             }),
+        }
+    }
+    for (name, mut at) in injects {
+        if !policy.credentials.contains_key(&name) {
+            at.message =
+                format!("inject: no credential named {name:?} is defined ([credential.{name}])");
+            errors.push(at);
         }
     }
     if errors.is_empty() {
@@ -116,113 +204,293 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
     }
 }
 
-pub fn parse_file(
-    file: &Path,
-    text: &str,
-    rules: &mut Vec<Rule>,
-    seen: &mut HashMap<String, String>,
-    errors: &mut Vec<PolicyError>,
-) {
-    let at = |offset: usize, message: String| {
-        let (line, col) = line_col(text, offset);
+struct Parser<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<PolicyError>,
+}
+
+impl Parser<'_> {
+    fn err_at(&self, offset: usize, message: String) -> PolicyError {
+        let (line, col) = line_col(self.text, offset);
         PolicyError {
-            file: file.to_path_buf(),
+            file: self.file.to_path_buf(),
             line,
             col,
             message,
         }
-    };
-    let doc: FileDoc = match toml::from_str(text) {
-        Ok(d) => d,
-        Err(e) => {
-            let offset = e.span().map_or(0, |s| s.start);
-            errors.push(at(offset, e.message().to_string()));
-            return;
+    }
+
+    fn push(&mut self, offset: usize, message: String) {
+        let e = self.err_at(offset, message);
+        self.errors.push(e);
+    }
+
+    fn file_doc(
+        &mut self,
+        policy: &mut Policy,
+        seen: &mut HashMap<String, String>,
+        injects: &mut Vec<(String, PolicyError)>,
+    ) {
+        let doc: FileDoc = match toml::from_str(self.text) {
+            Ok(d) => d,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                self.push(offset, e.message().to_string());
+                return;
+            }
+        };
+        for (name, c) in doc.credential {
+            let start = c.span().start;
+            match credential(&name, c.into_inner()) {
+                Ok(cred) => {
+                    if policy.credentials.insert(name.clone(), cred).is_some() {
+                        self.push(start, format!("credential {name:?} is defined twice"));
+                    }
+                }
+                Err(m) => self.push(start, format!("credential {name:?}: {m}")),
+            }
         }
-    };
-    for spanned in doc.rule {
-        let rule_start = spanned.span().start;
-        let r = spanned.into_inner();
-        let (line, _) = line_col(text, rule_start);
-        let origin = format!("{}:{line}", file.display());
+        for spanned in doc.rule {
+            let (line, _) = line_col(self.text, spanned.span().start);
+            let origin = format!("{}:{line}", self.file.display());
+            if let Some(rule) = self.rule(spanned.into_inner(), origin.clone(), seen, injects) {
+                policy.rules.push(rule);
+            }
+        }
+    }
+
+    fn rule(
+        &mut self,
+        r: RuleDoc,
+        origin: String,
+        seen: &mut HashMap<String, String>,
+        injects: &mut Vec<(String, PolicyError)>,
+    ) -> Option<Rule> {
+        let before = self.errors.len();
         let id = r.id.get_ref().trim().to_string();
         if id.is_empty()
             || !id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            errors.push(at(
+            self.push(
                 r.id.span().start,
                 format!("rule id {id:?} must be non-empty letters, digits, '-', '_' or '.'"),
-            ));
+            );
         } else if let Some(prev) = seen.insert(id.clone(), origin.clone()) {
-            errors.push(at(
+            self.push(
                 r.id.span().start,
                 format!("duplicate rule id {id:?} (first defined at {prev})"),
-            ));
+            );
         }
         let action = match r.action.get_ref().as_str() {
             "allow" => Action::Allow,
             "deny" => Action::Deny,
             other => {
-                errors.push(at(
+                self.push(
                     r.action.span().start,
                     format!("unknown action {other:?}; expected \"allow\" or \"deny\""),
-                ));
-                continue;
+                );
+                Action::Deny
             }
         };
-        let workloads = match &r.workload {
-            None => None,
-            Some(w) => {
-                let mut b = GlobSetBuilder::new();
-                let mut ok = true;
-                for pat in w.get_ref().items() {
-                    let pat = pat.trim_start_matches('/');
-                    match GlobBuilder::new(pat).literal_separator(true).build() {
-                        Ok(g) => {
-                            b.add(g);
-                        }
-                        Err(e) => {
-                            errors
-                                .push(at(w.span().start, format!("workload pattern {pat:?}: {e}")));
-                            ok = false;
-                        }
+        let workloads = self.globs(&r.workload, "workload", true, |p| {
+            p.trim_start_matches('/').to_string()
+        });
+        let destinations = r.destination.as_ref().map(|d| {
+            d.get_ref()
+                .items()
+                .into_iter()
+                .filter_map(|s| match Destination::parse(s) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        self.push(d.span().start, format!("destination: {e}"));
+                        None
                     }
-                }
-                if !ok {
+                })
+                .collect()
+        });
+        let time = r.time.as_ref().and_then(|t| {
+            let doc = t.get_ref();
+            TimeWindow::parse(doc.days.as_deref(), &doc.from, &doc.to, doc.tz.as_deref())
+                .map_err(|e| self.push(t.span().start, format!("time: {e}")))
+                .ok()
+        });
+        let hosts = self.globs(&r.host, "host", true, |p| p.to_ascii_lowercase());
+        let methods = r.method.as_ref().map(|m| {
+            m.get_ref()
+                .items()
+                .into_iter()
+                .map(|x| {
+                    if !x.chars().all(|c| c.is_ascii_alphabetic()) {
+                        self.push(
+                            m.span().start,
+                            format!("method {x:?} is not an HTTP method"),
+                        );
+                    }
+                    x.to_ascii_uppercase()
+                })
+                .collect()
+        });
+        let paths = self.globs(&r.path, "path", true, |p| p.to_string());
+        let path_regex = r.path_regex.as_ref().and_then(|p| {
+            regex::Regex::new(p.get_ref())
+                .map_err(|e| self.push(p.span().start, format!("path_regex: {e}")))
+                .ok()
+        });
+        let mut headers = Vec::new();
+        if let Some(h) = &r.headers {
+            for (name, value) in h.get_ref() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.push(
+                        h.span().start,
+                        format!("headers: {name:?} is not a header name"),
+                    );
                     continue;
                 }
-                match b.build() {
-                    Ok(set) => Some(set),
-                    Err(e) => {
-                        errors.push(at(w.span().start, format!("workload patterns: {e}")));
-                        continue;
-                    }
+                match Glob::new(value) {
+                    Ok(g) => headers.push((name.to_ascii_lowercase(), g.compile_matcher())),
+                    Err(e) => self.push(h.span().start, format!("headers.{name}: {e}")),
                 }
             }
-        };
-        let destinations = match &r.destination {
-            None => None,
-            Some(d) => {
-                let mut out = Vec::new();
-                for s in d.get_ref().items() {
-                    match Destination::parse(s) {
-                        Ok(x) => out.push(x),
-                        Err(e) => errors.push(at(d.span().start, format!("destination: {e}"))),
-                    }
-                }
-                Some(out)
+        }
+        let users = self.globs(&r.user, "user", false, |p| p.to_string());
+        let groups = r
+            .groups
+            .as_ref()
+            .map(|g| g.get_ref().items().into_iter().map(String::from).collect());
+        let max_body = r.max_body.as_ref().and_then(|m| {
+            m.get_ref()
+                .bytes()
+                .map_err(|e| self.push(m.span().start, format!("max_body: {e}")))
+                .ok()
+        });
+        let tls = match r
+            .tls
+            .as_ref()
+            .map(|t| (t.span().start, t.get_ref().as_str()))
+        {
+            None | Some((_, "intercept")) => TlsMode::Intercept,
+            Some((_, "passthrough")) => TlsMode::Passthrough,
+            Some((at, other)) => {
+                self.push(
+                    at,
+                    format!(
+                        "unknown tls mode {other:?}; expected \"intercept\" or \"passthrough\""
+                    ),
+                );
+                TlsMode::Intercept
             }
         };
-        rules.push(Rule {
+        if let Some(i) = &r.inject {
+            if action != Action::Allow {
+                self.push(i.span().start, "inject only applies to allow rules".into());
+            }
+            injects.push((
+                i.get_ref().clone(),
+                self.err_at(i.span().start, String::new()),
+            ));
+        }
+        let rule = Rule {
             id,
+            origin,
             workloads,
             destinations,
+            time,
+            hosts,
+            methods,
+            paths,
+            path_regex,
+            headers,
+            users,
+            groups,
             action,
             reason: r.reason,
-        });
+            inject: r.inject.map(|i| i.into_inner()),
+            max_body,
+            require_user: r.require_user,
+            tls,
+        };
+        if rule.tls == TlsMode::Passthrough && rule.needs_request() {
+            let at = r.tls.as_ref().map_or(0, |t| t.span().start);
+            self.push(
+                at,
+                "tls = \"passthrough\" is not decrypted: method, path, headers, user, groups, \
+                 inject, max_body and require_user cannot apply"
+                    .into(),
+            );
+        }
+        (self.errors.len() == before).then_some(rule)
     }
+
+    /// Glob patterns; `literal_separator`: `*` stays within one `/` segment.
+    fn globs(
+        &mut self,
+        field: &Option<Spanned<OneOrMany>>,
+        name: &str,
+        literal_separator: bool,
+        norm: impl Fn(&str) -> String,
+    ) -> Option<GlobSet> {
+        let f = field.as_ref()?;
+        let mut b = GlobSetBuilder::new();
+        for pat in f.get_ref().items() {
+            match GlobBuilder::new(&norm(pat))
+                .literal_separator(literal_separator)
+                .build()
+            {
+                Ok(g) => {
+                    b.add(g);
+                }
+                Err(e) => self.push(f.span().start, format!("{name} pattern {pat:?}: {e}")),
+            }
+        }
+        b.build()
+            .map_err(|e| self.push(f.span().start, format!("{name} patterns: {e}")))
+            .ok()
+    }
+}
+
+fn credential(name: &str, c: CredentialDoc) -> Result<Credential, String> {
+    if !name
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
+        return Err("names are letters, digits, '-', '_' or '.'".into());
+    }
+    let (kind, rest) = c
+        .source
+        .split_once(':')
+        .ok_or("source must be file:NAME, systemd:NAME or env:VAR")?;
+    if !matches!(kind, "file" | "systemd" | "env") || rest.is_empty() {
+        return Err(format!(
+            "source {:?} must be file:NAME, systemd:NAME or env:VAR",
+            c.source
+        ));
+    }
+    let placement = match (c.header, c.basic_user, c.query) {
+        (Some(h), None, None) => {
+            let name = http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("{h:?} is not a header name"))?;
+            let format = c.format.unwrap_or_else(|| "{secret}".into());
+            if !format.contains("{secret}") {
+                return Err("format must contain {secret}".into());
+            }
+            Placement::Header { name, format }
+        }
+        (None, Some(user), None) => Placement::Basic { user },
+        (None, None, Some(param)) => Placement::Query { param },
+        _ => {
+            return Err(
+                "give exactly one of header (with optional format), basic_user or query".into(),
+            );
+        }
+    };
+    Ok(Credential {
+        name: name.to_string(),
+        source: c.source,
+        placement,
+    })
 }
 
 #[cfg(test)]
@@ -258,7 +526,35 @@ mod tests {
             "[[rule]]\nid = \"a\"\naction = \"allow\"\n[[rule]]\nid = \"a\"\naction = \"deny\"\n",
         );
         assert!(e[0].starts_with("5:6: duplicate rule id"), "{e:?}");
-        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmethod = \"GET\"\n");
-        assert!(e[0].contains("unknown field `method`"), "{e:?}");
+        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmethods = \"GET\"\n");
+        assert!(e[0].contains("unknown field `methods`"), "{e:?}");
+        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\ninject = \"gh\"\n");
+        assert!(
+            e[0].starts_with("4:10: inject: no credential named \"gh\""),
+            "{e:?}"
+        );
+        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmax_body = \"10 parsecs\"\n");
+        assert!(e[0].contains("max_body"), "{e:?}");
+        let e = errors(
+            "[[rule]]\nid = \"a\"\naction = \"allow\"\ntls = \"passthrough\"\nmethod = \"GET\"\n",
+        );
+        assert!(
+            e[0].starts_with("4:7: tls = \"passthrough\" is not decrypted"),
+            "{e:?}"
+        );
+        let e = errors("[credential.gh]\nsource = \"vault:x\"\nheader = \"Authorization\"\n");
+        assert!(e[0].contains("credential \"gh\": source"), "{e:?}");
+        let e = errors(
+            "[credential.gh]\nsource = \"file:gh\"\nheader = \"Authorization\"\nformat = \"Bearer\"\n",
+        );
+        assert!(e[0].contains("{secret}"), "{e:?}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Size::Text("10MiB".into()).bytes().unwrap(), 10 << 20);
+        assert_eq!(Size::Text("64KB".into()).bytes().unwrap(), 64_000);
+        assert_eq!(Size::Bytes(5).bytes().unwrap(), 5);
+        assert!(Size::Text("MB".into()).bytes().is_err());
     }
 }

@@ -1,18 +1,25 @@
-//! Connection policy: ordered rules from `*.toml` files, first match wins,
-//! default deny.
+//! Policy: ordered rules from `*.toml` files, first match wins, default deny.
 //!
-//! This build decides per connection on the workload (cgroup path) and the
-//! original destination (IP/CIDR and port). Per-request matching (host names,
-//! methods, paths, users) needs the HTTP/TLS data path and is not here yet.
+//! A connection is decided in stages, with what is known at each: the
+//! workload and original destination when it is accepted; the TLS server
+//! name once the ClientHello is read; the HTTP request (host, method, path,
+//! headers, user) once it arrives. A rule that needs more than the current
+//! stage knows makes the proxy read on ("needs inspection"); a rule that is
+//! satisfied decides. Rules that match on nothing but workload, destination
+//! and time decide the whole connection without looking into it.
 mod destination;
 mod file;
+mod time_window;
 
 pub use destination::Destination;
 pub use file::PolicyError;
 
+use crate::identity::oidc::User;
 use globset::GlobSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use time_window::TimeWindow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -21,22 +28,89 @@ pub enum Action {
     Deny,
 }
 
+/// What to do with TLS to destinations an allow rule matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Terminate with a leaf of the local CA, inspect, re-encrypt upstream.
+    #[default]
+    Intercept,
+    /// Forward the bytes untouched (pinned clients); only SNI and workload
+    /// are known, and recorded.
+    Passthrough,
+}
+
+/// How a credential reaches the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// `header: format` with `{secret}` replaced.
+    Header {
+        name: http::HeaderName,
+        format: String,
+    },
+    /// `Authorization: Basic base64(user:secret)`.
+    Basic { user: String },
+    /// A query parameter.
+    Query { param: String },
+}
+
+/// A credential the proxy injects; the secret itself lives in the
+/// credential store, never in the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub name: String,
+    /// `file:NAME|PATH`, `systemd:NAME` or `env:VAR`.
+    pub source: String,
+    pub placement: Placement,
+}
+
 #[derive(Debug)]
 pub struct Rule {
     pub id: String,
-    /// cgroup path globs; `None` matches every workload.
+    /// "file:line" where the rule starts.
+    pub origin: String,
     workloads: Option<GlobSet>,
-    /// `None` matches every destination.
     destinations: Option<Vec<Destination>>,
+    time: Option<TimeWindow>,
+    hosts: Option<GlobSet>,
+    methods: Option<Vec<String>>,
+    paths: Option<GlobSet>,
+    path_regex: Option<regex::Regex>,
+    /// Lower-case header name → value glob (all must match).
+    headers: Vec<(String, globset::GlobMatcher)>,
+    users: Option<GlobSet>,
+    /// Any of these groups.
+    groups: Option<Vec<String>>,
     pub action: Action,
     pub reason: Option<String>,
+    pub inject: Option<String>,
+    pub max_body: Option<u64>,
+    pub require_user: bool,
+    pub tls: TlsMode,
 }
 
-/// What a connection is, as far as policy is concerned.
+/// One HTTP request as policy sees it.
+pub struct RequestInfo<'a> {
+    /// Lower-case, without port.
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub user: Option<&'a User>,
+}
+
+/// What is known about a connection at the current stage.
 pub struct Subject<'a> {
     /// cgroup path relative to the cgroup2 mount.
     pub workload: &'a str,
     pub destination: SocketAddr,
+    pub now: jiff::Timestamp,
+    /// The TLS server name, once the ClientHello was read.
+    pub sni: Option<&'a str>,
+    pub request: Option<&'a RequestInfo<'a>>,
+    /// Nothing more will be learnt (opaque TCP, or the request is known):
+    /// rules needing more do not match.
+    pub last_stage: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,23 +119,165 @@ pub struct Decision {
     /// The rule that decided; `None` for the default deny.
     pub rule: Option<String>,
     pub reason: String,
+    pub inject: Option<String>,
+    pub max_body: Option<u64>,
+    pub require_user: bool,
+    pub tls: TlsMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Decided(Decision),
+    /// A rule that could match needs more than this stage knows.
+    NeedsInspection,
 }
 
 #[derive(Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    pub credentials: BTreeMap<String, Credential>,
     pub files: Vec<PathBuf>,
 }
 
+/// Three-valued match: a rule can also be undecidable at a stage.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum M {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl M {
+    fn of(b: bool) -> M {
+        if b { M::Yes } else { M::No }
+    }
+
+    fn and(self, other: impl FnOnce() -> M) -> M {
+        match self {
+            M::No => M::No,
+            M::Yes => other(),
+            M::Unknown => match other() {
+                M::No => M::No,
+                _ => M::Unknown,
+            },
+        }
+    }
+}
+
 impl Rule {
-    fn matches(&self, s: &Subject) -> bool {
-        self.workloads
-            .as_ref()
-            .is_none_or(|g| g.is_match(s.workload))
-            && self
-                .destinations
+    /// True when the rule looks into requests (matchers or request-level
+    /// effects); such rules never decide a connection before inspection.
+    fn needs_request(&self) -> bool {
+        self.methods.is_some()
+            || self.paths.is_some()
+            || self.path_regex.is_some()
+            || !self.headers.is_empty()
+            || self.users.is_some()
+            || self.groups.is_some()
+            || self.inject.is_some()
+            || self.max_body.is_some()
+            || self.require_user
+    }
+
+    fn eval(&self, s: &Subject) -> M {
+        let l4 = M::of(
+            self.workloads
                 .as_ref()
-                .is_none_or(|ds| ds.iter().any(|d| d.matches(s.destination)))
+                .is_none_or(|g| g.is_match(s.workload)),
+        )
+        .and(|| {
+            M::of(
+                self.destinations
+                    .as_ref()
+                    .is_none_or(|ds| ds.iter().any(|d| d.matches(s.destination))),
+            )
+        })
+        .and(|| M::of(self.time.as_ref().is_none_or(|t| t.contains(s.now))));
+        let host = || match &self.hosts {
+            None => M::Yes,
+            Some(g) => match (s.request, s.sni) {
+                (Some(r), _) => M::of(g.is_match(r.host)),
+                (None, Some(sni)) => M::of(g.is_match(sni)),
+                (None, None) => M::Unknown,
+            },
+        };
+        let request = || {
+            if !self.needs_request() {
+                return M::Yes;
+            }
+            let Some(r) = s.request else {
+                return M::Unknown;
+            };
+            M::of(self.request_matches(r))
+        };
+        let m = l4.and(host).and(request);
+        if m == M::Unknown && s.last_stage {
+            M::No
+        } else {
+            m
+        }
+    }
+
+    fn request_matches(&self, r: &RequestInfo) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|ms| ms.iter().any(|m| m == r.method))
+            && self.paths.as_ref().is_none_or(|g| g.is_match(r.path))
+            && self
+                .path_regex
+                .as_ref()
+                .is_none_or(|re| re.is_match(r.path))
+            && self.headers.iter().all(|(name, glob)| {
+                r.headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| glob.is_match(v)))
+            })
+            && self
+                .users
+                .as_ref()
+                .is_none_or(|g| r.user.is_some_and(|u| g.is_match(&u.name)))
+            && self.groups.as_ref().is_none_or(|want| {
+                r.user
+                    .is_some_and(|u| u.groups.iter().any(|g| want.contains(g)))
+            })
+    }
+
+    fn decision(&self) -> Decision {
+        let reason = self.reason.clone().unwrap_or_else(|| match self.action {
+            Action::Allow => format!("allowed by rule {}", self.id),
+            Action::Deny => format!("denied by rule {}", self.id),
+        });
+        Decision {
+            action: self.action,
+            rule: Some(self.id.clone()),
+            reason,
+            inject: self.inject.clone(),
+            max_body: self.max_body,
+            require_user: self.require_user,
+            tls: self.tls,
+        }
+    }
+}
+
+impl Decision {
+    pub fn default_deny() -> Decision {
+        Decision {
+            action: Action::Deny,
+            rule: None,
+            reason: "no rule matched (default deny)".into(),
+            inject: None,
+            max_body: None,
+            require_user: false,
+            tls: TlsMode::Intercept,
+        }
+    }
+
+    pub fn deny(reason: String) -> Decision {
+        Decision {
+            reason,
+            ..Decision::default_deny()
+        }
     }
 }
 
@@ -72,100 +288,30 @@ impl Policy {
         file::load_dir(dir)
     }
 
-    pub fn decide(&self, s: &Subject) -> Decision {
+    pub fn decide(&self, s: &Subject) -> Verdict {
         for r in &self.rules {
-            if r.matches(s) {
-                let reason = r.reason.clone().unwrap_or_else(|| match r.action {
-                    Action::Allow => format!("allowed by rule {}", r.id),
-                    Action::Deny => format!("denied by rule {}", r.id),
-                });
-                return Decision {
-                    action: r.action,
-                    rule: Some(r.id.clone()),
-                    reason,
-                };
+            match r.eval(s) {
+                M::No => continue,
+                M::Yes => return Verdict::Decided(r.decision()),
+                M::Unknown => return Verdict::NeedsInspection,
             }
         }
-        Decision {
-            action: Action::Deny,
-            rule: None,
-            reason: "no rule matched (default deny)".into(),
+        Verdict::Decided(Decision::default_deny())
+    }
+
+    /// The decision at the last stage (never "needs inspection").
+    pub fn decide_final(&self, s: &Subject) -> Decision {
+        debug_assert!(s.last_stage);
+        match self.decide(s) {
+            Verdict::Decided(d) => d,
+            Verdict::NeedsInspection => Decision::default_deny(),
         }
+    }
+
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(text: &str) -> Policy {
-        let dir = tempdir();
-        std::fs::write(dir.join("a.toml"), text).unwrap();
-        let p = Policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
-        std::fs::remove_dir_all(&dir).unwrap();
-        p
-    }
-
-    pub(crate) fn tempdir() -> PathBuf {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
-            "icpt-policy-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn shipped_examples_load_and_mean_what_they_say() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let p = Policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:#?}"));
-        assert!(p.files.len() >= 2);
-        let d = |w: &str, a: &str| p.decide(&Subject { workload: w, destination: a.parse().unwrap() });
-        assert_eq!(d("skills.slice/x.service", "169.254.169.254:80").rule.as_deref(), Some("deny-cloud-metadata"));
-        assert_eq!(d("skills.slice/x.service", "127.0.0.1:5433").action, Action::Allow);
-        assert_eq!(d("skills.slice/billing.service", "10.20.0.7:8443").rule.as_deref(), Some("billing-api"));
-        assert_eq!(d("skills.slice/other.service", "10.20.0.7:8443").action, Action::Deny);
-        assert_eq!(d("skills.slice/billing.service", "10.20.0.7:25").rule.as_deref(), Some("deny-smtp"));
-    }
-
-    #[test]
-    fn first_match_wins_and_default_denies() {
-        let p = policy(
-            r#"
-[[rule]]
-id = "no-metadata"
-destination = ["169.254.169.254"]
-action = "deny"
-reason = "cloud metadata is off limits"
-
-[[rule]]
-id = "skills-local"
-workload = "skills.slice/**"
-destination = ["127.0.0.0/8:8000-8999", "[::1]:8080"]
-action = "allow"
-"#,
-        );
-        let d = |w: &str, a: &str| {
-            p.decide(&Subject {
-                workload: w,
-                destination: a.parse().unwrap(),
-            })
-        };
-        assert_eq!(
-            d("skills.slice/x.service", "127.0.0.1:8080").action,
-            Action::Allow
-        );
-        assert_eq!(
-            d("skills.slice/x.service", "[::1]:8080").rule.as_deref(),
-            Some("skills-local")
-        );
-        assert_eq!(d("skills.slice/x.service", "127.0.0.1:9000").rule, None);
-        assert_eq!(d("other.slice", "127.0.0.1:8080").action, Action::Deny);
-        let m = d("skills.slice/x.service", "169.254.169.254:80");
-        assert_eq!(m.rule.as_deref(), Some("no-metadata"));
-        assert_eq!(m.reason, "cloud metadata is off limits");
-    }
-}
+mod tests;

@@ -1,16 +1,29 @@
-//! The data path, one way: accept → attribute → decide → forward → record.
+//! The data path, one way: accept → attribute → decide → (inspect) →
+//! inject → forward → record.
+mod body;
+mod detect;
+mod http;
 mod tcp;
+pub mod upstream;
 
 use crate::bpf::{Hooks, original_destination};
 use crate::cgroup::CgroupNames;
-use crate::identity;
-use crate::policy::{Action, Decision, Policy, Subject};
-use crate::store::{self, Session, State, Store};
+use crate::credentials::Credentials;
+use crate::identity::{self, oidc::Validator};
+use crate::policy::{Action, Decision, Policy, Subject, TlsMode, Verdict};
+use crate::store::{self, RequestRecord, Session, State, Store};
+use crate::tls::Tls;
+use detect::Protocol;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+
+/// How long to wait for a client's first bytes before treating the
+/// connection as opaque (server-speaks-first protocols).
+const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters for /metrics.
 #[derive(Default, Debug, serde::Serialize)]
@@ -23,6 +36,27 @@ pub struct Stats {
     pub active: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// The time policy sees; tests may pin it (INTERCEPTOR_TEST_NOW).
+#[derive(Clone, Copy)]
+pub struct Clock {
+    fixed: Option<jiff::Timestamp>,
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock { fixed: None }
+    }
+
+    pub fn fixed(t: jiff::Timestamp) -> Clock {
+        Clock { fixed: Some(t) }
+    }
+
+    pub fn now(&self) -> jiff::Timestamp {
+        self.fixed.unwrap_or_else(jiff::Timestamp::now)
+    }
 }
 
 /// Everything a connection handler reads; shared by all connections.
@@ -33,6 +67,13 @@ pub struct Proxy {
     pub store: Store,
     pub stats: Stats,
     pub connect_timeout: Duration,
+    pub tls: Tls,
+    pub upstreams: upstream::Pool,
+    pub credentials: Credentials,
+    pub oidc: Option<Arc<Validator>>,
+    /// Where users present their token (default Proxy-Authorization).
+    pub user_header: ::http::HeaderName,
+    pub clock: Clock,
 }
 
 impl Proxy {
@@ -72,21 +113,6 @@ impl Proxy {
         };
         let workload = identity::workload(&rec, &self.names);
         let destination = original_destination(&rec);
-
-        // decide
-        let decision = if workload.cgroup.is_empty() {
-            Decision {
-                action: Action::Deny,
-                rule: None,
-                reason: format!("cgroup id {} is not under a workload cgroup", rec.cgroup_id),
-            }
-        } else {
-            self.policy().decide(&Subject {
-                workload: &workload.cgroup,
-                destination,
-            })
-        };
-
         let mut session = Session {
             id: self.store.next_id().unwrap_or(0),
             started_ms: store::now_ms(),
@@ -95,29 +121,107 @@ impl Proxy {
             workload,
             destination: destination.to_string(),
             client: peer.to_string(),
-            decision: decision.action,
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
+            protocol: "tcp".into(),
+            sni: None,
+            requests: 0,
+            decision: Action::Deny,
+            rule: None,
+            reason: String::new(),
             bytes_up: 0,
             bytes_down: 0,
             error: None,
         };
-        let w = &session.workload;
-        tracing::info!(
-            session = session.id,
-            cgroup = %w.cgroup, pid = w.pid, exe = %w.exe, uid = w.uid,
-            %destination, decision = ?decision.action, rule = decision.rule.as_deref().unwrap_or("-"),
-            reason = %decision.reason,
-            "connection"
-        );
-
-        if decision.action == Action::Deny {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            reset(conn);
-            self.finish(session).await;
-            return;
+        if session.workload.cgroup.is_empty() {
+            let d = Decision::deny(format!(
+                "cgroup id {} is not under a workload cgroup",
+                rec.cgroup_id
+            ));
+            return self.refuse(conn, session, &d).await;
         }
+
+        // decide, inspecting as far as the policy needs
+        let policy = self.policy();
+        let cgroup = session.workload.cgroup.clone();
+        let subject = |sni: Option<&str>, last_stage: bool| -> Verdict {
+            policy.decide(&Subject {
+                workload: &cgroup,
+                destination,
+                now: self.clock.now(),
+                sni,
+                request: None,
+                last_stage,
+            })
+        };
+        if let Verdict::Decided(d) = subject(None, false) {
+            return self.forward_opaque(conn, session, &d).await;
+        }
+        match detect::protocol(&conn, DETECT_TIMEOUT).await {
+            Protocol::Http => {
+                session.protocol = "http".into();
+                self.inspect_http(conn, session, None).await
+            }
+            Protocol::Tls => {
+                let sni = match crate::tls::peek_server_name(&conn, CLIENT_HELLO_TIMEOUT).await {
+                    Ok(sni) => sni,
+                    Err(e) => {
+                        session.error = Some(format!("TLS: {e:#}"));
+                        return self
+                            .refuse(
+                                conn,
+                                session,
+                                &Decision::deny("unreadable TLS ClientHello".into()),
+                            )
+                            .await;
+                    }
+                };
+                session.sni = sni.clone();
+                let name = sni.clone().unwrap_or_else(|| destination.ip().to_string());
+                match subject(Some(&name), false) {
+                    Verdict::Decided(d) if d.action == Action::Deny => {
+                        self.refuse(conn, session, &d).await
+                    }
+                    Verdict::Decided(d) if d.tls == TlsMode::Passthrough => {
+                        session.protocol = "tls-passthrough".into();
+                        self.forward_opaque(conn, session, &d).await
+                    }
+                    _ => {
+                        session.protocol = "tls".into();
+                        self.inspect_http(conn, session, Some(name)).await
+                    }
+                }
+            }
+            Protocol::Opaque => {
+                let d = match subject(None, true) {
+                    Verdict::Decided(d) => d,
+                    Verdict::NeedsInspection => Decision::default_deny(),
+                };
+                self.forward_opaque(conn, session, &d).await
+            }
+        }
+    }
+
+    /// Records the decision durably, then refuses (RST).
+    async fn refuse(&self, conn: TcpStream, mut session: Session, d: &Decision) {
+        session.decision = Action::Deny;
+        session.rule = d.rule.clone();
+        session.reason = d.reason.clone();
+        self.log_connection(&session);
+        self.stats.denied.fetch_add(1, Ordering::Relaxed);
+        reset(conn);
+        self.finish(session).await;
+    }
+
+    /// A connection decided as a whole: bytes both ways, not looked into.
+    async fn forward_opaque(&self, conn: TcpStream, mut session: Session, d: &Decision) {
+        if d.action == Action::Deny {
+            return self.refuse(conn, session, d).await;
+        }
+        session.decision = Action::Allow;
+        session.rule = d.rule.clone();
+        session.reason = d.reason.clone();
+        self.log_connection(&session);
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        let destination: SocketAddr = session.destination.parse().expect("formatted by us");
         // The decision is on disk before any byte is forwarded: a crash can
         // interrupt a session, never erase it. The upstream connect overlaps
         // the flush (a SYN carries no data).
@@ -130,12 +234,14 @@ impl Proxy {
             reset(conn);
             return;
         }
-
-        // forward
         let upstream = match connected {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
-            Err(_) => return self.upstream_failed(conn, session, "connect timed out".into()).await,
+            Err(_) => {
+                return self
+                    .upstream_failed(conn, session, "connect timed out".into())
+                    .await;
+            }
         };
         let _ = upstream.set_nodelay(true);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +253,62 @@ impl Proxy {
         session.bytes_down = t.down;
         session.error = t.error;
         self.finish(session).await;
+    }
+
+    /// HTTP on the connection (inside TLS when `sni` is given): each request
+    /// is decided on its own.
+    async fn inspect_http(
+        self: &Arc<Self>,
+        conn: TcpStream,
+        mut session: Session,
+        sni: Option<String>,
+    ) {
+        session.decision = Action::Allow;
+        session.reason = "inspected: decided per request".into();
+        self.log_connection(&session);
+        self.record(&session);
+        if let Err(e) = self.store.flush_async().await {
+            tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
+            reset(conn);
+            return;
+        }
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let destination = session.destination.parse().expect("formatted by us");
+        let ctx = Arc::new(http::HttpConn {
+            proxy: self.clone(),
+            session: session.id,
+            workload: session.workload.cgroup.clone(),
+            destination,
+            sni: sni.clone(),
+            seq: AtomicU64::new(0),
+        });
+        let result = match &sni {
+            None => serve_http(conn, ctx.clone()).await,
+            Some(name) => match self.tls.server_config(name) {
+                Ok(cfg) => match tokio_rustls::TlsAcceptor::from(cfg).accept(conn).await {
+                    Ok(tls) => serve_http(tls, ctx.clone()).await,
+                    Err(e) => Err(format!(
+                        "TLS handshake with the client failed (does it trust the interceptor CA?): {e}"
+                    )),
+                },
+                Err(e) => Err(format!("cannot mint a certificate for {name:?}: {e:#}")),
+            },
+        };
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        session.requests = ctx.seq.load(Ordering::Relaxed);
+        session.error = result.err();
+        self.finish(session).await;
+    }
+
+    fn log_connection(&self, s: &Session) {
+        let w = &s.workload;
+        tracing::info!(
+            session = s.id,
+            cgroup = %w.cgroup, pid = w.pid, exe = %w.exe, uid = w.uid,
+            destination = %s.destination, protocol = %s.protocol, sni = s.sni.as_deref().unwrap_or("-"),
+            decision = ?s.decision, rule = s.rule.as_deref().unwrap_or("-"), reason = %s.reason,
+            "connection"
+        );
     }
 
     async fn upstream_failed(&self, conn: TcpStream, mut session: Session, error: String) {
@@ -174,6 +336,25 @@ impl Proxy {
             tracing::error!(session = session.id, error = %e, "could not record the session");
         }
     }
+
+    pub fn record_request(&self, r: &RequestRecord) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store.put_request(r) {
+            tracing::error!(session = r.session, seq = r.seq, error = %e, "could not record the request");
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (ALPN or prior knowledge) on one connection.
+async fn serve_http<I>(io: I, ctx: Arc<http::HttpConn>) -> Result<(), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| ctx.clone().handle(req));
+    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Closes with RST, so the client sees a refused connection at once rather

@@ -1,0 +1,213 @@
+use super::*;
+use crate::identity::oidc::User;
+
+fn policy(text: &str) -> Policy {
+    let dir = tempdir();
+    std::fs::write(dir.join("a.toml"), text).unwrap();
+    let p = Policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    p
+}
+
+pub(crate) fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "icpt-policy-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn now() -> jiff::Timestamp {
+    "2026-01-05T10:00:00Z".parse().unwrap()
+}
+
+fn conn<'a>(w: &'a str, a: &str) -> Subject<'a> {
+    Subject {
+        workload: w,
+        destination: a.parse().unwrap(),
+        now: now(),
+        sni: None,
+        request: None,
+        last_stage: false,
+    }
+}
+
+fn decide_request(p: &Policy, workload: &str, dst: &str, r: &RequestInfo) -> Decision {
+    let mut s = conn(workload, dst);
+    s.request = Some(r);
+    s.last_stage = true;
+    p.decide_final(&s)
+}
+
+fn decided(v: Verdict) -> Decision {
+    match v {
+        Verdict::Decided(d) => d,
+        Verdict::NeedsInspection => panic!("needs inspection"),
+    }
+}
+
+#[test]
+fn shipped_examples_load_and_mean_what_they_say() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let p = Policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert!(p.files.len() >= 2);
+    let d = |w: &str, a: &str| {
+        let mut s = conn(w, a);
+        s.last_stage = true;
+        p.decide_final(&s)
+    };
+    assert_eq!(
+        d("skills.slice/x.service", "169.254.169.254:80")
+            .rule
+            .as_deref(),
+        Some("deny-cloud-metadata")
+    );
+    assert_eq!(
+        d("skills.slice/x.service", "127.0.0.1:5433").action,
+        Action::Allow
+    );
+    assert_eq!(
+        d("skills.slice/billing.service", "10.20.0.7:8443")
+            .rule
+            .as_deref(),
+        Some("billing-api")
+    );
+    assert_eq!(
+        d("skills.slice/other.service", "10.20.0.7:8443").action,
+        Action::Deny
+    );
+    assert_eq!(
+        d("skills.slice/billing.service", "10.20.0.7:25")
+            .rule
+            .as_deref(),
+        Some("deny-smtp")
+    );
+}
+
+#[test]
+fn first_match_wins_and_default_denies() {
+    let p = policy(
+        r#"
+[[rule]]
+id = "no-metadata"
+destination = ["169.254.169.254"]
+action = "deny"
+reason = "cloud metadata is off limits"
+
+[[rule]]
+id = "skills-local"
+workload = "skills.slice/**"
+destination = ["127.0.0.0/8:8000-8999", "[::1]:8080"]
+action = "allow"
+"#,
+    );
+    let d = |w: &str, a: &str| decided(p.decide(&conn(w, a)));
+    assert_eq!(
+        d("skills.slice/x.service", "127.0.0.1:8080").action,
+        Action::Allow
+    );
+    assert_eq!(
+        d("skills.slice/x.service", "[::1]:8080").rule.as_deref(),
+        Some("skills-local")
+    );
+    assert_eq!(d("skills.slice/x.service", "127.0.0.1:9000").rule, None);
+    assert_eq!(d("other.slice", "127.0.0.1:8080").action, Action::Deny);
+    let m = d("skills.slice/x.service", "169.254.169.254:80");
+    assert_eq!(m.rule.as_deref(), Some("no-metadata"));
+    assert_eq!(m.reason, "cloud metadata is off limits");
+}
+
+const HTTP_POLICY: &str = r#"
+[credential.github]
+source = "file:github"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[rule]]
+id = "gh-read"
+workload = "skills.slice/**"
+host = "api.github.com"
+method = ["GET", "HEAD"]
+path = "/repos/**"
+inject = "github"
+max_body = "1KiB"
+
+[[rule]]
+id = "sre-write"
+host = "api.github.com"
+groups = ["sre"]
+action = "allow"
+
+[[rule]]
+id = "office"
+host = "*.example.com"
+time = { days = ["mon", "tue", "wed", "thu", "fri"], from = "09:00", to = "17:00", tz = "Europe/Berlin" }
+action = "allow"
+
+[[rule]]
+id = "pinned"
+host = "pinned.example.org"
+tls = "passthrough"
+action = "allow"
+"#;
+
+#[test]
+fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
+    let text = HTTP_POLICY.replace(
+        "max_body = \"1KiB\"",
+        "max_body = \"1KiB\"\naction = \"allow\"",
+    );
+    let p = policy(&text);
+    assert_eq!(p.credentials["github"].source, "file:github");
+    // At accept time the host is unknown: inspect.
+    assert_eq!(
+        p.decide(&conn("skills.slice/a", "140.82.112.5:443")),
+        Verdict::NeedsInspection
+    );
+    // With SNI: a passthrough rule decides.
+    let mut s = conn("skills.slice/a", "1.2.3.4:443");
+    s.sni = Some("pinned.example.org");
+    let d = decided(p.decide(&s));
+    assert_eq!(
+        (d.rule.as_deref(), d.tls),
+        (Some("pinned"), TlsMode::Passthrough)
+    );
+    // The request decides the rest.
+    let headers = http::HeaderMap::new();
+    let sre = User {
+        subject: "u1".into(),
+        name: "alice".into(),
+        groups: vec!["sre".into()],
+    };
+    let at = |method: &str, path: &str, user: Option<&User>| {
+        let r = RequestInfo {
+            host: "api.github.com",
+            method,
+            path,
+            headers: &headers,
+            user,
+        };
+        decide_request(&p, "skills.slice/a", "140.82.112.5:443", &r)
+    };
+    let d = at("GET", "/repos/x/y", None);
+    assert_eq!(
+        (d.rule.as_deref(), d.inject.as_deref(), d.max_body),
+        (Some("gh-read"), Some("github"), Some(1024))
+    );
+    assert_eq!(at("POST", "/repos/x/y", None).rule, None);
+    assert_eq!(
+        at("POST", "/repos/x/y", Some(&sre)).rule.as_deref(),
+        Some("sre-write")
+    );
+    // Office hours: Monday 10:00 UTC is 11:00 in Berlin.
+    let mut s = conn("x", "1.2.3.4:443");
+    s.sni = Some("app.example.com");
+    assert_eq!(decided(p.decide(&s)).rule.as_deref(), Some("office"));
+    s.now = "2026-01-05T17:30:00Z".parse().unwrap();
+    s.last_stage = true;
+    assert_eq!(p.decide_final(&s).rule, None);
+}

@@ -1,0 +1,490 @@
+//! HTTP/1.1 and HTTP/2 (plaintext, or inside intercepted TLS): every request
+//! is attributed, decided, given its credential, forwarded and recorded.
+use super::Proxy;
+use super::body::{LimitedBody, TrackedBody};
+use super::upstream::{BoxError, Key, ReqBody};
+use crate::credentials::Secret;
+use crate::identity::oidc::User;
+use crate::policy::{Action, Credential, Decision, Placement, RequestInfo, Subject};
+use crate::store::{self, RequestRecord};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// One intercepted connection.
+pub struct HttpConn {
+    pub proxy: Arc<Proxy>,
+    pub session: u64,
+    pub workload: String,
+    pub destination: SocketAddr,
+    /// The TLS server name for intercepted TLS; `None` for plaintext.
+    pub sni: Option<String>,
+    pub seq: AtomicU64,
+}
+
+/// Headers that belong to one hop (RFC 9110 7.6.1) and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+impl HttpConn {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, std::convert::Infallible> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = std::time::Instant::now();
+        let mut rec = RequestRecord {
+            session: self.session,
+            seq,
+            started_ms: store::now_ms(),
+            method: req.method().to_string(),
+            host: String::new(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            user: None,
+            decision: Action::Deny,
+            rule: None,
+            reason: String::new(),
+            injected: None,
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            error: None,
+        };
+        match self.clone().exchange(req, &mut rec).await {
+            Ok(resp) => Ok(self.track(resp, rec, started)),
+            Err(refusal) => {
+                rec.status = refusal.status.as_u16();
+                rec.error.get_or_insert_with(|| refusal.message.clone());
+                let resp = refusal.response();
+                rec.duration_ms = started.elapsed().as_millis() as u64;
+                self.proxy.record_request(&rec);
+                Ok(resp)
+            }
+        }
+    }
+
+    /// attribute → decide → inject → forward, for one request.
+    async fn exchange(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        rec: &mut RequestRecord,
+    ) -> Result<Response<RespBody>, Refusal> {
+        let host = self.host_of(&req)?;
+        rec.host = host.clone();
+        let user = self.user_of(&mut req).await?;
+        rec.user = user.as_ref().map(|u| u.name.clone());
+
+        let policy = self.proxy.policy();
+        let path = req.uri().path().to_string();
+        let method = req.method().as_str().to_string();
+        let info = RequestInfo {
+            host: &host,
+            method: &method,
+            path: &path,
+            headers: req.headers(),
+            user: user.as_ref(),
+        };
+        let decision = policy.decide_final(&Subject {
+            workload: &self.workload,
+            destination: self.destination,
+            now: self.proxy.clock.now(),
+            sni: self.sni.as_deref(),
+            request: Some(&info),
+            last_stage: true,
+        });
+        rec.decision = decision.action;
+        rec.rule = decision.rule.clone();
+        rec.reason = decision.reason.clone();
+        tracing::info!(
+            session = self.session, seq = rec.seq, workload = %self.workload, user = rec.user.as_deref().unwrap_or("-"),
+            method = %rec.method, host = %host, path = %path, decision = ?decision.action,
+            rule = decision.rule.as_deref().unwrap_or("-"), "request"
+        );
+        if decision.action == Action::Deny {
+            return Err(Refusal::denied(&decision));
+        }
+        if decision.require_user && user.is_none() {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "user_token_required",
+                "this rule requires a user token (Proxy-Authorization: Bearer ...)",
+            ));
+        }
+        if let (Some(max), Some(len)) = (decision.max_body, content_length(&req)) {
+            if len > max {
+                return Err(Refusal::too_large(max, &decision));
+            }
+        }
+
+        strip_hop_by_hop(req.headers_mut());
+        let credential = match &decision.inject {
+            Some(name) => {
+                let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "credential_unavailable",
+                        "the rule's credential is not defined",
+                    )
+                })?;
+                let secret = self.proxy.credentials.get(&cred.source).map_err(|e| {
+                    // The error names the source, never the value.
+                    tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
+                    Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
+                })?;
+                inject(&mut req, &cred, &secret)?;
+                rec.injected = Some(cred.name.clone());
+                Some(secret)
+            }
+            None => None,
+        };
+        let _ = credential; // the request now carries it; nothing else may.
+
+        let max_body = decision.max_body;
+        let up_count = Arc::new(AtomicU64::new(0));
+        let (parts, body) = req.into_parts();
+        let body: ReqBody = LimitedBody::new(body, max_body, up_count.clone()).boxed();
+        let mut upstream_req = Request::from_parts(parts, body);
+        // Origin-form; the pool adds scheme and authority for HTTP/2.
+        let pq = upstream_req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        *upstream_req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        if !upstream_req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                upstream_req.headers_mut().insert(header::HOST, v);
+            }
+        }
+        let key = Key {
+            addr: self.destination,
+            tls_name: self.sni.clone(),
+        };
+        let result = self.proxy.upstreams.send(&key, upstream_req).await;
+        rec.bytes_up = up_count.load(Ordering::Relaxed);
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if max_body.is_some_and(|m| rec.bytes_up > m) {
+                    return Err(Refusal::too_large(max_body.unwrap(), &decision));
+                }
+                let code = if matches!(e, super::upstream::UpstreamError::Tls(..)) {
+                    "upstream_tls"
+                } else {
+                    "upstream_unavailable"
+                };
+                tracing::warn!(session = self.session, seq = rec.seq, error = %e, "upstream request failed");
+                return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));
+            }
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        let (parts, body) = resp.into_parts();
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed(),
+        ))
+    }
+
+    /// Wraps the response body so the request is recorded when it ends.
+    fn track(
+        &self,
+        resp: Response<RespBody>,
+        mut rec: RequestRecord,
+        started: std::time::Instant,
+    ) -> Response<RespBody> {
+        rec.status = resp.status().as_u16();
+        let proxy = self.proxy.clone();
+        let (parts, body) = resp.into_parts();
+        let body = TrackedBody::new(body, move |bytes, error| {
+            rec.bytes_down = bytes;
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            if let Some(e) = error {
+                rec.error = Some(e);
+            }
+            proxy.record_request(&rec);
+        });
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// The host the request is for. Inside TLS it must be the name the
+    /// upstream certificate is verified for (no domain fronting).
+    fn host_of(&self, req: &Request<Incoming>) -> Result<String, Refusal> {
+        let claimed = req
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| strip_port(h).to_string())
+            })
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        match (&self.sni, claimed) {
+            (Some(sni), Some(h)) if !h.eq_ignore_ascii_case(sni) => Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                &format!("the request is for {h:?} but the TLS connection is for {sni:?}"),
+            )),
+            (Some(sni), _) => Ok(sni.to_ascii_lowercase()),
+            (None, Some(h)) => Ok(h),
+            (None, None) => Ok(self.destination.ip().to_string()),
+        }
+    }
+
+    /// Validates and removes the user token (never forwarded).
+    async fn user_of(&self, req: &mut Request<Incoming>) -> Result<Option<User>, Refusal> {
+        let header = self.proxy.user_header.clone();
+        let Some(value) = req.headers_mut().remove(&header) else {
+            return Ok(None);
+        };
+        let Some(oidc) = &self.proxy.oidc else {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "oidc_not_configured",
+                "a user token was sent but no OIDC issuer is configured",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "malformed_token",
+                    &format!("{header} must be \"Bearer <token>\""),
+                )
+            })?;
+        oidc.validate(token)
+            .await
+            .map(Some)
+            .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()))
+    }
+}
+
+fn strip_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return h
+            .split_once(']')
+            .map_or(h, |(a, _)| a.trim_start_matches('['));
+    }
+    h.rsplit_once(':')
+        .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        .map_or(h, |(a, _)| a)
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Puts the secret where the credential says, after removing whatever the
+/// caller put there, so a skill can neither see nor choose the secret.
+fn inject(req: &mut Request<Incoming>, cred: &Credential, secret: &Secret) -> Result<(), Refusal> {
+    let bad = || {
+        Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "credential_unavailable",
+            &format!("credential {} does not fit its placement", cred.name),
+        )
+    };
+    match &cred.placement {
+        Placement::Header { name, format } => {
+            req.headers_mut().remove(name);
+            let v = zeroize::Zeroizing::new(format.replace("{secret}", secret));
+            let mut hv = HeaderValue::from_str(&v).map_err(|_| bad())?;
+            hv.set_sensitive(true);
+            req.headers_mut().insert(name.clone(), hv);
+        }
+        Placement::Basic { user } => {
+            use base64::Engine;
+            req.headers_mut().remove(header::AUTHORIZATION);
+            let raw = zeroize::Zeroizing::new(format!("{user}:{}", secret.as_str()));
+            let v = zeroize::Zeroizing::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+            ));
+            let mut hv = HeaderValue::from_str(&v).map_err(|_| bad())?;
+            hv.set_sensitive(true);
+            req.headers_mut().insert(header::AUTHORIZATION, hv);
+        }
+        Placement::Query { param } => {
+            let uri = req.uri();
+            let kept: Vec<(String, String)> = uri
+                .query()
+                .map(|q| {
+                    url_pairs(q)
+                        .into_iter()
+                        .filter(|(k, _)| k != param)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut q = String::new();
+            for (k, v) in kept
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain([(param.as_str(), secret.as_str())])
+            {
+                if !q.is_empty() {
+                    q.push('&');
+                }
+                q.push_str(&pct(k));
+                q.push('=');
+                q.push_str(&pct(v));
+            }
+            let pq = format!("{}?{q}", uri.path());
+            *req.uri_mut() = pq.parse().map_err(|_| bad())?;
+        }
+    }
+    Ok(())
+}
+
+/// `a=b&c=d` → pairs, percent-decoding kept as is (we only compare keys).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Percent-encodes everything outside RFC 3986 unreserved (values that are
+/// already encoded pass through: '%' is kept for them).
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'%' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A request the proxy answers itself, with a JSON body that says why.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub rule: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: &str, message: &str) -> Refusal {
+        Refusal {
+            status,
+            code: code.into(),
+            message: message.into(),
+            rule: None,
+        }
+    }
+
+    fn denied(d: &Decision) -> Refusal {
+        Refusal {
+            status: StatusCode::FORBIDDEN,
+            code: "denied".into(),
+            message: d.reason.clone(),
+            rule: d.rule.clone(),
+        }
+    }
+
+    fn too_large(max: u64, d: &Decision) -> Refusal {
+        Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "body_too_large".into(),
+            message: format!("the request body exceeds {max} bytes"),
+            rule: d.rule.clone(),
+        }
+    }
+
+    pub fn response(&self) -> Response<RespBody> {
+        let body = serde_json::json!({
+            "error": self.code,
+            "message": self.message,
+            "rule": self.rule,
+            "by": "interceptor",
+        });
+        Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(
+                Full::new(Bytes::from(body.to_string()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .expect("static response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("api.example.com:443"), "api.example.com");
+        assert_eq!(strip_port("api.example.com"), "api.example.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
