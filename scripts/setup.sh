@@ -26,6 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# Real HTTP clients the end-to-end tests run inside the workload cgroup.
+if ! python3 -c "import requests, httpx" 2>/dev/null; then
+    echo "==> pip install requests httpx"
+    python3 -m pip install -q requests httpx
+fi
+if ! command -v node >/dev/null; then
+    echo "==> apt-get install nodejs"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then
     echo "scripts/setup.sh: no cargo on PATH; install Rust with rustup (stable >= 1.95)" >&2

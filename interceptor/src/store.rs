@@ -85,6 +85,12 @@ pub struct RequestRecord {
     pub error: Option<String>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionDetail {
+    pub session: Session,
+    pub requests: Vec<RequestRecord>,
+}
+
 pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
@@ -176,6 +182,12 @@ impl Store {
             .scan_prefix(session.to_be_bytes())
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
+    }
+
+    /// A session and its requests, as one JSON document.
+    pub fn session_with_requests(&self, id: u64) -> Result<Option<SessionDetail>> {
+        let Some(v) = self.sessions.get(id.to_be_bytes())? else { return Ok(None) };
+        Ok(Some(SessionDetail { session: serde_json::from_slice(&v)?, requests: self.requests_of(id)? }))
     }
 
     /// Marks the sessions a previous daemon left open as interrupted.

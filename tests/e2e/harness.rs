@@ -200,6 +200,7 @@ pub struct DaemonConfig {
     pub port: u16,
     pub admin_port: u16,
     pub extra: String,
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -214,6 +215,7 @@ impl DaemonConfig {
             port: free_port(),
             admin_port: free_port(),
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -250,6 +252,21 @@ impl DaemonConfig {
         f
     }
 
+    /// The interceptor CA (PEM file) for clients to trust.
+    pub fn ca_file(&self) -> PathBuf {
+        let out = Command::new(BIN).args(["ca", "export", "--state-dir"]).arg(self.dir.join("state")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let f = self.dir.join("interceptor-ca.pem");
+        std::fs::write(&f, out.stdout).unwrap();
+        f
+    }
+
+    pub fn credentials_dir(&self) -> PathBuf {
+        let d = self.dir.join("credentials");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
     pub fn set_policy(&self, policy: &str) {
         let tmp = self.dir.join("policies/.50-test.toml.tmp");
         std::fs::write(&tmp, policy).unwrap();
@@ -275,6 +292,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(self.cfg.config_file())
+            .envs(self.cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -349,6 +367,19 @@ impl Daemon {
         let (ok, out, err) = run(c, Duration::from_secs(30));
         assert!(ok, "sessions list failed: {err}");
         serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    }
+
+    /// The request records of one session (`interceptor sessions show ID --json`).
+    pub fn requests(&self, session: u64) -> Vec<Value> {
+        let mut c = Command::new(BIN);
+        c.args(["sessions", "show", &session.to_string(), "--json", "--admin-socket"])
+            .arg(self.cfg.socket())
+            .arg("--state-dir")
+            .arg(self.cfg.dir.join("state"));
+        let (ok, out, err) = run(c, Duration::from_secs(30));
+        assert!(ok, "sessions show failed: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["requests"].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits until a closed session matching `pred` is recorded.
@@ -570,3 +601,178 @@ pub fn sha256_hex(data: impl Iterator<Item = Vec<u8>>) -> String {
 pub const EPERM: i64 = 1;
 pub const ECONNREFUSED: i64 = 111;
 pub const ECONNRESET: i64 = 104;
+
+/// A test PKI: a CA and a server certificate for api.test, pinned.test,
+/// 127.0.0.1 and ::1, written as PEM files into `dir`.
+pub struct TestPki {
+    pub ca_pem: PathBuf,
+    pub cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key_der: Vec<u8>,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path, tag: &str) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name.push(DnType::CommonName, format!("interceptor test CA {tag}"));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["api.test".to_string(), "pinned.test".to_string()]).unwrap();
+        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.subject_alt_names.push(SanType::IpAddress("::1".parse().unwrap()));
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let ca_pem = dir.join(format!("{tag}-ca.pem"));
+        std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+        TestPki { ca_pem, cert_chain: vec![cert.der().clone(), ca_cert.der().clone()], key_der: key.serialize_der() }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.cert_chain.clone(), key)
+            .unwrap();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+}
+
+/// An HTTP(S) upstream (hyper, HTTP/1.1 and HTTP/2) for the data-path tests:
+/// - `/echo...`: JSON with method, path, the request headers (each value
+///   replaced by its SHA-256, so secrets are never echoed), body length;
+/// - `/sse`: one event, then the rest once `/release` was called;
+/// - `/bytes/N`: N bytes, streamed.
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HttpUpstream {
+    pub fn start(bind: &str, pki: Option<&TestPki>) -> HttpUpstream {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let tls = pki.map(|p| tokio_rustls::TlsAcceptor::from(p.server_config()));
+        let count = requests.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { continue };
+                let (count, release, tls) = (count.clone(), release.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        upstream_respond(req, release.clone())
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(conn).await {
+                                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), svc).await;
+                        }
+                    }
+                });
+            }
+        });
+        HttpUpstream { addr, requests, _rt: rt }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+async fn upstream_respond(
+    req: hyper::Request<hyper::body::Incoming>,
+    release: Arc<tokio::sync::Notify>,
+) -> Result<hyper::Response<UpBody>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_string();
+    let full = |status: u16, ctype: &str, body: Vec<u8>| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
+            .unwrap()
+    };
+    if path == "/release" {
+        release.notify_one();
+        return Ok(full(200, "text/plain", b"released\n".to_vec()));
+    }
+    if path == "/sse" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        tokio::spawn(async move {
+            let _ = tx.send(bytes::Bytes::from_static(b"data: first\n\n")).await;
+            release.notified().await;
+            for i in 2..=3 {
+                let _ = tx.send(bytes::Bytes::from(format!("data: event {i}\n\n"))).await;
+            }
+        });
+        let stream = futures_stream(rx);
+        return Ok(hyper::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(http_body_util::StreamBody::new(stream).boxed())
+            .unwrap());
+    }
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        tokio::spawn(async move {
+            let block = bytes::Bytes::from(pattern_block());
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block.len());
+                if tx.send(block.slice(..k)).await.is_err() {
+                    return;
+                }
+                left -= k;
+            }
+        });
+        return Ok(hyper::Response::builder()
+            .header("content-type", "application/octet-stream")
+            .header("content-length", n.to_string())
+            .body(http_body_util::StreamBody::new(futures_stream(rx)).boxed())
+            .unwrap());
+    }
+    let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(k.to_string(), Value::String(sha256_hex(std::iter::once(v.as_bytes().to_vec()))));
+    }
+    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let v = serde_json::json!({"method": method, "path": path, "query_sha256": sha256_hex(std::iter::once(query.into_bytes())), "version": version, "headers": headers, "body_len": body_len});
+    Ok(full(200, "application/json", v.to_string().into_bytes()))
+}
+
+/// mpsc receiver → a body stream of data frames.
+fn futures_stream(
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> + Send + Sync + 'static {
+    struct S(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+    impl futures_core::Stream for S {
+        type Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+        fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_recv(cx).map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    let _ = &mut rx;
+    S(rx)
+}
+
+pub fn sha256_str(s: &str) -> String {
+    sha256_hex(std::iter::once(s.as_bytes().to_vec()))
+}

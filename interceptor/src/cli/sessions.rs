@@ -1,6 +1,6 @@
 //! `interceptor sessions list`: through the daemon's admin socket when it
 //! runs (it holds the store's lock), from the store itself when it does not.
-use crate::store::{Session, Store};
+use crate::store::{Session, SessionDetail, Store};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -24,16 +24,103 @@ pub enum SessionsCmd {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// One session with its HTTP requests
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: SessionsCmd) -> Result<()> {
-    let SessionsCmd::List {
-        json,
-        limit,
-        config,
-        admin_socket,
-        state_dir,
-    } = cmd;
+    match cmd {
+        SessionsCmd::List { json, limit, config, admin_socket, state_dir } => {
+            list(json, limit, config, admin_socket, state_dir)
+        }
+        SessionsCmd::Show { id, json, config, admin_socket, state_dir } => {
+            show(id, json, config, admin_socket, state_dir)
+        }
+    }
+}
+
+fn show(
+    id: u64,
+    json: bool,
+    config: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+) -> Result<()> {
+    let cfg = super::config_or_default(config)?;
+    let socket = admin_socket.unwrap_or(cfg.admin_socket);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let detail: SessionDetail = match rt.block_on(crate::admin::get(&socket, &format!("/v1/sessions/{id}")))? {
+        Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
+        Some((status, body)) => bail!("admin socket answered {status}: {}", String::from_utf8_lossy(&body)),
+        None => match Store::open(&state_dir.unwrap_or(cfg.state_dir))?.session_with_requests(id)? {
+            Some(d) => d,
+            None => bail!("no session {id}"),
+        },
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        return Ok(());
+    }
+    let s = &detail.session;
+    let sni = s.sni.as_deref().map(|n| format!(", sni {n}")).unwrap_or_default();
+    println!(
+        "session {}  {}  {} -> {} ({}{sni})",
+        s.id,
+        format_ms(s.started_ms),
+        s.workload.cgroup,
+        s.destination,
+        s.protocol
+    );
+    println!(
+        "  pid {}  exe {}  uid {}  decision {:?}  rule {}  up {}  down {}  {}",
+        s.workload.pid,
+        s.workload.exe,
+        s.workload.uid,
+        s.decision,
+        s.rule.as_deref().unwrap_or("-"),
+        s.bytes_up,
+        s.bytes_down,
+        s.error.as_deref().unwrap_or("")
+    );
+    for r in &detail.requests {
+        println!(
+            "  #{:<3} {} {} {}{} -> {}  {:?} {}  user {}  inject {}  {} ms  up {}  down {}  {}",
+            r.seq,
+            format_ms(r.started_ms),
+            r.method,
+            r.host,
+            r.path,
+            r.status,
+            r.decision,
+            r.rule.as_deref().unwrap_or("-"),
+            r.user.as_deref().unwrap_or("-"),
+            r.injected.as_deref().unwrap_or("-"),
+            r.duration_ms,
+            r.bytes_up,
+            r.bytes_down,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn list(
+    json: bool,
+    limit: usize,
+    config: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+) -> Result<()> {
     let cfg = super::config_or_default(config)?;
     let socket = admin_socket.unwrap_or(cfg.admin_socket);
     let rt = tokio::runtime::Builder::new_current_thread()

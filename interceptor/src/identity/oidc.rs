@@ -203,7 +203,12 @@ impl Validator {
     /// lazily on first use and cached.
     pub async fn validate(&self, token: &str) -> Result<User, TokenError> {
         let (alg, kid) = inspect_header(token)?;
-        tracing::debug!(kid = kid.as_deref().unwrap_or("-"), alg = ?alg, issuer = %self.cfg.issuer, "validating token");
+        tracing::debug!(
+            kid = kid.as_deref().unwrap_or("-"),
+            alg = ?alg,
+            issuer = %self.cfg.issuer,
+            "validating token"
+        );
         let keys = self.keys_for(kid.as_deref()).await?;
         let key = select_key(&keys, kid.as_deref(), alg)?;
         let claims = self.verify(token, key, alg)?;
@@ -1639,7 +1644,8 @@ mod tests {
             {"kty": "OKP", "crv": "X25519", "kid": "dh", "x": b64(&[9; 32])},
             {"kty": "oct", "kid": "sym", "k": b64(b"secret")},
             {"kty": "EC", "crv": "P-521", "kid": "p521", "x": b64(&[1; 66]), "y": b64(&[2; 66])},
-            {"kty": "RSA", "use": "enc", "kid": "enc", "alg": "RSA-OAEP", "n": b64(&[0xc5; 256]), "e": "AQAB"},
+            {"kty": "RSA", "use": "enc", "kid": "enc", "alg": "RSA-OAEP",
+             "n": b64(&[0xc5; 256]), "e": "AQAB"},
             {"kty": "whatever"},
             good.jwk,
             ed.jwk,

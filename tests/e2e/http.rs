@@ -1,0 +1,306 @@
+//! The HTTP/TLS data path with real clients (curl, Python requests and
+//! httpx, Node fetch) inside the workload cgroup, against local HTTP(S)
+//! upstreams that trust nothing but a test CA.
+use crate::harness::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const GH_SECRET: &str = "ghp_interceptorTestSecret0123456789abcdef";
+const API_KEY: &str = "sk-test-interceptor-9f8e7d6c5b4a";
+
+struct Setup {
+    cg: TestCgroup,
+    cfg: DaemonConfig,
+    d: Daemon,
+    tls_up: HttpUpstream,
+    plain_up: HttpUpstream,
+    ca: String,
+}
+
+fn policy(cg: &TestCgroup) -> String {
+    format!(
+        r#"
+[credential.gh]
+source = "file:gh"
+header = "Authorization"
+format = "Bearer {{secret}}"
+
+[credential.apikey]
+source = "file:apikey"
+query = "key"
+
+# Passthrough first: a later rule that looks into requests (query-key has no
+# host) would otherwise need the connection decrypted to decide.
+[[rule]]
+id = "pinned"
+workload = "{cg}"
+host = "pinned.test"
+tls = "passthrough"
+action = "allow"
+
+[[rule]]
+id = "deny-admin"
+host = ["api.test", "127.0.0.1"]
+path = "/admin/**"
+action = "deny"
+reason = "the admin API is off limits to skills"
+
+[[rule]]
+id = "small-uploads"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+method = "POST"
+path = "/upload"
+max_body = 1024
+action = "allow"
+
+[[rule]]
+id = "query-key"
+workload = "{cg}"
+path = "/q"
+inject = "apikey"
+action = "allow"
+
+[[rule]]
+id = "api"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+inject = "gh"
+action = "allow"
+
+"#,
+        cg = cg.rel
+    )
+}
+
+fn setup(tag: &str) -> Setup {
+    let cg = TestCgroup::new(tag);
+    let mut cfg = DaemonConfig::new(&[&cg], &policy(&cg));
+    let pki = TestPki::new(&cfg.dir, "upstream");
+    let tls_up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
+    let plain_up = HttpUpstream::start("127.0.0.1:0", None);
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("gh"), format!("{GH_SECRET}\n")).unwrap();
+    std::fs::write(creds.join("apikey"), API_KEY).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n", pki.ca_pem);
+    let d = Daemon::start(&cfg);
+    let ca = cfg.ca_file().to_string_lossy().into_owned();
+    Setup { cg, cfg, d, tls_up, plain_up, ca }
+}
+
+impl Setup {
+    fn curl(&self, args: &[&str]) -> (bool, String, String) {
+        let resolve = format!("api.test:{}:127.0.0.1", self.tls_up.addr.port());
+        let resolve2 = format!("pinned.test:{}:127.0.0.1", self.tls_up.addr.port());
+        let mut all = vec!["-sS", "--max-time", "20", "--cacert", &self.ca, "--resolve", &resolve, "--resolve", &resolve2];
+        all.extend_from_slice(args);
+        run(self.cg.command("curl", &all), Duration::from_secs(60))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://api.test:{}{path}", self.tls_up.addr.port())
+    }
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn https_requests_get_the_credential_the_skill_never_sees() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("inject");
+    for proto in ["--http1.1", "--http2"] {
+        let (ok, out, err) =
+            s.curl(&[proto, "-H", "Authorization: Bearer forged-by-skill", "-w", "\n%{http_version}", &s.url("/echo/x?a=1")]);
+        assert!(ok, "{proto}: {err}");
+        let (body, version) = out.rsplit_once('\n').unwrap();
+        assert_eq!(version, if proto == "--http2" { "2" } else { "1.1" });
+        let v = json(body);
+        // The upstream got the real secret, not what the skill sent...
+        assert_eq!(v["headers"]["authorization"], sha256_str(&format!("Bearer {GH_SECRET}")), "{proto} {v}");
+        // Upstream, the proxy uses HTTP/2 when the server offers it.
+        assert_eq!(v["version"], "HTTP/2.0");
+        // ...and the skill never saw it.
+        assert!(!out.contains(GH_SECRET));
+    }
+    // Query-parameter credentials replace what the caller put there.
+    let (ok, out, err) = s.curl(&[&s.url("/q?key=forged&x=1")]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["query_sha256"], sha256_str(&format!("x=1&key={API_KEY}")));
+
+    // Sessions and requests are recorded, without any secret.
+    let sess = s.d.wait_session(|x| x["protocol"] == "tls" && x["sni"] == "api.test");
+    assert_eq!(sess["workload"]["cgroup"], s.cg.rel.as_str());
+    let reqs = s.d.requests(sess["id"].as_u64().unwrap());
+    assert_eq!(reqs[0]["host"], "api.test");
+    assert_eq!(reqs[0]["path"], "/echo/x?a=1");
+    assert_eq!(reqs[0]["status"], 200);
+    assert_eq!(reqs[0]["injected"], "gh");
+    assert_eq!(reqs[0]["rule"], "api");
+    let dump = format!("{:?}{:?}", s.d.sessions(), reqs);
+    assert!(!dump.contains(GH_SECRET) && !dump.contains(API_KEY));
+    assert!(!s.d.log_text().contains(GH_SECRET) && !s.d.log_text().contains(API_KEY));
+}
+
+#[test]
+fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("deny413");
+    let before = s.tls_up.requests();
+    let (ok, out, _) = s.curl(&["-w", "\n%{http_code}", &s.url("/admin/users")]);
+    assert!(ok);
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!(code, "403");
+    let v = json(body);
+    assert_eq!(v["error"], "denied");
+    assert_eq!(v["rule"], "deny-admin");
+    assert_eq!(v["message"], "the admin API is off limits to skills");
+
+    // Content-Length over max_body → 413 before anything is sent upstream.
+    let big = "x".repeat(2000);
+    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &big, &s.url("/upload")]);
+    assert_eq!(out, "413");
+    // Chunked (no Content-Length) is cut off while streaming.
+    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked", "--data-binary", &big, &s.url("/upload")]);
+    assert_eq!(out, "413");
+    let small = "x".repeat(100);
+    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &small, &s.url("/upload")]);
+    assert_eq!(out, "200");
+    // Domain fronting: SNI api.test, Host something else.
+    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: evil.test", &s.url("/echo")]);
+    assert_eq!(out, "421");
+    // Only the small upload (and possibly the chunked one's head) reached the upstream.
+    assert!(s.tls_up.requests() - before <= 2, "{}", s.tls_up.requests() - before);
+    let sess = s.d.wait_session(|x| x["protocol"] == "tls");
+    let _ = sess;
+}
+
+#[test]
+fn plaintext_http_and_passthrough_tls() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("plain");
+    // Plain HTTP to 127.0.0.1 (the Host is the address).
+    let url = format!("http://127.0.0.1:{}/echo", s.plain_up.addr.port());
+    let (ok, out, err) = run(s.cg.command("curl", &["-sS", "--max-time", "10", &url]), Duration::from_secs(30));
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["headers"]["authorization"], sha256_str(&format!("Bearer {GH_SECRET}")));
+    s.d.wait_session(|x| x["protocol"] == "http");
+
+    // Passthrough: the client sees the upstream's own certificate (it
+    // trusts only the upstream test CA here), nothing is decrypted.
+    let upstream_ca = s.cfg.dir.join("upstream-ca.pem");
+    let resolve = format!("pinned.test:{}:127.0.0.1", s.tls_up.addr.port());
+    let url = format!("https://pinned.test:{}/echo", s.tls_up.addr.port());
+    let (ok, out, err) = run(
+        s.cg.command("curl", &["-sS", "--max-time", "10", "--cacert", upstream_ca.to_str().unwrap(), "--resolve", &resolve, &url]),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{err}");
+    // No credential injected into a connection we do not decrypt.
+    assert!(json(&out)["headers"].get("authorization").is_none());
+    let sess = s.d.wait_session(|x| x["protocol"] == "tls-passthrough");
+    assert_eq!(sess["sni"], "pinned.test");
+    assert_eq!(sess["rule"], "pinned");
+}
+
+#[test]
+fn sse_events_arrive_as_they_are_sent() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("sse");
+    // The upstream sends one event and holds the rest until /release: a
+    // proxy that buffered the stream would never deliver the first event.
+    let script = format!(
+        r#"
+import requests, sys
+base = "https://127.0.0.1:{port}"
+r = requests.get(base + "/sse", stream=True, timeout=20)
+lines = r.iter_lines()
+first = next(l for l in lines if l)
+assert first == b"data: first", first
+requests.get(base + "/release", timeout=20)
+rest = [l for l in lines if l]
+print(first.decode(), "|", " ".join(x.decode() for x in rest))
+"#,
+        port = s.tls_up.addr.port()
+    );
+    let mut cmd = s.cg.command("python3", &["-c", &script]);
+    cmd.env("REQUESTS_CA_BUNDLE", &s.ca);
+    let (ok, out, err) = run(cmd, Duration::from_secs(60));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "data: first | data: event 2 data: event 3");
+}
+
+#[test]
+fn python_and_node_clients_trust_the_interceptor_ca() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("clients");
+    let url = format!("https://127.0.0.1:{}/echo/py", s.tls_up.addr.port());
+    let expected = sha256_str(&format!("Bearer {GH_SECRET}"));
+    // requests
+    let mut cmd = s.cg.command(
+        "python3",
+        &["-c", &format!("import requests; print(requests.get({url:?}, headers={{'Authorization': 'x'}}, timeout=20).text)")],
+    );
+    cmd.env("REQUESTS_CA_BUNDLE", &s.ca);
+    let (ok, out, err) = run(cmd, Duration::from_secs(60));
+    assert!(ok, "requests: {err}");
+    assert_eq!(json(&out)["headers"]["authorization"], expected);
+    // httpx, HTTP/2 when it can
+    let mut cmd = s.cg.command(
+        "python3",
+        &["-c", &format!("import httpx; print(httpx.get({url:?}, timeout=20).text)")],
+    );
+    cmd.env("SSL_CERT_FILE", &s.ca);
+    let (ok, out, err) = run(cmd, Duration::from_secs(60));
+    assert!(ok, "httpx: {err}");
+    assert_eq!(json(&out)["headers"]["authorization"], expected);
+    // Node's fetch
+    let mut cmd = s.cg.command(
+        "node",
+        &["-e", &format!("fetch({url:?}).then(r => r.text()).then(t => console.log(t)).catch(e => {{ console.error(e); process.exit(1) }})")],
+    );
+    cmd.env("NODE_EXTRA_CA_CERTS", &s.ca);
+    let (ok, out, err) = run(cmd, Duration::from_secs(60));
+    assert!(ok, "node: {err}");
+    assert_eq!(json(&out)["headers"]["authorization"], expected);
+}
+
+#[test]
+fn a_bad_upstream_certificate_is_a_502_not_a_downgrade() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("badcert");
+    let mut cfg = DaemonConfig::new(&[&cg], &format!("[[rule]]\nid = \"any\"\nworkload = {:?}\nhost = \"*\"\naction = \"allow\"\n", cg.rel));
+    // The upstream's CA is not configured: the daemon must not trust it.
+    let pki = TestPki::new(&cfg.dir, "untrusted");
+    let up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
+    cfg.extra = String::new();
+    let d = Daemon::start(&cfg);
+    let ca = cfg.ca_file();
+    let resolve = format!("api.test:{}:127.0.0.1", up.addr.port());
+    let url = format!("https://api.test:{}/echo", up.addr.port());
+    let (_, out, _) = run(
+        cg.command("curl", &["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, "-w", "\n%{http_code}", &url]),
+        Duration::from_secs(30),
+    );
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!(code, "502", "{out}");
+    assert_eq!(json(body)["error"], "upstream_tls");
+    assert_eq!(up.requests(), 0);
+    let sess = d.wait_session(|x| x["protocol"] == "tls");
+    let reqs = d.requests(sess["id"].as_u64().unwrap());
+    assert_eq!(reqs[0]["status"], 502);
+    assert!(reqs[0]["error"].as_str().unwrap().contains("TLS"), "{reqs:?}");
+}
