@@ -153,6 +153,7 @@ async fn serve(cfg: Config) -> Result<()> {
         "ready"
     );
 
+    let (_policy_watcher, mut policy_changed) = watch_policies(&cfg.policies)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -161,6 +162,12 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&proxy, &cfg),
+            Some(()) = policy_changed.recv() => {
+                // Editors write in several steps: let the burst settle.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while policy_changed.try_recv().is_ok() {}
+                reload(&proxy, &cfg);
+            }
         }
     }
 
@@ -226,8 +233,26 @@ fn watch_cgroups(
     Ok(watcher)
 }
 
-/// SIGHUP: a valid policy replaces the old one for new connections; an
-/// invalid one is logged and the old one stays in force.
+/// Hot reload: any change in the policy directory triggers a reload.
+fn watch_policies(
+    dir: &std::path::Path,
+) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if e.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .context("starting the policy watcher (inotify)")?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((w, rx))
+}
+
+/// SIGHUP or a change in the directory: a valid policy replaces the old one
+/// atomically for new connections and requests (open ones keep going); an
+/// invalid one is logged with file:line:col and the old one stays in force.
 fn reload(proxy: &Proxy, cfg: &Config) {
     match Policy::load_dir(&cfg.policies) {
         Ok(p) => {

@@ -776,3 +776,106 @@ fn futures_stream(
 pub fn sha256_str(s: &str) -> String {
     sha256_hex(std::iter::once(s.as_bytes().to_vec()))
 }
+
+/// A local OIDC issuer over HTTPS: discovery document and JWKS (one ES256
+/// key, generated here), and tokens signed with that key.
+pub struct TestIdp {
+    pub issuer: String,
+    pub ca_pem: PathBuf,
+    key_pem: String,
+    _server: HttpUpstream,
+}
+
+impl TestIdp {
+    pub fn start(dir: &Path) -> TestIdp {
+        use base64::Engine;
+        let pki = TestPki::new(dir, "idp");
+        let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+        let point = key.public_key_raw(); // 0x04 || X || Y
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "test-key-1", "use": "sig", "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }]});
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let issuer = format!("https://127.0.0.1:{port}");
+        let discovery = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
+        let routes: Vec<(String, String)> = vec![
+            ("/.well-known/openid-configuration".into(), discovery.to_string()),
+            ("/jwks".into(), jwks.to_string()),
+        ];
+        let server = HttpUpstream::start_static(&format!("127.0.0.1:{port}"), &pki, routes);
+        TestIdp { issuer, ca_pem: pki.ca_pem.clone(), key_pem: key.serialize_pem(), _server: server }
+    }
+
+    /// A token with these claims merged over valid defaults.
+    pub fn token(&self, overrides: Value) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut claims = serde_json::json!({
+            "iss": self.issuer, "aud": "interceptor", "sub": "user-1", "email": "alice@example.com",
+            "groups": ["sre"], "iat": now, "exp": now + 600,
+        });
+        for (k, v) in overrides.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("test-key-1".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.key_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    }
+
+    /// `{"alg":"none"}` with the default claims and an empty signature.
+    pub fn unsigned_token(&self) -> String {
+        use base64::Engine;
+        let signed = self.token(serde_json::json!({}));
+        let payload = signed.split('.').nth(1).unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"test-key-1"}"#);
+        format!("{header}.{payload}.")
+    }
+}
+
+impl HttpUpstream {
+    /// An HTTPS server answering fixed JSON bodies by path (404 otherwise).
+    pub fn start_static(bind: &str, pki: &TestPki, routes: Vec<(String, String)>) -> HttpUpstream {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        let routes = Arc::new(routes);
+        let count = requests.clone();
+        rt.spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { continue };
+                let (acceptor, routes, count) = (acceptor.clone(), routes.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(s) = acceptor.accept(conn).await else { return };
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let found = routes.iter().find(|(p, _)| p == req.uri().path()).map(|(_, b)| b.clone());
+                        async move {
+                            use http_body_util::BodyExt;
+                            let (status, body) = match found {
+                                Some(b) => (200, b),
+                                None => (404, "{}".to_string()),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        HttpUpstream { addr, requests, _rt: rt }
+    }
+}

@@ -304,3 +304,98 @@ fn a_bad_upstream_certificate_is_a_502_not_a_downgrade() {
     assert_eq!(reqs[0]["status"], 502);
     assert!(reqs[0]["error"].as_str().unwrap().contains("TLS"), "{reqs:?}");
 }
+
+#[test]
+fn oidc_users_are_validated_and_the_token_never_leaves() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("oidc");
+    let mut cfg = DaemonConfig::new(
+        &[&cg],
+        &format!(
+            r#"
+[[rule]]
+id = "sre-only"
+workload = "{cg}"
+host = "api.test"
+path = "/sre/**"
+groups = ["sre"]
+action = "allow"
+
+[[rule]]
+id = "me"
+workload = "{cg}"
+host = "api.test"
+path = "/me"
+require_user = true
+action = "allow"
+"#,
+            cg = cg.rel
+        ),
+    );
+    let idp = TestIdp::start(&cfg.dir);
+    let pki = TestPki::new(&cfg.dir, "upstream");
+    let up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
+    cfg.extra = format!(
+        "upstream_ca_files = [{:?}]\n[oidc]\nissuer = {:?}\naudiences = [\"interceptor\"]\nuser_claim = \"email\"\nca_files = [{:?}]\n",
+        pki.ca_pem, idp.issuer, idp.ca_pem
+    );
+    let d = Daemon::start(&cfg);
+    let ca = cfg.ca_file();
+    let resolve = format!("api.test:{}:127.0.0.1", up.addr.port());
+    let call = |path: &str, token: Option<&str>| -> (String, Value) {
+        let url = format!("https://api.test:{}{path}", up.addr.port());
+        let auth = token.map(|t| format!("Proxy-Authorization: Bearer {t}"));
+        let mut args = vec!["-sS", "--max-time", "20", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, "-w", "\n%{http_code}"];
+        if let Some(a) = &auth {
+            args.extend_from_slice(&["-H", a]);
+        }
+        args.push(&url);
+        let (ok, out, err) = run(cg.command("curl", &args), Duration::from_secs(30));
+        assert!(ok, "{err}");
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.to_string(), serde_json::from_str(body).unwrap_or(Value::Null))
+    };
+
+    let good = idp.token(serde_json::json!({}));
+    let (code, v) = call("/sre/deploy", Some(&good));
+    assert_eq!(code, "200", "{v}");
+    // The token is removed before forwarding.
+    assert!(v["headers"].get("proxy-authorization").is_none(), "{v}");
+    // Same user without the group: no rule allows it.
+    let (code, v) = call("/sre/deploy", Some(&idp.token(serde_json::json!({"groups": ["dev"]}))));
+    assert_eq!((code.as_str(), v["error"].as_str()), ("403", Some("denied")));
+    // No token where the rule requires a user.
+    let (code, v) = call("/me", None);
+    assert_eq!((code.as_str(), v["error"].as_str()), ("401", Some("user_token_required")));
+    assert_eq!(call("/me", Some(&good)).0, "200");
+
+    // The attack matrix, end to end: each is a 401 that says why and never
+    // echoes the token.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut tampered = good.clone();
+    let sig_start = tampered.rfind('.').unwrap() + 1;
+    let flipped = if &tampered[sig_start..sig_start + 1] == "A" { "B" } else { "A" };
+    tampered.replace_range(sig_start..sig_start + 1, flipped);
+    let cases: Vec<(&str, String)> = vec![
+        ("token_expired", idp.token(serde_json::json!({"exp": now - 3600, "iat": now - 7200}))),
+        ("token_not_yet_valid", idp.token(serde_json::json!({"nbf": now + 3600}))),
+        ("wrong_audience", idp.token(serde_json::json!({"aud": "someone-else"}))),
+        ("wrong_issuer", idp.token(serde_json::json!({"iss": "https://evil.example"}))),
+        ("algorithm_not_allowed", idp.unsigned_token()),
+        ("bad_signature", tampered),
+        ("malformed_token", "not-a-jwt".to_string()),
+    ];
+    for (expected, token) in cases {
+        let (code, v) = call("/me", Some(&token));
+        assert_eq!(code, "401", "{expected}: {v}");
+        assert_eq!(v["error"], expected, "{v}");
+        assert!(!v.to_string().contains(&token), "the error echoes the token");
+    }
+    // Requests are recorded under the user's name.
+    let sess = d.wait_session(|x| x["protocol"] == "tls");
+    let reqs = d.requests(sess["id"].as_u64().unwrap());
+    assert!(reqs.iter().any(|r| r["user"] == "alice@example.com" && r["status"] == 200), "{reqs:?}");
+    assert!(!d.log_text().contains(&good));
+}
