@@ -95,9 +95,18 @@ fn route(req: Request<Incoming>, proxy: &Proxy, surface: Surface) -> Response<Fu
             let id = p.trim_start_matches("/v1/sessions/").parse::<u64>();
             match id.map(|id| proxy.store.session_with_requests(id)) {
                 Ok(Ok(Some(v))) => json(StatusCode::OK, &v),
-                Ok(Ok(None)) => json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such session"})),
-                Ok(Err(e)) => json(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": e.to_string()})),
-                Err(_) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "session ids are numbers"})),
+                Ok(Ok(None)) => json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"error": "no such session"}),
+                ),
+                Ok(Err(e)) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": e.to_string()}),
+                ),
+                Err(_) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "session ids are numbers"}),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -236,7 +236,10 @@ fn watch_cgroups(
 /// Hot reload: any change in the policy directory triggers a reload.
 fn watch_policies(
     dir: &std::path::Path,
-) -> Result<(notify::RecommendedWatcher, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+) -> Result<(
+    notify::RecommendedWatcher,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+)> {
     use notify::Watcher;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {

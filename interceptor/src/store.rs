@@ -186,8 +186,13 @@ impl Store {
 
     /// A session and its requests, as one JSON document.
     pub fn session_with_requests(&self, id: u64) -> Result<Option<SessionDetail>> {
-        let Some(v) = self.sessions.get(id.to_be_bytes())? else { return Ok(None) };
-        Ok(Some(SessionDetail { session: serde_json::from_slice(&v)?, requests: self.requests_of(id)? }))
+        let Some(v) = self.sessions.get(id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        Ok(Some(SessionDetail {
+            session: serde_json::from_slice(&v)?,
+            requests: self.requests_of(id)?,
+        }))
     }
 
     /// Marks the sessions a previous daemon left open as interrupted.

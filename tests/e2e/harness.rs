@@ -254,8 +254,16 @@ impl DaemonConfig {
 
     /// The interceptor CA (PEM file) for clients to trust.
     pub fn ca_file(&self) -> PathBuf {
-        let out = Command::new(BIN).args(["ca", "export", "--state-dir"]).arg(self.dir.join("state")).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["ca", "export", "--state-dir"])
+            .arg(self.dir.join("state"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let f = self.dir.join("interceptor-ca.pem");
         std::fs::write(&f, out.stdout).unwrap();
         f
@@ -372,10 +380,16 @@ impl Daemon {
     /// The request records of one session (`interceptor sessions show ID --json`).
     pub fn requests(&self, session: u64) -> Vec<Value> {
         let mut c = Command::new(BIN);
-        c.args(["sessions", "show", &session.to_string(), "--json", "--admin-socket"])
-            .arg(self.cfg.socket())
-            .arg("--state-dir")
-            .arg(self.cfg.dir.join("state"));
+        c.args([
+            "sessions",
+            "show",
+            &session.to_string(),
+            "--json",
+            "--admin-socket",
+        ])
+        .arg(self.cfg.socket())
+        .arg("--state-dir")
+        .arg(self.cfg.dir.join("state"));
         let (ok, out, err) = run(c, Duration::from_secs(30));
         assert!(ok, "sessions show failed: {err}");
         let v: Value = serde_json::from_str(&out).unwrap();
@@ -615,28 +629,38 @@ impl TestPki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::CommonName, format!("interceptor test CA {tag}"));
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("interceptor test CA {tag}"));
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["api.test".to_string(), "pinned.test".to_string()]).unwrap();
-        p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.subject_alt_names.push(SanType::IpAddress("::1".parse().unwrap()));
+        let mut p = CertificateParams::new(vec!["api.test".to_string(), "pinned.test".to_string()])
+            .unwrap();
+        p.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        p.subject_alt_names
+            .push(SanType::IpAddress("::1".parse().unwrap()));
         let cert = p.signed_by(&key, &issuer).unwrap();
         let ca_pem = dir.join(format!("{tag}-ca.pem"));
         std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
-        TestPki { ca_pem, cert_chain: vec![cert.der().clone(), ca_cert.der().clone()], key_der: key.serialize_der() }
+        TestPki {
+            ca_pem,
+            cert_chain: vec![cert.der().clone(), ca_cert.der().clone()],
+            key_der: key.serialize_der(),
+        }
     }
 
     fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
-        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(self.cert_chain.clone(), key)
-            .unwrap();
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(self.cert_chain.clone(), key)
+        .unwrap();
         c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(c)
     }
@@ -655,7 +679,11 @@ pub struct HttpUpstream {
 
 impl HttpUpstream {
     pub fn start(bind: &str, pki: Option<&TestPki>) -> HttpUpstream {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -664,28 +692,40 @@ impl HttpUpstream {
         let count = requests.clone();
         rt.spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (count, release, tls) = (count.clone(), release.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         count.fetch_add(1, Ordering::SeqCst);
                         upstream_respond(req, release.clone())
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
                     match tls {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(conn).await {
-                                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+                                let _ = builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), svc).await;
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                                .await;
                         }
                     }
                 });
             }
         });
-        HttpUpstream { addr, requests, _rt: rt }
+        HttpUpstream {
+            addr,
+            requests,
+            _rt: rt,
+        }
     }
 
     pub fn requests(&self) -> usize {
@@ -718,7 +758,9 @@ async fn upstream_respond(
             let _ = tx.send(bytes::Bytes::from_static(b"data: first\n\n")).await;
             release.notified().await;
             for i in 2..=3 {
-                let _ = tx.send(bytes::Bytes::from(format!("data: event {i}\n\n"))).await;
+                let _ = tx
+                    .send(bytes::Bytes::from(format!("data: event {i}\n\n")))
+                    .await;
             }
         });
         let stream = futures_stream(rx);
@@ -727,7 +769,10 @@ async fn upstream_respond(
             .body(http_body_util::StreamBody::new(stream).boxed())
             .unwrap());
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         tokio::spawn(async move {
             let block = bytes::Bytes::from(pattern_block());
@@ -751,9 +796,17 @@ async fn upstream_respond(
     let query = req.uri().query().unwrap_or("").to_string();
     let mut headers = serde_json::Map::new();
     for (k, v) in req.headers() {
-        headers.insert(k.to_string(), Value::String(sha256_hex(std::iter::once(v.as_bytes().to_vec()))));
+        headers.insert(
+            k.to_string(),
+            Value::String(sha256_hex(std::iter::once(v.as_bytes().to_vec()))),
+        );
     }
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let v = serde_json::json!({"method": method, "path": path, "query_sha256": sha256_hex(std::iter::once(query.into_bytes())), "version": version, "headers": headers, "body_len": body_len});
     Ok(full(200, "application/json", v.to_string().into_bytes()))
 }
@@ -761,12 +814,20 @@ async fn upstream_respond(
 /// mpsc receiver → a body stream of data frames.
 fn futures_stream(
     mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> + Send + Sync + 'static {
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>
++ Send
++ Sync
++ 'static {
     struct S(tokio::sync::mpsc::Receiver<bytes::Bytes>);
     impl futures_core::Stream for S {
         type Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
-            self.0.poll_recv(cx).map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0
+                .poll_recv(cx)
+                .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
         }
     }
     let _ = &mut rx;
@@ -803,16 +864,27 @@ impl TestIdp {
         let issuer = format!("https://127.0.0.1:{port}");
         let discovery = serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")});
         let routes: Vec<(String, String)> = vec![
-            ("/.well-known/openid-configuration".into(), discovery.to_string()),
+            (
+                "/.well-known/openid-configuration".into(),
+                discovery.to_string(),
+            ),
             ("/jwks".into(), jwks.to_string()),
         ];
         let server = HttpUpstream::start_static(&format!("127.0.0.1:{port}"), &pki, routes);
-        TestIdp { issuer, ca_pem: pki.ca_pem.clone(), key_pem: key.serialize_pem(), _server: server }
+        TestIdp {
+            issuer,
+            ca_pem: pki.ca_pem.clone(),
+            key_pem: key.serialize_pem(),
+            _server: server,
+        }
     }
 
     /// A token with these claims merged over valid defaults.
     pub fn token(&self, overrides: Value) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let mut claims = serde_json::json!({
             "iss": self.issuer, "aud": "interceptor", "sub": "user-1", "email": "alice@example.com",
             "groups": ["sre"], "iat": now, "exp": now + 600,
@@ -831,7 +903,8 @@ impl TestIdp {
         use base64::Engine;
         let signed = self.token(serde_json::json!({}));
         let payload = signed.split('.').nth(1).unwrap();
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT","kid":"test-key-1"}"#);
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT","kid":"test-key-1"}"#);
         format!("{header}.{payload}.")
     }
 }
@@ -839,7 +912,11 @@ impl TestIdp {
 impl HttpUpstream {
     /// An HTTPS server answering fixed JSON bodies by path (404 otherwise).
     pub fn start_static(bind: &str, pki: &TestPki, routes: Vec<(String, String)>) -> HttpUpstream {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
@@ -848,34 +925,52 @@ impl HttpUpstream {
         let count = requests.clone();
         rt.spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (acceptor, routes, count) = (acceptor.clone(), routes.clone(), count.clone());
                 tokio::spawn(async move {
-                    let Ok(s) = acceptor.accept(conn).await else { return };
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        count.fetch_add(1, Ordering::SeqCst);
-                        let found = routes.iter().find(|(p, _)| p == req.uri().path()).map(|(_, b)| b.clone());
-                        async move {
-                            use http_body_util::BodyExt;
-                            let (status, body) = match found {
-                                Some(b) => (200, b),
-                                None => (404, "{}".to_string()),
-                            };
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await;
+                    let Ok(s) = acceptor.accept(conn).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            let found = routes
+                                .iter()
+                                .find(|(p, _)| p == req.uri().path())
+                                .map(|(_, b)| b.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let (status, body) = match found {
+                                    Some(b) => (200, b),
+                                    None => (404, "{}".to_string()),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/json")
+                                        .body(
+                                            http_body_util::Full::new(bytes::Bytes::from(body))
+                                                .boxed(),
+                                        )
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
                 });
             }
         });
-        HttpUpstream { addr, requests, _rt: rt }
+        HttpUpstream {
+            addr,
+            requests,
+            _rt: rt,
+        }
     }
 }

@@ -82,17 +82,37 @@ fn setup(tag: &str) -> Setup {
     let creds = cfg.credentials_dir();
     std::fs::write(creds.join("gh"), format!("{GH_SECRET}\n")).unwrap();
     std::fs::write(creds.join("apikey"), API_KEY).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n", pki.ca_pem);
+    cfg.extra = format!(
+        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n",
+        pki.ca_pem
+    );
     let d = Daemon::start(&cfg);
     let ca = cfg.ca_file().to_string_lossy().into_owned();
-    Setup { cg, cfg, d, tls_up, plain_up, ca }
+    Setup {
+        cg,
+        cfg,
+        d,
+        tls_up,
+        plain_up,
+        ca,
+    }
 }
 
 impl Setup {
     fn curl(&self, args: &[&str]) -> (bool, String, String) {
         let resolve = format!("api.test:{}:127.0.0.1", self.tls_up.addr.port());
         let resolve2 = format!("pinned.test:{}:127.0.0.1", self.tls_up.addr.port());
-        let mut all = vec!["-sS", "--max-time", "20", "--cacert", &self.ca, "--resolve", &resolve, "--resolve", &resolve2];
+        let mut all = vec![
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            &self.ca,
+            "--resolve",
+            &resolve,
+            "--resolve",
+            &resolve2,
+        ];
         all.extend_from_slice(args);
         run(self.cg.command("curl", &all), Duration::from_secs(60))
     }
@@ -113,14 +133,24 @@ fn https_requests_get_the_credential_the_skill_never_sees() {
     }
     let s = setup("inject");
     for proto in ["--http1.1", "--http2"] {
-        let (ok, out, err) =
-            s.curl(&[proto, "-H", "Authorization: Bearer forged-by-skill", "-w", "\n%{http_version}", &s.url("/echo/x?a=1")]);
+        let (ok, out, err) = s.curl(&[
+            proto,
+            "-H",
+            "Authorization: Bearer forged-by-skill",
+            "-w",
+            "\n%{http_version}",
+            &s.url("/echo/x?a=1"),
+        ]);
         assert!(ok, "{proto}: {err}");
         let (body, version) = out.rsplit_once('\n').unwrap();
         assert_eq!(version, if proto == "--http2" { "2" } else { "1.1" });
         let v = json(body);
         // The upstream got the real secret, not what the skill sent...
-        assert_eq!(v["headers"]["authorization"], sha256_str(&format!("Bearer {GH_SECRET}")), "{proto} {v}");
+        assert_eq!(
+            v["headers"]["authorization"],
+            sha256_str(&format!("Bearer {GH_SECRET}")),
+            "{proto} {v}"
+        );
         // Upstream, the proxy uses HTTP/2 when the server offers it.
         assert_eq!(v["version"], "HTTP/2.0");
         // ...and the skill never saw it.
@@ -129,10 +159,14 @@ fn https_requests_get_the_credential_the_skill_never_sees() {
     // Query-parameter credentials replace what the caller put there.
     let (ok, out, err) = s.curl(&[&s.url("/q?key=forged&x=1")]);
     assert!(ok, "{err}");
-    assert_eq!(json(&out)["query_sha256"], sha256_str(&format!("x=1&key={API_KEY}")));
+    assert_eq!(
+        json(&out)["query_sha256"],
+        sha256_str(&format!("x=1&key={API_KEY}"))
+    );
 
     // Sessions and requests are recorded, without any secret.
-    let sess = s.d.wait_session(|x| x["protocol"] == "tls" && x["sni"] == "api.test");
+    let sess =
+        s.d.wait_session(|x| x["protocol"] == "tls" && x["sni"] == "api.test");
     assert_eq!(sess["workload"]["cgroup"], s.cg.rel.as_str());
     let reqs = s.d.requests(sess["id"].as_u64().unwrap());
     assert_eq!(reqs[0]["host"], "api.test");
@@ -163,19 +197,57 @@ fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
 
     // Content-Length over max_body → 413 before anything is sent upstream.
     let big = "x".repeat(2000);
-    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &big, &s.url("/upload")]);
+    let (_, out, _) = s.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        &big,
+        &s.url("/upload"),
+    ]);
     assert_eq!(out, "413");
     // Chunked (no Content-Length) is cut off while streaming.
-    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked", "--data-binary", &big, &s.url("/upload")]);
+    let (_, out, _) = s.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &big,
+        &s.url("/upload"),
+    ]);
     assert_eq!(out, "413");
     let small = "x".repeat(100);
-    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &small, &s.url("/upload")]);
+    let (_, out, _) = s.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        &small,
+        &s.url("/upload"),
+    ]);
     assert_eq!(out, "200");
     // Domain fronting: SNI api.test, Host something else.
-    let (_, out, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: evil.test", &s.url("/echo")]);
+    let (_, out, _) = s.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: evil.test",
+        &s.url("/echo"),
+    ]);
     assert_eq!(out, "421");
     // Only the small upload (and possibly the chunked one's head) reached the upstream.
-    assert!(s.tls_up.requests() - before <= 2, "{}", s.tls_up.requests() - before);
+    assert!(
+        s.tls_up.requests() - before <= 2,
+        "{}",
+        s.tls_up.requests() - before
+    );
     let sess = s.d.wait_session(|x| x["protocol"] == "tls");
     let _ = sess;
 }
@@ -188,9 +260,15 @@ fn plaintext_http_and_passthrough_tls() {
     let s = setup("plain");
     // Plain HTTP to 127.0.0.1 (the Host is the address).
     let url = format!("http://127.0.0.1:{}/echo", s.plain_up.addr.port());
-    let (ok, out, err) = run(s.cg.command("curl", &["-sS", "--max-time", "10", &url]), Duration::from_secs(30));
+    let (ok, out, err) = run(
+        s.cg.command("curl", &["-sS", "--max-time", "10", &url]),
+        Duration::from_secs(30),
+    );
     assert!(ok, "{err}");
-    assert_eq!(json(&out)["headers"]["authorization"], sha256_str(&format!("Bearer {GH_SECRET}")));
+    assert_eq!(
+        json(&out)["headers"]["authorization"],
+        sha256_str(&format!("Bearer {GH_SECRET}"))
+    );
     s.d.wait_session(|x| x["protocol"] == "http");
 
     // Passthrough: the client sees the upstream's own certificate (it
@@ -199,7 +277,19 @@ fn plaintext_http_and_passthrough_tls() {
     let resolve = format!("pinned.test:{}:127.0.0.1", s.tls_up.addr.port());
     let url = format!("https://pinned.test:{}/echo", s.tls_up.addr.port());
     let (ok, out, err) = run(
-        s.cg.command("curl", &["-sS", "--max-time", "10", "--cacert", upstream_ca.to_str().unwrap(), "--resolve", &resolve, &url]),
+        s.cg.command(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                upstream_ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+        ),
         Duration::from_secs(30),
     );
     assert!(ok, "{err}");
@@ -259,7 +349,10 @@ fn python_and_node_clients_trust_the_interceptor_ca() {
     // httpx, HTTP/2 when it can
     let mut cmd = s.cg.command(
         "python3",
-        &["-c", &format!("import httpx; print(httpx.get({url:?}, timeout=20).text)")],
+        &[
+            "-c",
+            &format!("import httpx; print(httpx.get({url:?}, timeout=20).text)"),
+        ],
     );
     cmd.env("SSL_CERT_FILE", &s.ca);
     let (ok, out, err) = run(cmd, Duration::from_secs(60));
@@ -282,7 +375,13 @@ fn a_bad_upstream_certificate_is_a_502_not_a_downgrade() {
         return;
     }
     let cg = TestCgroup::new("badcert");
-    let mut cfg = DaemonConfig::new(&[&cg], &format!("[[rule]]\nid = \"any\"\nworkload = {:?}\nhost = \"*\"\naction = \"allow\"\n", cg.rel));
+    let mut cfg = DaemonConfig::new(
+        &[&cg],
+        &format!(
+            "[[rule]]\nid = \"any\"\nworkload = {:?}\nhost = \"*\"\naction = \"allow\"\n",
+            cg.rel
+        ),
+    );
     // The upstream's CA is not configured: the daemon must not trust it.
     let pki = TestPki::new(&cfg.dir, "untrusted");
     let up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
@@ -292,7 +391,21 @@ fn a_bad_upstream_certificate_is_a_502_not_a_downgrade() {
     let resolve = format!("api.test:{}:127.0.0.1", up.addr.port());
     let url = format!("https://api.test:{}/echo", up.addr.port());
     let (_, out, _) = run(
-        cg.command("curl", &["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, "-w", "\n%{http_code}", &url]),
+        cg.command(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        ),
         Duration::from_secs(30),
     );
     let (body, code) = out.rsplit_once('\n').unwrap();
@@ -302,7 +415,10 @@ fn a_bad_upstream_certificate_is_a_502_not_a_downgrade() {
     let sess = d.wait_session(|x| x["protocol"] == "tls");
     let reqs = d.requests(sess["id"].as_u64().unwrap());
     assert_eq!(reqs[0]["status"], 502);
-    assert!(reqs[0]["error"].as_str().unwrap().contains("TLS"), "{reqs:?}");
+    assert!(
+        reqs[0]["error"].as_str().unwrap().contains("TLS"),
+        "{reqs:?}"
+    );
 }
 
 #[test]
@@ -347,7 +463,17 @@ action = "allow"
     let call = |path: &str, token: Option<&str>| -> (String, Value) {
         let url = format!("https://api.test:{}{path}", up.addr.port());
         let auth = token.map(|t| format!("Proxy-Authorization: Bearer {t}"));
-        let mut args = vec!["-sS", "--max-time", "20", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve, "-w", "\n%{http_code}"];
+        let mut args = vec![
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code}",
+        ];
         if let Some(a) = &auth {
             args.extend_from_slice(&["-H", a]);
         }
@@ -355,7 +481,10 @@ action = "allow"
         let (ok, out, err) = run(cg.command("curl", &args), Duration::from_secs(30));
         assert!(ok, "{err}");
         let (body, code) = out.rsplit_once('\n').unwrap();
-        (code.to_string(), serde_json::from_str(body).unwrap_or(Value::Null))
+        (
+            code.to_string(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
     };
 
     let good = idp.token(serde_json::json!({}));
@@ -364,25 +493,53 @@ action = "allow"
     // The token is removed before forwarding.
     assert!(v["headers"].get("proxy-authorization").is_none(), "{v}");
     // Same user without the group: no rule allows it.
-    let (code, v) = call("/sre/deploy", Some(&idp.token(serde_json::json!({"groups": ["dev"]}))));
-    assert_eq!((code.as_str(), v["error"].as_str()), ("403", Some("denied")));
+    let (code, v) = call(
+        "/sre/deploy",
+        Some(&idp.token(serde_json::json!({"groups": ["dev"]}))),
+    );
+    assert_eq!(
+        (code.as_str(), v["error"].as_str()),
+        ("403", Some("denied"))
+    );
     // No token where the rule requires a user.
     let (code, v) = call("/me", None);
-    assert_eq!((code.as_str(), v["error"].as_str()), ("401", Some("user_token_required")));
+    assert_eq!(
+        (code.as_str(), v["error"].as_str()),
+        ("401", Some("user_token_required"))
+    );
     assert_eq!(call("/me", Some(&good)).0, "200");
 
     // The attack matrix, end to end: each is a 401 that says why and never
     // echoes the token.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut tampered = good.clone();
     let sig_start = tampered.rfind('.').unwrap() + 1;
-    let flipped = if &tampered[sig_start..sig_start + 1] == "A" { "B" } else { "A" };
+    let flipped = if &tampered[sig_start..sig_start + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
     tampered.replace_range(sig_start..sig_start + 1, flipped);
     let cases: Vec<(&str, String)> = vec![
-        ("token_expired", idp.token(serde_json::json!({"exp": now - 3600, "iat": now - 7200}))),
-        ("token_not_yet_valid", idp.token(serde_json::json!({"nbf": now + 3600}))),
-        ("wrong_audience", idp.token(serde_json::json!({"aud": "someone-else"}))),
-        ("wrong_issuer", idp.token(serde_json::json!({"iss": "https://evil.example"}))),
+        (
+            "token_expired",
+            idp.token(serde_json::json!({"exp": now - 3600, "iat": now - 7200})),
+        ),
+        (
+            "token_not_yet_valid",
+            idp.token(serde_json::json!({"nbf": now + 3600})),
+        ),
+        (
+            "wrong_audience",
+            idp.token(serde_json::json!({"aud": "someone-else"})),
+        ),
+        (
+            "wrong_issuer",
+            idp.token(serde_json::json!({"iss": "https://evil.example"})),
+        ),
         ("algorithm_not_allowed", idp.unsigned_token()),
         ("bad_signature", tampered),
         ("malformed_token", "not-a-jwt".to_string()),
@@ -391,12 +548,19 @@ action = "allow"
         let (code, v) = call("/me", Some(&token));
         assert_eq!(code, "401", "{expected}: {v}");
         assert_eq!(v["error"], expected, "{v}");
-        assert!(!v.to_string().contains(&token), "the error echoes the token");
+        assert!(
+            !v.to_string().contains(&token),
+            "the error echoes the token"
+        );
     }
     // Requests are recorded under the user's name.
     let sess = d.wait_session(|x| x["protocol"] == "tls");
     let reqs = d.requests(sess["id"].as_u64().unwrap());
-    assert!(reqs.iter().any(|r| r["user"] == "alice@example.com" && r["status"] == 200), "{reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r["user"] == "alice@example.com" && r["status"] == 200),
+        "{reqs:?}"
+    );
     assert!(!d.log_text().contains(&good));
 }
 
@@ -421,7 +585,13 @@ fn time_windows_use_the_pinned_clock() {
         let mut cfg = cfg.clone();
         cfg.env = vec![("INTERCEPTOR_TEST_NOW".into(), now.into())];
         let _d = Daemon::start(&cfg);
-        let (_, out, _) = run(cg.command("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url]), Duration::from_secs(20));
+        let (_, out, _) = run(
+            cg.command(
+                "curl",
+                &["-s", "-o", "/dev/null", "-w", "%{http_code}", &url],
+            ),
+            Duration::from_secs(20),
+        );
         out
     };
     // Monday 2026-01-05 10:00 UTC = 11:00 in Berlin: inside.
@@ -471,18 +641,28 @@ print(first.decode(), "|", " ".join(x.decode() for x in rest), flush=True)
     let log_has = |needle: &str, n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while s.d.log_text().matches(needle).count() < n {
-            assert!(std::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", s.d.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                s.d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
     // Invalid: rejected with file:line:col, the old policy stays.
-    s.cfg.set_policy(&policy(&s.cg).replace("action = \"deny\"", "action = \"dney\""));
+    s.cfg
+        .set_policy(&policy(&s.cg).replace("action = \"deny\"", "action = \"dney\""));
     log_has("policy reload rejected", 1);
-    assert!(s.d.log_text().contains("50-test.toml:"), "{}", s.d.log_text());
+    assert!(
+        s.d.log_text().contains("50-test.toml:"),
+        "{}",
+        s.d.log_text()
+    );
     let (_, code, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", &s.url("/admin/x")]);
     assert_eq!(code, "403");
     // Valid: the admin path becomes allowed for new requests.
-    s.cfg.set_policy(&policy(&s.cg).replace("path = \"/admin/**\"", "path = \"/nothing/**\""));
+    s.cfg
+        .set_policy(&policy(&s.cg).replace("path = \"/admin/**\"", "path = \"/nothing/**\""));
     log_has("policy reloaded", 1);
     let (_, code, _) = s.curl(&["-o", "/dev/null", "-w", "%{http_code}", &s.url("/admin/x")]);
     assert_eq!(code, "200");
@@ -515,11 +695,22 @@ fn a_1gb_download_keeps_daemon_memory_flat() {
     assert!(ok, "{err}");
     let before = rss("VmRSS:");
     let n: u64 = 1 << 30;
-    let (ok, out, err) = s.curl(&["--max-time", "300", "-o", "/dev/null", "-w", "%{size_download}", &s.url(&format!("/bytes/{n}"))]);
+    let (ok, out, err) = s.curl(&[
+        "--max-time",
+        "300",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &s.url(&format!("/bytes/{n}")),
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), n.to_string());
     let peak = rss("VmHWM:");
     eprintln!("daemon RSS before {before} KiB, peak {peak} KiB over a 1 GiB download");
     // Streaming means the peak does not grow with the body: far below 1 GiB.
-    assert!(peak < before + 64 * 1024, "daemon peak RSS {peak} KiB (before {before} KiB)");
+    assert!(
+        peak < before + 64 * 1024,
+        "daemon peak RSS {peak} KiB (before {before} KiB)"
+    );
 }

@@ -618,3 +618,79 @@ fn racing_daemon_restarts_never_opens_a_direct_path() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn policy_check_and_explain_from_the_command_line() {
+    let examples = format!("{}/../policies", env!("CARGO_MANIFEST_DIR"));
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        run(c, Duration::from_secs(20))
+    };
+    let (ok, out, err) = cli(&["policy", "check", &examples]);
+    assert!(ok, "{err}");
+    assert!(out.contains("OK"), "{out}");
+    let (ok, out, _) = cli(&[
+        "policy",
+        "explain",
+        "--policies",
+        &examples,
+        "--workload",
+        "skills.slice/a.service",
+        "--method",
+        "POST",
+        "--url",
+        "https://api.github.com/repos/acme/x/issues",
+        "--dst",
+        "140.82.112.5:443",
+        "--user",
+        "rel",
+        "--groups",
+        "release",
+    ]);
+    assert!(ok);
+    assert!(
+        out.contains("decision: Allow")
+            && out.contains("github-write-release (")
+            && out.contains("60-github.toml:"),
+        "{out}"
+    );
+    assert!(out.contains("inject:   credential github"), "{out}");
+    let (ok, out, _) = cli(&[
+        "policy",
+        "explain",
+        "--policies",
+        &examples,
+        "--workload",
+        "skills.slice/a.service",
+        "--url",
+        "http://169.254.169.254/latest",
+    ]);
+    assert!(ok);
+    assert!(
+        out.contains("decision: Deny") && out.contains("deny-cloud-metadata"),
+        "{out}"
+    );
+
+    // A broken directory: exit 1, every error as file:line:col.
+    let dir = std::env::temp_dir().join(format!("interceptor-badpolicy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("a.toml"),
+        "[[rule]]\nid = \"a\"\naction = \"allow\"\nhost = [\"a\", \"[\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.toml"),
+        "[[rule]]\nid = \"b\"\naction = \"allow\"\ninject = \"nope\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&["policy", "check", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("a.toml:4:8: host pattern \"[\""), "{err}");
+    assert!(
+        err.contains("b.toml:4:10: inject: no credential named \"nope\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

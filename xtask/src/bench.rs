@@ -35,9 +35,17 @@ struct Row {
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = if quick {
-        Sizes { connects: 300, round_trips: 3000, bulk_bytes: 256 << 20 }
+        Sizes {
+            connects: 300,
+            round_trips: 3000,
+            bulk_bytes: 256 << 20,
+        }
     } else {
-        Sizes { connects: 2000, round_trips: 20000, bulk_bytes: 2 << 30 }
+        Sizes {
+            connects: 2000,
+            round_trips: 20000,
+            bulk_bytes: 2 << 30,
+        }
     };
     lab::require_root()?;
     let bin = lab::build_release()?;
@@ -78,19 +86,66 @@ pub fn run(args: &[String]) -> Result<()> {
         Ok((direct, proxied))
     };
 
-    eprintln!("measuring connect + first byte ({} connects each)...", sizes.connects);
-    let (d, p) = measure(&["connect", &greeter.addr.to_string(), &sizes.connects.to_string()])?;
+    eprintln!(
+        "measuring connect + first byte ({} connects each)...",
+        sizes.connects
+    );
+    let (d, p) = measure(&[
+        "connect",
+        &greeter.addr.to_string(),
+        &sizes.connects.to_string(),
+    ])?;
     let mut rows = vec![
-        Row { name: "connect + first byte, p50", unit: "µs", direct: d[0], proxied: p[0], lower_is_better: true },
-        Row { name: "connect + first byte, p99", unit: "µs", direct: d[1], proxied: p[1], lower_is_better: true },
+        Row {
+            name: "connect + first byte, p50",
+            unit: "µs",
+            direct: d[0],
+            proxied: p[0],
+            lower_is_better: true,
+        },
+        Row {
+            name: "connect + first byte, p99",
+            unit: "µs",
+            direct: d[1],
+            proxied: p[1],
+            lower_is_better: true,
+        },
     ];
-    eprintln!("measuring keep-alive request/response ({} round trips of 64 B each)...", sizes.round_trips);
+    eprintln!(
+        "measuring keep-alive request/response ({} round trips of 64 B each)...",
+        sizes.round_trips
+    );
     let (d, p) = measure(&["rr", &echo.addr.to_string(), &sizes.round_trips.to_string()])?;
-    rows.push(Row { name: "request/response (64 B echo), p50", unit: "µs", direct: d[0], proxied: p[0], lower_is_better: true });
-    rows.push(Row { name: "request/response (64 B echo), p99", unit: "µs", direct: d[1], proxied: p[1], lower_is_better: true });
-    eprintln!("measuring bulk download ({} MiB each)...", sizes.bulk_bytes >> 20);
-    let (d, p) = measure(&["bulk", &source.addr.to_string(), &sizes.bulk_bytes.to_string()])?;
-    rows.push(Row { name: "bulk download throughput", unit: "MiB/s", direct: d[0], proxied: p[0], lower_is_better: false });
+    rows.push(Row {
+        name: "request/response (64 B echo), p50",
+        unit: "µs",
+        direct: d[0],
+        proxied: p[0],
+        lower_is_better: true,
+    });
+    rows.push(Row {
+        name: "request/response (64 B echo), p99",
+        unit: "µs",
+        direct: d[1],
+        proxied: p[1],
+        lower_is_better: true,
+    });
+    eprintln!(
+        "measuring bulk download ({} MiB each)...",
+        sizes.bulk_bytes >> 20
+    );
+    let (d, p) = measure(&[
+        "bulk",
+        &source.addr.to_string(),
+        &sizes.bulk_bytes.to_string(),
+    ])?;
+    rows.push(Row {
+        name: "bulk download throughput",
+        unit: "MiB/s",
+        direct: d[0],
+        proxied: p[0],
+        lower_is_better: false,
+    });
 
     let table = render(&rows);
     println!("\n{table}");
@@ -106,8 +161,12 @@ pub fn run(args: &[String]) -> Result<()> {
          Not a test: no thresholds, numbers from a shared 2-core machine are noisy.\n",
         if quick { " --quick" } else { "" },
         today(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
     );
     std::fs::write(workspace_root().join("BENCHMARKS.md"), report)?;
     eprintln!("wrote BENCHMARKS.md");
@@ -115,9 +174,14 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn render(rows: &[Row]) -> String {
-    let mut out = String::from("| metric | direct | through interceptor | ratio |\n|---|---:|---:|---:|\n");
+    let mut out =
+        String::from("| metric | direct | through interceptor | ratio |\n|---|---:|---:|---:|\n");
     for r in rows {
-        let ratio = if r.lower_is_better { r.proxied / r.direct } else { r.direct / r.proxied };
+        let ratio = if r.lower_is_better {
+            r.proxied / r.direct
+        } else {
+            r.direct / r.proxied
+        };
         out += &format!(
             "| {} | {:.1} {u} | {:.1} {u} | {ratio:.2}x |\n",
             r.name,
@@ -130,12 +194,17 @@ fn render(rows: &[Row]) -> String {
 }
 
 fn today() -> String {
-    lab::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).map(|s| s.trim().to_string()).unwrap_or_default()
+    lab::output(Command::new("date").args(["-u", "+%Y-%m-%d"]))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn parse(out: &str) -> Result<Vec<f64>> {
     out.split_whitespace()
-        .map(|v| v.parse::<f64>().with_context(|| format!("bench client printed {out:?}")))
+        .map(|v| {
+            v.parse::<f64>()
+                .with_context(|| format!("bench client printed {out:?}"))
+        })
         .collect()
 }
 
@@ -188,7 +257,10 @@ pub fn client(args: &[String]) -> Result<()> {
             if got != n {
                 bail!("bulk: got {got} of {n} bytes");
             }
-            println!("{}", got as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64());
+            println!(
+                "{}",
+                got as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64()
+            );
         }
         m => bail!("unknown bench-client mode {m}"),
     }

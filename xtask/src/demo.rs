@@ -40,40 +40,84 @@ pub fn run() -> Result<()> {
     let lab = Lab::new(&bin, "interceptor-demo", POLICY, 15101, 15100)?;
     println!("  cgroup    {}", lab.cgroup.display());
     println!("  policy    {}/50-demo.toml:", lab.policies().display());
-    for l in POLICY.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for l in POLICY
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         println!("            {l}");
     }
 
-    step(4, "start the daemon: interceptor run --cgroup interceptor-demo ...");
+    step(
+        4,
+        "start the daemon: interceptor run --cgroup interceptor-demo ...",
+    );
     let mut daemon = lab.start_daemon()?;
     println!("  ready (log: {})", lab.log().display());
 
-    step(5, "the skill calls the allowed API (curl inside the cgroup)");
-    let out = lab.in_cgroup("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"])?;
+    step(
+        5,
+        "the skill calls the allowed API (curl inside the cgroup)",
+    );
+    let out = lab.in_cgroup(
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"],
+    )?;
     println!("  curl http://127.0.0.1:18080/  ->  {}", out.trim());
     let py = "import socket; s=socket.create_connection(('127.0.0.1',18080)); \
               print('getpeername:', s.getpeername(), ' getsockname:', s.getsockname())";
     let out = lab.in_cgroup("python3", &["-c", py])?;
-    println!("  the skill still sees the address it dialled; its socket is really on the proxy:\n    {}", out.trim());
+    println!(
+        "  the skill still sees the address it dialled; its socket is really on the proxy:\n    {}",
+        out.trim()
+    );
 
-    step(6, "the skill tries the internal API: denied by rule deny-internal");
-    let r = lab.in_cgroup_status("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:18081/"])?;
+    step(
+        6,
+        "the skill tries the internal API: denied by rule deny-internal",
+    );
+    let r = lab.in_cgroup_status(
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:18081/"],
+    )?;
     println!("  curl http://127.0.0.1:18081/  ->  {}", r.trim());
-    println!("  requests the internal upstream received: {}", internal.hits());
+    println!(
+        "  requests the internal upstream received: {}",
+        internal.hits()
+    );
 
-    step(7, "a process outside the cgroup is untouched (direct, not recorded)");
-    let out = lab::output(Command::new("curl").args(["-sS", "--max-time", "5", "http://127.0.0.1:18081/"]))?;
+    step(
+        7,
+        "a process outside the cgroup is untouched (direct, not recorded)",
+    );
+    let out = lab::output(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:18081/",
+    ]))?;
     println!("  curl from the host  ->  {}", out.trim());
 
-    step(8, "fail closed: SIGKILL the daemon, the skill cannot get out");
+    step(
+        8,
+        "fail closed: SIGKILL the daemon, the skill cannot get out",
+    );
     daemon.kill();
-    let r = lab.in_cgroup_status("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"])?;
+    let r = lab.in_cgroup_status(
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"],
+    )?;
     println!("  daemon down:  curl  ->  {}", r.trim());
     std::thread::sleep(Duration::from_millis(3500));
-    let r = lab.in_cgroup_status("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"])?;
+    let r = lab.in_cgroup_status(
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"],
+    )?;
     println!("  heartbeat stale (3 s): curl  ->  {}", r.trim());
     let mut daemon = lab.start_daemon()?;
-    let out = lab.in_cgroup("curl", &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"])?;
+    let out = lab.in_cgroup(
+        "curl",
+        &["-sS", "--max-time", "5", "http://127.0.0.1:18080/"],
+    )?;
     println!("  daemon restarted:  curl  ->  {}", out.trim());
 
     step(9, "recorded sessions: interceptor sessions list");

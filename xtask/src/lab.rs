@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 pub fn require_root() -> Result<()> {
     let uid = std::fs::read_to_string("/proc/self/status")?
         .lines()
-        .find_map(|l| l.strip_prefix("Uid:").map(|r| r.split_whitespace().next().unwrap_or("").to_string()))
+        .find_map(|l| {
+            l.strip_prefix("Uid:")
+                .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+        })
         .unwrap_or_default();
     if uid != "0" {
         bail!("this task loads BPF programs and creates cgroups: run it as root");
@@ -24,7 +27,11 @@ pub fn require_root() -> Result<()> {
 /// Builds the eBPF object and the release binary; returns the binary.
 pub fn build_release() -> Result<PathBuf> {
     crate::build_ebpf::run()?;
-    run_cmd(Command::new(env!("CARGO")).current_dir(workspace_root()).args(["build", "--release", "-p", "interceptor"]))?;
+    run_cmd(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args(["build", "--release", "-p", "interceptor"]),
+    )?;
     Ok(workspace_root().join("target/release/interceptor"))
 }
 
@@ -33,7 +40,8 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
         })
         .context("no cgroup2 mount in /proc/self/mountinfo")
 }
@@ -56,9 +64,20 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("policies"))?;
         std::fs::write(dir.join("policies/50-demo.toml"), policy)?;
-        let lab = Lab { bin: bin.to_path_buf(), name: name.into(), cgroup, dir, port, admin_port };
+        let lab = Lab {
+            bin: bin.to_path_buf(),
+            name: name.into(),
+            cgroup,
+            dir,
+            port,
+            admin_port,
+        };
         // Leftovers of an interrupted earlier run.
-        let _ = Command::new(&lab.bin).arg("detach").arg("--bpffs-dir").arg(lab.bpffs()).output();
+        let _ = Command::new(&lab.bin)
+            .arg("detach")
+            .arg("--bpffs-dir")
+            .arg(lab.bpffs())
+            .output();
         Ok(lab)
     }
 
@@ -79,7 +98,10 @@ impl Lab {
     }
 
     pub fn start_daemon(&self) -> Result<DaemonProc> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
         let child = Command::new(&self.bin)
             .arg("run")
             .args(["--cgroup", &self.name])
@@ -101,13 +123,19 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = d.child.as_mut().unwrap().try_wait()? {
-                bail!("daemon exited ({st}):\n{}", std::fs::read_to_string(self.log()).unwrap_or_default());
+                bail!(
+                    "daemon exited ({st}):\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
             }
             if http_ok(SocketAddr::from(([127, 0, 0, 1], self.admin_port))) {
                 return Ok(d);
             }
             if Instant::now() > deadline {
-                bail!("daemon not ready:\n{}", std::fs::read_to_string(self.log()).unwrap_or_default());
+                bail!(
+                    "daemon not ready:\n{}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -117,7 +145,10 @@ impl Lab {
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
-            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.cgroup.display()))
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$@\"",
+                self.cgroup.display()
+            ))
             .arg("sh")
             .arg(program)
             .args(args);
@@ -134,7 +165,11 @@ impl Lab {
         Ok(if o.status.success() {
             String::from_utf8_lossy(&o.stdout).into_owned()
         } else {
-            format!("FAILED ({}): {}", o.status, String::from_utf8_lossy(&o.stderr).trim())
+            format!(
+                "FAILED ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )
         })
     }
 
@@ -151,7 +186,11 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin).arg("detach").arg("--bpffs-dir").arg(self.bpffs()).output();
+        let _ = Command::new(&self.bin)
+            .arg("detach")
+            .arg("--bpffs-dir")
+            .arg(self.bpffs())
+            .output();
         let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
         std::thread::sleep(Duration::from_millis(100));
         let _ = std::fs::remove_dir(&self.cgroup);
@@ -181,15 +220,26 @@ impl Drop for DaemonProc {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !o.status.success() {
-        bail!("{cmd:?} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn http_ok(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return false;
     }
     let mut out = String::new();
@@ -204,7 +254,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn start(bind: &str, serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> Result<Upstream> {
+    pub fn start(
+        bind: &str,
+        serve: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
+    ) -> Result<Upstream> {
         let l = TcpListener::bind(bind).with_context(|| format!("binding upstream {bind}"))?;
         let addr = l.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));

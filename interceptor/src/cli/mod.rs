@@ -1,5 +1,6 @@
 //! Command line: `run` starts the daemon; the other commands talk to it or
 //! to its state.
+mod policy;
 mod sessions;
 
 use crate::config::{Config, DEFAULT_CONFIG, Overrides};
@@ -61,6 +62,8 @@ enum PolicyCmd {
         /// Directory [default: the configured one]
         dir: Option<PathBuf>,
     },
+    /// Show the decision and the deciding rule for one request
+    Explain(policy::Explain),
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
@@ -91,6 +94,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             print!("{}", tls.ca_pem());
             Ok(())
         }
+        Cmd::Policy(PolicyCmd::Explain(e)) => policy::explain(e),
         Cmd::Policy(PolicyCmd::Check { dir }) => {
             let dir = match dir {
                 Some(d) => d,

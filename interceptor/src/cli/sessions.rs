@@ -40,12 +40,20 @@ pub enum SessionsCmd {
 
 pub fn run(cmd: SessionsCmd) -> Result<()> {
     match cmd {
-        SessionsCmd::List { json, limit, config, admin_socket, state_dir } => {
-            list(json, limit, config, admin_socket, state_dir)
-        }
-        SessionsCmd::Show { id, json, config, admin_socket, state_dir } => {
-            show(id, json, config, admin_socket, state_dir)
-        }
+        SessionsCmd::List {
+            json,
+            limit,
+            config,
+            admin_socket,
+            state_dir,
+        } => list(json, limit, config, admin_socket, state_dir),
+        SessionsCmd::Show {
+            id,
+            json,
+            config,
+            admin_socket,
+            state_dir,
+        } => show(id, json, config, admin_socket, state_dir),
     }
 }
 
@@ -58,21 +66,33 @@ fn show(
 ) -> Result<()> {
     let cfg = super::config_or_default(config)?;
     let socket = admin_socket.unwrap_or(cfg.admin_socket);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let detail: SessionDetail = match rt.block_on(crate::admin::get(&socket, &format!("/v1/sessions/{id}")))? {
-        Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
-        Some((status, body)) => bail!("admin socket answered {status}: {}", String::from_utf8_lossy(&body)),
-        None => match Store::open(&state_dir.unwrap_or(cfg.state_dir))?.session_with_requests(id)? {
-            Some(d) => d,
-            None => bail!("no session {id}"),
-        },
-    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let detail: SessionDetail =
+        match rt.block_on(crate::admin::get(&socket, &format!("/v1/sessions/{id}")))? {
+            Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
+            Some((status, body)) => bail!(
+                "admin socket answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+            None => {
+                match Store::open(&state_dir.unwrap_or(cfg.state_dir))?.session_with_requests(id)? {
+                    Some(d) => d,
+                    None => bail!("no session {id}"),
+                }
+            }
+        };
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(());
     }
     let s = &detail.session;
-    let sni = s.sni.as_deref().map(|n| format!(", sni {n}")).unwrap_or_default();
+    let sni = s
+        .sni
+        .as_deref()
+        .map(|n| format!(", sni {n}"))
+        .unwrap_or_default();
     println!(
         "session {}  {}  {} -> {} ({}{sni})",
         s.id,
