@@ -86,10 +86,10 @@ impl Credentials {
             meta.size(),
             meta.ino(),
         ));
-        if let Some(c) = self.cache.lock().unwrap().get(source) {
-            if c.stamp == stamp {
-                return Ok(c.value.clone());
-            }
+        if let Some(c) = self.cache.lock().unwrap().get(source)
+            && c.stamp == stamp
+        {
+            return Ok(c.value.clone());
         }
         let raw = Zeroizing::new(
             std::fs::read(path)

@@ -588,7 +588,7 @@ fn racing_daemon_restarts_never_opens_a_direct_path() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(r["through"].as_u64().unwrap() > 0, "{r}");
     assert!(
-        r["failed"].as_object().unwrap().len() > 0,
+        !r["failed"].as_object().unwrap().is_empty(),
         "the restarts were not noticed: {r}"
     );
     assert_eq!(

@@ -43,10 +43,10 @@ where
                 if let Some(d) = frame.data_ref() {
                     let total =
                         this.count.fetch_add(d.len() as u64, Ordering::Relaxed) + d.len() as u64;
-                    if let Some(max) = this.max {
-                        if total > max {
-                            return Poll::Ready(Some(Err(Box::new(TooLarge(max)))));
-                        }
+                    if let Some(max) = this.max
+                        && total > max
+                    {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(max)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -131,10 +131,10 @@ impl HttpConn {
                 "this rule requires a user token (Proxy-Authorization: Bearer ...)",
             ));
         }
-        if let (Some(max), Some(len)) = (decision.max_body, content_length(&req)) {
-            if len > max {
-                return Err(Refusal::too_large(max, &decision));
-            }
+        if let (Some(max), Some(len)) = (decision.max_body, content_length(&req))
+            && len > max
+        {
+            return Err(Refusal::too_large(max, &decision));
         }
 
         strip_hop_by_hop(req.headers_mut());
@@ -172,10 +172,10 @@ impl HttpConn {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         *upstream_req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-        if !upstream_req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                upstream_req.headers_mut().insert(header::HOST, v);
-            }
+        if !upstream_req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&host)
+        {
+            upstream_req.headers_mut().insert(header::HOST, v);
         }
         let key = Key {
             addr: self.destination,

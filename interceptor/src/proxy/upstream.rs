@@ -116,10 +116,11 @@ impl Pool {
     }
 
     fn reuse(&self, key: &Key) -> Option<Conn> {
-        if let Some(s) = self.h2.lock().unwrap().get(key) {
-            if !s.is_closed() && s.is_ready() {
-                return Some(Conn::H2(s.clone()));
-            }
+        if let Some(s) = self.h2.lock().unwrap().get(key)
+            && !s.is_closed()
+            && s.is_ready()
+        {
+            return Some(Conn::H2(s.clone()));
         }
         let mut idle = self.h1_idle.lock().unwrap();
         let list = idle.get_mut(key)?;
