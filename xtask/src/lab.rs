@@ -97,13 +97,27 @@ impl Lab {
         self.dir.join("admin.sock")
     }
 
+    /// A credential file the daemon reads (`file:NAME`).
+    pub fn credential(&self, name: &str, value: &str) -> Result<()> {
+        std::fs::create_dir_all(self.dir.join("credentials"))?;
+        std::fs::write(self.dir.join("credentials").join(name), value)?;
+        Ok(())
+    }
+
     pub fn start_daemon(&self) -> Result<DaemonProc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log())?;
+        let config = self.dir.join("interceptor.toml");
+        std::fs::write(
+            &config,
+            format!("credentials_dir = {:?}\n", self.dir.join("credentials")),
+        )?;
         let child = Command::new(&self.bin)
             .arg("run")
+            .arg("--config")
+            .arg(&config)
             .args(["--cgroup", &self.name])
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--admin-listen", &format!("127.0.0.1:{}", self.admin_port)])
@@ -171,6 +185,16 @@ impl Lab {
                 String::from_utf8_lossy(&o.stderr).trim()
             )
         })
+    }
+
+    pub fn session_detail(&self, id: u64) -> Result<String> {
+        output(
+            Command::new(&self.bin)
+                .args(["sessions", "show", &id.to_string(), "--admin-socket"])
+                .arg(self.socket())
+                .arg("--state-dir")
+                .arg(self.dir.join("state")),
+        )
     }
 
     pub fn sessions_table(&self) -> Result<String> {
@@ -274,12 +298,20 @@ impl Upstream {
 
     /// Answers every HTTP/1.1 request with `body` (keep-alive aware).
     pub fn http(bind: &str, body: &'static str) -> Result<Upstream> {
+        Upstream::http_fn(bind, move |_| body.to_string())
+    }
+
+    /// Answers every HTTP/1.1 request with `respond(request head)`.
+    pub fn http_fn(
+        bind: &str,
+        respond: impl Fn(&str) -> String + Send + Sync + Clone + 'static,
+    ) -> Result<Upstream> {
         Upstream::start(bind, move |c| {
             let mut r = BufReader::new(c.try_clone().unwrap());
             let mut w = c;
             loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                let mut head = String::new();
+                if r.read_line(&mut head).unwrap_or(0) == 0 {
                     return;
                 }
                 loop {
@@ -287,7 +319,9 @@ impl Upstream {
                     if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
                     }
+                    head.push_str(&h);
                 }
+                let body = respond(&head);
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()

@@ -174,6 +174,8 @@ fn table(sessions: &[Session]) -> String {
         "EXE",
         "UID",
         "DESTINATION",
+        "PROTO",
+        "REQS",
         "DECISION",
         "RULE",
         "UP",
@@ -191,8 +193,16 @@ fn table(sessions: &[Session]) -> String {
                 s.workload.exe.clone(),
                 s.workload.uid.to_string(),
                 s.destination.clone(),
+                s.protocol.clone(),
+                s.requests.to_string(),
                 format!("{:?}", s.decision).to_lowercase(),
-                s.rule.clone().unwrap_or_else(|| "-".into()),
+                match (&s.rule, s.protocol.as_str()) {
+                    (Some(r), _) => r.clone(),
+                    (None, "http" | "tls") if s.decision == crate::policy::Action::Allow => {
+                        "(per request)".into()
+                    }
+                    (None, _) => "-".into(),
+                },
                 s.bytes_up.to_string(),
                 s.bytes_down.to_string(),
                 match (&s.state, &s.error) {

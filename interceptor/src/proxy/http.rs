@@ -28,6 +28,9 @@ pub struct HttpConn {
     /// The TLS server name for intercepted TLS; `None` for plaintext.
     pub sni: Option<String>,
     pub seq: AtomicU64,
+    /// Body bytes of all requests and responses, for the session record.
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
 }
 
 /// Headers that belong to one hop (RFC 9110 7.6.1) and are never forwarded.
@@ -72,7 +75,7 @@ impl HttpConn {
             error: None,
         };
         match self.clone().exchange(req, &mut rec).await {
-            Ok(resp) => Ok(self.track(resp, rec, started)),
+            Ok(resp) => Ok(self.clone().track(resp, rec, started)),
             Err(refusal) => {
                 rec.status = refusal.status.as_u16();
                 rec.error.get_or_insert_with(|| refusal.message.clone());
@@ -208,13 +211,12 @@ impl HttpConn {
 
     /// Wraps the response body so the request is recorded when it ends.
     fn track(
-        &self,
+        self: Arc<Self>,
         resp: Response<RespBody>,
         mut rec: RequestRecord,
         started: std::time::Instant,
     ) -> Response<RespBody> {
         rec.status = resp.status().as_u16();
-        let proxy = self.proxy.clone();
         let (parts, body) = resp.into_parts();
         let body = TrackedBody::new(body, move |bytes, error| {
             rec.bytes_down = bytes;
@@ -222,7 +224,9 @@ impl HttpConn {
             if let Some(e) = error {
                 rec.error = Some(e);
             }
-            proxy.record_request(&rec);
+            self.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
+            self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+            self.proxy.record_request(&rec);
         });
         Response::from_parts(parts, body.boxed())
     }

@@ -281,6 +281,8 @@ impl Proxy {
             destination,
             sni: sni.clone(),
             seq: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         });
         let result = match &sni {
             None => serve_http(conn, ctx.clone()).await,
@@ -296,6 +298,8 @@ impl Proxy {
         };
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         session.requests = ctx.seq.load(Ordering::Relaxed);
+        session.bytes_up = ctx.bytes_up.load(Ordering::Relaxed);
+        session.bytes_down = ctx.bytes_down.load(Ordering::Relaxed);
         session.error = result.err();
         self.finish(session).await;
     }
