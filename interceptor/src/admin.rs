@@ -196,6 +196,20 @@ fn metrics(proxy: &Proxy) -> String {
         c(&s.bytes_down),
     );
     put(
+        "interceptor_requests_total",
+        "HTTP requests decided.",
+        "counter",
+        c(&s.requests),
+    );
+    if let Some(o) = &proxy.oidc {
+        put(
+            "interceptor_oidc_jwks_fetches_total",
+            "JWKS fetch attempts.",
+            "counter",
+            o.jwks_fetches(),
+        );
+    }
+    put(
         "interceptor_kernel_redirected_total",
         "Connects redirected in the kernel.",
         "counter",

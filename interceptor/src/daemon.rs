@@ -281,14 +281,16 @@ fn oidc_validator(cfg: &Config) -> Result<(Option<Arc<Validator>>, http::HeaderN
             .with_context(|| format!("[oidc] header {h:?}"))?,
         None => http::header::PROXY_AUTHORIZATION,
     };
-    let oc = OidcConfig {
-        issuer: o.issuer.clone(),
-        audiences: o.audiences.clone(),
-        user_claim: o.user_claim.clone().unwrap_or_else(|| "sub".into()),
-        groups_claim: o.groups_claim.clone().unwrap_or_else(|| "groups".into()),
-        leeway: Duration::from_secs(o.leeway_s.unwrap_or(30)),
-        min_refresh_interval: Duration::from_secs(30),
-    };
+    let mut oc = OidcConfig::new(o.issuer.clone(), o.audiences.clone());
+    if let Some(c) = &o.user_claim {
+        oc.user_claim = c.clone();
+    }
+    if let Some(c) = &o.groups_claim {
+        oc.groups_claim = c.clone();
+    }
+    if let Some(l) = o.leeway_s {
+        oc.leeway = Duration::from_secs(l);
+    }
     let tls = Arc::new(crate::tls::client_config(
         o.ca_files.as_deref().unwrap_or_default(),
     )?);

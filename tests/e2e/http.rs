@@ -197,7 +197,7 @@ fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
 
     // Content-Length over max_body → 413 before anything is sent upstream.
     let big = "x".repeat(2000);
-    let (_, out, _) = s.curl(&[
+    let (_, out, err) = s.curl(&[
         "-o",
         "/dev/null",
         "-w",
@@ -206,7 +206,7 @@ fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
         &big,
         &s.url("/upload"),
     ]);
-    assert_eq!(out, "413");
+    assert_eq!(out, "413", "{err}");
     // Chunked (no Content-Length) is cut off while streaming.
     let (_, out, _) = s.curl(&[
         "-o",

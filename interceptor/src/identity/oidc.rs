@@ -10,8 +10,6 @@
 //! from OIDC is two GETs plus jsonwebtoken's verification.
 //!
 //! Errors are shown to clients: they never carry the token or key material.
-// Parts of the API are not wired into the daemon yet; the tests use all of it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -668,33 +666,13 @@ async fn get_unbounded(tls: &Arc<rustls::ClientConfig>, url: &str) -> Result<Byt
 }
 
 /// Strict base64url without padding, as JWS uses it (RFC 7515 §2): other
-/// characters, padding and non-zero leftover bits are refused. Written here
-/// because the `base64` crate is not a direct dependency.
+/// characters, padding and non-zero leftover bits are refused (the `base64`
+/// engine's defaults), so two texts never decode to the same bytes.
 fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be zero, or two texts would decode to the same bytes.
-    (acc == 0).then_some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
 }
 
 #[cfg(test)]
@@ -723,17 +701,8 @@ mod tests {
     }
 
     fn b64(data: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
-                << (8 * (3 - chunk.len()));
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
     }
 
     fn now() -> i64 {

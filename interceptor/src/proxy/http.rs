@@ -93,9 +93,27 @@ impl HttpConn {
         mut req: Request<Incoming>,
         rec: &mut RequestRecord,
     ) -> Result<Response<RespBody>, Refusal> {
-        let host = self.host_of(&req)?;
+        let (decision, host) = match self.admit(&mut req, rec).await {
+            Ok(d) => d,
+            Err(refusal) => {
+                // Read what the client is still sending, so the answer is
+                // not lost to a reset of its unread upload.
+                drain(req.into_body()).await;
+                return Err(refusal);
+            }
+        };
+        self.forward(req, rec, decision, host).await
+    }
+
+    /// attribute → decide → inject: everything before a byte goes upstream.
+    async fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        rec: &mut RequestRecord,
+    ) -> Result<(Decision, String), Refusal> {
+        let host = self.host_of(req)?;
         rec.host = host.clone();
-        let user = self.user_of(&mut req).await?;
+        let user = self.user_of(req).await?;
         rec.user = user.as_ref().map(|u| u.name.clone());
 
         let policy = self.proxy.policy();
@@ -141,7 +159,7 @@ impl HttpConn {
         }
 
         strip_hop_by_hop(req.headers_mut());
-        let credential = match &decision.inject {
+        match &decision.inject {
             Some(name) => {
                 let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
                     Refusal::new(
@@ -155,14 +173,22 @@ impl HttpConn {
                     tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
                     Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
                 })?;
-                inject(&mut req, &cred, &secret)?;
+                inject(req, &cred, &secret)?;
                 rec.injected = Some(cred.name.clone());
-                Some(secret)
             }
-            None => None,
-        };
-        let _ = credential; // the request now carries it; nothing else may.
+            None => {}
+        }
+        Ok((decision, host))
+    }
 
+    /// forward: stream the request upstream, the response back.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        rec: &mut RequestRecord,
+        decision: Decision,
+        host: String,
+    ) -> Result<Response<RespBody>, Refusal> {
         let max_body = decision.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
         let (parts, body) = req.into_parts();
@@ -290,6 +316,21 @@ impl HttpConn {
             .map(Some)
             .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()))
     }
+}
+
+/// Reads and discards up to 1 MiB or 2 s of a refused request's body.
+async fn drain(mut body: Incoming) {
+    let limit = 1 << 20;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn strip_port(h: &str) -> &str {
