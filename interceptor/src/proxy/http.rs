@@ -152,31 +152,28 @@ impl HttpConn {
                 "this rule requires a user token (Proxy-Authorization: Bearer ...)",
             ));
         }
-        if let (Some(max), Some(len)) = (decision.max_body, content_length(&req))
+        if let (Some(max), Some(len)) = (decision.max_body, content_length(req))
             && len > max
         {
             return Err(Refusal::too_large(max, &decision));
         }
 
         strip_hop_by_hop(req.headers_mut());
-        match &decision.inject {
-            Some(name) => {
-                let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
-                    Refusal::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "credential_unavailable",
-                        "the rule's credential is not defined",
-                    )
-                })?;
-                let secret = self.proxy.credentials.get(&cred.source).map_err(|e| {
-                    // The error names the source, never the value.
-                    tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
-                    Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
-                })?;
-                inject(req, &cred, &secret)?;
-                rec.injected = Some(cred.name.clone());
-            }
-            None => {}
+        if let Some(name) = &decision.inject {
+            let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "credential_unavailable",
+                    "the rule's credential is not defined",
+                )
+            })?;
+            let secret = self.proxy.credentials.get(&cred.source).map_err(|e| {
+                // The error names the source, never the value.
+                tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
+                Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
+            })?;
+            inject(req, &cred, &secret)?;
+            rec.injected = Some(cred.name.clone());
         }
         Ok((decision, host))
     }
