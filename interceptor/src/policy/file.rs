@@ -295,8 +295,11 @@ impl Parser<'_> {
                 Action::Deny
             }
         };
+        // A pattern without '/' is also a unit name: "billing.service"
+        // matches skills.slice/billing.service wherever the unit lives.
         let workloads = self.globs(&r.workload, "workload", true, |p| {
-            p.trim_start_matches('/').to_string()
+            let p = p.trim_start_matches('/');
+            if p.contains('/') { p.to_string() } else { format!("{{{p},**/{p}}}") }
         });
         let destinations = r.destination.as_ref().map(|d| {
             d.get_ref()

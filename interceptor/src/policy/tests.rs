@@ -89,6 +89,22 @@ fn shipped_examples_load_and_mean_what_they_say() {
 }
 
 #[test]
+fn workloads_by_cgroup_path_or_unit_name() {
+    let p = policy(
+        "[[rule]]\nid = \"unit\"\nworkload = \"billing.service\"\naction = \"allow\"\n\n\
+         [[rule]]\nid = \"slice\"\nworkload = \"skills.slice/*\"\naction = \"allow\"\n",
+    );
+    let d = |w: &str| decided(p.decide(&conn(w, "10.0.0.1:443"))).rule;
+    assert_eq!(d("skills.slice/billing.service").as_deref(), Some("unit"));
+    assert_eq!(d("billing.service").as_deref(), Some("unit"));
+    assert_eq!(d("skills.slice/other.service").as_deref(), Some("slice"));
+    // `*` does not cross '/': a nested cgroup needs `**`.
+    assert_eq!(d("skills.slice/a.service/sub"), None);
+    // A unit name is a whole segment, not a prefix.
+    assert_eq!(d("skills.slice/billing.service2").as_deref(), Some("slice"));
+}
+
+#[test]
 fn first_match_wins_and_default_denies() {
     let p = policy(
         r#"
