@@ -708,13 +708,19 @@ impl HttpUpstream {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(conn).await {
                                 let _ = builder
-                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                    .serve_connection_with_upgrades(
+                                        hyper_util::rt::TokioIo::new(s),
+                                        svc,
+                                    )
                                     .await;
                             }
                         }
                         None => {
                             let _ = builder
-                                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                                .serve_connection_with_upgrades(
+                                    hyper_util::rt::TokioIo::new(conn),
+                                    svc,
+                                )
                                 .await;
                         }
                     }
@@ -736,7 +742,7 @@ impl HttpUpstream {
 type UpBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
 
 async fn upstream_respond(
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
     release: Arc<tokio::sync::Notify>,
 ) -> Result<hyper::Response<UpBody>, std::convert::Infallible> {
     use http_body_util::BodyExt;
@@ -748,6 +754,24 @@ async fn upstream_respond(
             .body(http_body_util::Full::new(bytes::Bytes::from(body)).boxed())
             .unwrap()
     };
+    // `Connection: upgrade` + `Upgrade: echo`: 101, then an echo of the
+    // raw bytes (the mechanism WebSocket uses).
+    if path == "/upgrade" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        return Ok(hyper::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(http_body_util::Empty::new().boxed())
+            .unwrap());
+    }
     if path == "/release" {
         release.notify_one();
         return Ok(full(200, "text/plain", b"released\n".to_vec()));

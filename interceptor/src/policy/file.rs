@@ -299,7 +299,11 @@ impl Parser<'_> {
         // matches skills.slice/billing.service wherever the unit lives.
         let workloads = self.globs(&r.workload, "workload", true, |p| {
             let p = p.trim_start_matches('/');
-            if p.contains('/') { p.to_string() } else { format!("{{{p},**/{p}}}") }
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("{{{p},**/{p}}}")
+            }
         });
         let destinations = r.destination.as_ref().map(|d| {
             d.get_ref()

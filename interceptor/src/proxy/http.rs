@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,7 @@ impl HttpConn {
         mut req: Request<Incoming>,
         rec: &mut RequestRecord,
     ) -> Result<Response<RespBody>, Refusal> {
+        let upgrade = upgrade_of(&req);
         let (decision, host) = match self.admit(&mut req, rec).await {
             Ok(d) => d,
             Err(refusal) => {
@@ -102,7 +104,7 @@ impl HttpConn {
                 return Err(refusal);
             }
         };
-        self.forward(req, rec, decision, host).await
+        self.forward(req, rec, decision, host, upgrade).await
     }
 
     /// attribute → decide → inject: everything before a byte goes upstream.
@@ -181,11 +183,13 @@ impl HttpConn {
     /// forward: stream the request upstream, the response back.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         rec: &mut RequestRecord,
         decision: Decision,
         host: String,
+        upgrade: Option<HeaderValue>,
     ) -> Result<Response<RespBody>, Refusal> {
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let max_body = decision.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
         let (parts, body) = req.into_parts();
@@ -207,7 +211,16 @@ impl HttpConn {
             addr: self.destination,
             tls_name: self.sni.clone(),
         };
-        let result = self.proxy.upstreams.send(&key, upstream_req).await;
+        let result = match &upgrade {
+            // Upgrades (WebSocket) need their own HTTP/1.1 connection.
+            Some(protocol) => {
+                let h = upstream_req.headers_mut();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, protocol.clone());
+                self.proxy.upstreams.send_upgrade(&key, upstream_req).await
+            }
+            None => self.proxy.upstreams.send(&key, upstream_req).await,
+        };
         rec.bytes_up = up_count.load(Ordering::Relaxed);
         let mut resp = match result {
             Ok(r) => r,
@@ -224,12 +237,46 @@ impl HttpConn {
                 return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));
             }
         };
-        strip_hop_by_hop(resp.headers_mut());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client) = client_upgrade
+        {
+            self.tunnel(client, hyper::upgrade::on(&mut resp), rec.clone());
+        } else {
+            strip_hop_by_hop(resp.headers_mut());
+        }
         let (parts, body) = resp.into_parts();
         Ok(Response::from_parts(
             parts,
             body.map_err(|e| Box::new(e) as BoxError).boxed(),
         ))
+    }
+
+    /// After a 101 both sides speak the upgraded protocol: bytes both ways,
+    /// and the request's record is rewritten with them when it ends.
+    fn tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        mut rec: RequestRecord,
+    ) {
+        let proxy = self.proxy.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((c, u)) => {
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        Ok((up, down)) => {
+                            rec.bytes_up += up;
+                            rec.bytes_down = down;
+                        }
+                        Err(e) => rec.error = Some(format!("upgraded connection: {e}")),
+                    }
+                }
+                Err(e) => rec.error = Some(format!("upgrade failed: {e}")),
+            }
+            rec.status = 101;
+            proxy.record_request(&rec);
+        });
     }
 
     /// Wraps the response body so the request is recorded when it ends.
@@ -328,6 +375,22 @@ async fn drain(mut body: Incoming) {
         }
     })
     .await;
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade`
+/// plus `Upgrade: <protocol>`), e.g. websocket.
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !wants || req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
 }
 
 fn strip_port(h: &str) -> &str {

@@ -356,7 +356,7 @@ where
 {
     let svc = hyper::service::service_fn(move |req| ctx.clone().handle(req));
     hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
         .await
         .map_err(|e| e.to_string())
 }

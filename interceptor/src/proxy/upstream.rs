@@ -45,6 +45,8 @@ enum Conn {
 
 pub struct Pool {
     tls: Arc<rustls::ClientConfig>,
+    /// ALPN http/1.1 only, for upgrades.
+    tls_h1: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>>>,
@@ -52,7 +54,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Self {
+        let mut h1 = (*tls).clone();
+        h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
+            tls_h1: Arc::new(h1),
             tls,
             connect_timeout,
             h1_idle: Mutex::default(),
@@ -129,12 +134,56 @@ impl Pool {
         Some(Conn::H1(list.swap_remove(i)))
     }
 
-    async fn connect(&self, key: &Key) -> Result<Conn, UpstreamError> {
+    /// A request that asks for a protocol switch, on a fresh HTTP/1.1
+    /// connection that hyper hands over after a 101.
+    pub async fn send_upgrade(
+        &self,
+        key: &Key,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let tcp = self.tcp(key).await?;
+        let http = |e: hyper::Error| UpstreamError::Http(e.to_string());
+        let mut s = match &key.tls_name {
+            None => {
+                let (s, conn) = http1::handshake(TokioIo::new(tcp)).await.map_err(http)?;
+                tokio::spawn(conn.with_upgrades());
+                s
+            }
+            Some(name) => {
+                let tls = self.tls(name, tcp, self.tls_h1.clone()).await?;
+                let (s, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(http)?;
+                tokio::spawn(conn.with_upgrades());
+                s
+            }
+        };
+        s.send_request(req).await.map_err(http)
+    }
+
+    async fn tcp(&self, key: &Key) -> Result<TcpStream, UpstreamError> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(key.addr))
             .await
             .map_err(|_| UpstreamError::Connect(key.addr, "timed out".into()))?
             .map_err(|e| UpstreamError::Connect(key.addr, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    async fn tls(
+        &self,
+        name: &str,
+        tcp: TcpStream,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|e| UpstreamError::Tls(name.to_string(), e.to_string()))?;
+        tokio_rustls::TlsConnector::from(cfg)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls(name.to_string(), e.to_string()))
+    }
+
+    async fn connect(&self, key: &Key) -> Result<Conn, UpstreamError> {
+        let tcp = self.tcp(key).await?;
         let Some(name) = &key.tls_name else {
             let (s, conn) = http1::handshake(TokioIo::new(tcp))
                 .await
@@ -142,12 +191,7 @@ impl Pool {
             tokio::spawn(conn);
             return Ok(Conn::H1(s));
         };
-        let server_name = ServerName::try_from(name.clone())
-            .map_err(|e| UpstreamError::Tls(name.clone(), e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| UpstreamError::Tls(name.clone(), e.to_string()))?;
+        let tls = self.tls(name, tcp, self.tls.clone()).await?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         if h2 {
