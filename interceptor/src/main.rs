@@ -7,6 +7,7 @@ mod config;
 mod credentials;
 mod daemon;
 mod identity;
+mod masking;
 mod policy;
 mod proxy;
 mod store;

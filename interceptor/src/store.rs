@@ -78,6 +78,9 @@ pub struct RequestRecord {
     pub reason: String,
     /// Name of the injected credential (never its value).
     pub injected: Option<String>,
+    /// Masking detectors that fired on the response, and how often.
+    #[serde(default)]
+    pub masked: std::collections::BTreeMap<String, u64>,
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,

@@ -772,6 +772,47 @@ async fn upstream_respond(
             .body(http_body_util::Empty::new().boxed())
             .unwrap());
     }
+    // Sensitive data in several shapes, for the masking tests.
+    let pii =
+        "card 4111 1111 1111 1111 ssn 123-45-6789 mail bob@example.com key AKIAIOSFODNN7EXAMPLE\n";
+    match path.as_str() {
+        "/pii" => return Ok(full(200, "text/plain", pii.repeat(3).into_bytes())),
+        "/pii-gzip" => {
+            use std::io::Write as _;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(pii.repeat(3).as_bytes()).unwrap();
+            let mut r = full(200, "text/plain", e.finish().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            return Ok(r);
+        }
+        "/pii-zstd" => {
+            let mut r = full(200, "text/plain", b"\x28\xb5\x2f\xfd opaque".to_vec());
+            r.headers_mut()
+                .insert("content-encoding", "zstd".parse().unwrap());
+            return Ok(r);
+        }
+        "/pii-json" => {
+            let doc = r#"{"customers":[{"name":"Ann","ssn":"078-05-1120","email":"ann@example.com"}],"auth":{"password":"hunter2"}}"#;
+            return Ok(full(200, "application/json", doc.as_bytes().to_vec()));
+        }
+        // Reflects the Authorization header it received, verbatim.
+        "/reflect" => {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            return Ok(full(
+                200,
+                "application/json",
+                serde_json::json!({ "you_sent": auth })
+                    .to_string()
+                    .into_bytes(),
+            ));
+        }
+        _ => {}
+    }
     if path == "/release" {
         release.notify_one();
         return Ok(full(200, "text/plain", b"released\n".to_vec()));

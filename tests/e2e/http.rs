@@ -29,6 +29,11 @@ format = "Bearer {{secret}}"
 source = "file:apikey"
 query = "key"
 
+[mask.pii]
+detectors = ["all"]
+replace = {{ card = "last4" }}
+json_paths = ["$.customers[*].ssn", "$..password"]
+
 # Passthrough first: a later rule that looks into requests (query-key has no
 # host) would otherwise need the connection decrypted to decide.
 [[rule]]
@@ -52,6 +57,14 @@ host = ["api.test", "127.0.0.1"]
 method = "POST"
 path = "/upload"
 max_body = 1024
+action = "allow"
+
+[[rule]]
+id = "masked"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+path = "/pii*"
+mask = "pii"
 action = "allow"
 
 [[rule]]
@@ -766,4 +779,99 @@ print(got.decode())
         Duration::from_secs(30),
     );
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}
+
+#[test]
+fn responses_are_masked_streaming_and_the_injected_secret_never_echoes() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("masking");
+    let get = |path: &str| {
+        let (ok, out, err) = s.curl(&["--compressed", "-w", "\n%{http_code}", &s.url(path)]);
+        assert!(ok, "{err}");
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    let (code, body) = get("/pii");
+    assert_eq!(code, "200");
+    for secret in [
+        "4111 1111 1111 1111",
+        "123-45-6789",
+        "bob@example.com",
+        "AKIAIOSFODNN7EXAMPLE",
+    ] {
+        assert!(!body.contains(secret), "{secret} leaked: {body}");
+    }
+    assert!(
+        body.contains("**** **** **** 1111") && body.contains("[REDACTED:ssn]"),
+        "{body}"
+    );
+    // gzip is decoded, masked, delivered as identity.
+    let (code, body) = get("/pii-gzip");
+    assert_eq!(code, "200");
+    assert!(
+        !body.contains("123-45-6789") && body.contains("[REDACTED:email]"),
+        "{body}"
+    );
+    // JSON field paths plus detectors.
+    let (_, body) = get("/pii-json");
+    let v = json(&body);
+    assert_eq!(v["customers"][0]["ssn"], "[REDACTED]");
+    assert_eq!(v["auth"]["password"], "[REDACTED]");
+    assert_eq!(v["customers"][0]["email"], "[REDACTED:email]");
+    assert_eq!(v["customers"][0]["name"], "Ann");
+    // An encoding the masker cannot read is blocked (fail closed).
+    let (code, body) = get("/pii-zstd");
+    assert_eq!(code, "502");
+    assert_eq!(json(&body)["error"], "uninspectable_response");
+    // The upstream reflects the Authorization header it got: the injected
+    // secret is masked although the rule has no masking profile.
+    let (code, body) = get("/reflect");
+    assert_eq!(code, "200");
+    assert!(!body.contains(GH_SECRET), "{body}");
+    assert_eq!(json(&body)["you_sent"], "Bearer [REDACTED:injected_secret]");
+
+    // The records say which detectors fired and how often, never the values.
+    let sessions = s.d.sessions();
+    let mut masked = serde_json::Map::new();
+    for sess in sessions.iter().filter(|x| x["protocol"] == "tls") {
+        for r in s.d.requests(sess["id"].as_u64().unwrap()) {
+            if r["path"] == "/pii" {
+                masked = r["masked"].as_object().unwrap().clone();
+            }
+            if r["path"] == "/reflect" {
+                assert_eq!(r["masked"]["injected_secret"], 1, "{r}");
+            }
+        }
+    }
+    assert_eq!(masked["card"], 3, "{masked:?}");
+    assert_eq!(masked["email"], 3);
+    // Nothing unmasked or secret anywhere in the state directory or the log.
+    let mut stack = vec![s.cfg.dir.join("state")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            for needle in [GH_SECRET, API_KEY, "123-45-6789", "AKIAIOSFODNN7EXAMPLE"] {
+                assert!(
+                    memchr_find(&bytes, needle.as_bytes()).is_none(),
+                    "{needle} found in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    let log = s.d.log_text();
+    for needle in [GH_SECRET, API_KEY, "123-45-6789"] {
+        assert!(!log.contains(needle), "{needle} in the log");
+    }
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }

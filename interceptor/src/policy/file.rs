@@ -41,6 +41,26 @@ struct FileDoc {
     rule: Vec<Spanned<RuleDoc>>,
     #[serde(default)]
     credential: BTreeMap<String, Spanned<CredentialDoc>>,
+    #[serde(default)]
+    mask: BTreeMap<String, Spanned<MaskDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaskDoc {
+    /// Built-in detector names, or ["all"].
+    #[serde(default)]
+    detectors: Vec<String>,
+    /// detector → "redact" | "last4" | "hash"
+    #[serde(default)]
+    replace: BTreeMap<String, String>,
+    /// name → regex (at most 8 KiB per match, not across lines)
+    #[serde(default)]
+    custom: BTreeMap<String, String>,
+    #[serde(default)]
+    json_paths: Vec<String>,
+    max_inspect: Option<Size>,
+    on_uninspectable: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +80,7 @@ struct RuleDoc {
     action: Spanned<String>,
     reason: Option<String>,
     inject: Option<Spanned<String>>,
+    mask: Option<Spanned<String>>,
     max_body: Option<Spanned<Size>>,
     #[serde(default)]
     require_user: bool,
@@ -170,8 +191,9 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
     };
     let mut errors = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
-    // inject references, checked once every file is read.
+    // inject and mask references, checked once every file is read.
     let mut injects: Vec<(String, PolicyError)> = Vec::new();
+    let mut masks: Vec<(String, PolicyError)> = Vec::new();
     for f in &files {
         match std::fs::read_to_string(f) {
             Ok(text) => {
@@ -180,7 +202,7 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
                     text: &text,
                     errors: &mut errors,
                 };
-                p.file_doc(&mut policy, &mut seen, &mut injects);
+                p.file_doc(&mut policy, &mut seen, &mut injects, &mut masks);
             }
             Err(e) => errors.push(PolicyError {
                 file: f.clone(),
@@ -231,6 +253,7 @@ impl Parser<'_> {
         policy: &mut Policy,
         seen: &mut HashMap<String, String>,
         injects: &mut Vec<(String, PolicyError)>,
+        masks: &mut Vec<(String, PolicyError)>,
     ) {
         let doc: FileDoc = match toml::from_str(self.text) {
             Ok(d) => d,
@@ -251,10 +274,27 @@ impl Parser<'_> {
                 Err(m) => self.push(start, format!("credential {name:?}: {m}")),
             }
         }
+        for (name, m) in doc.mask {
+            let start = m.span().start;
+            match mask_profile(&name, m.into_inner()) {
+                Ok(p) => {
+                    if policy
+                        .masks
+                        .insert(name.clone(), std::sync::Arc::new(p))
+                        .is_some()
+                    {
+                        self.push(start, format!("masking profile {name:?} is defined twice"));
+                    }
+                }
+                Err(e) => self.push(start, format!("mask {name:?}: {e}")),
+            }
+        }
         for spanned in doc.rule {
             let (line, _) = line_col(self.text, spanned.span().start);
             let origin = format!("{}:{line}", self.file.display());
-            if let Some(rule) = self.rule(spanned.into_inner(), origin.clone(), seen, injects) {
+            if let Some(rule) =
+                self.rule(spanned.into_inner(), origin.clone(), seen, injects, masks)
+            {
                 policy.rules.push(rule);
             }
         }
@@ -266,6 +306,7 @@ impl Parser<'_> {
         origin: String,
         seen: &mut HashMap<String, String>,
         injects: &mut Vec<(String, PolicyError)>,
+        masks: &mut Vec<(String, PolicyError)>,
     ) -> Option<Rule> {
         let before = self.errors.len();
         let id = r.id.get_ref().trim().to_string();
@@ -399,6 +440,15 @@ impl Parser<'_> {
                 self.err_at(i.span().start, String::new()),
             ));
         }
+        if let Some(m) = &r.mask {
+            if action != Action::Allow {
+                self.push(m.span().start, "mask only applies to allow rules".into());
+            }
+            masks.push((
+                m.get_ref().clone(),
+                self.err_at(m.span().start, String::new()),
+            ));
+        }
         let rule = Rule {
             id,
             origin,
@@ -415,6 +465,7 @@ impl Parser<'_> {
             action,
             reason: r.reason,
             inject: r.inject.map(|i| i.into_inner()),
+            mask: r.mask.map(|m| m.into_inner()),
             max_body,
             require_user: r.require_user,
             tls,
@@ -456,6 +507,66 @@ impl Parser<'_> {
             .map_err(|e| self.push(f.span().start, format!("{name} patterns: {e}")))
             .ok()
     }
+}
+
+fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, String> {
+    use crate::masking::{JsonPath, Replace, Uninspectable, detectors};
+    let mut list = Vec::new();
+    for d in &m.detectors {
+        if d == "all" {
+            list.extend(
+                detectors::builtin_names().map(|n| detectors::builtin(n).expect("built-in")),
+            );
+            continue;
+        }
+        list.push(detectors::builtin(d).ok_or_else(|| {
+            format!(
+                "unknown detector {d:?}; built-in: all, {}",
+                detectors::builtin_names().collect::<Vec<_>>().join(", ")
+            )
+        })?);
+    }
+    for (n, pattern) in &m.custom {
+        list.push(detectors::Detector::custom(n, pattern)?);
+    }
+    let mut replace = BTreeMap::new();
+    for (d, r) in &m.replace {
+        if !list.iter().any(|x| &x.name == d) {
+            return Err(format!("replace.{d}: no such detector in this profile"));
+        }
+        replace.insert(d.clone(), Replace::parse(r)?);
+    }
+    let json_paths = m
+        .json_paths
+        .iter()
+        .map(|p| JsonPath::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_inspect = m
+        .max_inspect
+        .as_ref()
+        .map(|s| s.bytes())
+        .transpose()?
+        .unwrap_or(10 << 20);
+    let on_uninspectable = match m.on_uninspectable.as_deref() {
+        None | Some("block") => Uninspectable::Block,
+        Some("pass") => Uninspectable::Pass,
+        Some(o) => {
+            return Err(format!(
+                "on_uninspectable {o:?}: expected \"block\" or \"pass\""
+            ));
+        }
+    };
+    if list.is_empty() && json_paths.is_empty() {
+        return Err("names no detectors and no json_paths".into());
+    }
+    crate::masking::Profile::new(
+        name,
+        list,
+        replace,
+        json_paths,
+        max_inspect,
+        on_uninspectable,
+    )
 }
 
 fn credential(name: &str, c: CredentialDoc) -> Result<Credential, String> {

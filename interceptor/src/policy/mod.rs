@@ -84,6 +84,8 @@ pub struct Rule {
     pub action: Action,
     pub reason: Option<String>,
     pub inject: Option<String>,
+    /// A `[mask.NAME]` profile for the responses.
+    pub mask: Option<String>,
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
@@ -120,6 +122,7 @@ pub struct Decision {
     pub rule: Option<String>,
     pub reason: String,
     pub inject: Option<String>,
+    pub mask: Option<String>,
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
@@ -136,6 +139,7 @@ pub enum Verdict {
 pub struct Policy {
     pub rules: Vec<Rule>,
     pub credentials: BTreeMap<String, Credential>,
+    pub masks: BTreeMap<String, std::sync::Arc<crate::masking::Profile>>,
     pub files: Vec<PathBuf>,
 }
 
@@ -175,6 +179,7 @@ impl Rule {
             || self.users.is_some()
             || self.groups.is_some()
             || self.inject.is_some()
+            || self.mask.is_some()
             || self.max_body.is_some()
             || self.require_user
     }
@@ -253,6 +258,7 @@ impl Rule {
             rule: Some(self.id.clone()),
             reason,
             inject: self.inject.clone(),
+            mask: self.mask.clone(),
             max_body: self.max_body,
             require_user: self.require_user,
             tls: self.tls,
@@ -267,6 +273,7 @@ impl Decision {
             rule: None,
             reason: "no rule matched (default deny)".into(),
             inject: None,
+            mask: None,
             max_body: None,
             require_user: false,
             tls: TlsMode::Intercept,

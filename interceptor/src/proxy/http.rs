@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use zeroize::Zeroizing;
 
 pub type RespBody = BoxBody<Bytes, BoxError>;
 
@@ -32,6 +33,18 @@ pub struct HttpConn {
     /// Body bytes of all requests and responses, for the session record.
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Masking counts of responses still streaming, by request seq.
+    pub pending_counts: std::sync::Mutex<
+        std::collections::HashMap<u64, Arc<std::sync::Mutex<crate::masking::Counts>>>,
+    >,
+}
+
+/// A request that passed policy, carrying what the response needs.
+struct Admitted {
+    decision: Decision,
+    host: String,
+    /// Forms of the injected secret, masked in the response whatever the policy says.
+    injected: Vec<Zeroizing<String>>,
 }
 
 /// Headers that belong to one hop (RFC 9110 7.6.1) and are never forwarded.
@@ -69,6 +82,7 @@ impl HttpConn {
             rule: None,
             reason: String::new(),
             injected: None,
+            masked: Default::default(),
             status: 0,
             bytes_up: 0,
             bytes_down: 0,
@@ -95,7 +109,7 @@ impl HttpConn {
         rec: &mut RequestRecord,
     ) -> Result<Response<RespBody>, Refusal> {
         let upgrade = upgrade_of(&req);
-        let (decision, host) = match self.admit(&mut req, rec).await {
+        let admitted = match self.admit(&mut req, rec).await {
             Ok(d) => d,
             Err(refusal) => {
                 // Read what the client is still sending, so the answer is
@@ -104,7 +118,7 @@ impl HttpConn {
                 return Err(refusal);
             }
         };
-        self.forward(req, rec, decision, host, upgrade).await
+        self.forward(req, rec, admitted, upgrade).await
     }
 
     /// attribute → decide → inject: everything before a byte goes upstream.
@@ -112,7 +126,7 @@ impl HttpConn {
         &self,
         req: &mut Request<Incoming>,
         rec: &mut RequestRecord,
-    ) -> Result<(Decision, String), Refusal> {
+    ) -> Result<Admitted, Refusal> {
         let host = self.host_of(req)?;
         rec.host = host.clone();
         let user = self.user_of(req).await?;
@@ -161,6 +175,7 @@ impl HttpConn {
         }
 
         strip_hop_by_hop(req.headers_mut());
+        let mut injected = Vec::new();
         if let Some(name) = &decision.inject {
             let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
                 Refusal::new(
@@ -174,10 +189,14 @@ impl HttpConn {
                 tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
                 Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
             })?;
-            inject(req, &cred, &secret)?;
+            injected = inject(req, &cred, &secret)?;
             rec.injected = Some(cred.name.clone());
         }
-        Ok((decision, host))
+        Ok(Admitted {
+            decision,
+            host,
+            injected,
+        })
     }
 
     /// forward: stream the request upstream, the response back.
@@ -185,10 +204,14 @@ impl HttpConn {
         &self,
         mut req: Request<Incoming>,
         rec: &mut RequestRecord,
-        decision: Decision,
-        host: String,
+        admitted: Admitted,
         upgrade: Option<HeaderValue>,
     ) -> Result<Response<RespBody>, Refusal> {
+        let Admitted {
+            decision,
+            host,
+            injected,
+        } = admitted;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let max_body = decision.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
@@ -244,11 +267,61 @@ impl HttpConn {
         } else {
             strip_hop_by_hop(resp.headers_mut());
         }
-        let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(|e| Box::new(e) as BoxError).boxed(),
-        ))
+        let (mut parts, body) = resp.into_parts();
+        let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+        // mask
+        let profile = decision
+            .mask
+            .as_ref()
+            .and_then(|m| self.proxy.policy().masks.get(m).cloned());
+        if profile.is_none() && injected.is_empty() {
+            return Ok(Response::from_parts(parts, body));
+        }
+        let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let decoder = match crate::masking::body::decoder_for(encoding.as_deref()) {
+            Ok(d) => d,
+            Err(why)
+                if profile.on_uninspectable == crate::masking::Uninspectable::Pass
+                    && injected.is_empty() =>
+            {
+                tracing::warn!(session = self.session, seq = rec.seq, %why, "response passed unmasked (on_uninspectable = \"pass\")");
+                rec.masked.insert("uninspectable_passed".into(), 1);
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(why) => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "uninspectable_response",
+                    &format!("the response cannot be masked: {why}"),
+                ));
+            }
+        };
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        let json = (is_json && !profile.json_paths.is_empty()).then(|| {
+            crate::masking::body::JsonMode::new(profile.json_paths.clone(), profile.max_inspect)
+        });
+        // The body changes: its length and encoding headers no longer hold.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        parts.headers.remove(header::ETAG);
+        let forms: Vec<&str> = injected.iter().map(|s| s.as_str()).collect();
+        let masker = crate::masking::StreamMasker::new(profile, &forms);
+        let counts = Arc::new(std::sync::Mutex::new(crate::masking::Counts::new()));
+        self.pending_counts
+            .lock()
+            .unwrap()
+            .insert(rec.seq, counts.clone());
+        let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts);
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 
     /// After a 101 both sides speak the upgraded protocol: bytes both ways,
@@ -293,6 +366,9 @@ impl HttpConn {
             rec.duration_ms = started.elapsed().as_millis() as u64;
             if let Some(e) = error {
                 rec.error = Some(e);
+            }
+            if let Some(c) = self.pending_counts.lock().unwrap().remove(&rec.seq) {
+                rec.masked = c.lock().unwrap().clone();
             }
             self.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
             self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
@@ -432,7 +508,14 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
 
 /// Puts the secret where the credential says, after removing whatever the
 /// caller put there, so a skill can neither see nor choose the secret.
-fn inject(req: &mut Request<Incoming>, cred: &Credential, secret: &Secret) -> Result<(), Refusal> {
+/// Returns every form of the secret the upstream receives, so an echo of
+/// any of them is masked in the response.
+fn inject(
+    req: &mut Request<Incoming>,
+    cred: &Credential,
+    secret: &Secret,
+) -> Result<Vec<Zeroizing<String>>, Refusal> {
+    let mut forms = vec![Zeroizing::new(secret.as_str().to_string())];
     let bad = || {
         Refusal::new(
             StatusCode::BAD_GATEWAY,
@@ -452,10 +535,10 @@ fn inject(req: &mut Request<Incoming>, cred: &Credential, secret: &Secret) -> Re
             use base64::Engine;
             req.headers_mut().remove(header::AUTHORIZATION);
             let raw = zeroize::Zeroizing::new(format!("{user}:{}", secret.as_str()));
-            let v = zeroize::Zeroizing::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
-            ));
+            let encoded =
+                Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()));
+            let v = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+            forms.push(encoded);
             let mut hv = HeaderValue::from_str(&v).map_err(|_| bad())?;
             hv.set_sensitive(true);
             req.headers_mut().insert(header::AUTHORIZATION, hv);
@@ -486,9 +569,10 @@ fn inject(req: &mut Request<Incoming>, cred: &Credential, secret: &Secret) -> Re
             }
             let pq = format!("{}?{q}", uri.path());
             *req.uri_mut() = pq.parse().map_err(|_| bad())?;
+            forms.push(Zeroizing::new(pct(secret.as_str())));
         }
     }
-    Ok(())
+    Ok(forms)
 }
 
 /// `a=b&c=d` → pairs, percent-decoding kept as is (we only compare keys).

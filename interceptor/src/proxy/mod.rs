@@ -283,6 +283,7 @@ impl Proxy {
             seq: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            pending_counts: Default::default(),
         });
         let result = match &sni {
             None => serve_http(conn, ctx.clone()).await,

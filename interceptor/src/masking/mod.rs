@@ -1,0 +1,167 @@
+//! Inline masking of response bodies, streaming.
+//!
+//! A profile (`[mask.NAME]` in a policy file) names detectors, per-detector
+//! replacements, custom regexes and JSON field paths. The stream masker
+//! holds back only what could still be the start of a secret: the current
+//! partial line (no built-in detector but `private_key` spans a newline),
+//! at most `detectors::MAX_MATCH` bytes, so SSE events and line-oriented
+//! streams pass as they arrive while a secret split across chunks is
+//! still caught whole. Secrets the proxy injected on the request are always
+//! masked, whatever the profile.
+pub mod body;
+pub mod detectors;
+mod json;
+mod stream;
+
+pub use json::JsonPath;
+pub use stream::StreamMasker;
+
+use detectors::Detector;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// `[REDACTED:card]`
+    Redact,
+    /// Letters and digits but the last four become `*`: `**** **** **** 1111`.
+    KeepLast4,
+    /// `[card:3f1a9c0e2b7d]`: a stable pseudonym (SHA-256 prefix), so equal
+    /// values still correlate without being readable.
+    Hash,
+}
+
+impl Replace {
+    pub fn parse(s: &str) -> Result<Replace, String> {
+        match s {
+            "redact" => Ok(Replace::Redact),
+            "last4" => Ok(Replace::KeepLast4),
+            "hash" => Ok(Replace::Hash),
+            other => Err(format!(
+                "unknown replacement {other:?}; expected \"redact\", \"last4\" or \"hash\""
+            )),
+        }
+    }
+
+    pub fn apply(self, detector: &str, m: &[u8]) -> Vec<u8> {
+        match self {
+            Replace::Redact => format!("[REDACTED:{detector}]").into_bytes(),
+            Replace::KeepLast4 => {
+                let alnum = m.iter().filter(|c| c.is_ascii_alphanumeric()).count();
+                let mut seen = 0;
+                m.iter()
+                    .map(|&c| {
+                        if c.is_ascii_alphanumeric() {
+                            seen += 1;
+                            if seen + 4 > alnum { c } else { b'*' }
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            }
+            Replace::Hash => {
+                let d = ring::digest::digest(&ring::digest::SHA256, m);
+                let hex: String = d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+                format!("[{detector}:{hex}]").into_bytes()
+            }
+        }
+    }
+}
+
+/// What to do with a body the profile cannot inspect (unknown encoding,
+/// JSON over the inspection limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uninspectable {
+    Block,
+    Pass,
+}
+
+/// A compiled masking profile.
+pub struct Profile {
+    pub name: String,
+    pub detectors: Vec<Detector>,
+    /// Fast path: does anything match at all?
+    set: regex::bytes::RegexSet,
+    pub replace: BTreeMap<String, Replace>,
+    pub json_paths: Vec<JsonPath>,
+    /// Largest JSON body buffered for field paths.
+    pub max_inspect: u64,
+    pub on_uninspectable: Uninspectable,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Profile {
+    pub fn new(
+        name: &str,
+        detectors: Vec<Detector>,
+        replace: BTreeMap<String, Replace>,
+        json_paths: Vec<JsonPath>,
+        max_inspect: u64,
+        on_uninspectable: Uninspectable,
+    ) -> Result<Profile, String> {
+        let set = regex::bytes::RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
+            .map_err(|e| e.to_string())?;
+        Ok(Profile {
+            name: name.into(),
+            detectors,
+            set,
+            replace,
+            json_paths,
+            max_inspect,
+            on_uninspectable,
+        })
+    }
+
+    /// Only the always-on part: secrets injected on the request.
+    pub fn empty() -> Profile {
+        Profile::new(
+            "injected-only",
+            Vec::new(),
+            BTreeMap::new(),
+            Vec::new(),
+            0,
+            Uninspectable::Block,
+        )
+        .expect("empty set")
+    }
+
+    pub fn replacement(&self, detector: &str) -> Replace {
+        self.replace
+            .get(detector)
+            .copied()
+            .unwrap_or(Replace::Redact)
+    }
+}
+
+/// How many times each detector fired (never the values).
+pub type Counts = BTreeMap<String, u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements() {
+        assert_eq!(Replace::Redact.apply("card", b"4111"), b"[REDACTED:card]");
+        assert_eq!(
+            Replace::KeepLast4.apply("card", b"4111 1111 1111 1234"),
+            b"**** **** **** 1234"
+        );
+        let h = String::from_utf8(Replace::Hash.apply("email", b"a@b.co")).unwrap();
+        assert!(
+            h.starts_with("[email:") && h.len() == "[email:]".len() + 12,
+            "{h}"
+        );
+        assert_eq!(
+            Replace::Hash.apply("email", b"a@b.co"),
+            Replace::Hash.apply("email", b"a@b.co")
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! The streaming masker: push chunks, get back what is safe to send.
+use super::detectors::MAX_MATCH;
+use super::{Counts, Profile};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub struct StreamMasker {
+    profile: Arc<Profile>,
+    /// Secrets injected on this request, always masked (zeroized on drop).
+    literals: Vec<Zeroizing<Vec<u8>>>,
+    /// Bytes received but not yet emitted.
+    pending: Vec<u8>,
+    pub counts: Counts,
+}
+
+struct Hit {
+    start: usize,
+    end: usize,
+    detector: usize,
+    literal: bool,
+}
+
+impl StreamMasker {
+    pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> Self {
+        let literals = injected
+            .iter()
+            .map(|s| s.as_ref())
+            .filter(|s| !s.is_empty())
+            .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
+            .collect();
+        Self {
+            profile,
+            literals,
+            pending: Vec::new(),
+            counts: Counts::new(),
+        }
+    }
+
+    /// Masks what can be decided now and returns it; keeps the rest.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(chunk);
+        let boundary = self.safe_boundary();
+        self.emit(boundary)
+    }
+
+    /// End of stream: everything left is decided.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let len = self.pending.len();
+        self.emit(len)
+    }
+
+    /// Everything before the returned offset can be emitted once masked: a
+    /// match starting there is complete. That is the end of the last full
+    /// line (only PEM keys span lines; an open one holds the line back), or
+    /// the point MAX_MATCH bytes before the end, whichever is later.
+    fn safe_boundary(&self) -> usize {
+        let p = &self.pending;
+        let by_length = p.len().saturating_sub(MAX_MATCH);
+        let by_line = match memrchr(b'\n', p) {
+            Some(i) => {
+                let open_pem = find_last(p, b"-----BEGIN ").filter(|&b| !pem_closed(p, b));
+                open_pem.map_or(i + 1, |b| b.min(i + 1))
+            }
+            None => 0,
+        };
+        by_length.max(by_line)
+    }
+
+    /// Masks matches that start before `boundary` and emits up to the later
+    /// of `boundary` and their ends.
+    fn emit(&mut self, boundary: usize) -> Vec<u8> {
+        let hits = self.hits(boundary);
+        let mut out = Vec::with_capacity(boundary + 64);
+        let mut at = 0;
+        for h in &hits {
+            out.extend_from_slice(&self.pending[at..h.start]);
+            let (name, replacement) = if h.literal {
+                (
+                    "injected_secret",
+                    super::Replace::Redact.apply("injected_secret", &[]),
+                )
+            } else {
+                let d = &self.profile.detectors[h.detector];
+                (
+                    d.name.as_str(),
+                    self.profile
+                        .replacement(&d.name)
+                        .apply(&d.name, &self.pending[h.start..h.end]),
+                )
+            };
+            out.extend_from_slice(&replacement);
+            *self.counts.entry(name.to_string()).or_default() += 1;
+            at = h.end;
+        }
+        let upto = boundary.max(at);
+        out.extend_from_slice(&self.pending[at..upto]);
+        self.pending.drain(..upto);
+        out
+    }
+
+    /// Non-overlapping validated matches starting before `boundary`: the
+    /// earliest wins, then the longest; injected secrets before detectors.
+    fn hits(&self, boundary: usize) -> Vec<Hit> {
+        let text = &self.pending[..];
+        let mut all = Vec::new();
+        for secret in &self.literals {
+            for start in memchr::memmem::find_iter(text, &secret[..]).filter(|&s| s < boundary) {
+                all.push(Hit {
+                    start,
+                    end: start + secret.len(),
+                    detector: 0,
+                    literal: true,
+                });
+            }
+        }
+        let profile = &self.profile;
+        if !profile.detectors.is_empty() {
+            for i in profile.set.matches(text).iter() {
+                let d = &profile.detectors[i];
+                for m in d
+                    .regex
+                    .find_iter(text)
+                    .filter(|m| m.start() < boundary && d.accepts(m.as_bytes()))
+                {
+                    all.push(Hit {
+                        start: m.start(),
+                        end: m.end(),
+                        detector: i,
+                        literal: false,
+                    });
+                }
+            }
+        }
+        all.sort_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
+        let mut out: Vec<Hit> = Vec::new();
+        for h in all {
+            match out.last_mut() {
+                Some(last) if h.start < last.end => {
+                    // Overlap: widen to cover both, so no part of either leaks.
+                    last.end = last.end.max(h.end);
+                }
+                _ => out.push(h),
+            }
+        }
+        out
+    }
+}
+
+/// A complete END line ("-----END ... KEY-----") follows the BEGIN at `b`;
+/// a partial one ("-----END PRI") does not close the block yet.
+fn pem_closed(p: &[u8], b: usize) -> bool {
+    let Some(e) = find_from(p, b"-----END ", b) else {
+        return false;
+    };
+    let line_end = p[e..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(p.len(), |i| e + i);
+    p[e + 9..line_end].windows(5).any(|w| w == b"-----")
+}
+
+fn memrchr(b: u8, s: &[u8]) -> Option<usize> {
+    s.iter().rposition(|&c| c == b)
+}
+
+fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|i| i + from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Profile, Replace, Uninspectable, detectors};
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn all_detectors(replace: &[(&str, Replace)]) -> Arc<Profile> {
+        // Compiling the patterns is slow in debug builds: once per process.
+        static DEFAULT: std::sync::OnceLock<Arc<Profile>> = std::sync::OnceLock::new();
+        if replace.is_empty() {
+            return DEFAULT
+                .get_or_init(|| all_detectors(&[("email", Replace::Redact)]))
+                .clone();
+        }
+        let d = detectors::builtin_names()
+            .map(|n| detectors::builtin(n).unwrap())
+            .collect();
+        let r: BTreeMap<String, Replace> =
+            replace.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        Arc::new(Profile::new("t", d, r, vec![], 0, Uninspectable::Block).unwrap())
+    }
+
+    fn mask_in_chunks(
+        p: Arc<Profile>,
+        injected: &[String],
+        text: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<u8>, Counts) {
+        let mut m = StreamMasker::new(p, injected);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts {
+            let c = c.clamp(at, text.len());
+            out.extend(m.push(&text[at..c]));
+            at = c;
+        }
+        out.extend(m.push(&text[at..]));
+        out.extend(m.finish());
+        (out, m.counts)
+    }
+
+    const SECRETS: &[(&str, &str)] = &[
+        ("card", "4111 1111 1111 1111"),
+        ("ssn", "123-45-6789"),
+        ("email", "alice@example.com"),
+        ("phone", "+1 415-555-0132"),
+        ("iban", "DE89 3704 0044 0532 0130 00"),
+        ("aws_access_key", "AKIAIOSFODNN7EXAMPLE"),
+        ("github_token", "ghp_0123456789abcdefghijABCDEFGHIJ012345"),
+        ("gitlab_token", "glpat-abcdefghij0123456789"),
+        ("slack_token", "xoxb-1234567890-abcdefghij"),
+        ("openai_key", "sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+        ("anthropic_key", "sk-ant-api03-abcdefghijklmnopqrstuvwxyz"),
+        ("jwt", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"),
+        ("bearer_token", "Bearer abcdefghijklmnopqrstuvwxyz"),
+        (
+            "private_key",
+            "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\nAwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----",
+        ),
+    ];
+
+    #[test]
+    fn every_detector_masks_in_one_chunk() {
+        let p = all_detectors(&[]);
+        for (name, secret) in SECRETS {
+            let text = format!("before {secret} after\n");
+            let (out, counts) = mask_in_chunks(p.clone(), &[] as &[String], text.as_bytes(), &[]);
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out, format!("before [REDACTED:{name}] after\n"), "{name}");
+            assert_eq!(counts.get(*name), Some(&1), "{name}: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn lines_are_released_without_waiting_for_more() {
+        let p = all_detectors(&[]);
+        let mut m = StreamMasker::new(p, &[] as &[&str]);
+        assert_eq!(
+            m.push(b"data: {\"email\":\"bob@example.com\"}\n\n"),
+            b"data: {\"email\":\"[REDACTED:email]\"}\n\n"
+        );
+        // A partial line waits: it could be the start of a secret.
+        assert_eq!(m.push(b"data: 4111 1111"), b"");
+        assert_eq!(m.push(b" 1111 1111\n"), b"data: [REDACTED:card]\n");
+    }
+
+    #[test]
+    fn injected_secrets_are_always_masked() {
+        let p = Arc::new(Profile::empty());
+        let secret = "s3cr3t-value-the-skill-must-not-see".to_string();
+        let text = format!("{{\"echo\":\"Bearer {secret}\"}}");
+        let (out, counts) = mask_in_chunks(p, &[secret.clone()], text.as_bytes(), &[10, 20, 30]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"echo\":\"Bearer [REDACTED:injected_secret]\"}"
+        );
+        assert_eq!(counts.get("injected_secret"), Some(&1));
+    }
+
+    #[test]
+    fn replacements_per_detector() {
+        let p = all_detectors(&[("card", Replace::KeepLast4)]);
+        let (out, _) = mask_in_chunks(p, &[] as &[String], b"card 4111-1111-1111-1111.", &[]);
+        assert_eq!(out, b"card ****-****-****-1111.");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Every detector, split at arbitrary points (every chunk boundary,
+        /// across cases): the secret never appears in the output.
+        #[test]
+        fn secrets_split_anywhere_are_masked(
+            which in 0..SECRETS.len(),
+            pad in "[a-z ]{0,40}",
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let (name, secret) = SECRETS[which];
+            let text = format!("{pad} {secret} {pad}");
+            let mut cuts = cuts;
+            cuts.sort();
+            let (out, counts) = mask_in_chunks(all_detectors(&[]), &[] as &[String], text.as_bytes(), &cuts);
+            let out = String::from_utf8(out).unwrap();
+            prop_assert!(!out.contains(secret), "{name} leaked: {out:?}");
+            prop_assert_eq!(counts.get(name), Some(&1), "{}: {:?}", name, counts);
+        }
+    }
+
+    #[test]
+    fn every_single_split_point() {
+        // Exhaustive for each secret: each one-cut position.
+        let p = all_detectors(&[]);
+        for (name, secret) in SECRETS {
+            let text = format!("x {secret} y\n");
+            for cut in 0..=text.len() {
+                let (out, _) = mask_in_chunks(p.clone(), &[] as &[String], text.as_bytes(), &[cut]);
+                let out = String::from_utf8(out).unwrap();
+                assert!(
+                    !out.contains(secret),
+                    "{name} leaked when cut at {cut}: {out:?}"
+                );
+            }
+        }
+    }
+}
