@@ -113,6 +113,10 @@ fn setup(tag: &str) -> Setup {
 
 impl Setup {
     fn curl(&self, args: &[&str]) -> (bool, String, String) {
+        self.curl_within(Duration::from_secs(60), args)
+    }
+
+    fn curl_within(&self, limit: Duration, args: &[&str]) -> (bool, String, String) {
         let resolve = format!("api.test:{}:127.0.0.1", self.tls_up.addr.port());
         let resolve2 = format!("pinned.test:{}:127.0.0.1", self.tls_up.addr.port());
         let mut all = vec![
@@ -127,7 +131,7 @@ impl Setup {
             &resolve2,
         ];
         all.extend_from_slice(args);
-        run(self.cg.command("curl", &all), Duration::from_secs(60))
+        run(self.cg.command("curl", &all), limit)
     }
 
     fn url(&self, path: &str) -> String {
@@ -708,7 +712,7 @@ fn a_1gb_download_keeps_daemon_memory_flat() {
     assert!(ok, "{err}");
     let before = rss("VmRSS:");
     let n: u64 = 1 << 30;
-    let (ok, out, err) = s.curl(&[
+    let (ok, out, err) = s.curl_within(Duration::from_secs(300), &[
         "--max-time",
         "300",
         "-o",
