@@ -28,12 +28,19 @@ path = "/admin/**"
 action = "deny"
 reason = "admin endpoints are off limits to skills"
 
+# Responses with customer data are masked as they stream.
+[mask.pii]
+detectors = ["all"]
+replace = { card = "last4" }
+json_paths = ["$.customers[*].ssn"]
+
 [[rule]]
 id = "allow-api"
 workload = "interceptor-demo"
 destination = ["127.0.0.1:18080"]
 host = "127.0.0.1"
 inject = "demo-api"
+mask = "pii"
 action = "allow"
 "#;
 
@@ -47,6 +54,17 @@ fn api_response(head: &str) -> String {
         .lines()
         .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {DEMO_TOKEN}")));
     let path = head.split_whitespace().nth(1).unwrap_or("/");
+    if path.starts_with("/v1/customers") {
+        // Production data a skill should not read in the clear.
+        return "{\"customers\":[{\"name\":\"Ann Lee\",\"email\":\"ann.lee@example.com\",\
+                \"card\":\"4111 1111 1111 1111\",\"ssn\":\"078-05-1120\"}]}\n"
+            .to_string();
+    }
+    if path.starts_with("/v1/debug") {
+        // A careless endpoint that echoes the caller's credentials.
+        let auth = head.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("");
+        return format!("{{\"debug\":{{\"authorization\":\"{auth}\"}}}}\n");
+    }
     format!("{{\"service\":\"api\",\"path\":\"{path}\",\"authorized\":{authorized}}}\n")
 }
 
@@ -111,7 +129,16 @@ pub fn run() -> Result<()> {
         out.trim()
     );
 
-    step(6, "denied requests");
+    step(6, "masking: customer data and an echoed credential, redacted before the skill sees them");
+    let out = curl(&["http://127.0.0.1:18080/v1/customers"])?;
+    println!("  curl http://127.0.0.1:18080/v1/customers\n    -> {}", out.trim());
+    let out2 = curl(&["http://127.0.0.1:18080/v1/debug"])?;
+    println!("  curl http://127.0.0.1:18080/v1/debug   (the API echoes the Authorization it got)\n    -> {}", out2.trim());
+    if out.contains("078-05-1120") || out.contains("ann.lee@example.com") || out2.contains(DEMO_TOKEN) {
+        bail!("masking did not work as shown");
+    }
+
+    step(7, "denied requests");
     let out = curl(&["http://127.0.0.1:18080/admin/users"])?;
     println!(
         "  curl http://127.0.0.1:18080/admin/users\n    -> {}",
@@ -128,7 +155,7 @@ pub fn run() -> Result<()> {
     );
 
     step(
-        7,
+        8,
         "a process outside the cgroup is untouched (direct, not recorded)",
     );
     let out = lab::output(Command::new("curl").args([
@@ -140,7 +167,7 @@ pub fn run() -> Result<()> {
     println!("  curl from the host -> {}", out.trim());
 
     step(
-        8,
+        9,
         "fail closed: SIGKILL the daemon, the skill cannot get out",
     );
     daemon.kill();
@@ -159,7 +186,7 @@ pub fn run() -> Result<()> {
         curl(&["http://127.0.0.1:18080/"])?.trim()
     );
 
-    step(9, "recorded sessions: interceptor sessions list / show");
+    step(10, "recorded sessions: interceptor sessions list / show");
     let table = lab.sessions_table()?;
     for l in table.lines() {
         println!("  {l}");
@@ -176,11 +203,11 @@ pub fn run() -> Result<()> {
         bail!("the recorded sessions lack the expected records");
     }
 
-    step(10, "not in this build yet");
+    step(11, "not in this build yet");
     println!(
-        "  response masking, just-in-time approvals and the hash-chained audit log are\n  \
-         specified (issue #5) but not implemented yet. TLS interception, OIDC users,\n  \
-         credential injection and per-request policy are, and are covered by the tests."
+        "  just-in-time approvals and the hash-chained audit log are specified (issue #5)\n  \
+         but not implemented yet. TLS interception, OIDC users, credential injection,\n  \
+         masking and per-request policy are, and are covered by the tests."
     );
     daemon.kill();
     println!("\ndemo finished; cgroup, hooks and temporary files removed.");
