@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: the same client, once directly and once from inside
 //! an intercepted cgroup (through the proxy), against the same loopback
-//! servers, in one run. Writes BENCHMARKS.md with the ratios.
+//! servers, in one run; then HTTPS through the interceptor, nginx and
+//! mitmproxy (bench_https.rs). Writes BENCHMARKS.md with the ratios.
+use crate::bench_https;
 use crate::lab::{self, Lab, Upstream};
 use crate::workspace_root;
 use anyhow::{Context, Result, bail};
@@ -34,6 +36,7 @@ struct Row {
 
 pub fn run(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    let started = Instant::now();
     let sizes = if quick {
         Sizes {
             connects: 300,
@@ -47,9 +50,62 @@ pub fn run(args: &[String]) -> Result<()> {
             bulk_bytes: 2 << 30,
         }
     };
+    // Interleaved rounds, median reported: one noisy round cannot decide.
+    let plan = if quick {
+        bench_https::Plan { secs: 3, rounds: 1 }
+    } else {
+        bench_https::Plan { secs: 5, rounds: 3 }
+    };
     lab::require_root()?;
+    // Tools first: a missing nginx/wrk/mitmproxy fails before any measuring.
+    let tools = bench_https::Tools::ensure()?;
     let bin = lab::build_release()?;
 
+    let t = Instant::now();
+    let rows = tcp_rows(&bin, &sizes)?;
+    let tcp_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let https = bench_https::run(&bin, &tools, &plan)?;
+    let https_secs = t.elapsed().as_secs_f64();
+
+    let table = render(&rows);
+    println!("\n{table}");
+    let report = format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench{}` on {}.\n\
+         Machine: {} CPUs, kernel {}, release build.\n\n\
+         Not a test: no thresholds. Numbers from a shared 2-core machine are\n\
+         noisy (other jobs may run at the same time); only the ratios within one\n\
+         run mean something.\n\n\
+         ## TCP: through the interceptor vs direct\n\n\
+         Same loopback servers: the client runs once directly and once inside an\n\
+         intercepted cgroup, so its connections go through the eBPF redirect and\n\
+         the proxy (attribution, policy, a session record per connection; opaque\n\
+         TCP, not looked into). The ratio is proxied / direct for latencies and\n\
+         direct / proxied for throughput: 1.00 means no cost, higher means slower\n\
+         through the proxy.\n\n{table}\n{https}\n\
+         Run time: TCP part {tcp_secs:.1} s, HTTPS part {https_secs:.0} s (plus installs\n\
+         and the release build).\n",
+        if quick { " --quick" } else { "" },
+        today(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+    );
+    std::fs::write(workspace_root().join("BENCHMARKS.md"), report)?;
+    eprintln!(
+        "wrote BENCHMARKS.md ({} s in all)",
+        started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// The TCP rows: connect latency, keep-alive round trips, bulk throughput.
+/// Its lab (cgroup, daemon) is gone before the HTTPS part starts.
+fn tcp_rows(bin: &std::path::Path, sizes: &Sizes) -> Result<Vec<Row>> {
     let greeter = Upstream::start("127.0.0.1:0", |mut c| {
         let _ = c.write_all(b"!");
     })?;
@@ -74,7 +130,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     })?;
 
-    let lab = Lab::new(&bin, "interceptor-bench", POLICY, 15201, 15200)?;
+    let lab = Lab::new(bin, "interceptor-bench", POLICY, 15201, 15200)?;
     let _daemon = lab.start_daemon()?;
     let me = std::env::current_exe()?;
     let me = me.to_str().unwrap();
@@ -147,30 +203,7 @@ pub fn run(args: &[String]) -> Result<()> {
         lower_is_better: false,
     });
 
-    let table = render(&rows);
-    println!("\n{table}");
-    let report = format!(
-        "# Benchmarks\n\n\
-         Written by `cargo xtask bench{}` on {}. Same machine, same run, same\n\
-         loopback servers: the client runs once directly and once inside an\n\
-         intercepted cgroup, so its connections go through the eBPF redirect and\n\
-         the proxy (attribution, policy, a session record per connection).\n\
-         The ratio is proxied / direct for latencies and direct / proxied for\n\
-         throughput: 1.00 means no cost, higher means slower through the proxy.\n\n\
-         Machine: {} CPUs, kernel {}, release build.\n\n{table}\n\
-         Not a test: no thresholds, numbers from a shared 2-core machine are noisy.\n",
-        if quick { " --quick" } else { "" },
-        today(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-    );
-    std::fs::write(workspace_root().join("BENCHMARKS.md"), report)?;
-    eprintln!("wrote BENCHMARKS.md");
-    Ok(())
+    Ok(rows)
 }
 
 fn render(rows: &[Row]) -> String {

@@ -105,6 +105,12 @@ impl Lab {
     }
 
     pub fn start_daemon(&self) -> Result<DaemonProc> {
+        self.start_daemon_with("")
+    }
+
+    /// Starts the daemon with `extra_config` (TOML lines) appended to its
+    /// config file, e.g. `upstream_ca_files` for a test CA.
+    pub fn start_daemon_with(&self, extra_config: &str) -> Result<DaemonProc> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,7 +118,10 @@ impl Lab {
         let config = self.dir.join("interceptor.toml");
         std::fs::write(
             &config,
-            format!("credentials_dir = {:?}\n", self.dir.join("credentials")),
+            format!(
+                "credentials_dir = {:?}\n{extra_config}",
+                self.dir.join("credentials")
+            ),
         )?;
         let child = Command::new(&self.bin)
             .arg("run")
@@ -227,6 +236,10 @@ pub struct DaemonProc {
 }
 
 impl DaemonProc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

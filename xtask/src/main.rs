@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask build-ebpf | demo | bench`.
 mod bench;
+mod bench_https;
 mod build_ebpf;
 mod demo;
 mod lab;
@@ -12,7 +13,7 @@ fn usage() -> &'static str {
      commands:\n  \
      build-ebpf        build the kernel programs into target/bpf/interceptor.bpf.o\n  \
      demo              build everything and run the end-to-end demo (root)\n  \
-     bench [--quick]   through-proxy vs direct benchmark, writes BENCHMARKS.md (root)\n"
+     bench [--quick]   proxy vs direct (TCP) and vs nginx/mitmproxy (HTTPS), writes BENCHMARKS.md (root)\n"
 }
 
 fn main() -> Result<()> {
