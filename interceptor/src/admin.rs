@@ -91,6 +91,29 @@ fn route(req: Request<Incoming>, proxy: &Proxy, surface: Surface) -> Response<Fu
                 ),
             }
         }
+        ("/v1/audit", Surface::Control) => {
+            let q = req.uri().query();
+            let num = |k| query_param(q, k).and_then(|v| v.parse::<u64>().ok());
+            let limit = num("limit").unwrap_or(10_000).min(100_000) as usize;
+            match proxy.store.audit_records(
+                num("after").unwrap_or(0),
+                num("since_ms").unwrap_or(0),
+                limit,
+            ) {
+                Ok(r) => json(StatusCode::OK, &r),
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": e.to_string()}),
+                ),
+            }
+        }
+        ("/v1/audit/verify", Surface::Control) => match proxy.store.audit_verify() {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": e.to_string()}),
+            ),
+        },
         (p, Surface::Control) if p.starts_with("/v1/sessions/") => {
             let id = p.trim_start_matches("/v1/sessions/").parse::<u64>();
             match id.map(|id| proxy.store.session_with_requests(id)) {

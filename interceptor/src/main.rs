@@ -1,5 +1,6 @@
 //! interceptor: a transparent access gateway for AI agent skills.
 mod admin;
+mod audit;
 mod bpf;
 mod cgroup;
 mod cli;

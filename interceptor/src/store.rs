@@ -103,16 +103,40 @@ pub struct Store {
     /// Ids of sessions in state Open, so a restart finds the ones a dead
     /// daemon left behind without scanning everything.
     open: sled::Tree,
-    flusher: std::sync::Mutex<std::sync::mpsc::Sender<FlushWaiter>>,
+    audit: sled::Tree,
+    /// Last appended (seq, hash): appends are serialised through it so the
+    /// chain has one order.
+    audit_head: std::sync::Mutex<(u64, String)>,
+    meta: sled::Tree,
+    flusher: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushWaiter>>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
+
+impl Drop for Store {
+    /// Stops the flusher (its `Db` handle holds the store's file lock), so
+    /// the store can be opened again as soon as this one is gone.
+    fn drop(&mut self) {
+        self.flusher.lock().unwrap().take();
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const AUDIT_HEAD: &[u8] = b"audit_head";
 
 type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// One thread flushes for everyone waiting: each waiter asked after its own
 /// write, so the flush that starts after its request covers it.
-fn spawn_flusher(db: sled::Db) -> std::sync::mpsc::Sender<FlushWaiter> {
+fn spawn_flusher(
+    db: sled::Db,
+) -> (
+    std::sync::mpsc::Sender<FlushWaiter>,
+    std::thread::JoinHandle<()>,
+) {
     let (tx, rx) = std::sync::mpsc::channel::<FlushWaiter>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("store-flush".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
@@ -125,7 +149,7 @@ fn spawn_flusher(db: sled::Db) -> std::sync::mpsc::Sender<FlushWaiter> {
             }
         })
         .expect("spawning the store flusher");
-    tx
+    (tx, thread)
 }
 
 impl Store {
@@ -133,25 +157,38 @@ impl Store {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let path = state_dir.join("store");
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+        let db = sled::Config::new().path(&path).open().map_err(|e| {
+            // sled wraps the flock failure in an IO error with its own text.
+            if e.to_string().contains("could not acquire lock") {
                 anyhow::anyhow!(
-                    "the session store {} is locked by a running daemon; query it through the admin socket",
+                    "the session store {} is locked by another process (a running daemon?); \
+                     query it through the admin socket (--admin-socket)",
                     path.display()
                 )
+            } else {
+                anyhow::anyhow!("opening the session store {}: {e}", path.display())
             }
-            e => anyhow::anyhow!("opening the session store {}: {e}", path.display()),
         })?;
         let sessions = db.open_tree("sessions")?;
         let open = db.open_tree("sessions_open")?;
         let requests = db.open_tree("requests")?;
-        let flusher = std::sync::Mutex::new(spawn_flusher(db.clone()));
+        let audit = db.open_tree("audit")?;
+        let meta = db.open_tree("meta")?;
+        let head = match meta.get(AUDIT_HEAD)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => (0, crate::audit::GENESIS.to_string()),
+        };
+        let (flusher, flusher_thread) = spawn_flusher(db.clone());
         Ok(Store {
             db,
             sessions,
             requests,
             open,
-            flusher,
+            audit,
+            audit_head: std::sync::Mutex::new(head),
+            meta,
+            flusher: std::sync::Mutex::new(Some(flusher)),
+            flusher_thread: Some(flusher_thread),
         })
     }
 
@@ -169,6 +206,62 @@ impl Store {
             self.open.remove(key)?;
         }
         Ok(())
+    }
+
+    /// Appends to the hash-chained audit log (durable with the next flush).
+    pub fn audit(&self, kind: &str, data: serde_json::Value) -> Result<u64> {
+        let mut head = self.audit_head.lock().unwrap();
+        let rec = crate::audit::AuditRecord::new(head.0 + 1, now_ms(), kind, data, head.1.clone());
+        self.audit
+            .insert(rec.seq.to_be_bytes(), serde_json::to_vec(&rec)?)?;
+        self.meta
+            .insert(AUDIT_HEAD, serde_json::to_vec(&(rec.seq, &rec.hash))?)?;
+        *head = (rec.seq, rec.hash);
+        Ok(head.0)
+    }
+
+    /// Audit records with seq > `after` and time >= `since_ms`, at most `limit`.
+    pub fn audit_records(
+        &self,
+        after: u64,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditRecord>> {
+        let mut out = Vec::new();
+        for kv in self.audit.range((after + 1).to_be_bytes()..) {
+            let r: crate::audit::AuditRecord = serde_json::from_slice(&kv?.1)?;
+            if r.ts_ms >= since_ms {
+                out.push(r);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn audit_verify(&self) -> Result<crate::audit::Verification> {
+        let mut bad = Vec::new();
+        let records = self.audit.iter().filter_map(|kv| {
+            match kv.map_err(anyhow::Error::from).and_then(|(k, v)| {
+                serde_json::from_slice::<crate::audit::AuditRecord>(&v)
+                    .map_err(|e| anyhow::anyhow!("record key {k:?}: {e}"))
+            }) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    bad.push(format!("unreadable record: {e}"));
+                    None
+                }
+            }
+        });
+        let head = self
+            .meta
+            .get(AUDIT_HEAD)?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()?;
+        let mut v = crate::audit::verify(records, head);
+        v.problems.splice(0..0, bad);
+        Ok(v)
     }
 
     pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
@@ -244,8 +337,9 @@ impl Store {
         self.flusher
             .lock()
             .unwrap()
-            .send(tx)
-            .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?;
+            .as_ref()
+            .and_then(|f| f.send(tx).ok())
+            .ok_or_else(|| anyhow::anyhow!("the store flusher thread is gone"))?;
         rx.await
             .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?
             .map_err(|e| anyhow::anyhow!("flushing the session store: {e}"))
@@ -267,6 +361,50 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_chain_survives_reopening_and_detects_tampering() {
+        let dir = std::env::temp_dir().join(format!("icpt-audit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let store = Store::open(&dir).unwrap();
+            for i in 0..3 {
+                store.audit("request", serde_json::json!({"n": i})).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(
+            store.audit("request", serde_json::json!({"n": 3})).unwrap(),
+            4
+        );
+        let v = store.audit_verify().unwrap();
+        assert_eq!((v.records, v.problems.len()), (4, 0), "{v:?}");
+        // Tamper with record 2 in the store itself.
+        let mut r: crate::audit::AuditRecord =
+            serde_json::from_slice(&store.audit.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        r.data = serde_json::json!({"n": 99});
+        store
+            .audit
+            .insert(2u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+            .unwrap();
+        let v = store.audit_verify().unwrap();
+        assert_eq!(
+            v.problems,
+            vec!["record 2: content does not match its hash (changed)"]
+        );
+        // Remove record 3.
+        store.audit.remove(3u64.to_be_bytes()).unwrap();
+        let v = store.audit_verify().unwrap();
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.contains("record 4: records 3..3 are missing")),
+            "{v:?}"
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn sessions_round_trip_in_order() {

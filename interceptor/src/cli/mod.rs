@@ -1,5 +1,6 @@
 //! Command line: `run` starts the daemon; the other commands talk to it or
 //! to its state.
+mod audit;
 mod policy;
 mod sessions;
 
@@ -39,6 +40,9 @@ enum Cmd {
     /// Policy files
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The hash-chained audit log
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// The local CA that signs intercepted TLS
     #[command(subcommand)]
     Ca(CaCmd),
@@ -85,6 +89,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Sessions(c) => sessions::run(c),
+        Cmd::Audit(c) => audit::run(c),
         Cmd::Ca(CaCmd::Export { config, state_dir }) => {
             let dir = match state_dir {
                 Some(d) => d,

@@ -266,7 +266,12 @@ mod tests {
         let p = Arc::new(Profile::empty());
         let secret = "s3cr3t-value-the-skill-must-not-see".to_string();
         let text = format!("{{\"echo\":\"Bearer {secret}\"}}");
-        let (out, counts) = mask_in_chunks(p, std::slice::from_ref(&secret), text.as_bytes(), &[10, 20, 30]);
+        let (out, counts) = mask_in_chunks(
+            p,
+            std::slice::from_ref(&secret),
+            text.as_bytes(),
+            &[10, 20, 30],
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"echo\":\"Bearer [REDACTED:injected_secret]\"}"

@@ -89,7 +89,29 @@ impl HttpConn {
             duration_ms: 0,
             error: None,
         };
-        match self.clone().exchange(req, &mut rec).await {
+        let result = self.clone().exchange(req, &mut rec).await;
+        if rec.reason.is_empty()
+            && let Err(r) = &result
+        {
+            // Refused before the policy was asked (bad token, misdirected).
+            rec.reason = r.message.clone();
+        }
+        let code = result.as_ref().err().map(|r| r.code.clone());
+        self.audit(&rec, code.as_deref());
+        // The decision's audit record is on disk before its response goes out.
+        if let Err(e) = self.proxy.store.flush_async().await {
+            tracing::error!(session = self.session, seq = rec.seq, error = %e, "audit flush failed; withholding the response");
+            rec.status = 503;
+            rec.error = Some("audit log unavailable".into());
+            self.proxy.record_request(&rec);
+            return Ok(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log cannot be written",
+            )
+            .response());
+        }
+        match result {
             Ok(resp) => Ok(self.clone().track(resp, rec, started)),
             Err(refusal) => {
                 rec.status = refusal.status.as_u16();
@@ -99,6 +121,20 @@ impl HttpConn {
                 self.proxy.record_request(&rec);
                 Ok(resp)
             }
+        }
+    }
+
+    /// Appends the request's decision to the hash-chained audit log.
+    fn audit(&self, rec: &RequestRecord, code: Option<&str>) {
+        let data = serde_json::json!({
+            "session": rec.session, "seq": rec.seq, "workload": self.workload,
+            "destination": self.destination.to_string(), "user": rec.user,
+            "method": rec.method, "host": rec.host, "path": rec.path,
+            "decision": rec.decision, "rule": rec.rule, "reason": rec.reason,
+            "injected": rec.injected, "code": code,
+        });
+        if let Err(e) = self.proxy.store.audit("request", data) {
+            tracing::error!(session = self.session, seq = rec.seq, error = %e, "could not append to the audit log");
         }
     }
 

@@ -205,7 +205,7 @@ impl Proxy {
         session.decision = Action::Deny;
         session.rule = d.rule.clone();
         session.reason = d.reason.clone();
-        self.log_connection(&session);
+        self.announce_decision(&session);
         self.stats.denied.fetch_add(1, Ordering::Relaxed);
         reset(conn);
         self.finish(session).await;
@@ -219,7 +219,7 @@ impl Proxy {
         session.decision = Action::Allow;
         session.rule = d.rule.clone();
         session.reason = d.reason.clone();
-        self.log_connection(&session);
+        self.announce_decision(&session);
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         let destination: SocketAddr = session.destination.parse().expect("formatted by us");
         // The decision is on disk before any byte is forwarded: a crash can
@@ -265,7 +265,7 @@ impl Proxy {
     ) {
         session.decision = Action::Allow;
         session.reason = "inspected: decided per request".into();
-        self.log_connection(&session);
+        self.announce_decision(&session);
         self.record(&session);
         if let Err(e) = self.store.flush_async().await {
             tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
@@ -305,7 +305,10 @@ impl Proxy {
         self.finish(session).await;
     }
 
-    fn log_connection(&self, s: &Session) {
+    /// Logs the connection's decision and appends it to the audit log
+    /// (durable with the flush that follows every decision).
+    fn announce_decision(&self, s: &Session) {
+        self.audit_connection(s);
         let w = &s.workload;
         tracing::info!(
             session = s.id,
@@ -332,6 +335,19 @@ impl Proxy {
         self.record(&session);
         if let Err(e) = self.store.flush_async().await {
             tracing::error!(session = session.id, error = %e, "could not flush the session store");
+        }
+    }
+
+    /// The connection's decision, in the hash-chained audit log.
+    fn audit_connection(&self, s: &Session) {
+        let w = &s.workload;
+        let data = serde_json::json!({
+            "session": s.id, "workload": w.cgroup, "cgroup_id": w.cgroup_id, "pid": w.pid, "exe": w.exe,
+            "uid": w.uid, "destination": s.destination, "protocol": s.protocol, "sni": s.sni,
+            "decision": s.decision, "rule": s.rule, "reason": s.reason,
+        });
+        if let Err(e) = self.store.audit("connection", data) {
+            tracing::error!(session = s.id, error = %e, "could not append to the audit log");
         }
     }
 
