@@ -948,7 +948,7 @@ for n in range(1000):
     assert!(ok, "{err}");
     let paths: std::collections::HashSet<String> = out
         .lines()
-        .map(|l| json(l))
+        .map(json)
         .filter(|r| r["kind"] == "request")
         .map(|r| r["data"]["path"].as_str().unwrap().to_string())
         .collect();
