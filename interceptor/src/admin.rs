@@ -25,7 +25,8 @@ enum Surface {
     Public,
 }
 
-pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+/// The control socket: root only, or root and the approvers group.
+pub fn bind_socket(path: &Path, approvers_group: Option<&str>) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -36,7 +37,22 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     let l = UnixListener::bind(path)
         .with_context(|| format!("binding admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(g) = approvers_group {
+        let gid = group_id(g).with_context(|| format!("approvers_group {g:?} does not exist"))?;
+        std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
     Ok(l)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
 pub async fn serve_unix(listener: UnixListener, proxy: Arc<Proxy>) {
@@ -44,7 +60,17 @@ pub async fn serve_unix(listener: UnixListener, proxy: Arc<Proxy>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        spawn_conn(TokioIo::new(stream), proxy.clone(), Surface::Control);
+        // Who is calling, from the kernel (SO_PEERCRED): approvers act
+        // under this identity.
+        let Ok(cred) = stream.peer_cred() else {
+            continue;
+        };
+        spawn_conn(
+            TokioIo::new(stream),
+            proxy.clone(),
+            Surface::Control,
+            Some(cred.uid()),
+        );
     }
 }
 
@@ -53,18 +79,26 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        spawn_conn(TokioIo::new(stream), proxy.clone(), Surface::Public);
+        spawn_conn(TokioIo::new(stream), proxy.clone(), Surface::Public, None);
     }
 }
 
-fn spawn_conn<I>(io: I, proxy: Arc<Proxy>, surface: Surface)
+fn spawn_conn<I>(io: I, proxy: Arc<Proxy>, surface: Surface, peer_uid: Option<u32>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(req, &proxy, surface)) }
+            async move {
+                let resp = match (req.method(), req.uri().path(), peer_uid) {
+                    (&Method::POST, p, Some(uid)) if p.starts_with("/v1/approvals/") => {
+                        decide(req, &proxy, uid).await
+                    }
+                    _ => route(req, &proxy, surface),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
@@ -114,6 +148,34 @@ fn route(req: Request<Incoming>, proxy: &Proxy, surface: Surface) -> Response<Fu
                 &serde_json::json!({"error": e.to_string()}),
             ),
         },
+        ("/v1/approvals", Surface::Control) => match proxy.store.approvals(1000) {
+            Ok(a) => json(StatusCode::OK, &a),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": e.to_string()}),
+            ),
+        },
+        (p, Surface::Control) if p.starts_with("/v1/approvals/") => {
+            match p
+                .trim_start_matches("/v1/approvals/")
+                .parse::<u64>()
+                .map(|id| proxy.store.approval(id))
+            {
+                Ok(Ok(Some(a))) => json(StatusCode::OK, &a),
+                Ok(Ok(None)) => json(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({"error": "no such approval"}),
+                ),
+                Ok(Err(e)) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": e.to_string()}),
+                ),
+                Err(_) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "approval ids are numbers"}),
+                ),
+            }
+        }
         (p, Surface::Control) if p.starts_with("/v1/sessions/") => {
             let id = p.trim_start_matches("/v1/sessions/").parse::<u64>();
             match id.map(|id| proxy.store.session_with_requests(id)) {
@@ -157,6 +219,85 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>>
             serde_json::to_vec(v).unwrap_or_default(),
         )))
         .unwrap()
+}
+
+/// `POST /v1/approvals/ID/approve|deny` with `{"reason": ..., "window_s": ...}`,
+/// as the peer's account.
+async fn decide(req: Request<Incoming>, proxy: &Proxy, uid: u32) -> Response<Full<Bytes>> {
+    let err = |status, msg: String| json(status, &serde_json::json!({ "error": msg }));
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/v1/approvals/")
+        .to_string();
+    let Some((id, verb)) = path.split_once('/') else {
+        return err(
+            StatusCode::NOT_FOUND,
+            "POST /v1/approvals/ID/approve or /deny".into(),
+        );
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return err(StatusCode::BAD_REQUEST, "approval ids are numbers".into());
+    };
+    let approve = match verb {
+        "approve" => true,
+        "deny" => false,
+        _ => return err(StatusCode::NOT_FOUND, "approve or deny".into()),
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return err(StatusCode::BAD_REQUEST, "body too large".into()),
+    };
+    #[derive(serde::Deserialize, Default)]
+    struct Body {
+        reason: Option<String>,
+        window_s: Option<u64>,
+    }
+    let b: Body = if body.is_empty() {
+        Body::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return err(StatusCode::BAD_REQUEST, format!("body: {e}")),
+        }
+    };
+    let Ok(Some(a)) = proxy.store.approval(id) else {
+        return err(StatusCode::NOT_FOUND, format!("no approval {id}"));
+    };
+    let approver = crate::approval::Approver::from_peer(uid, proxy.approvers_group.as_deref());
+    let window = b.window_s.map(std::time::Duration::from_secs);
+    match proxy.approvals.decide(
+        a,
+        &approver,
+        approve,
+        b.reason,
+        window,
+        crate::store::now_ms(),
+    ) {
+        Ok(a) => {
+            if let Err(e) = proxy
+                .store
+                .put_approval(&a)
+                .and_then(|_| proxy.store.flush())
+            {
+                return err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            let _ = proxy.store.audit(
+                "approval",
+                serde_json::json!({"approval": a.id, "decision": a.state, "approver": a.approver, "reason": a.reason,
+                                   "rule": a.rule, "workload": a.workload, "window_until_ms": a.window_until_ms}),
+            );
+            tracing::info!(approval = a.id, approver = %approver.name, state = ?a.state, "approval decided");
+            json(StatusCode::OK, &a)
+        }
+        Err(e @ crate::approval::DecideError::NotPending(_)) => {
+            err(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e) => err(StatusCode::FORBIDDEN, e.to_string()),
+    }
 }
 
 /// Prometheus text exposition.
@@ -269,6 +410,36 @@ fn metrics(proxy: &Proxy) -> String {
         k.refused_bind,
     );
     out
+}
+
+/// CLI side: POST JSON to the admin socket; `Ok(None)` when no daemon listens.
+pub async fn post(
+    socket: &Path,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<Option<(StatusCode, Bytes)>> {
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
+    };
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", "interceptor")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Some((status, body)))
 }
 
 /// CLI side: GET a path on the admin socket. `Ok(None)` when no daemon

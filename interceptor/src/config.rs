@@ -42,6 +42,8 @@ struct File {
     credentials_dir: Option<PathBuf>,
     upstream_ca_files: Option<Vec<PathBuf>>,
     oidc: Option<OidcFile>,
+    approvers_group: Option<String>,
+    approval_webhook: Option<String>,
 }
 
 /// `[oidc]`: where user tokens come from.
@@ -84,6 +86,10 @@ pub struct Config {
     /// Extra CAs (PEM) trusted for upstream TLS, besides the system roots.
     pub upstream_ca_files: Vec<PathBuf>,
     pub oidc: Option<OidcFile>,
+    /// Members may approve and deny held requests (root always may).
+    pub approvers_group: Option<String>,
+    /// Pending approvals are POSTed here (Slack-compatible JSON).
+    pub approval_webhook: Option<String>,
 }
 
 impl Default for Config {
@@ -104,6 +110,8 @@ impl Default for Config {
             credentials_dir: "/etc/interceptor/credentials".into(),
             upstream_ca_files: Vec::new(),
             oidc: None,
+            approvers_group: None,
+            approval_webhook: None,
         }
     }
 }
@@ -197,6 +205,13 @@ impl Config {
         }
         if let Some(v) = file.upstream_ca_files {
             c.upstream_ca_files = v;
+        }
+        c.approvers_group = file.approvers_group;
+        if let Some(w) = file.approval_webhook {
+            if !(w.starts_with("https://") || w.starts_with("http://")) {
+                bail!("approval_webhook {w:?} must be an http(s):// URL");
+            }
+            c.approval_webhook = Some(w);
         }
         if let Some(o) = file.oidc {
             if !o.issuer.starts_with("https://") {

@@ -75,6 +75,18 @@ async fn serve(cfg: Config) -> Result<()> {
     let tls = Tls::load_or_create(&cfg.state_dir, &cfg.upstream_ca_files)?;
     let (oidc, user_header) = oidc_validator(&cfg)?;
     let clock = test_clock()?;
+    let interrupted_approvals = store.interrupt_pending_approvals()?;
+    if interrupted_approvals > 0 {
+        tracing::warn!(
+            approvals = interrupted_approvals,
+            "approvals left pending by a previous run marked interrupted"
+        );
+    }
+    let webhook = cfg
+        .approval_webhook
+        .as_deref()
+        .map(|u| crate::webhook::Webhook::new(u, tls.client.clone()).map(Arc::new))
+        .transpose()?;
     let interrupted = store.close_interrupted()?;
     if interrupted > 0 {
         tracing::warn!(
@@ -101,7 +113,7 @@ async fn serve(cfg: Config) -> Result<()> {
             cfg.admin_listen
         )
     })?;
-    let admin_unix = admin::bind_socket(&cfg.admin_socket)?;
+    let admin_unix = admin::bind_socket(&cfg.admin_socket, cfg.approvers_group.as_deref())?;
 
     let hooks = Hooks::attach(
         &cfg.bpffs_dir,
@@ -126,6 +138,9 @@ async fn serve(cfg: Config) -> Result<()> {
         oidc,
         user_header,
         clock,
+        approvals: Default::default(),
+        approvers_group: cfg.approvers_group.clone(),
+        webhook,
     });
 
     let hb = proxy.clone();

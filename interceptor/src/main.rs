@@ -1,5 +1,6 @@
 //! interceptor: a transparent access gateway for AI agent skills.
 mod admin;
+mod approval;
 mod audit;
 mod bpf;
 mod cgroup;
@@ -13,6 +14,7 @@ mod policy;
 mod proxy;
 mod store;
 mod tls;
+mod webhook;
 
 use clap::Parser;
 

@@ -104,6 +104,7 @@ pub struct Store {
     /// daemon left behind without scanning everything.
     open: sled::Tree,
     audit: sled::Tree,
+    approvals: sled::Tree,
     /// Last appended (seq, hash): appends are serialised through it so the
     /// chain has one order.
     audit_head: std::sync::Mutex<(u64, String)>,
@@ -173,6 +174,7 @@ impl Store {
         let open = db.open_tree("sessions_open")?;
         let requests = db.open_tree("requests")?;
         let audit = db.open_tree("audit")?;
+        let approvals = db.open_tree("approvals")?;
         let meta = db.open_tree("meta")?;
         let head = match meta.get(AUDIT_HEAD)? {
             Some(v) => serde_json::from_slice(&v)?,
@@ -185,6 +187,7 @@ impl Store {
             requests,
             open,
             audit,
+            approvals,
             audit_head: std::sync::Mutex::new(head),
             meta,
             flusher: std::sync::Mutex::new(Some(flusher)),
@@ -262,6 +265,47 @@ impl Store {
         let mut v = crate::audit::verify(records, head);
         v.problems.splice(0..0, bad);
         Ok(v)
+    }
+
+    pub fn put_approval(&self, a: &crate::approval::Approval) -> Result<()> {
+        self.approvals
+            .insert(a.id.to_be_bytes(), serde_json::to_vec(a)?)?;
+        Ok(())
+    }
+
+    pub fn approval(&self, id: u64) -> Result<Option<crate::approval::Approval>> {
+        Ok(self
+            .approvals
+            .get(id.to_be_bytes())?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()?)
+    }
+
+    /// The newest `limit` approvals, oldest first.
+    pub fn approvals(&self, limit: usize) -> Result<Vec<crate::approval::Approval>> {
+        let mut v: Vec<crate::approval::Approval> = self
+            .approvals
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect::<Result<_>>()?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Pending approvals of a previous run: their clients are gone.
+    pub fn interrupt_pending_approvals(&self) -> Result<usize> {
+        let mut n = 0;
+        for mut a in self.approvals(usize::MAX)? {
+            if a.state == crate::approval::State::Pending {
+                a.state = crate::approval::State::Interrupted;
+                a.reason = Some("the daemon stopped while the request was held".into());
+                self.put_approval(&a)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub fn put_request(&self, r: &RequestRecord) -> Result<()> {

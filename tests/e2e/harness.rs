@@ -615,6 +615,8 @@ pub fn sha256_hex(data: impl Iterator<Item = Vec<u8>>) -> String {
 pub const EPERM: i64 = 1;
 pub const ECONNREFUSED: i64 = 111;
 pub const ECONNRESET: i64 = 104;
+pub const ENOTCONN: i64 = 107;
+pub const EPIPE: i64 = 32;
 
 /// A test PKI: a CA and a server certificate for api.test, pinned.test,
 /// 127.0.0.1 and ::1, written as PEM files into `dir`.

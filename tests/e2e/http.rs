@@ -75,6 +75,31 @@ inject = "apikey"
 action = "allow"
 
 [[rule]]
+id = "deploy"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+path = "/deploy/**"
+action = "approve"
+approval_timeout = "30s"
+inject = "gh"
+
+[[rule]]
+id = "ship"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+path = "/ship/**"
+action = "approve"
+approval_timeout = "30s"
+
+[[rule]]
+id = "expire"
+workload = "{cg}"
+host = ["api.test", "127.0.0.1"]
+path = "/expire/**"
+action = "approve"
+approval_timeout = "1s"
+
+[[rule]]
 id = "api"
 workload = "{cg}"
 host = ["api.test", "127.0.0.1"]
@@ -87,6 +112,10 @@ action = "allow"
 }
 
 fn setup(tag: &str) -> Setup {
+    setup_with(tag, |_| {})
+}
+
+fn setup_with(tag: &str, tweak: impl FnOnce(&mut DaemonConfig)) -> Setup {
     let cg = TestCgroup::new(tag);
     let mut cfg = DaemonConfig::new(&[&cg], &policy(&cg));
     let pki = TestPki::new(&cfg.dir, "upstream");
@@ -99,6 +128,7 @@ fn setup(tag: &str) -> Setup {
         "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n",
         pki.ca_pem
     );
+    tweak(&mut cfg);
     let d = Daemon::start(&cfg);
     let ca = cfg.ca_file().to_string_lossy().into_owned();
     Setup {
@@ -977,3 +1007,171 @@ for n in range(1000):
     let (ok, out, err) = cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
 }
+
+/// Just-in-time approvals, end to end: the skill (curl as nobody) waits on
+/// its request while an approver (root, over the admin socket) decides.
+#[test]
+fn held_requests_wait_for_an_approver() {
+    if !kernel_ready() {
+        return;
+    }
+    let mut s = setup_with("approvals", |cfg| {
+        let hook = Upstream::start("127.0.0.1:0", |mut c| {
+            let mut buf = vec![0u8; 65536];
+            let n = std::io::Read::read(&mut c, &mut buf).unwrap_or(0);
+            HOOK_BODIES
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ =
+                std::io::Write::write_all(&mut c, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        });
+        cfg.extra.push_str(&format!(
+            "approval_webhook = \"http://{}/hook\"\n",
+            hook.addr
+        ));
+        std::mem::forget(hook);
+    });
+    let cli = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).arg("--admin-socket").arg(s.cfg.socket());
+        run(c, Duration::from_secs(30))
+    };
+    let pending = || -> Vec<Value> {
+        let (ok, out, err) = cli(&["approvals", "list", "--pending", "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let wait_pending = |path: &str| -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = pending().into_iter().find(|a| a["path"] == path) {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no pending approval for {path}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The skill runs as nobody, so root can approve it.
+    let skill = |path: &str, as_root: bool| {
+        let url = s.url(path);
+        let resolve = format!("api.test:{}:127.0.0.1", s.tls_up.addr.port());
+        let curl_args = [
+            "-sS",
+            "--max-time",
+            "40",
+            "--cacert",
+            s.ca.as_str(),
+            "--resolve",
+            resolve.as_str(),
+            "-w",
+            "\n%{http_code}",
+            url.as_str(),
+        ];
+        let mut c = if as_root {
+            s.cg.command("curl", &curl_args)
+        } else {
+            let mut a = vec!["--reuid=65534", "--regid=65534", "--clear-groups", "curl"];
+            a.extend_from_slice(&curl_args);
+            s.cg.command("setpriv", &a)
+        };
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let outcome = |child: std::process::Child| -> (String, String) {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
+    };
+
+    // Approve, with a window.
+    let before = s.tls_up.requests();
+    let child = skill("/deploy/1", false);
+    let a = wait_pending("/deploy/1");
+    assert_eq!(a["uid"], 65534);
+    assert_eq!(a["rule"], "deploy");
+    assert_eq!(
+        s.tls_up.requests(),
+        before,
+        "the upstream saw a held request"
+    );
+    let id = a["id"].to_string();
+    let (ok, out, err) = cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--window",
+        "1m",
+        "--reason",
+        "release 42",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (code, body) = outcome(child);
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(
+        json(&body)["headers"]["authorization"],
+        sha256_str(&format!("Bearer {GH_SECRET}"))
+    );
+    // The window: the same workload, user and rule pass without asking.
+    let (code, _) = outcome(skill("/deploy/2", false));
+    assert_eq!(code, "200");
+    // Deny: a 403 with the reason; the upstream never sees it.
+    let before = s.tls_up.requests();
+    let child = skill("/ship/1", false);
+    let id = wait_pending("/ship/1")["id"].to_string();
+    assert!(cli(&["approvals", "deny", &id, "--reason", "change freeze"]).0);
+    let (code, body) = outcome(child);
+    assert_eq!(code, "403");
+    let v = json(&body);
+    assert_eq!(v["error"], "approval_denied");
+    assert!(
+        v["message"].as_str().unwrap().contains("change freeze"),
+        "{v}"
+    );
+    assert_eq!(s.tls_up.requests(), before);
+    // Timeout: denied by default.
+    let (code, body) = outcome(skill("/expire/1", false));
+    assert_eq!(
+        (code.as_str(), json(&body)["error"].as_str()),
+        ("403", Some("approval_expired"))
+    );
+    // A requester cannot approve its own request (root's skill, root approver).
+    let child = skill("/ship/2", true);
+    let id = wait_pending("/ship/2")["id"].to_string();
+    let (ok, _, err) = cli(&["approvals", "approve", &id]);
+    assert!(!ok && err.contains("cannot approve it"), "{err}");
+    assert!(cli(&["approvals", "deny", &id, "--reason", "no self-service"]).0);
+    assert_eq!(outcome(child).0, "403");
+    // The webhook heard about the pending approvals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !HOOK_BODIES
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.contains("/deploy/1") && b.contains("\"text\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook not called: {:?}",
+            HOOK_BODIES.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A restart while pending: the client gets an error, the record says so.
+    let child = skill("/ship/3", false);
+    let id = wait_pending("/ship/3")["id"].as_u64().unwrap();
+    s.d.signal(libc::SIGKILL);
+    let (code, _) = outcome(child);
+    assert_ne!(code, "200");
+    s.d.restart();
+    let (ok, out, _) = cli(&["approvals", "show", &id.to_string()]);
+    assert!(ok && json(&out)["state"] == "interrupted", "{out}");
+}
+
+static HOOK_BODIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

@@ -229,7 +229,8 @@ fn denied_destinations_are_refused_and_recorded() {
         &["connect", "127.0.0.1", &other.addr.port().to_string()],
     );
     assert_eq!(r["connected"], false, "{r}");
-    assert_eq!(errno(&r), ECONNRESET, "{r}");
+    // The proxy resets it; which call sees the reset first is a race.
+    assert!([ECONNRESET, ENOTCONN, EPIPE].contains(&errno(&r)), "{r}");
     let s = d.wait_session(|s| s["destination"] == other.addr.to_string());
     assert_eq!(s["decision"], "deny");
     assert!(s["rule"].is_null());

@@ -1,5 +1,6 @@
 //! Command line: `run` starts the daemon; the other commands talk to it or
 //! to its state.
+mod approvals;
 mod audit;
 mod policy;
 mod sessions;
@@ -40,6 +41,9 @@ enum Cmd {
     /// Policy files
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Held requests waiting for a human
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
     /// The hash-chained audit log
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -90,6 +94,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Cmd::Sessions(c) => sessions::run(c),
         Cmd::Audit(c) => audit::run(c),
+        Cmd::Approvals(c) => approvals::run(c),
         Cmd::Ca(CaCmd::Export { config, state_dir }) => {
             let dir = match state_dir {
                 Some(d) => d,

@@ -85,6 +85,10 @@ struct RuleDoc {
     #[serde(default)]
     require_user: bool,
     tls: Option<Spanned<String>>,
+    /// With action = "approve": how long to wait ("5m", default 5 minutes).
+    approval_timeout: Option<Spanned<String>>,
+    /// With action = "approve": reuse an approval this long ("30m").
+    approval_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -328,10 +332,13 @@ impl Parser<'_> {
         let action = match r.action.get_ref().as_str() {
             "allow" => Action::Allow,
             "deny" => Action::Deny,
+            "approve" => Action::Approve,
             other => {
                 self.push(
                     r.action.span().start,
-                    format!("unknown action {other:?}; expected \"allow\" or \"deny\""),
+                    format!(
+                        "unknown action {other:?}; expected \"allow\", \"deny\" or \"approve\""
+                    ),
                 );
                 Action::Deny
             }
@@ -432,8 +439,11 @@ impl Parser<'_> {
             }
         };
         if let Some(i) = &r.inject {
-            if action != Action::Allow {
-                self.push(i.span().start, "inject only applies to allow rules".into());
+            if action == Action::Deny {
+                self.push(
+                    i.span().start,
+                    "inject only applies to allow and approve rules".into(),
+                );
             }
             injects.push((
                 i.get_ref().clone(),
@@ -441,14 +451,41 @@ impl Parser<'_> {
             ));
         }
         if let Some(m) = &r.mask {
-            if action != Action::Allow {
-                self.push(m.span().start, "mask only applies to allow rules".into());
+            if action == Action::Deny {
+                self.push(
+                    m.span().start,
+                    "mask only applies to allow and approve rules".into(),
+                );
             }
             masks.push((
                 m.get_ref().clone(),
                 self.err_at(m.span().start, String::new()),
             ));
         }
+        let duration = |f: &Option<Spanned<String>>, name: &str, this: &mut Self| {
+            f.as_ref().and_then(|d| {
+                parse_duration(d.get_ref())
+                    .map_err(|e| this.push(d.span().start, format!("{name}: {e}")))
+                    .ok()
+            })
+        };
+        let timeout = duration(&r.approval_timeout, "approval_timeout", self);
+        let window = duration(&r.approval_window, "approval_window", self);
+        let approval = match action {
+            Action::Approve => Some(crate::policy::ApprovalSpec {
+                timeout: timeout.unwrap_or(std::time::Duration::from_secs(300)),
+                window,
+            }),
+            _ => {
+                if let Some(f) = r.approval_timeout.as_ref().or(r.approval_window.as_ref()) {
+                    self.push(
+                        f.span().start,
+                        "approval_timeout and approval_window need action = \"approve\"".into(),
+                    );
+                }
+                None
+            }
+        };
         let rule = Rule {
             id,
             origin,
@@ -469,6 +506,7 @@ impl Parser<'_> {
             max_body,
             require_user: r.require_user,
             tls,
+            approval,
         };
         if rule.tls == TlsMode::Passthrough && rule.needs_request() {
             let at = r.tls.as_ref().map_or(0, |t| t.span().start);
@@ -507,6 +545,27 @@ impl Parser<'_> {
             .map_err(|e| self.push(f.span().start, format!("{name} patterns: {e}")))
             .ok()
     }
+}
+
+/// "90s", "5m", "2h", "1d".
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"90s\", \"5m\" or \"2h\""))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("a duration of 0".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, String> {

@@ -26,6 +26,18 @@ use time_window::TimeWindow;
 pub enum Action {
     Allow,
     Deny,
+    /// Hold the request until a human approves or denies it.
+    Approve,
+}
+
+/// How a rule with `action = "approve"` waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApprovalSpec {
+    /// Unanswered this long: denied.
+    pub timeout: std::time::Duration,
+    /// An approval also lets the same workload, user and rule through for
+    /// this long without asking again (if set).
+    pub window: Option<std::time::Duration>,
 }
 
 /// What to do with TLS to destinations an allow rule matches.
@@ -89,6 +101,7 @@ pub struct Rule {
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
+    pub approval: Option<ApprovalSpec>,
 }
 
 /// One HTTP request as policy sees it.
@@ -126,6 +139,7 @@ pub struct Decision {
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
+    pub approval: Option<ApprovalSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +196,7 @@ impl Rule {
             || self.mask.is_some()
             || self.max_body.is_some()
             || self.require_user
+            || self.action == Action::Approve
     }
 
     fn eval(&self, s: &Subject) -> M {
@@ -252,6 +267,7 @@ impl Rule {
         let reason = self.reason.clone().unwrap_or_else(|| match self.action {
             Action::Allow => format!("allowed by rule {}", self.id),
             Action::Deny => format!("denied by rule {}", self.id),
+            Action::Approve => format!("rule {} requires a human approval", self.id),
         });
         Decision {
             action: self.action,
@@ -262,6 +278,7 @@ impl Rule {
             max_body: self.max_body,
             require_user: self.require_user,
             tls: self.tls,
+            approval: self.approval,
         }
     }
 }
@@ -277,6 +294,7 @@ impl Decision {
             max_body: None,
             require_user: false,
             tls: TlsMode::Intercept,
+            approval: None,
         }
     }
 

@@ -26,6 +26,10 @@ pub struct HttpConn {
     pub proxy: Arc<Proxy>,
     pub session: u64,
     pub workload: String,
+    /// The process that opened the connection (approvals check it is not
+    /// also the approver).
+    pub pid: u32,
+    pub uid: u32,
     pub destination: SocketAddr,
     /// The TLS server name for intercepted TLS; `None` for plaintext.
     pub sni: Option<String>,
@@ -124,6 +128,109 @@ impl HttpConn {
         }
     }
 
+    /// Holds the request until an approver decides, or the rule's timeout.
+    async fn await_approval(&self, rec: &mut RequestRecord, d: &Decision) -> Result<(), Refusal> {
+        use crate::approval::{Approval, Outcome, State};
+        let spec = d.approval.expect("approve rules carry their spec");
+        let rule = d.rule.clone().unwrap_or_default();
+        let store = &self.proxy.store;
+        let now = store::now_ms();
+        if self
+            .proxy
+            .approvals
+            .window_open(&self.workload, rec.user.as_deref(), &rule, now)
+        {
+            rec.reason = format!("approved earlier for rule {rule} (window open)");
+            return Ok(());
+        }
+        let unavailable = || {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "approval_unavailable",
+                "the approval could not be recorded",
+            )
+        };
+        let mut a = Approval {
+            id: store.next_id().map_err(|_| unavailable())?,
+            created_ms: now,
+            state: State::Pending,
+            rule: rule.clone(),
+            workload: self.workload.clone(),
+            pid: self.pid,
+            uid: self.uid,
+            user: rec.user.clone(),
+            method: rec.method.clone(),
+            host: rec.host.clone(),
+            path: rec.path.clone(),
+            session: self.session,
+            expires_ms: now + spec.timeout.as_millis() as u64,
+            decided_ms: None,
+            approver: None,
+            reason: None,
+            window_until_ms: None,
+        };
+        let rx = self.proxy.approvals.hold(a.id);
+        store.put_approval(&a).map_err(|_| unavailable())?;
+        store.flush_async().await.map_err(|_| unavailable())?;
+        let text = format!(
+            "interceptor: approval {} pending: {} wants {} {}{} (rule {rule}{}). \
+             `interceptor approvals approve {}` or `deny {} --reason ...` within {} s",
+            a.id,
+            a.workload,
+            a.method,
+            a.host,
+            a.path,
+            a.user
+                .as_deref()
+                .map(|u| format!(", user {u}"))
+                .unwrap_or_default(),
+            a.id,
+            a.id,
+            spec.timeout.as_secs()
+        );
+        tracing::warn!(approval = a.id, "{text}");
+        if let Some(w) = &self.proxy.webhook {
+            w.announce(text);
+        }
+        let outcome = match tokio::time::timeout(spec.timeout, rx).await {
+            Ok(Ok(o)) => o,
+            _ => Outcome::Expired,
+        };
+        match outcome {
+            Outcome::Approved { by } => {
+                rec.reason = format!("approved by {by} (approval {})", a.id);
+                Ok(())
+            }
+            Outcome::Denied { by, reason } => Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                code: "approval_denied".into(),
+                message: format!("denied by {by}: {reason} (approval {})", a.id),
+                rule: d.rule.clone(),
+            }),
+            Outcome::Expired => {
+                self.proxy.approvals.forget(a.id);
+                if let Ok(Some(cur)) = store.approval(a.id)
+                    && cur.state == State::Pending
+                {
+                    a.state = State::Expired;
+                    a.decided_ms = Some(store::now_ms());
+                    a.approver = Some("timeout".into());
+                    let _ = store.put_approval(&a);
+                }
+                Err(Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    code: "approval_expired".into(),
+                    message: format!(
+                        "no approver answered within {} s (approval {})",
+                        spec.timeout.as_secs(),
+                        a.id
+                    ),
+                    rule: d.rule.clone(),
+                })
+            }
+        }
+    }
+
     /// Appends the request's decision to the hash-chained audit log.
     fn audit(&self, rec: &RequestRecord, code: Option<&str>) {
         let data = serde_json::json!({
@@ -196,6 +303,10 @@ impl HttpConn {
         );
         if decision.action == Action::Deny {
             return Err(Refusal::denied(&decision));
+        }
+        if decision.action == Action::Approve {
+            // Held before anything is injected or sent upstream.
+            self.await_approval(rec, &decision).await?;
         }
         if decision.require_user && user.is_none() {
             return Err(Refusal::new(

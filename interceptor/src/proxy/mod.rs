@@ -74,6 +74,9 @@ pub struct Proxy {
     /// Where users present their token (default Proxy-Authorization).
     pub user_header: ::http::HeaderName,
     pub clock: Clock,
+    pub approvals: crate::approval::Approvals,
+    pub approvers_group: Option<String>,
+    pub webhook: Option<Arc<crate::webhook::Webhook>>,
 }
 
 impl Proxy {
@@ -278,6 +281,8 @@ impl Proxy {
             proxy: self.clone(),
             session: session.id,
             workload: session.workload.cgroup.clone(),
+            pid: session.workload.pid,
+            uid: session.workload.uid,
             destination,
             sni: sni.clone(),
             seq: AtomicU64::new(0),

@@ -1,0 +1,331 @@
+//! Just-in-time approvals: a request under an `action = "approve"` rule is
+//! held (its client waits) until an approver approves or denies it over the
+//! admin socket, or it times out (denied). An approval can open a window in
+//! which the same workload, user and rule pass without asking again.
+//!
+//! Every approval is a record in the store; pending ones a dead daemon left
+//! behind are marked interrupted at the next start.
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// The daemon stopped while it was pending; its client got an error.
+    Interrupted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Approval {
+    pub id: u64,
+    pub created_ms: u64,
+    pub state: State,
+    pub rule: String,
+    pub workload: String,
+    /// The requesting process (uid checked against the approver's).
+    pub pid: u32,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub session: u64,
+    pub expires_ms: u64,
+    pub decided_ms: Option<u64>,
+    /// Who decided: the approver's account (from the admin socket's peer
+    /// credentials), or "timeout".
+    pub approver: Option<String>,
+    pub reason: Option<String>,
+    /// Until when the same workload + user + rule pass without asking.
+    pub window_until_ms: Option<u64>,
+}
+
+/// What a held request learns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Approved { by: String },
+    Denied { by: String, reason: String },
+    Expired,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone, Debug)]
+struct WindowKey {
+    workload: String,
+    user: Option<String>,
+    rule: String,
+}
+
+#[derive(Default)]
+pub struct Approvals {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Open windows: key → until (unix ms).
+    windows: Mutex<HashMap<WindowKey, u64>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecideError {
+    #[error("no pending approval {0}")]
+    NotPending(u64),
+    #[error("{0} requested this and cannot approve it")]
+    SelfApproval(String),
+    #[error("{0} is not an approver (root or a member of the approvers group)")]
+    NotAllowed(String),
+}
+
+impl Approvals {
+    /// An open window for this workload, user and rule.
+    pub fn window_open(&self, workload: &str, user: Option<&str>, rule: &str, now_ms: u64) -> bool {
+        let key = WindowKey {
+            workload: workload.into(),
+            user: user.map(String::from),
+            rule: rule.into(),
+        };
+        let mut w = self.windows.lock().unwrap();
+        w.retain(|_, until| *until > now_ms);
+        w.contains_key(&key)
+    }
+
+    /// Registers a held request; the receiver yields its outcome.
+    pub fn hold(&self, id: u64) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap().insert(id, tx);
+        rx
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.waiting.lock().unwrap().remove(&id);
+    }
+
+    /// Applies an approver's decision to a pending approval record. The
+    /// caller persists the returned record.
+    pub fn decide(
+        &self,
+        mut a: Approval,
+        approver: &Approver,
+        approve: bool,
+        reason: Option<String>,
+        window: Option<Duration>,
+        now_ms: u64,
+    ) -> Result<Approval, DecideError> {
+        if a.state != State::Pending {
+            return Err(DecideError::NotPending(a.id));
+        }
+        if !approver.allowed {
+            return Err(DecideError::NotAllowed(approver.name.clone()));
+        }
+        // The requester is the process's account, and the OIDC user if any.
+        // Withdrawing one's own request (deny) is fine; granting it is not.
+        if approve && (approver.uid == a.uid || a.user.as_deref() == Some(approver.name.as_str())) {
+            return Err(DecideError::SelfApproval(approver.name.clone()));
+        }
+        a.decided_ms = Some(now_ms);
+        a.approver = Some(approver.name.clone());
+        a.reason = reason.clone();
+        let outcome = if approve {
+            a.state = State::Approved;
+            if let Some(w) = window {
+                let until = now_ms + w.as_millis() as u64;
+                a.window_until_ms = Some(until);
+                let key = WindowKey {
+                    workload: a.workload.clone(),
+                    user: a.user.clone(),
+                    rule: a.rule.clone(),
+                };
+                self.windows.lock().unwrap().insert(key, until);
+            }
+            Outcome::Approved {
+                by: approver.name.clone(),
+            }
+        } else {
+            a.state = State::Denied;
+            Outcome::Denied {
+                by: approver.name.clone(),
+                reason: reason.unwrap_or_else(|| "denied by an approver".into()),
+            }
+        };
+        if let Some(tx) = self.waiting.lock().unwrap().remove(&a.id) {
+            let _ = tx.send(outcome);
+        }
+        Ok(a)
+    }
+}
+
+/// The account on the other end of the admin socket.
+#[derive(Clone, Debug)]
+pub struct Approver {
+    pub uid: u32,
+    pub name: String,
+    /// root, or a member of the approvers group.
+    pub allowed: bool,
+}
+
+impl Approver {
+    pub fn from_peer(uid: u32, approvers_group: Option<&str>) -> Approver {
+        let name = user_name(uid).unwrap_or_else(|| format!("uid {uid}"));
+        let allowed = uid == 0 || approvers_group.is_some_and(|g| in_group(&name, uid, g));
+        Approver { uid, name, allowed }
+    }
+}
+
+/// The user name of a uid (NSS via libc, so LDAP/sssd users work too).
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Membership by the group's member list or the user's primary group.
+fn in_group(user: &str, uid: u32, group: &str) -> bool {
+    let Ok(cgroup) = std::ffi::CString::new(group) else {
+        return false;
+    };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cgroup.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return false;
+    }
+    let mut p = grp.gr_mem;
+    while !p.is_null() && !unsafe { *p }.is_null() {
+        if unsafe { std::ffi::CStr::from_ptr(*p) }.to_string_lossy() == user {
+            return true;
+        }
+        p = unsafe { p.add(1) };
+    }
+    // Primary group.
+    let mut pbuf = vec![0 as libc::c_char; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut pout: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, pbuf.as_mut_ptr(), pbuf.len(), &mut pout) };
+    rc == 0 && !pout.is_null() && pwd.pw_gid == grp.gr_gid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(id: u64, uid: u32, user: Option<&str>) -> Approval {
+        Approval {
+            id,
+            created_ms: 0,
+            state: State::Pending,
+            rule: "deploy".into(),
+            workload: "skills.slice/a".into(),
+            pid: 1,
+            uid,
+            user: user.map(String::from),
+            method: "POST".into(),
+            host: "api".into(),
+            path: "/deploy".into(),
+            session: 1,
+            expires_ms: 1000,
+            decided_ms: None,
+            approver: None,
+            reason: None,
+            window_until_ms: None,
+        }
+    }
+
+    fn root() -> Approver {
+        Approver {
+            uid: 0,
+            name: "root".into(),
+            allowed: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn approve_deny_self_and_windows() {
+        let a = Approvals::default();
+        let rx = a.hold(1);
+        let done = a
+            .decide(
+                pending(1, 1000, None),
+                &root(),
+                true,
+                None,
+                Some(Duration::from_secs(60)),
+                10,
+            )
+            .unwrap();
+        assert_eq!(done.state, State::Approved);
+        assert_eq!(rx.await.unwrap(), Outcome::Approved { by: "root".into() });
+        assert!(a.window_open("skills.slice/a", None, "deploy", 20));
+        assert!(!a.window_open("skills.slice/a", Some("bob"), "deploy", 20));
+        assert!(!a.window_open("skills.slice/a", None, "deploy", 60_011));
+        // Deciding twice is refused.
+        assert_eq!(
+            a.decide(done, &root(), false, None, None, 30),
+            Err(DecideError::NotPending(1))
+        );
+        // The requester's own account, by uid or by OIDC name.
+        assert!(matches!(
+            a.decide(pending(2, 0, None), &root(), true, None, None, 0),
+            Err(DecideError::SelfApproval(_))
+        ));
+        assert!(matches!(
+            a.decide(pending(3, 1000, Some("root")), &root(), true, None, None, 0),
+            Err(DecideError::SelfApproval(_))
+        ));
+        let nobody = Approver {
+            uid: 65534,
+            name: "nobody".into(),
+            allowed: false,
+        };
+        assert!(matches!(
+            a.decide(pending(4, 1000, None), &nobody, true, None, None, 0),
+            Err(DecideError::NotAllowed(_))
+        ));
+        let rx = a.hold(5);
+        a.decide(
+            pending(5, 1000, None),
+            &root(),
+            false,
+            Some("not today".into()),
+            None,
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            rx.await.unwrap(),
+            Outcome::Denied {
+                by: "root".into(),
+                reason: "not today".into()
+            }
+        );
+    }
+
+    #[test]
+    fn peer_accounts() {
+        let r = Approver::from_peer(0, None);
+        assert_eq!((r.name.as_str(), r.allowed), ("root", true));
+        let n = Approver::from_peer(65534, None);
+        assert!(!n.allowed);
+        assert!(Approver::from_peer(65534, Some("nogroup")).allowed); // nobody's primary group
+    }
+}

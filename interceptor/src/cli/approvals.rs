@@ -1,0 +1,183 @@
+//! `interceptor approvals list | show ID | approve ID | deny ID`, over the
+//! admin socket: the daemon takes the approver's identity from the socket's
+//! peer credentials.
+use crate::approval::{Approval, State};
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Socket {
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCmd {
+    /// Pending and recent approvals
+    List {
+        /// Only the pending ones
+        #[arg(long)]
+        pending: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// One approval
+    Show {
+        id: u64,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Let the held request through
+    Approve {
+        id: u64,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Also let the same workload, user and rule through for this long ("30m")
+        #[arg(long)]
+        window: Option<String>,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Refuse the held request (403 to the skill, with the reason)
+    Deny {
+        id: u64,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        socket: Socket,
+    },
+}
+
+fn socket_path(s: Socket) -> Result<PathBuf> {
+    Ok(s.admin_socket
+        .unwrap_or(super::config_or_default(s.config)?.admin_socket))
+}
+
+pub fn run(cmd: ApprovalsCmd) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let get = |sock: &PathBuf, path: &str| -> Result<bytes::Bytes> {
+        match rt.block_on(crate::admin::get(sock, path))? {
+            Some((st, body)) if st.is_success() => Ok(body),
+            Some((st, body)) => bail!("{st}: {}", String::from_utf8_lossy(&body)),
+            None => bail!(
+                "no daemon listens on {} (approvals are decided by the running daemon)",
+                sock.display()
+            ),
+        }
+    };
+    match cmd {
+        ApprovalsCmd::List {
+            pending,
+            json,
+            socket,
+        } => {
+            let sock = socket_path(socket)?;
+            let mut list: Vec<Approval> = serde_json::from_slice(&get(&sock, "/v1/approvals")?)?;
+            if pending {
+                list.retain(|a| a.state == State::Pending);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<10} {:<12} {:<28} {:<8} {:<40} {:<18} APPROVER",
+                    "ID", "STATE", "WORKLOAD", "METHOD", "URL", "RULE"
+                );
+                for a in list {
+                    println!(
+                        "{:<10} {:<12} {:<28} {:<8} {:<40} {:<18} {}",
+                        a.id,
+                        format!("{:?}", a.state).to_lowercase(),
+                        a.workload,
+                        a.method,
+                        format!("{}{}", a.host, a.path),
+                        a.rule,
+                        a.approver.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        ApprovalsCmd::Show { id, socket } => {
+            let sock = socket_path(socket)?;
+            let a: Approval = serde_json::from_slice(&get(&sock, &format!("/v1/approvals/{id}"))?)?;
+            println!("{}", serde_json::to_string_pretty(&a)?);
+        }
+        ApprovalsCmd::Approve {
+            id,
+            reason,
+            window,
+            socket,
+        } => {
+            let window_s = window.as_deref().map(parse_window).transpose()?;
+            decide(
+                &rt,
+                socket_path(socket)?,
+                id,
+                "approve",
+                serde_json::json!({"reason": reason, "window_s": window_s}),
+            )?;
+        }
+        ApprovalsCmd::Deny { id, reason, socket } => {
+            decide(
+                &rt,
+                socket_path(socket)?,
+                id,
+                "deny",
+                serde_json::json!({ "reason": reason }),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn decide(
+    rt: &tokio::runtime::Runtime,
+    sock: PathBuf,
+    id: u64,
+    verb: &str,
+    body: serde_json::Value,
+) -> Result<()> {
+    match rt.block_on(crate::admin::post(
+        &sock,
+        &format!("/v1/approvals/{id}/{verb}"),
+        body,
+    ))? {
+        Some((st, body)) if st.is_success() => {
+            let a: Approval = serde_json::from_slice(&body)?;
+            println!(
+                "approval {id}: {:?} by {}",
+                a.state,
+                a.approver.unwrap_or_default()
+            );
+            Ok(())
+        }
+        Some((_, body)) => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            bail!(
+                "approval {id}: {}",
+                v["error"].as_str().unwrap_or("refused")
+            )
+        }
+        None => bail!("no daemon listens on {}", sock.display()),
+    }
+}
+
+fn parse_window(s: &str) -> Result<u64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("--window {s:?}: like 30m or 2h"))?;
+    Ok(match unit {
+        "s" => n,
+        "m" | "" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("--window {s:?}: the unit is s, m or h"),
+    })
+}
