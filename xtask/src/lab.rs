@@ -196,6 +196,16 @@ impl Lab {
         })
     }
 
+    /// `interceptor <args> --admin-socket <this lab's socket>`.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        output(
+            Command::new(&self.bin)
+                .args(args)
+                .arg("--admin-socket")
+                .arg(self.socket()),
+        )
+    }
+
     pub fn session_detail(&self, id: u64) -> Result<String> {
         output(
             Command::new(&self.bin)
