@@ -418,33 +418,23 @@ pub async fn post(
     path: &str,
     body: serde_json::Value,
 ) -> Result<Option<(StatusCode, Bytes)>> {
-    let stream = match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
-    };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
     let req = Request::post(path)
         .header("host", "interceptor")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))?;
-    let resp = send.send_request(req).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(Some((status, body)))
+    send(socket, req).await
 }
 
 /// CLI side: GET a path on the admin socket. `Ok(None)` when no daemon
 /// listens there (the caller may then read the store directly).
 pub async fn get(socket: &Path, path: &str) -> Result<Option<(StatusCode, Bytes)>> {
+    let req = Request::get(path)
+        .header("host", "interceptor")
+        .body(Full::new(Bytes::new()))?;
+    send(socket, req).await
+}
+
+async fn send(socket: &Path, req: Request<Full<Bytes>>) -> Result<Option<(StatusCode, Bytes)>> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e)
@@ -457,12 +447,9 @@ pub async fn get(socket: &Path, path: &str) -> Result<Option<(StatusCode, Bytes)
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "interceptor")
-        .body(http_body_util::Empty::<Bytes>::new())?;
-    let resp = send.send_request(req).await?;
+    let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok(Some((status, body)))

@@ -64,25 +64,16 @@ fn show(
     admin_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
-    let cfg = super::config_or_default(config)?;
-    let socket = admin_socket.unwrap_or(cfg.admin_socket);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let detail: SessionDetail =
-        match rt.block_on(crate::admin::get(&socket, &format!("/v1/sessions/{id}")))? {
-            Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
-            Some((status, body)) => bail!(
-                "admin socket answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            ),
-            None => {
-                match Store::open(&state_dir.unwrap_or(cfg.state_dir))?.session_with_requests(id)? {
-                    Some(d) => d,
-                    None => bail!("no session {id}"),
-                }
-            }
-        };
+    let detail: Option<SessionDetail> = fetch(
+        config,
+        admin_socket,
+        state_dir,
+        &format!("/v1/sessions/{id}"),
+        |store| store.session_with_requests(id),
+    )?;
+    let Some(detail) = detail else {
+        bail!("no session {id}")
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
         return Ok(());
@@ -134,6 +125,33 @@ fn show(
     Ok(())
 }
 
+/// Asks the running daemon (it holds the store's lock); reads the store
+/// itself when no daemon listens on the admin socket.
+fn fetch<T: serde::de::DeserializeOwned>(
+    config: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    path: &str,
+    from_store: impl FnOnce(&Store) -> Result<T>,
+) -> Result<T> {
+    let cfg = super::config_or_default(config)?;
+    let socket = admin_socket.unwrap_or(cfg.admin_socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(crate::admin::get(&socket, path))? {
+        Some((status, body)) if status.is_success() => Ok(serde_json::from_slice(&body)?),
+        Some((status, _)) if status == hyper::StatusCode::NOT_FOUND => {
+            Ok(serde_json::from_str("null")?)
+        }
+        Some((status, body)) => bail!(
+            "admin socket answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ),
+        None => from_store(&Store::open(&state_dir.unwrap_or(cfg.state_dir))?),
+    }
+}
+
 fn list(
     json: bool,
     limit: usize,
@@ -141,22 +159,13 @@ fn list(
     admin_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
 ) -> Result<()> {
-    let cfg = super::config_or_default(config)?;
-    let socket = admin_socket.unwrap_or(cfg.admin_socket);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let sessions: Vec<Session> = match rt.block_on(crate::admin::get(
-        &socket,
+    let sessions: Vec<Session> = fetch(
+        config,
+        admin_socket,
+        state_dir,
         &format!("/v1/sessions?limit={limit}"),
-    ))? {
-        Some((status, body)) if status.is_success() => serde_json::from_slice(&body)?,
-        Some((status, body)) => bail!(
-            "admin socket answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ),
-        None => Store::open(&state_dir.unwrap_or(cfg.state_dir))?.recent(limit)?,
-    };
+        |store| store.recent(limit),
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
     } else {
