@@ -689,7 +689,9 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
          - **direct**;\n\
          - **interceptor**: wrk runs inside an intercepted cgroup (eBPF redirect);\n  \
          TLS intercepted with a leaf from the interceptor's CA, policy decided,\n  \
-         logged and recorded (sled) per request, upstream TLS verified against\n  \
+         logged and recorded (sled) per request, the decision appended to the\n  \
+         hash-chained audit log and flushed to disk before the response goes out\n  \
+         (group commit; most of the added latency), upstream TLS verified against\n  \
          the test CA, upstream connections pooled;\n\
          - **nginx** as a TLS-terminating reverse proxy: `worker_processes 1`,\n  \
          upstream `keepalive 16`, `proxy_ssl_verify on` with the test CA, its\n  \
