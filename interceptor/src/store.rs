@@ -88,6 +88,34 @@ pub struct RequestRecord {
     pub error: Option<String>,
 }
 
+/// `sessions list` filters; all given ones must match.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionFilter {
+    /// cgroup path glob ("skills.slice/**").
+    pub workload: Option<String>,
+    /// OIDC user of any request on the session.
+    pub user: Option<String>,
+    /// Substring of the destination (address or SNI).
+    pub destination: Option<String>,
+    pub decision: Option<crate::policy::Action>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+}
+
+impl SessionFilter {
+    fn matches(&self, s: &Session) -> bool {
+        self.workload.as_ref().is_none_or(|w| {
+            globset::GlobBuilder::new(w)
+                .literal_separator(true)
+                .build()
+                .is_ok_and(|g| g.compile_matcher().is_match(&s.workload.cgroup))
+        }) && self.destination.as_ref().is_none_or(|d| {
+            s.destination.contains(d.as_str())
+                || s.sni.as_deref().is_some_and(|n| n.contains(d.as_str()))
+        }) && self.decision.is_none_or(|d| d == s.decision)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionDetail {
     pub session: Session,
@@ -358,19 +386,36 @@ impl Store {
     }
 
     /// The newest `limit` sessions, oldest first.
-    pub fn recent(&self, limit: usize) -> Result<Vec<Session>> {
-        let mut out: Vec<Session> = self
-            .sessions
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|kv| -> Result<Session> {
-                let (_, v) = kv?;
-                Ok(serde_json::from_slice(&v)?)
-            })
-            .collect::<Result<_>>()?;
+    /// The newest `limit` sessions matching `f`, oldest first.
+    pub fn find(&self, f: &SessionFilter, limit: usize) -> Result<Vec<Session>> {
+        let mut out = Vec::new();
+        for kv in self.sessions.iter().rev() {
+            let s: Session = serde_json::from_slice(&kv?.1)?;
+            if f.until_ms.is_some_and(|u| s.started_ms > u) {
+                continue;
+            }
+            // Ids grow with time: older than `since` ends the scan.
+            if f.since_ms.is_some_and(|t| s.started_ms < t) {
+                break;
+            }
+            if f.matches(&s)
+                && (f.user.is_none() || self.has_user(s.id, f.user.as_deref().unwrap())?)
+            {
+                out.push(s);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
         out.reverse();
         Ok(out)
+    }
+
+    fn has_user(&self, session: u64, user: &str) -> Result<bool> {
+        Ok(self
+            .requests_of(session)?
+            .iter()
+            .any(|r| r.user.as_deref() == Some(user)))
     }
 
     /// Durable on disk when it returns. Concurrent callers share one flush
@@ -475,7 +520,7 @@ mod tests {
             };
             store.put(&s).unwrap();
         }
-        let r = store.recent(3).unwrap();
+        let r = store.find(&SessionFilter::default(), 3).unwrap();
         assert_eq!(
             r.iter().map(|s| s.started_ms).collect::<Vec<_>>(),
             vec![2, 3, 4]

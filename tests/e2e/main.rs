@@ -251,6 +251,30 @@ fn denied_destinations_are_refused_and_recorded() {
     );
     assert!(!ok);
     assert_eq!(other.accepted(), 0);
+    // Filters: by decision, destination and workload glob.
+    let list = |args: &[&str]| -> Vec<Value> {
+        let mut c = Command::new(BIN);
+        c.args(["sessions", "list", "--json", "--admin-socket"])
+            .arg(cfg.socket())
+            .args(args);
+        let (ok, out, err) = run(c, Duration::from_secs(20));
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let denied = list(&["--decision", "deny"]);
+    assert!(
+        denied.len() >= 2 && denied.iter().all(|s| s["decision"] == "deny"),
+        "{denied:?}"
+    );
+    let nine = list(&["--destination", "127.0.0.1:9"]);
+    assert_eq!(nine.len(), 1, "{nine:?}");
+    assert_eq!(nine[0]["rule"], "deny-9");
+    assert_eq!(
+        list(&["--workload", "interceptor-test-deny-*"]).len(),
+        d.sessions().len()
+    );
+    assert!(list(&["--workload", "some.slice/**"]).is_empty());
+    assert!(list(&["--since", "2099-01-01T00:00:00Z"]).is_empty());
     // The allowed one still works.
     let r = py(
         &cg,

@@ -1,6 +1,7 @@
 //! `interceptor sessions list`: through the daemon's admin socket when it
 //! runs (it holds the store's lock), from the store itself when it does not.
-use crate::store::{Session, SessionDetail, Store};
+use crate::policy::Action;
+use crate::store::{Session, SessionDetail, SessionFilter, Store};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -23,6 +24,24 @@ pub enum SessionsCmd {
         /// State directory, read when no daemon runs
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Only workloads matching this cgroup glob ("skills.slice/**")
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only sessions with a request by this OIDC user
+        #[arg(long)]
+        user: Option<String>,
+        /// Only destinations (address or TLS name) containing this
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only this decision
+        #[arg(long, value_parser = ["allow", "deny"])]
+        decision: Option<String>,
+        /// Started at or after (RFC 3339)
+        #[arg(long)]
+        since: Option<String>,
+        /// Started at or before (RFC 3339)
+        #[arg(long)]
+        until: Option<String>,
     },
     /// One session with its HTTP requests
     Show {
@@ -46,7 +65,38 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             config,
             admin_socket,
             state_dir,
-        } => list(json, limit, config, admin_socket, state_dir),
+            workload,
+            user,
+            destination,
+            decision,
+            since,
+            until,
+        } => {
+            let time = |t: Option<String>, flag: &str| -> Result<Option<u64>> {
+                t.map(|t| {
+                    let ts: jiff::Timestamp = t.parse().map_err(|e| {
+                        anyhow::anyhow!("--{flag} {t:?}: {e} (RFC 3339, e.g. 2026-11-23T10:00:00Z)")
+                    })?;
+                    Ok(ts.as_millisecond().max(0) as u64)
+                })
+                .transpose()
+            };
+            let filter = SessionFilter {
+                workload,
+                user,
+                destination,
+                decision: decision.map(|d| {
+                    if d == "allow" {
+                        Action::Allow
+                    } else {
+                        Action::Deny
+                    }
+                }),
+                since_ms: time(since, "since")?,
+                until_ms: time(until, "until")?,
+            };
+            list(json, limit, &filter, config, admin_socket, state_dir)
+        }
         SessionsCmd::Show {
             id,
             json,
@@ -155,6 +205,7 @@ fn fetch<T: serde::de::DeserializeOwned>(
 fn list(
     json: bool,
     limit: usize,
+    filter: &SessionFilter,
     config: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -163,8 +214,11 @@ fn list(
         config,
         admin_socket,
         state_dir,
-        &format!("/v1/sessions?limit={limit}"),
-        |store| store.recent(limit),
+        &format!(
+            "/v1/sessions?limit={limit}&filter={}",
+            crate::admin::pct_encode(&serde_json::to_string(filter)?)
+        ),
+        |store| store.find(filter, limit),
     )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
