@@ -44,6 +44,8 @@ struct File {
     oidc: Option<OidcFile>,
     approvers_group: Option<String>,
     approval_webhook: Option<String>,
+    retention_days: Option<f64>,
+    retention_max_mb: Option<u64>,
 }
 
 /// `[oidc]`: where user tokens come from.
@@ -90,6 +92,10 @@ pub struct Config {
     pub approvers_group: Option<String>,
     /// Pending approvals are POSTed here (Slack-compatible JSON).
     pub approval_webhook: Option<String>,
+    /// Sessions older than this are removed (the audit log is kept).
+    pub retention: Duration,
+    /// Above this store size the oldest sessions go first.
+    pub retention_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -112,6 +118,8 @@ impl Default for Config {
             oidc: None,
             approvers_group: None,
             approval_webhook: None,
+            retention: Duration::from_secs(30 * 86400),
+            retention_max_bytes: 4 << 30,
         }
     }
 }
@@ -207,6 +215,15 @@ impl Config {
             c.upstream_ca_files = v;
         }
         c.approvers_group = file.approvers_group;
+        if let Some(d) = file.retention_days {
+            if !(d > 0.0) {
+                bail!("config `retention_days` must be positive");
+            }
+            c.retention = Duration::from_secs_f64(d * 86400.0);
+        }
+        if let Some(mb) = file.retention_max_mb {
+            c.retention_max_bytes = mb << 20;
+        }
         if let Some(w) = file.approval_webhook {
             if !(w.starts_with("https://") || w.starts_with("http://")) {
                 bail!("approval_webhook {w:?} must be an http(s):// URL");

@@ -154,6 +154,11 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     });
     let _watcher = watch_cgroups(proxy.clone(), cgroups.clone())?;
+    tokio::spawn(enforce_retention(
+        proxy.clone(),
+        cfg.retention,
+        cfg.retention_max_bytes,
+    ));
     tokio::spawn(proxy.clone().serve(v4));
     if let Some(v6) = v6 {
         tokio::spawn(proxy.clone().serve(v6));
@@ -246,6 +251,26 @@ fn watch_cgroups(
         }
     });
     Ok(watcher)
+}
+
+/// Retention, while the daemon runs: by age, then by size.
+async fn enforce_retention(proxy: Arc<Proxy>, max_age: Duration, max_bytes: u64) {
+    // Checked often enough for short test retentions, rarely enough to cost nothing.
+    let every = (max_age / 4).clamp(Duration::from_millis(500), Duration::from_secs(300));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let store = &proxy.store;
+        let cutoff = crate::store::now_ms().saturating_sub(max_age.as_millis() as u64);
+        match store
+            .prune_before(cutoff)
+            .and_then(|a| Ok(a + store.prune_to_size(max_bytes)?))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "retention removed old sessions"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "retention failed"),
+        }
+    }
 }
 
 /// Hot reload: any change in the policy directory triggers a reload.

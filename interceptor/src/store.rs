@@ -322,6 +322,55 @@ impl Store {
         Ok(v)
     }
 
+    /// Retention: removes closed sessions (with their requests) that started
+    /// before `cutoff_ms`, and decided approvals created before it. The
+    /// audit log is kept whole (cutting it would break the chain): export it.
+    pub fn prune_before(&self, cutoff_ms: u64) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.sessions.iter() {
+            let (key, v) = kv?;
+            let s: Session = serde_json::from_slice(&v)?;
+            // Ids grow with time: the first young session ends the scan.
+            if s.started_ms >= cutoff_ms {
+                break;
+            }
+            if s.state == State::Open {
+                continue;
+            }
+            for r in self.requests.scan_prefix(&key).keys() {
+                self.requests.remove(r?)?;
+            }
+            self.sessions.remove(&key)?;
+            n += 1;
+        }
+        for kv in self.approvals.iter() {
+            let (key, v) = kv?;
+            let a: crate::approval::Approval = serde_json::from_slice(&v)?;
+            if a.created_ms >= cutoff_ms {
+                break;
+            }
+            if a.state != crate::approval::State::Pending {
+                self.approvals.remove(&key)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Retention by size: when the store is over `max_bytes`, removes the
+    /// oldest tenth of the sessions (sled reclaims space lazily, so one pass
+    /// never removes everything at once).
+    pub fn prune_to_size(&self, max_bytes: u64) -> Result<usize> {
+        if self.db.size_on_disk()? <= max_bytes {
+            return Ok(0);
+        }
+        let count = self.sessions.len();
+        let Some(kv) = self.sessions.iter().nth(count / 10) else {
+            return Ok(0);
+        };
+        let s: Session = serde_json::from_slice(&kv?.1)?;
+        self.prune_before(s.started_ms)
+    }
+
     /// Pending approvals of a previous run: their clients are gone.
     pub fn interrupt_pending_approvals(&self) -> Result<usize> {
         let mut n = 0;
