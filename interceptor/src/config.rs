@@ -216,7 +216,7 @@ impl Config {
         }
         c.approvers_group = file.approvers_group;
         if let Some(d) = file.retention_days {
-            if !(d > 0.0) {
+            if !d.is_finite() || d <= 0.0 {
                 bail!("config `retention_days` must be positive");
             }
             c.retention = Duration::from_secs_f64(d * 86400.0);
