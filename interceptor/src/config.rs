@@ -46,6 +46,7 @@ struct File {
     approval_webhook: Option<String>,
     retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
+    record_body_kb: Option<u64>,
 }
 
 /// `[oidc]`: where user tokens come from.
@@ -96,6 +97,8 @@ pub struct Config {
     pub retention: Duration,
     /// Above this store size the oldest sessions go first.
     pub retention_max_bytes: u64,
+    /// Masked response bodies recorded per session, at most.
+    pub record_body_bytes: u64,
 }
 
 impl Default for Config {
@@ -120,6 +123,7 @@ impl Default for Config {
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
+            record_body_bytes: 64 << 10,
         }
     }
 }
@@ -223,6 +227,9 @@ impl Config {
         }
         if let Some(mb) = file.retention_max_mb {
             c.retention_max_bytes = mb << 20;
+        }
+        if let Some(kb) = file.record_body_kb {
+            c.record_body_bytes = kb << 10;
         }
         if let Some(w) = file.approval_webhook {
             if !(w.starts_with("https://") || w.starts_with("http://")) {

@@ -139,6 +139,7 @@ async fn serve(cfg: Config) -> Result<()> {
         user_header,
         clock,
         approvals: Default::default(),
+        record_body_bytes: cfg.record_body_bytes,
         approvers_group: cfg.approvers_group.clone(),
         webhook,
     });

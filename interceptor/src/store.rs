@@ -81,6 +81,10 @@ pub struct RequestRecord {
     /// Masking detectors that fired on the response, and how often.
     #[serde(default)]
     pub masked: std::collections::BTreeMap<String, u64>,
+    /// The response body as the skill received it, after masking (only
+    /// masked responses are recorded), up to the session's cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,

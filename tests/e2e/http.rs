@@ -883,6 +883,33 @@ fn responses_are_masked_streaming_and_the_injected_secret_never_echoes() {
         }
     }
     assert_eq!(masked["card"], 3, "{masked:?}");
+    // The masked body is recorded (what the skill got), and replays.
+    let pii_session = sessions
+        .iter()
+        .filter(|x| x["protocol"] == "tls")
+        .find(|x| {
+            s.d.requests(x["id"].as_u64().unwrap())
+                .iter()
+                .any(|r| r["path"] == "/pii")
+        })
+        .unwrap();
+    let id = pii_session["id"].to_string();
+    let reqs = s.d.requests(pii_session["id"].as_u64().unwrap());
+    let body = reqs[0]["response_body"].as_str().unwrap();
+    assert!(
+        body.contains("[REDACTED:ssn]") && !body.contains("123-45-6789"),
+        "{body}"
+    );
+    let mut c = std::process::Command::new(BIN);
+    c.args(["sessions", "replay", &id, "--speed", "0", "--admin-socket"])
+        .arg(s.cfg.socket());
+    let (ok, out, err) = run(c, Duration::from_secs(20));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("-> #1 GET api.test/pii") && out.contains("<- #1 200"),
+        "{out}"
+    );
+    assert!(out.contains("| card **** **** **** 1111"), "{out}");
     assert_eq!(masked["email"], 3);
     // Nothing unmasked or secret anywhere in the state directory or the log.
     let mut stack = vec![s.cfg.dir.join("state")];

@@ -43,6 +43,19 @@ pub enum SessionsCmd {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Play a session back in order, with its original timing (terminal transcript)
+    Replay {
+        id: u64,
+        /// Faster (2 = twice as fast) or slower (0.5); 0 = no waiting
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// One session with its HTTP requests
     Show {
         id: u64,
@@ -96,6 +109,25 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 until_ms: time(until, "until")?,
             };
             list(json, limit, &filter, config, admin_socket, state_dir)
+        }
+        SessionsCmd::Replay {
+            id,
+            speed,
+            config,
+            admin_socket,
+            state_dir,
+        } => {
+            let detail: Option<SessionDetail> = fetch(
+                config,
+                admin_socket,
+                state_dir,
+                &format!("/v1/sessions/{id}"),
+                |store| store.session_with_requests(id),
+            )?;
+            let Some(detail) = detail else {
+                bail!("no session {id}")
+            };
+            replay(&detail, speed)
         }
         SessionsCmd::Show {
             id,
@@ -172,6 +204,108 @@ fn show(
             r.error.as_deref().unwrap_or("")
         );
     }
+    Ok(())
+}
+
+/// Prints the exchange as it happened: each request at its offset from the
+/// session's start, its response when it completed (scaled by `speed`).
+fn replay(d: &SessionDetail, speed: f64) -> Result<()> {
+    use std::io::Write;
+    let s = &d.session;
+    let start = std::time::Instant::now();
+    let wait_until = |offset_ms: u64| {
+        if speed > 0.0 {
+            let at = std::time::Duration::from_secs_f64(offset_ms as f64 / 1000.0 / speed);
+            if let Some(left) = at.checked_sub(start.elapsed()) {
+                std::thread::sleep(left);
+            }
+        }
+    };
+    let stamp = |offset_ms: u64| format!("[+{:>8.3}s]", offset_ms as f64 / 1000.0);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} session {}: {} (pid {}, {}) -> {} ({}{})",
+        stamp(0),
+        s.id,
+        s.workload.cgroup,
+        s.workload.pid,
+        s.workload.exe,
+        s.destination,
+        s.protocol,
+        s.sni
+            .as_deref()
+            .map(|n| format!(", {n}"))
+            .unwrap_or_default()
+    )?;
+    // Events in time order: each request, then its response.
+    let mut events: Vec<(u64, bool, &crate::store::RequestRecord)> = Vec::new();
+    for r in &d.requests {
+        let at = r.started_ms.saturating_sub(s.started_ms);
+        events.push((at, false, r));
+        events.push((at + r.duration_ms, true, r));
+    }
+    events.sort_by_key(|(at, is_resp, r)| (*at, *is_resp, r.seq));
+    for (at, is_resp, r) in events {
+        wait_until(at);
+        if !is_resp {
+            writeln!(
+                out,
+                "{} -> #{} {} {}{}  user {}  {:?} by {}",
+                stamp(at),
+                r.seq,
+                r.method,
+                r.host,
+                r.path,
+                r.user.as_deref().unwrap_or("-"),
+                r.decision,
+                r.rule.as_deref().unwrap_or("default")
+            )?;
+        } else {
+            let masked: Vec<String> = r.masked.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+            writeln!(
+                out,
+                "{} <- #{} {}  {} bytes{}{}",
+                stamp(at),
+                r.seq,
+                r.status,
+                r.bytes_down,
+                if masked.is_empty() {
+                    String::new()
+                } else {
+                    format!("  masked: {}", masked.join(", "))
+                },
+                r.error
+                    .as_deref()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
+            )?;
+            if let Some(b) = &r.response_body {
+                for line in b.lines().take(40) {
+                    writeln!(
+                        out,
+                        "             | {}",
+                        line.chars().take(200).collect::<String>()
+                    )?;
+                }
+            }
+        }
+        out.flush()?;
+    }
+    let end = s
+        .ended_ms
+        .unwrap_or(s.started_ms)
+        .saturating_sub(s.started_ms);
+    wait_until(end);
+    writeln!(
+        out,
+        "{} session {} {:?}: up {} bytes, down {} bytes",
+        stamp(end),
+        s.id,
+        s.state,
+        s.bytes_up,
+        s.bytes_down
+    )?;
     Ok(())
 }
 

@@ -97,7 +97,23 @@ pub struct MaskedBody<B> {
     json: Option<JsonMode>,
     /// Shared with the request record: detector → count.
     counts: Arc<Mutex<Counts>>,
+    /// What the client received (masked), up to the recording cap.
+    capture: Option<Capture>,
     ended: bool,
+}
+
+/// Keeps the first `cap` bytes of the masked body for the session record.
+pub struct Capture {
+    pub buf: Arc<Mutex<Vec<u8>>>,
+    pub cap: usize,
+}
+
+impl Capture {
+    fn keep(&self, data: &[u8]) {
+        let mut b = self.buf.lock().unwrap();
+        let room = self.cap.saturating_sub(b.len());
+        b.extend_from_slice(&data[..room.min(data.len())]);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +134,22 @@ impl<B> MaskedBody<B> {
             masker,
             json,
             counts,
+            capture: None,
             ended: false,
         }
+    }
+
+    pub fn capture(mut self, c: Capture) -> Self {
+        self.capture = Some(c);
+        self
+    }
+
+    /// Masked bytes on their way to the client.
+    fn out(&self, data: Vec<u8>) -> Frame<Bytes> {
+        if let Some(c) = &self.capture {
+            c.keep(&data);
+        }
+        Frame::data(Bytes::from(data))
     }
 
     fn absorb(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
@@ -203,7 +233,7 @@ where
                         };
                         match this.absorb(decoded) {
                             Ok(out) if out.is_empty() => continue,
-                            Ok(out) => return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+                            Ok(out) => return Poll::Ready(Some(Ok(this.out(out)))),
                             Err(e) => return Poll::Ready(Some(Err(e))),
                         }
                     }
@@ -214,7 +244,7 @@ where
                     this.ended = true;
                     return match this.end() {
                         Ok(out) if out.is_empty() => Poll::Ready(None),
-                        Ok(out) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+                        Ok(out) => Poll::Ready(Some(Ok(this.out(out)))),
                         Err(e) => Poll::Ready(Some(Err(e))),
                     };
                 }

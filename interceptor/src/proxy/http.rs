@@ -37,6 +37,13 @@ pub struct HttpConn {
     /// Body bytes of all requests and responses, for the session record.
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Bytes of masked bodies recorded on this session so far.
+    pub recorded: AtomicU64,
+    /// Masked bodies recorded per session, at most.
+    pub record_cap: u64,
+    /// Captured masked bodies of responses still streaming, by request seq.
+    pub pending_bodies:
+        std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::Mutex<Vec<u8>>>>>,
     /// Masking counts of responses still streaming, by request seq.
     pub pending_counts: std::sync::Mutex<
         std::collections::HashMap<u64, Arc<std::sync::Mutex<crate::masking::Counts>>>,
@@ -87,6 +94,7 @@ impl HttpConn {
             reason: String::new(),
             injected: None,
             masked: Default::default(),
+            response_body: None,
             status: 0,
             bytes_up: 0,
             bytes_down: 0,
@@ -467,7 +475,20 @@ impl HttpConn {
             .lock()
             .unwrap()
             .insert(rec.seq, counts.clone());
-        let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts);
+        // Record what the skill received (masked), within the session's cap.
+        let room = self
+            .record_cap
+            .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize;
+        let captured = Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.pending_bodies
+            .lock()
+            .unwrap()
+            .insert(rec.seq, captured.clone());
+        let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
+            .capture(crate::masking::body::Capture {
+                buf: captured,
+                cap: room,
+            });
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -516,6 +537,13 @@ impl HttpConn {
             }
             if let Some(c) = self.pending_counts.lock().unwrap().remove(&rec.seq) {
                 rec.masked = c.lock().unwrap().clone();
+            }
+            if let Some(b) = self.pending_bodies.lock().unwrap().remove(&rec.seq) {
+                let b = b.lock().unwrap();
+                if !b.is_empty() {
+                    self.recorded.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    rec.response_body = Some(String::from_utf8_lossy(&b).into_owned());
+                }
             }
             self.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
             self.bytes_down.fetch_add(bytes, Ordering::Relaxed);

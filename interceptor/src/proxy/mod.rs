@@ -75,6 +75,8 @@ pub struct Proxy {
     pub user_header: ::http::HeaderName,
     pub clock: Clock,
     pub approvals: crate::approval::Approvals,
+    /// Masked response bodies recorded per session, at most (bytes).
+    pub record_body_bytes: u64,
     pub approvers_group: Option<String>,
     pub webhook: Option<Arc<crate::webhook::Webhook>>,
 }
@@ -289,6 +291,9 @@ impl Proxy {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             pending_counts: Default::default(),
+            recorded: AtomicU64::new(0),
+            record_cap: self.record_body_bytes,
+            pending_bodies: Default::default(),
         });
         let result = match &sni {
             None => serve_http(conn, ctx.clone()).await,
