@@ -868,13 +868,16 @@ async fn upstream_respond(
             Value::String(sha256_hex(std::iter::once(v.as_bytes().to_vec()))),
         );
     }
-    let body_len = req
+    let body = req
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
-    let v = serde_json::json!({"method": method, "path": path, "query_sha256": sha256_hex(std::iter::once(query.into_bytes())), "version": version, "headers": headers, "body_len": body_len});
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let body_len = body.len();
+    let body_sha256 = sha256_hex(std::iter::once(body));
+    let v = serde_json::json!({"method": method, "path": path, "query_sha256": sha256_hex(std::iter::once(query.into_bytes())),
+        "version": version, "headers": headers, "body_len": body_len, "body_sha256": body_sha256});
     Ok(full(200, "application/json", v.to_string().into_bytes()))
 }
 

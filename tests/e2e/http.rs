@@ -65,6 +65,7 @@ workload = "{cg}"
 host = ["api.test", "127.0.0.1"]
 path = "/pii*"
 mask = "pii"
+mask_request = true
 action = "allow"
 
 [[rule]]
@@ -883,6 +884,18 @@ fn responses_are_masked_streaming_and_the_injected_secret_never_echoes() {
         }
     }
     assert_eq!(masked["card"], 3, "{masked:?}");
+    // With mask_request, what the skill sends is masked on its way out too.
+    let (ok, out, err) = s.curl(&[
+        "--data-binary",
+        "note: ssn 123-45-6789, mail eve@example.com",
+        &s.url("/pii-upload"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        json(&out)["body_sha256"],
+        sha256_str("note: ssn [REDACTED:ssn], mail [REDACTED:email]"),
+        "{out}"
+    );
     // The masked body is recorded (what the skill got), and replays.
     let pii_session = sessions
         .iter()

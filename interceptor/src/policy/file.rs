@@ -81,6 +81,8 @@ struct RuleDoc {
     reason: Option<String>,
     inject: Option<Spanned<String>>,
     mask: Option<Spanned<String>>,
+    #[serde(default)]
+    mask_request: Option<Spanned<bool>>,
     max_body: Option<Spanned<Size>>,
     #[serde(default)]
     require_user: bool,
@@ -502,6 +504,17 @@ impl Parser<'_> {
             action,
             reason: r.reason,
             inject: r.inject.map(|i| i.into_inner()),
+            mask_request: match &r.mask_request {
+                Some(m) if *m.get_ref() && r.mask.is_none() => {
+                    self.push(
+                        m.span().start,
+                        "mask_request needs a mask profile (mask = \"NAME\")".into(),
+                    );
+                    false
+                }
+                Some(m) => *m.get_ref(),
+                None => false,
+            },
             mask: r.mask.map(|m| m.into_inner()),
             max_body,
             require_user: r.require_user,

@@ -98,6 +98,8 @@ pub struct Rule {
     pub inject: Option<String>,
     /// A `[mask.NAME]` profile for the responses.
     pub mask: Option<String>,
+    /// Mask the request body with the same profile.
+    pub mask_request: bool,
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
@@ -136,6 +138,7 @@ pub struct Decision {
     pub reason: String,
     pub inject: Option<String>,
     pub mask: Option<String>,
+    pub mask_request: bool,
     pub max_body: Option<u64>,
     pub require_user: bool,
     pub tls: TlsMode,
@@ -275,6 +278,7 @@ impl Rule {
             reason,
             inject: self.inject.clone(),
             mask: self.mask.clone(),
+            mask_request: self.mask_request,
             max_body: self.max_body,
             require_user: self.require_user,
             tls: self.tls,
@@ -291,6 +295,7 @@ impl Decision {
             reason: "no rule matched (default deny)".into(),
             inject: None,
             mask: None,
+            mask_request: false,
             max_body: None,
             require_user: false,
             tls: TlsMode::Intercept,

@@ -239,6 +239,54 @@ impl HttpConn {
         }
     }
 
+    /// `mask_request = true`: the request body is masked with the rule's
+    /// profile on its way upstream (what a skill sends out is inspected too).
+    fn mask_request_body(
+        &self,
+        parts: &mut http::request::Parts,
+        body: ReqBody,
+        decision: &Decision,
+        rec: &mut RequestRecord,
+    ) -> Result<ReqBody, Refusal> {
+        let profile = decision
+            .mask
+            .as_ref()
+            .and_then(|m| self.proxy.policy().masks.get(m).cloned());
+        let Some(profile) = profile else {
+            return Ok(body);
+        };
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let decoder = crate::masking::body::decoder_for(encoding.as_deref()).map_err(|why| {
+            Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "uninspectable_request",
+                &format!("the request body cannot be masked: {why}"),
+            )
+        })?;
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        let json = (is_json && !profile.json_paths.is_empty()).then(|| {
+            crate::masking::body::JsonMode::new(profile.json_paths.clone(), profile.max_inspect)
+        });
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_ENCODING);
+        let counts = Arc::new(std::sync::Mutex::new(crate::masking::Counts::new()));
+        rec.masked.insert("request_body".into(), 0);
+        self.pending_counts
+            .lock()
+            .unwrap()
+            .insert(u64::MAX - rec.seq, counts.clone());
+        let masker = crate::masking::StreamMasker::new(profile, &[] as &[&str]);
+        Ok(crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts).boxed())
+    }
+
     /// Appends the request's decision to the hash-chained audit log.
     fn audit(&self, rec: &RequestRecord, code: Option<&str>) {
         let data = serde_json::json!({
@@ -370,8 +418,11 @@ impl HttpConn {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let max_body = decision.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
-        let (parts, body) = req.into_parts();
-        let body: ReqBody = LimitedBody::new(body, max_body, up_count.clone()).boxed();
+        let (mut parts, body) = req.into_parts();
+        let mut body: ReqBody = LimitedBody::new(body, max_body, up_count.clone()).boxed();
+        if decision.mask_request {
+            body = self.mask_request_body(&mut parts, body, &decision, rec)?;
+        }
         let mut upstream_req = Request::from_parts(parts, body);
         // Origin-form; the pool adds scheme and authority for HTTP/2.
         let pq = upstream_req
@@ -536,7 +587,18 @@ impl HttpConn {
                 rec.error = Some(e);
             }
             if let Some(c) = self.pending_counts.lock().unwrap().remove(&rec.seq) {
-                rec.masked = c.lock().unwrap().clone();
+                rec.masked.extend(c.lock().unwrap().clone());
+            }
+            if let Some(c) = self
+                .pending_counts
+                .lock()
+                .unwrap()
+                .remove(&(u64::MAX - rec.seq))
+            {
+                for (k, v) in c.lock().unwrap().iter() {
+                    rec.masked.insert(format!("request:{k}"), *v);
+                }
+                rec.masked.remove("request_body");
             }
             if let Some(b) = self.pending_bodies.lock().unwrap().remove(&rec.seq) {
                 let b = b.lock().unwrap();
