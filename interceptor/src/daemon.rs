@@ -145,12 +145,21 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let hb = proxy.clone();
+    // systemd's watchdog is fed by the same task as the kernel heartbeat:
+    // if this task stalls, both notice.
+    let watchdog = watchdog_enabled();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            if let Err(e) = hb.hooks.beat() {
-                tracing::error!(error = %e, "heartbeat write failed; connects will be refused");
+            match hb.hooks.beat() {
+                Ok(()) if watchdog => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "heartbeat write failed; connects will be refused")
+                }
             }
         }
     });
@@ -173,6 +182,8 @@ async fn serve(cfg: Config) -> Result<()> {
         socket = %cfg.admin_socket.display(),
         "ready"
     );
+    // Type=notify: systemd starts skills.slice only after this.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let (_policy_watcher, mut policy_changed) = watch_policies(&cfg.policies)?;
     let mut term = signal(SignalKind::terminate())?;
@@ -182,7 +193,11 @@ async fn serve(cfg: Config) -> Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&proxy, &cfg),
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                reload(&proxy, &cfg);
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
             Some(()) = policy_changed.recv() => {
                 // Editors write in several steps: let the burst settle.
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -192,6 +207,7 @@ async fn serve(cfg: Config) -> Result<()> {
         }
     }
 
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     if cfg.detach_on_exit {
         let n = crate::bpf::detach_all(&cfg.bpffs_dir)?;
         tracing::info!(
@@ -252,6 +268,18 @@ fn watch_cgroups(
         }
     });
     Ok(watcher)
+}
+
+/// As sd_watchdog_enabled(3): WATCHDOG_USEC set, and WATCHDOG_PID unset or
+/// ours. (sd-notify's own check also requires WATCHDOG_PID.)
+fn watchdog_enabled() -> bool {
+    let usec = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    let pid = std::env::var("WATCHDOG_PID")
+        .ok()
+        .map(|v| v.parse::<u32>().ok());
+    usec.is_some_and(|u| u > 0) && pid.is_none_or(|p| p == Some(std::process::id()))
 }
 
 /// Retention, while the daemon runs: by age, then by size.

@@ -750,3 +750,74 @@ fn retention_removes_old_sessions_while_the_daemon_runs() {
     let (ok, out, err) = run(c, Duration::from_secs(20));
     assert!(ok, "{out}{err}");
 }
+
+#[test]
+fn the_systemd_units_verify_and_the_daemon_speaks_sd_notify() {
+    // The unit files, as shipped, with ExecStart pointing at this build.
+    let dir = std::env::temp_dir().join(format!("interceptor-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let packaging = format!("{}/../packaging", env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(format!("{packaging}/interceptor.service")).unwrap();
+    std::fs::write(
+        dir.join("interceptor.service"),
+        unit.replace("/usr/bin/interceptor", BIN),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{packaging}/skills.slice"),
+        dir.join("skills.slice"),
+    )
+    .unwrap();
+    let mut c = Command::new("systemd-analyze");
+    c.arg("verify")
+        .arg(dir.join("interceptor.service"))
+        .arg(dir.join("skills.slice"));
+    let (ok, out, err) = run(c, Duration::from_secs(60));
+    assert!(
+        ok && err.trim().is_empty(),
+        "systemd-analyze verify: {out}{err}"
+    );
+    let mut c = Command::new("systemd-analyze");
+    c.args(["security", "--offline=true"])
+        .arg(dir.join("interceptor.service"));
+    let (_, out, _) = run(c, Duration::from_secs(60));
+    let score: f64 = out
+        .lines()
+        .find_map(|l| l.split("exposure level for interceptor.service: ").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in: {out}"));
+    eprintln!("systemd-analyze security exposure: {score}");
+    assert!(score < 5.0, "exposure {score}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // READY=1 once hooks and listeners are up, WATCHDOG=1 from the
+    // heartbeat, STOPPING=1 on SIGTERM.
+    require_kernel!();
+    let cg = TestCgroup::new("notify");
+    let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[]));
+    let sock_path = cfg.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut cfg2 = cfg.clone();
+    cfg2.env = vec![
+        (
+            "NOTIFY_SOCKET".into(),
+            sock_path.to_string_lossy().into_owned(),
+        ),
+        ("WATCHDOG_USEC".into(), "2000000".into()),
+    ];
+    let mut d = Daemon::start(&cfg2);
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = sock.recv(&mut buf).expect("no sd_notify message");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    d.signal(libc::SIGTERM);
+    while !seen.contains("STOPPING=1") {
+        let n = sock.recv(&mut buf).expect("no STOPPING=1");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
