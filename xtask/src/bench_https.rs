@@ -14,7 +14,18 @@ use std::time::{Duration, Instant};
 
 /// The interceptor must look into requests (`host`), so TLS is intercepted;
 /// an allow rule for the upstream's address, nothing else.
-const POLICY: &str = r#"[[rule]]
+const POLICY: &str = r#"[mask.all]
+detectors = ["all"]
+
+[[rule]]
+id = "bench-https-masked"
+workload = "interceptor-bench-https"
+destination = ["127.0.0.1"]
+path = "/masked"
+mask = "all"
+action = "allow"
+
+[[rule]]
 id = "bench-https"
 workload = "interceptor-bench-https"
 destination = ["127.0.0.1"]
@@ -435,6 +446,8 @@ fn body() -> String {
 struct Setup {
     name: &'static str,
     port: u16,
+    /// "/" or "/masked" (the interceptor masks the latter's responses).
+    path: &'static str,
     /// The proxy whose CPU time is measured (none for direct).
     proxy_pid: Option<u32>,
     /// The client runs inside the intercepted cgroup.
@@ -445,7 +458,7 @@ struct Setup {
 
 impl Setup {
     fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/", self.port)
+        format!("https://127.0.0.1:{}{}", self.port, self.path)
     }
 
     fn run(&self, lab: &Lab, program: &str, args: &[&str]) -> Result<String> {
@@ -601,6 +614,7 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
     let setups = [
         Setup {
             name: "direct",
+            path: "/",
             port: up,
             proxy_pid: None,
             in_cgroup: false,
@@ -609,12 +623,22 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
         Setup {
             name: "interceptor",
             port: up,
+            path: "/",
+            proxy_pid: daemon.pid(),
+            in_cgroup: true,
+            ca: lab.dir.join("state/ca.pem"),
+        },
+        Setup {
+            name: "interceptor, masked",
+            port: up,
+            path: "/masked",
             proxy_pid: daemon.pid(),
             in_cgroup: true,
             ca: lab.dir.join("state/ca.pem"),
         },
         Setup {
             name: "nginx (reverse proxy)",
+            path: "/",
             port: ngx,
             proxy_pid: Some(proxy.pid()),
             in_cgroup: false,
@@ -622,6 +646,7 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
         },
         Setup {
             name: "mitmproxy (mitmdump)",
+            path: "/",
             port: mitm,
             proxy_pid: Some(mitmdump.pid()),
             in_cgroup: false,
@@ -751,7 +776,13 @@ fn render(results: &[(&str, Sample)]) -> String {
 fn render_ratios(results: &[(&str, Sample)]) -> String {
     let direct = results[0].1;
     let me = results[1].1;
-    let others = &results[2..];
+    // The other proxies only (not the interceptor's own masked variant).
+    let others: Vec<(&str, Sample)> = results[2..]
+        .iter()
+        .filter(|(n, _)| !n.starts_with("interceptor"))
+        .copied()
+        .collect();
+    let others = &others[..];
     let mut out = String::from("| interceptor ÷ | ");
     out += &others
         .iter()

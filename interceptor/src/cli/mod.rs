@@ -2,6 +2,7 @@
 //! to its state.
 mod approvals;
 mod audit;
+mod diag;
 mod policy;
 mod sessions;
 
@@ -47,6 +48,9 @@ enum Cmd {
     /// The hash-chained audit log
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Measurements for `cargo xtask bench`
+    #[command(subcommand, hide = true)]
+    Diag(diag::DiagCmd),
     /// The local CA that signs intercepted TLS
     #[command(subcommand)]
     Ca(CaCmd),
@@ -94,6 +98,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Cmd::Sessions(c) => sessions::run(c),
         Cmd::Audit(c) => audit::run(c),
+        Cmd::Diag(c) => diag::run(c),
         Cmd::Approvals(c) => approvals::run(c),
         Cmd::Ca(CaCmd::Export { config, state_dir }) => {
             let dir = match state_dir {
