@@ -819,15 +819,31 @@ async fn upstream_respond(
         release.notify_one();
         return Ok(full(200, "text/plain", b"released\n".to_vec()));
     }
-    if path == "/sse" {
+    if path == "/sse" || path == "/pii-sse" {
+        let pii = path == "/pii-sse";
         let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         tokio::spawn(async move {
-            let _ = tx.send(bytes::Bytes::from_static(b"data: first\n\n")).await;
+            let first: &'static [u8] = if pii {
+                b"data: first card 4111 1111 1111 1111\n\n"
+            } else {
+                b"data: first\n\n"
+            };
+            let _ = tx.send(bytes::Bytes::from_static(first)).await;
             release.notified().await;
             for i in 2..=3 {
-                let _ = tx
-                    .send(bytes::Bytes::from(format!("data: event {i}\n\n")))
-                    .await;
+                if pii {
+                    // A secret split across two chunks.
+                    let _ = tx
+                        .send(bytes::Bytes::from(format!(
+                            "data: event {i} key AKIAIOSFOD"
+                        )))
+                        .await;
+                    let _ = tx.send(bytes::Bytes::from_static(b"NN7EXAMPLE\n\n")).await;
+                } else {
+                    let _ = tx
+                        .send(bytes::Bytes::from(format!("data: event {i}\n\n")))
+                        .await;
+                }
             }
         });
         let stream = futures_stream(rx);

@@ -1215,3 +1215,38 @@ fn held_requests_wait_for_an_approver() {
 }
 
 static HOOK_BODIES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+#[test]
+fn sse_streams_are_masked_as_they_flow() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("ssemask");
+    // The first event must arrive (masked) while the upstream holds the
+    // rest; later events carry a key split across two chunks.
+    let script = format!(
+        r#"
+import requests
+base = "https://127.0.0.1:{port}"
+r = requests.get(base + "/pii-sse", stream=True, timeout=20)
+lines = r.iter_lines()
+first = next(l for l in lines if l)
+print(first.decode(), flush=True)
+requests.get(base + "/release", timeout=20)
+for l in lines:
+    if l:
+        print(l.decode(), flush=True)
+"#,
+        port = s.tls_up.addr.port()
+    );
+    let mut cmd = s.cg.command("python3", &["-c", &script]);
+    cmd.env("REQUESTS_CA_BUNDLE", &s.ca);
+    let (ok, out, err) = run(cmd, Duration::from_secs(60));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "data: first card **** **** **** 1111\n\
+         data: event 2 key [REDACTED:aws_access_key]\n\
+         data: event 3 key [REDACTED:aws_access_key]\n"
+    );
+}

@@ -288,9 +288,8 @@ pub fn run() -> Result<()> {
 
     step(12, "not in this build yet");
     println!(
-        "  the Debian package and the VM tests under a booted systemd (issue #6), and\n  \
-         the masking/audit benchmarks (issue #5) are not implemented yet; the systemd\n  \
-         units are there and verified. See README.md."
+        "  the Debian package and the VM tests under a booted systemd (issue #6) are\n  \
+         not implemented yet; the systemd units are there and verified. See README.md."
     );
     daemon.kill();
     println!("\ndemo finished; cgroup, hooks and temporary files removed.");
