@@ -50,9 +50,16 @@ pub struct Approval {
 /// What a held request learns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Approved { by: String },
-    Denied { by: String, reason: String },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+        reason: String,
+    },
     Expired,
+    /// The daemon is stopping; the client gets a clear error to retry.
+    Interrupted,
 }
 
 #[derive(Hash, PartialEq, Eq, Clone, Debug)]
@@ -97,6 +104,16 @@ impl Approvals {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id, tx);
         rx
+    }
+
+    /// Answers every held request (the daemon is stopping).
+    pub fn interrupt_all(&self) -> usize {
+        let waiting: Vec<_> = self.waiting.lock().unwrap().drain().collect();
+        let n = waiting.len();
+        for (_, tx) in waiting {
+            let _ = tx.send(Outcome::Interrupted);
+        }
+        n
     }
 
     pub fn forget(&self, id: u64) {

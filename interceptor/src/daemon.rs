@@ -208,6 +208,16 @@ async fn serve(cfg: Config) -> Result<()> {
     }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Held requests get a clear answer before the connections go away.
+    let held = proxy.approvals.interrupt_all();
+    if held > 0 {
+        let _ = proxy.store.interrupt_pending_approvals();
+        tracing::warn!(
+            approvals = held,
+            "stopping: held requests answered 503 approval_interrupted"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     if cfg.detach_on_exit {
         let n = crate::bpf::detach_all(&cfg.bpffs_dir)?;
         tracing::info!(

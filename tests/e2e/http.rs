@@ -1097,7 +1097,8 @@ fn held_requests_wait_for_an_approver() {
     };
     // The skill runs as nobody, so root can approve it.
     let skill = |path: &str, as_root: bool| {
-        let url = s.url(path);
+        // Field by field (not `s.url()`), so the closure does not hold `s.d`.
+        let url = format!("https://api.test:{}{path}", s.tls_up.addr.port());
         let resolve = format!("api.test:{}:127.0.0.1", s.tls_up.addr.port());
         let curl_args = [
             "-sS",
@@ -1203,13 +1204,25 @@ fn held_requests_wait_for_an_approver() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A restart while pending: the client gets an error, the record says so.
+    // A stop while pending: the client gets a clear error, the record says so.
     let child = skill("/ship/3", false);
     let id = wait_pending("/ship/3")["id"].as_u64().unwrap();
-    s.d.signal(libc::SIGKILL);
-    let (code, _) = outcome(child);
-    assert_ne!(code, "200");
+    s.d.signal(libc::SIGTERM);
+    let (code, body) = outcome(child);
+    assert_eq!(
+        (code.as_str(), json(&body)["error"].as_str()),
+        ("503", Some("approval_interrupted")),
+        "{body}"
+    );
     s.d.restart();
+    // A kill while pending: the connection just drops; the next start marks it.
+    let child = skill("/ship/4", false);
+    let killed = wait_pending("/ship/4")["id"].as_u64().unwrap();
+    s.d.signal(libc::SIGKILL);
+    assert_ne!(outcome(child).0, "200");
+    s.d.restart();
+    let (ok, out, _) = cli(&["approvals", "show", &killed.to_string()]);
+    assert!(ok && json(&out)["state"] == "interrupted", "{out}");
     let (ok, out, _) = cli(&["approvals", "show", &id.to_string()]);
     assert!(ok && json(&out)["state"] == "interrupted", "{out}");
 }

@@ -215,6 +215,15 @@ impl HttpConn {
                 message: format!("denied by {by}: {reason} (approval {})", a.id),
                 rule: d.rule.clone(),
             }),
+            Outcome::Interrupted => Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "approval_interrupted".into(),
+                message: format!(
+                    "the interceptor is restarting; approval {} was not decided, send the request again",
+                    a.id
+                ),
+                rule: d.rule.clone(),
+            }),
             Outcome::Expired => {
                 self.proxy.approvals.forget(a.id);
                 if let Ok(Some(cur)) = store.approval(a.id)
