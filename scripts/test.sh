@@ -11,6 +11,23 @@ echo "==> cargo xtask build-ebpf"
 cargo xtask build-ebpf
 echo "==> policy examples"
 cargo run --quiet -p interceptor -- policy check policies
+echo "==> cargo xtask deb (the package holds what the units and docs promise)"
+cargo xtask deb
+deb=$(ls target/debian/interceptor_*.deb)
+contents=$(dpkg-deb --contents "$deb")
+for f in ./usr/bin/interceptor ./lib/systemd/system/interceptor.service ./lib/systemd/system/skills.slice \
+         ./etc/interceptor/interceptor.toml ./etc/interceptor/policies/00-guardrails.toml; do
+    grep -q " $f\$" <<<"$contents" || { echo "package lacks $f" >&2; exit 1; }
+done
+# grep without -q in pipelines: an early exit would SIGPIPE the writer (pipefail).
+dpkg-deb --info "$deb" | grep "Package: interceptor" >/dev/null
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep /etc/interceptor/interceptor.toml >/dev/null
+# The shipped configuration and policy load.
+stage=target/debian/stage
+./target/release/interceptor policy check "$stage/etc/interceptor/policies"
+./target/release/interceptor ca export --config "$stage/etc/interceptor/interceptor.toml" \
+    --state-dir "$(mktemp -d)" | grep "BEGIN CERTIFICATE" >/dev/null
+
 echo "==> cargo test --workspace"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -288,8 +288,9 @@ pub fn run() -> Result<()> {
 
     step(12, "not in this build yet");
     println!(
-        "  the Debian package and the VM tests under a booted systemd (issue #6) are\n  \
-         not implemented yet; the systemd units are there and verified. See README.md."
+        "  the VM tests that install the package under a booted systemd (issue #6)\n  \
+         are not implemented yet; the units and the package are there and checked.\n  \
+         See README.md."
     );
     daemon.kill();
     println!("\ndemo finished; cgroup, hooks and temporary files removed.");

@@ -2,6 +2,7 @@
 mod bench;
 mod bench_https;
 mod build_ebpf;
+mod deb;
 mod demo;
 mod lab;
 
@@ -12,6 +13,7 @@ fn usage() -> &'static str {
     "usage: cargo xtask <command>\n\n\
      commands:\n  \
      build-ebpf        build the kernel programs into target/bpf/interceptor.bpf.o\n  \
+     deb               build the Debian package into target/debian/\n  \
      demo              build everything and run the end-to-end demo (root)\n  \
      bench [--quick]   proxy vs direct (TCP) and vs nginx/mitmproxy (HTTPS), writes BENCHMARKS.md (root)\n"
 }
@@ -24,6 +26,7 @@ fn main() -> Result<()> {
     };
     match cmd.as_str() {
         "build-ebpf" => build_ebpf::run(),
+        "deb" => deb::run().map(|_| ()),
         "demo" => demo::run(),
         "bench" => bench::run(&args[1..]),
         // Internal: the benchmark's client, started inside or outside the cgroup.
