@@ -8,7 +8,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev
-              curl python3 iproute2 ca-certificates systemd util-linux)
+              curl python3 iproute2 ca-certificates systemd util-linux binutils dpkg)
 BPF_LINKER_VERSION=0.13.0
 
 if [ "$(id -u)" != 0 ]; then
