@@ -27,6 +27,29 @@ pub fn decoder_for(encoding: Option<&str>) -> Result<Decoder, String> {
     })
 }
 
+/// How to read a body with these headers under `profile`: its decoder and,
+/// for JSON when the profile has field paths, the JSON mode. On success the
+/// headers the masked body no longer honours (length, encoding) are gone;
+/// on error (an encoding it cannot read) they are untouched.
+pub fn prepare(
+    headers: &mut http::HeaderMap,
+    profile: &super::Profile,
+) -> Result<(Decoder, Option<JsonMode>), String> {
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let decoder = decoder_for(encoding)?;
+    let is_json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json"));
+    let json = (is_json && !profile.json_paths.is_empty())
+        .then(|| JsonMode::new(profile.json_paths.clone(), profile.max_inspect));
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.remove(http::header::CONTENT_ENCODING);
+    Ok((decoder, json))
+}
+
 pub enum Decoder {
     Identity,
     Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),

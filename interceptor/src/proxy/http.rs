@@ -264,28 +264,14 @@ impl HttpConn {
         let Some(profile) = profile else {
             return Ok(body);
         };
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let decoder = crate::masking::body::decoder_for(encoding.as_deref()).map_err(|why| {
-            Refusal::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "uninspectable_request",
-                &format!("the request body cannot be masked: {why}"),
-            )
-        })?;
-        let is_json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.contains("json"));
-        let json = (is_json && !profile.json_paths.is_empty()).then(|| {
-            crate::masking::body::JsonMode::new(profile.json_paths.clone(), profile.max_inspect)
-        });
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::CONTENT_ENCODING);
+        let (decoder, json) =
+            crate::masking::body::prepare(&mut parts.headers, &profile).map_err(|why| {
+                Refusal::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "uninspectable_request",
+                    &format!("the request body cannot be masked: {why}"),
+                )
+            })?;
         let counts = Arc::new(std::sync::Mutex::new(crate::masking::Counts::new()));
         rec.masked.insert("request_body".into(), 0);
         self.pending_counts
@@ -493,12 +479,7 @@ impl HttpConn {
             return Ok(Response::from_parts(parts, body));
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let decoder = match crate::masking::body::decoder_for(encoding.as_deref()) {
+        let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
             Ok(d) => d,
             Err(why)
                 if profile.on_uninspectable == crate::masking::Uninspectable::Pass
@@ -516,17 +497,7 @@ impl HttpConn {
                 ));
             }
         };
-        let is_json = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.contains("json"));
-        let json = (is_json && !profile.json_paths.is_empty()).then(|| {
-            crate::masking::body::JsonMode::new(profile.json_paths.clone(), profile.max_inspect)
-        });
-        // The body changes: its length and encoding headers no longer hold.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::CONTENT_ENCODING);
+        // The body changes: its validator no longer holds either.
         parts.headers.remove(header::ETAG);
         let forms: Vec<&str> = injected.iter().map(|s| s.as_str()).collect();
         let masker = crate::masking::StreamMasker::new(profile, &forms);
