@@ -1,5 +1,6 @@
 //! `interceptor audit verify | export`: through the running daemon's admin
 //! socket, or from the store when no daemon runs.
+use super::StoreArgs;
 use crate::audit::{AuditRecord, ExportFormat, Verification};
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
@@ -7,22 +8,10 @@ use clap::Subcommand;
 use std::io::Write;
 use std::path::PathBuf;
 
-#[derive(clap::Args)]
-pub struct Target {
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Admin socket of the running daemon
-    #[arg(long, value_name = "PATH")]
-    admin_socket: Option<PathBuf>,
-    /// State directory, read when no daemon runs
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-}
-
 #[derive(Subcommand)]
 pub enum AuditCmd {
     /// Check the hash chain; exit 1 naming every changed, removed or reordered record
-    Verify(Target),
+    Verify(StoreArgs),
     /// Stream records for a SIEM (one per line)
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -34,7 +23,7 @@ pub enum AuditCmd {
         #[arg(long)]
         follow: bool,
         #[command(flatten)]
-        target: Target,
+        target: StoreArgs,
     },
 }
 
@@ -45,7 +34,7 @@ enum Source {
 }
 
 impl Source {
-    fn open(t: Target, rt: &tokio::runtime::Runtime) -> Result<Source> {
+    fn open(t: StoreArgs, rt: &tokio::runtime::Runtime) -> Result<Source> {
         let cfg = super::config_or_default(t.config)?;
         let socket = t.admin_socket.unwrap_or(cfg.admin_socket);
         if rt

@@ -136,6 +136,21 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
+/// Where a command finds recorded data: the running daemon's admin socket,
+/// or the store itself when no daemon runs (sled allows one process).
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// Configuration file (for the admin socket and state paths)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Admin socket of the running daemon
+    #[arg(long, value_name = "PATH")]
+    pub admin_socket: Option<PathBuf>,
+    /// State directory, read when no daemon runs
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
 /// Used by subcommands that only need paths from the config file.
 pub fn config_or_default(config: Option<PathBuf>) -> Result<Config> {
     match config {

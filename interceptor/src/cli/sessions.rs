@@ -1,10 +1,10 @@
 //! `interceptor sessions list`: through the daemon's admin socket when it
 //! runs (it holds the store's lock), from the store itself when it does not.
+use super::StoreArgs;
 use crate::policy::Action;
 use crate::store::{Session, SessionDetail, SessionFilter, Store};
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum SessionsCmd {
@@ -16,14 +16,8 @@ pub enum SessionsCmd {
         /// Show at most this many (the newest)
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// Admin socket of the running daemon
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<PathBuf>,
-        /// State directory, read when no daemon runs
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only workloads matching this cgroup glob ("skills.slice/**")
         #[arg(long)]
         workload: Option<String>,
@@ -49,24 +43,16 @@ pub enum SessionsCmd {
         /// Faster (2 = twice as fast) or slower (0.5); 0 = no waiting
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<PathBuf>,
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// One session with its HTTP requests
     Show {
         id: u64,
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[arg(long, value_name = "PATH")]
-        admin_socket: Option<PathBuf>,
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -75,9 +61,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
         SessionsCmd::List {
             json,
             limit,
-            config,
-            admin_socket,
-            state_dir,
+            store,
             workload,
             user,
             destination,
@@ -108,56 +92,24 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 since_ms: time(since, "since")?,
                 until_ms: time(until, "until")?,
             };
-            list(json, limit, &filter, config, admin_socket, state_dir)
+            list(json, limit, &filter, store)
         }
-        SessionsCmd::Replay {
-            id,
-            speed,
-            config,
-            admin_socket,
-            state_dir,
-        } => {
-            let detail: Option<SessionDetail> = fetch(
-                config,
-                admin_socket,
-                state_dir,
-                &format!("/v1/sessions/{id}"),
-                |store| store.session_with_requests(id),
-            )?;
-            let Some(detail) = detail else {
-                bail!("no session {id}")
-            };
-            replay(&detail, speed)
-        }
-        SessionsCmd::Show {
-            id,
-            json,
-            config,
-            admin_socket,
-            state_dir,
-        } => show(id, json, config, admin_socket, state_dir),
+        SessionsCmd::Replay { id, speed, store } => replay(&session_detail(id, store)?, speed),
+        SessionsCmd::Show { id, json, store } => show(&session_detail(id, store)?, json),
     }
 }
 
-fn show(
-    id: u64,
-    json: bool,
-    config: Option<PathBuf>,
-    admin_socket: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-) -> Result<()> {
-    let detail: Option<SessionDetail> = fetch(
-        config,
-        admin_socket,
-        state_dir,
-        &format!("/v1/sessions/{id}"),
-        |store| store.session_with_requests(id),
-    )?;
-    let Some(detail) = detail else {
-        bail!("no session {id}")
-    };
+/// One session and its requests, or an error naming the id.
+fn session_detail(id: u64, store: StoreArgs) -> Result<SessionDetail> {
+    let detail: Option<SessionDetail> = fetch(store, &format!("/v1/sessions/{id}"), |s| {
+        s.session_with_requests(id)
+    })?;
+    detail.ok_or_else(|| anyhow::anyhow!("no session {id}"))
+}
+
+fn show(detail: &SessionDetail, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&detail)?);
+        println!("{}", serde_json::to_string_pretty(detail)?);
         return Ok(());
     }
     let s = &detail.session;
@@ -312,12 +264,15 @@ fn replay(d: &SessionDetail, speed: f64) -> Result<()> {
 /// Asks the running daemon (it holds the store's lock); reads the store
 /// itself when no daemon listens on the admin socket.
 fn fetch<T: serde::de::DeserializeOwned>(
-    config: Option<PathBuf>,
-    admin_socket: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
+    store: StoreArgs,
     path: &str,
     from_store: impl FnOnce(&Store) -> Result<T>,
 ) -> Result<T> {
+    let StoreArgs {
+        config,
+        admin_socket,
+        state_dir,
+    } = store;
     let cfg = super::config_or_default(config)?;
     let socket = admin_socket.unwrap_or(cfg.admin_socket);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -336,18 +291,9 @@ fn fetch<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn list(
-    json: bool,
-    limit: usize,
-    filter: &SessionFilter,
-    config: Option<PathBuf>,
-    admin_socket: Option<PathBuf>,
-    state_dir: Option<PathBuf>,
-) -> Result<()> {
+fn list(json: bool, limit: usize, filter: &SessionFilter, store: StoreArgs) -> Result<()> {
     let sessions: Vec<Session> = fetch(
-        config,
-        admin_socket,
-        state_dir,
+        store,
         &format!(
             "/v1/sessions?limit={limit}&filter={}",
             crate::admin::pct_encode(&serde_json::to_string(filter)?)
