@@ -227,18 +227,20 @@ impl Proxy {
         self.announce_decision(&session);
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         let destination: SocketAddr = session.destination.parse().expect("formatted by us");
-        // The decision is on disk before any byte is forwarded: a crash can
-        // interrupt a session, never erase it. The upstream connect overlaps
-        // the flush (a SYN carries no data).
+        // The decision is on disk before the upstream hears of the
+        // connection: a crash can interrupt a session, never erase it. (The
+        // upstream connect used to overlap the flush; an upstream could then
+        // see a connection whose record a kill lost, which the restart-race
+        // test caught.)
         self.record(&session);
-        let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
-        let (flushed, connected) = tokio::join!(self.store.flush_async(), connect);
-        if let Err(e) = flushed {
+        if let Err(e) = self.store.flush_async().await {
             // Fail closed: no forwarding without a durable record.
             tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
             reset(conn);
             return;
         }
+        let connected =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination)).await;
         let upstream = match connected {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
