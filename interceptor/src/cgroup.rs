@@ -80,6 +80,7 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
     {
         bail!("cgroup {spec}: '..' is not allowed");
     }
+    create_missing_slices(mount, &abs)?;
     if !abs.join("cgroup.procs").is_file() {
         bail!(
             "cgroup {spec} does not exist ({} has no cgroup.procs); create it \
@@ -94,6 +95,36 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
         .to_string_lossy()
         .into_owned();
     Ok(WorkloadCgroup { rel, abs })
+}
+
+/// Under systemd the daemon starts before skills.slice (the unit orders
+/// `Before=skills.slice`, so no skill runs unintercepted at boot), so the
+/// slice's cgroup does not exist yet. Missing `*.slice` directories are
+/// created here; systemd adopts an existing directory when the slice starts.
+/// Anything else that is missing stays an error: a typo must not silently
+/// attach to an empty cgroup.
+fn create_missing_slices(mount: &Path, abs: &Path) -> Result<()> {
+    let Ok(rel) = abs.strip_prefix(mount) else {
+        return Ok(());
+    };
+    let mut dir = mount.to_path_buf();
+    for c in rel.components() {
+        dir.push(c);
+        if dir.exists() {
+            continue;
+        }
+        if !c.as_os_str().to_string_lossy().ends_with(".slice") {
+            return Ok(());
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                tracing::info!(cgroup = %dir.display(), "created the slice's cgroup ahead of systemd")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup (relative path) of a process, from /proc/PID/cgroup ("0::/path").
@@ -191,6 +222,24 @@ mod tests {
             find_mount(info, "cgroup2"),
             Some(PathBuf::from("/mnt/with space"))
         );
+    }
+
+    #[test]
+    fn creates_missing_slices_only() {
+        let mount = std::env::temp_dir().join(format!("interceptor-slices-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let nested = mount.join("skills.slice/skills-team.slice");
+        create_missing_slices(&mount, &nested).unwrap();
+        assert!(nested.is_dir());
+        // A missing non-slice component (a typo, a cgroup nobody made) is left
+        // alone, and nothing below it is created either.
+        let typo = mount.join("skils/x.slice");
+        create_missing_slices(&mount, &typo).unwrap();
+        assert!(!mount.join("skils").exists());
+        let err = resolve(&mount, "other.service").unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!mount.join("other.service").exists());
+        std::fs::remove_dir_all(&mount).unwrap();
     }
 
     #[test]

@@ -81,7 +81,11 @@ pub fn run() -> Result<PathBuf> {
     put("usr/bin/interceptor", &fs::read(&bin)?, 0o755)?;
     // The release profile keeps line tables for backtraces; the package
     // ships without debug info.
-    run_cmd(Command::new("objcopy").arg("--strip-debug").arg(stage.join("usr/bin/interceptor")))?;
+    run_cmd(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(stage.join("usr/bin/interceptor")),
+    )?;
     put(
         "lib/systemd/system/interceptor.service",
         &fs::read(root.join("packaging/interceptor.service"))?,
