@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask build-ebpf | demo | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | deb | demo | vm-test | bench`.
 mod bench;
 mod bench_https;
 mod build_ebpf;
 mod deb;
 mod demo;
 mod lab;
+mod vm_test;
 
 use anyhow::{Result, bail};
 use std::path::PathBuf;
@@ -15,7 +16,8 @@ fn usage() -> &'static str {
      build-ebpf        build the kernel programs into target/bpf/interceptor.bpf.o\n  \
      deb               build the Debian package into target/debian/\n  \
      demo              build everything and run the end-to-end demo (root)\n  \
-     bench [--quick]   proxy vs direct (TCP) and vs nginx/mitmproxy (HTTPS), writes BENCHMARKS.md (root)\n"
+     vm-test           the package and the end-to-end suite in a booted Debian 12 VM (root)
+       bench [--quick]   proxy vs direct (TCP) and vs nginx/mitmproxy (HTTPS), writes BENCHMARKS.md (root)\n"
 }
 
 fn main() -> Result<()> {
@@ -28,6 +30,7 @@ fn main() -> Result<()> {
         "build-ebpf" => build_ebpf::run(),
         "deb" => deb::run().map(|_| ()),
         "demo" => demo::run(),
+        "vm-test" => vm_test::run(),
         "bench" => bench::run(&args[1..]),
         // Internal: the benchmark's client, started inside or outside the cgroup.
         "bench-client" => bench::client(&args[1..]),
