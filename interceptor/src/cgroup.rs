@@ -80,7 +80,6 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
     {
         bail!("cgroup {spec}: '..' is not allowed");
     }
-    create_missing_slices(mount, &abs)?;
     if !abs.join("cgroup.procs").is_file() {
         bail!(
             "cgroup {spec} does not exist ({} has no cgroup.procs); create it \
@@ -97,16 +96,29 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
     Ok(WorkloadCgroup { rel, abs })
 }
 
-/// Under systemd the daemon starts before skills.slice (the unit orders
+/// `interceptor prepare-cgroups` (the unit's `ExecStartPre=+`): under
+/// systemd the daemon starts before skills.slice (the unit orders
 /// `Before=skills.slice`, so no skill runs unintercepted at boot), so the
 /// slice's cgroup does not exist yet. Missing `*.slice` directories are
-/// created here; systemd adopts an existing directory when the slice starts.
-/// Anything else that is missing stays an error: a typo must not silently
-/// attach to an empty cgroup.
-fn create_missing_slices(mount: &Path, abs: &Path) -> Result<()> {
+/// created empty, with the name systemd gives them; systemd adopts an
+/// existing directory when the slice starts. Anything else that is missing
+/// stays an error at `run`: a typo must not silently attach to an empty cgroup.
+pub fn create_missing_slices(mount: &Path, spec: &str) -> Result<()> {
+    let p = Path::new(spec);
+    let abs = if p.is_absolute() && p.starts_with(mount) {
+        p.to_path_buf()
+    } else {
+        mount.join(spec.trim_start_matches('/'))
+    };
     let Ok(rel) = abs.strip_prefix(mount) else {
         return Ok(());
     };
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        bail!("cgroup {spec}: only plain path segments are allowed");
+    }
     let mut dir = mount.to_path_buf();
     for c in rel.components() {
         dir.push(c);
@@ -228,14 +240,14 @@ mod tests {
     fn creates_missing_slices_only() {
         let mount = std::env::temp_dir().join(format!("interceptor-slices-{}", std::process::id()));
         std::fs::create_dir_all(&mount).unwrap();
-        let nested = mount.join("skills.slice/skills-team.slice");
-        create_missing_slices(&mount, &nested).unwrap();
-        assert!(nested.is_dir());
+        create_missing_slices(&mount, "skills.slice/skills-team.slice").unwrap();
+        assert!(mount.join("skills.slice/skills-team.slice").is_dir());
         // A missing non-slice component (a typo, a cgroup nobody made) is left
         // alone, and nothing below it is created either.
-        let typo = mount.join("skils/x.slice");
-        create_missing_slices(&mount, &typo).unwrap();
+        create_missing_slices(&mount, "skils/x.slice").unwrap();
         assert!(!mount.join("skils").exists());
+        assert!(create_missing_slices(&mount, "../x.slice").is_err());
+        create_missing_slices(&mount, "other.service").unwrap();
         let err = resolve(&mount, "other.service").unwrap_err().to_string();
         assert!(err.contains("does not exist"), "{err}");
         assert!(!mount.join("other.service").exists());

@@ -196,7 +196,7 @@ phase_main() {
         /lib/systemd/system/skills.slice
     info "$(systemd-analyze security --no-pager interceptor.service 2>/dev/null | tail -1)"
     check "slice cgroup created ahead of systemd" \
-        sh -c 'journalctl -b -u interceptor --no-pager | grep -q "created the slice"'
+        sh -c 'journalctl -b -u interceptor --no-pager | grep -q "ahead of systemd"'
     # Default policy: guardrails only, so a skill's connection is denied.
     setup_upstream
     check "default deny before any policy" sh -c '! systemd-run --quiet --wait --pipe --collect \

@@ -120,6 +120,7 @@ fn image() -> Result<Image> {
         dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&cache)?;
     let tree = cache.join(format!("tree-{key:016x}"));
     let _ = std::fs::remove_dir_all(&tree);
     let mut cmd = Command::new("mmdebstrap");

@@ -36,6 +36,11 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         bpffs_dir: Option<PathBuf>,
     },
+    /// Create missing `*.slice` workload cgroups, so the daemon can attach before systemd starts the slice (the unit's ExecStartPre)
+    PrepareCgroups {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Recorded sessions
     #[command(subcommand)]
     Sessions(sessions::SessionsCmd),
@@ -94,6 +99,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             };
             let n = crate::bpf::detach_all(&dir)?;
             println!("detached {n} pinned link(s) under {}", dir.display());
+            Ok(())
+        }
+        Cmd::PrepareCgroups { config } => {
+            let cfg = config_or_default(config)?;
+            let mount = crate::cgroup::cgroup2_mount()?;
+            for c in &cfg.cgroups {
+                crate::cgroup::create_missing_slices(&mount, c)?;
+            }
             Ok(())
         }
         Cmd::Sessions(c) => sessions::run(c),
