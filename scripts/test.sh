@@ -16,6 +16,7 @@ cargo xtask deb
 deb=$(ls target/debian/interceptor_*.deb)
 contents=$(dpkg-deb --contents "$deb")
 for f in ./usr/bin/interceptor ./lib/systemd/system/interceptor.service ./lib/systemd/system/skills.slice \
+         ./lib/systemd/system/interceptor-hooks.service \
          ./etc/interceptor/interceptor.toml ./etc/interceptor/policies/00-guardrails.toml; do
     grep -q " $f\$" <<<"$contents" || { echo "package lacks $f" >&2; exit 1; }
 done

@@ -30,6 +30,21 @@ pub mod programs {
     pub const POST_BIND4: &str = "icpt_post_bind4";
     pub const POST_BIND6: &str = "icpt_post_bind6";
     pub const SOCK_OPS: &str = "icpt_sock_ops";
+
+    /// Attached to every workload cgroup, in this order: sock_ops and
+    /// getpeername before connect, so a connect that is redirected is also
+    /// recorded and hidden.
+    pub const ATTACHED: [&str; 9] = [
+        SOCK_OPS,
+        POST_BIND4,
+        POST_BIND6,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        SENDMSG4,
+        SENDMSG6,
+        CONNECT4,
+        CONNECT6,
+    ];
 }
 
 /// Maximum number of ports a workload may neither connect to on loopback

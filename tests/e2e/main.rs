@@ -339,7 +339,18 @@ fn sigterm_keeps_blocking_and_detach_releases() {
     let cfg = DaemonConfig::new(&[&cg], &allow_policy(&cg, &[echo.addr.to_string()]));
     let mut d = Daemon::start(&cfg);
     let port = echo.addr.port().to_string();
+    // check-hooks (the gate of skills.slice) passes while the hooks are
+    // attached, after the daemon is gone too, and fails once detached.
+    let check_hooks = || {
+        let mut c = Command::new(BIN);
+        c.arg("check-hooks").arg("--config").arg(cfg.config_file());
+        run(c, Duration::from_secs(10))
+    };
+    let (ok, out, err) = check_hooks();
+    assert!(ok && out.contains("all 9 hooks attached"), "{out}{err}");
     d.signal(libc::SIGTERM);
+    let (ok, out, err) = check_hooks();
+    assert!(ok, "{out}{err}");
     assert!(
         d.log_text().contains("hooks stay attached"),
         "{}",
@@ -359,6 +370,8 @@ fn sigterm_keeps_blocking_and_detach_releases() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("detached 9 pinned link"), "{out}");
+    let (ok, _, err) = check_hooks();
+    assert!(!ok && err.contains("the hooks are not attached"), "{err}");
     assert_ping(&cg, &port);
     assert_eq!(echo.accepted(), 1);
 }
@@ -757,21 +770,17 @@ fn the_systemd_units_verify_and_the_daemon_speaks_sd_notify() {
     let dir = std::env::temp_dir().join(format!("interceptor-units-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let packaging = format!("{}/../packaging", env!("CARGO_MANIFEST_DIR"));
-    let unit = std::fs::read_to_string(format!("{packaging}/interceptor.service")).unwrap();
-    std::fs::write(
-        dir.join("interceptor.service"),
-        unit.replace("/usr/bin/interceptor", BIN),
-    )
-    .unwrap();
-    std::fs::copy(
-        format!("{packaging}/skills.slice"),
-        dir.join("skills.slice"),
-    )
-    .unwrap();
+    let units = [
+        "interceptor.service",
+        "interceptor-hooks.service",
+        "skills.slice",
+    ];
+    for name in units {
+        let unit = std::fs::read_to_string(format!("{packaging}/{name}")).unwrap();
+        std::fs::write(dir.join(name), unit.replace("/usr/bin/interceptor", BIN)).unwrap();
+    }
     let mut c = Command::new("systemd-analyze");
-    c.arg("verify")
-        .arg(dir.join("interceptor.service"))
-        .arg(dir.join("skills.slice"));
+    c.arg("verify").args(units.map(|u| dir.join(u)));
     let (ok, out, err) = run(c, Duration::from_secs(60));
     assert!(
         ok && err.trim().is_empty(),

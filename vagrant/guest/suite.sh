@@ -82,9 +82,12 @@ probe_start() {
     # Running and getting answers before anything happens to the daemon.
     wait_for 60 grep -q "\"client\": \"$1-" $UP/requests.log
     sleep 1
+    systemctl show -p MainPID --value "$1" >"/tmp/$1.pid"
 }
 # probe_stop NAME: stops the probe and checks it never got around the proxy.
 probe_stop() {
+    check "$1: the skill kept running through it (same process)" \
+        test "$(systemctl show -p MainPID --value "$1")" = "$(cat "/tmp/$1.pid")"
     touch "/tmp/$1.stop"
     wait_for 30 test -s "/tmp/$1.json"
     info "$1: $(cat "/tmp/$1.json")"
@@ -193,7 +196,8 @@ phase_main() {
     check "service enabled by the package" systemctl is-enabled interceptor.service
     check "service active after install (READY after hooks attach)" active interceptor.service
     check "units verify" systemd-analyze verify /lib/systemd/system/interceptor.service \
-        /lib/systemd/system/skills.slice
+        /lib/systemd/system/interceptor-hooks.service /lib/systemd/system/skills.slice
+    check "the slice's gate is active (hooks attached)" active interceptor-hooks.service
     info "$(systemd-analyze security --no-pager interceptor.service 2>/dev/null | tail -1)"
     check "slice cgroup created ahead of systemd" \
         sh -c 'journalctl -b -u interceptor --no-pager | grep -q "ahead of systemd"'
@@ -250,13 +254,15 @@ phase_main() {
 
     # --- sessions and audit ----------------------------------------------------------
     check "sessions recorded per unit, as nobody, with the exe" sh -c "interceptor sessions list \
-        --json --workload 'skills.slice/vm-skill-*.service' | python3 -c '
+        --json --limit 100000 --workload 'skills.slice/vm-skill-*.service' | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-rules = {s[\"rule\"] for s in d}
-bad = [s for s in d if s[\"workload\"][\"uid\"] != 65534 or not s[\"workload\"][\"exe\"]]
-print(len(d), sorted(map(str, rules)), bad[:2])
-sys.exit(0 if len(d) >= 7 and {\"vm-api\", \"vm-deny-internal\"} <= rules and not bad else 1)'"
+tls = [s for s in d if s[\"sni\"] == \"upstream.vm.test\" and s[\"requests\"] > 0]
+denied = [s for s in d if s[\"rule\"] == \"vm-deny-internal\" and s[\"decision\"] == \"deny\"]
+bad = [s[\"workload\"] for s in d if s[\"workload\"][\"uid\"] != 65534
+       or s[\"workload\"][\"exe\"] != \"/usr/bin/curl\"]
+print(len(d), len(tls), len(denied), bad[:2])
+sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     check "audit log verifies" interceptor audit verify
     local first
     first=$(sessions_json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
@@ -309,7 +315,7 @@ sys.exit(0 if len(d) >= 7 and {\"vm-api\", \"vm-deny-internal\"} <= rules and no
     # Every request the upstream got from a probe came through a recorded session.
     check "every probe request the upstream got was recorded" sh -c "
         got=\$(grep -c '\"client\": \"vm-gap-' $UP/requests.log)
-        rec=\$(interceptor sessions list --json --workload 'skills.slice/vm-gap-*.service' \
+        rec=\$(interceptor sessions list --json --limit 100000 --workload 'skills.slice/vm-gap-*.service' \
             | python3 -c 'import json,sys; print(sum(1 for s in json.load(sys.stdin) if s[\"requests\"] > 0))')
         echo upstream=\$got recorded=\$rec; [ \$rec -ge \$got ]"
     check "sessions from before kept across restarts and upgrade" \
@@ -352,11 +358,15 @@ phase_after_reboot() {
     started=$(systemctl show -p ExecMainStartTimestampMonotonic --value vm-boot-skill.service)
     info "interceptor ready at ${ready}us, boot skill started at ${started}us (monotonic)"
     check "hooks ready before the slice's unit started" test "$ready" -gt 0 -a "$ready" -le "$started"
-    check "boot skill's session recorded under its unit name" sh -c "interceptor sessions list \
-        --json --workload 'skills.slice/vm-boot-skill.service' | python3 -c '
+    check "boot skill's session recorded under its unit name, by its unit's rule" sh -c "
+        id=\$(interceptor sessions list --json --limit 100000 \
+            --workload 'skills.slice/vm-boot-skill.service' | python3 -c '
+import json, sys
+print(next(s[\"id\"] for s in json.load(sys.stdin) if s[\"requests\"] > 0))') &&
+        interceptor sessions show --json \$id | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
-sys.exit(0 if any(s[\"rule\"] == \"vm-boot\" and s[\"requests\"] > 0 for s in d) else 1)'"
+sys.exit(0 if [r[\"rule\"] for r in d[\"requests\"]] == [\"vm-boot\"] else 1)'"
     check "sessions from before the reboot kept" interceptor sessions show "$(cat "$RESULTS/first-session")"
     check "audit log verifies after reboot" interceptor audit verify
     info "after-reboot phase done: $FAILS failed"

@@ -4,7 +4,8 @@
   https://upstream.vm.test:8443  the API: needs a token the skill never has
   http://127.0.0.1:8080          the same API in plain HTTP (restart/upgrade probes)
   127.0.0.1:8444                 an internal service the policy denies: any
-                                 connection that reaches it is a bypass
+                                 connection that reaches it is a bypass (it
+                                 greets with "INTERNAL")
 
 Every request is appended to requests.log as JSON, with whether it carried the
 injected token; every connection to the internal port to internal.log.
@@ -85,6 +86,10 @@ def serve_internal():
     while True:
         c, peer = s.accept()
         log("internal.log", {"peer": peer[0]})
+        try:
+            c.sendall(b"INTERNAL\n")
+        except OSError:
+            pass
         c.close()
 
 

@@ -34,6 +34,8 @@ if [ "$1" = "configure" ]; then
         systemctl enable interceptor.service >/dev/null || true
         # A restart keeps the pinned hooks: skills stay blocked, never open.
         systemctl restart interceptor.service || true
+        # The gate of skills.slice: it checks that the hooks are attached.
+        systemctl start interceptor-hooks.service || true
     fi
 fi
 "#;
@@ -89,6 +91,11 @@ pub fn run() -> Result<PathBuf> {
     put(
         "lib/systemd/system/interceptor.service",
         &fs::read(root.join("packaging/interceptor.service"))?,
+        0o644,
+    )?;
+    put(
+        "lib/systemd/system/interceptor-hooks.service",
+        &fs::read(root.join("packaging/interceptor-hooks.service"))?,
         0o644,
     )?;
     put(

@@ -265,31 +265,50 @@ fn attach_cgroup(
             .with_context(|| format!("pinning {}", path.display()))?;
         Ok(())
     };
-    // Order matters only for the moment before all are attached; sock_ops and
-    // getpeername first, so a connect that is redirected is also recorded.
-    {
-        let p: &mut SockOps = program(bpf, programs::SOCK_OPS)?;
-        let id = p.attach(&dir, ATTACH_MODE)?;
-        pin(programs::SOCK_OPS, p.take_link(id)?.try_into()?)?;
-    }
-    for name in [programs::POST_BIND4, programs::POST_BIND6] {
-        let p: &mut CgroupSock = program(bpf, name)?;
-        let id = p.attach(&dir, ATTACH_MODE)?;
-        pin(name, p.take_link(id)?.try_into()?)?;
-    }
-    for name in [
-        programs::GETPEERNAME4,
-        programs::GETPEERNAME6,
-        programs::SENDMSG4,
-        programs::SENDMSG6,
-        programs::CONNECT4,
-        programs::CONNECT6,
-    ] {
-        let p: &mut CgroupSockAddr = program(bpf, name)?;
-        let id = p.attach(&dir, ATTACH_MODE)?;
-        pin(name, p.take_link(id)?.try_into()?)?;
+    // Order matters only for the moment before all are attached (see
+    // programs::ATTACHED).
+    for name in programs::ATTACHED {
+        let link: FdLink = match name {
+            programs::SOCK_OPS => {
+                let p: &mut SockOps = program(bpf, name)?;
+                let id = p.attach(&dir, ATTACH_MODE)?;
+                p.take_link(id)?.try_into()?
+            }
+            programs::POST_BIND4 | programs::POST_BIND6 => {
+                let p: &mut CgroupSock = program(bpf, name)?;
+                let id = p.attach(&dir, ATTACH_MODE)?;
+                p.take_link(id)?.try_into()?
+            }
+            _ => {
+                let p: &mut CgroupSockAddr = program(bpf, name)?;
+                let id = p.attach(&dir, ATTACH_MODE)?;
+                p.take_link(id)?.try_into()?
+            }
+        };
+        pin(name, link)?;
     }
     Ok(cgroup_id)
+}
+
+/// The programs not attached to the cgroup now at `cg`'s path, judged by
+/// the links pinned under its cgroup id (`interceptor check-hooks`, which
+/// gates skills.slice at boot). A re-created cgroup has a new id, hence none.
+pub fn missing_hooks(bpffs_dir: &Path, cg: &WorkloadCgroup) -> Result<Vec<&'static str>> {
+    let id = std::fs::metadata(&cg.abs)
+        .with_context(|| format!("reading {}", cg.abs.display()))?
+        .ino();
+    let pinned = pins::Layout::new(bpffs_dir).links_of(id);
+    Ok(programs::ATTACHED
+        .into_iter()
+        .filter(|name| {
+            !pinned.iter().any(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&format!("{name}-")))
+                    && aya::programs::links::PinnedLink::from_pin(p).is_ok()
+            })
+        })
+        .collect())
 }
 
 /// A program of the object, loaded into the kernel on first use.

@@ -41,6 +41,11 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Exit 0 only when every workload cgroup has all hooks attached (gates skills.slice at boot)
+    CheckHooks {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Recorded sessions
     #[command(subcommand)]
     Sessions(sessions::SessionsCmd),
@@ -106,6 +111,27 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let mount = crate::cgroup::cgroup2_mount()?;
             for c in &cfg.cgroups {
                 crate::cgroup::create_missing_slices(&mount, c)?;
+            }
+            Ok(())
+        }
+        Cmd::CheckHooks { config } => {
+            let cfg = config_or_default(config)?;
+            let mount = crate::cgroup::cgroup2_mount()?;
+            for c in &cfg.cgroups {
+                let cg = crate::cgroup::resolve(&mount, c)?;
+                let missing = crate::bpf::missing_hooks(&cfg.bpffs_dir, &cg)?;
+                if !missing.is_empty() {
+                    bail!(
+                        "the hooks are not attached to {} (missing: {}); is interceptor.service running?",
+                        cg.abs.display(),
+                        missing.join(", ")
+                    );
+                }
+                println!(
+                    "{}: all {} hooks attached",
+                    cg.rel,
+                    interceptor_common::programs::ATTACHED.len()
+                );
             }
             Ok(())
         }
