@@ -38,6 +38,7 @@ check() {
     fi
 }
 info() { say "# $*"; }
+not() { ! "$@"; }
 
 # skill UNIT CMD...: runs CMD as nobody in a transient unit in skills.slice
 # and prints its output.
@@ -48,7 +49,6 @@ skill() {
         -p User=nobody -p Group=nogroup -- "$@" </dev/null
 }
 N=0
-next() { N=$((N + 1)); echo "vm-skill-$N"; }
 CURL=(curl -sS --max-time 60 --cacert $ETC/interceptor-ca.pem
     --resolve upstream.vm.test:8443:127.0.0.1)
 API=https://upstream.vm.test:8443
@@ -199,12 +199,13 @@ phase_main() {
         /lib/systemd/system/interceptor-hooks.service /lib/systemd/system/skills.slice
     check "the slice's gate is active (hooks attached)" active interceptor-hooks.service
     info "$(systemd-analyze security --no-pager interceptor.service 2>/dev/null | tail -1)"
-    check "slice cgroup created ahead of systemd" \
-        sh -c 'journalctl -b -u interceptor --no-pager | grep -q "ahead of systemd"'
+    check "slice cgroup made for the hooks before systemd starts the slice" \
+        sh -c 'test -d /sys/fs/cgroup/skills.slice && ! systemctl is-active -q skills.slice'
     # Default policy: guardrails only, so a skill's connection is denied.
     setup_upstream
     check "default deny before any policy" sh -c '! systemd-run --quiet --wait --pipe --collect \
         --slice=skills.slice -p User=nobody curl -sS --max-time 30 http://127.0.0.1:8080/ </dev/null'
+    check "default deny: nothing reached the upstream" test ! -s $UP/requests.log
 
     # --- configure as an operator would ---------------------------------------
     echo 'upstream_ca_files = ["/etc/vm-suite/test-ca.pem"]' >>/etc/interceptor/interceptor.toml
@@ -221,28 +222,27 @@ phase_main() {
 
     # --- injection, masking, denial --------------------------------------------
     local out
-    out=$(skill "$(next)" "${CURL[@]}" -H 'Authorization: Bearer guessed-by-skill' $API/v1/items 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -H 'Authorization: Bearer guessed-by-skill' $API/v1/items 2>&1)
     check "injection: the upstream saw the real token" contains "$out" '"authorized": true'
     check "injection: the skill never sees the token" lacks "$out" "$token"
-    out=$(skill "$(next)" cat /etc/interceptor/credentials/vm-api 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" cat /etc/interceptor/credentials/vm-api 2>&1)
     check "the skill cannot read the credential file" lacks "$out" "$token"
-    out=$(skill "$(next)" "${CURL[@]}" $API/v1/customers 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/customers 2>&1)
     check "masking: email masked" lacks "$out" "ann.lee@example.com"
     check "masking: card masked to its last 4" masked_card "$out"
-    out=$(skill "$(next)" "${CURL[@]}" $API/v1/debug 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/debug 2>&1)
     check "masking: an echoed credential is redacted" lacks "$out" "$token"
-    out=$(skill "$(next)" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/admin/users 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/admin/users 2>&1)
     check "denied request answered 403" contains "$out" 403
     check "denied request never reached the upstream" sh -c "! grep -q '/admin' $UP/requests.log"
-    check "denied destination refused at connect" sh -c "! systemd-run --quiet --wait --pipe \
-        --collect --slice=skills.slice -p User=nobody curl -sS --max-time 30 \
-        http://127.0.0.1:8444/ </dev/null"
+    check "denied destination refused at connect" \
+        not skill "vm-skill-$((N += 1))" curl -sS --max-time 30 http://127.0.0.1:8444/
     check "denied destination never reached" test ! -s $UP/internal.log
 
     # --- approval -----------------------------------------------------------------
     local held id
     held=$(mktemp)
-    skill "$(next)" "${CURL[@]}" -X POST $API/v1/deploy >"$held" 2>&1 &
+    skill "vm-skill-$((N += 1))" "${CURL[@]}" -X POST $API/v1/deploy >"$held" 2>&1 &
     local skill_pid=$!
     check "deploy held for approval" wait_for 60 sh -c \
         "interceptor approvals list --pending | grep -q vm-deploy-approval"
@@ -276,7 +276,7 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     check "broken policy rejected with file:line" wait_for 30 sh -c \
         "journalctl -u interceptor --since '$since' --no-pager | grep -q '60-broken.toml:3'"
     check "service still active" active interceptor.service
-    out=$(skill "$(next)" "${CURL[@]}" $API/v1/items 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/items 2>&1)
     check "old policy still in force" contains "$out" '"authorized": true'
     rm /etc/interceptor/policies/60-broken.toml
     systemctl reload interceptor.service
