@@ -36,6 +36,19 @@ if ! command -v node >/dev/null; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs
 fi
 
+# The VM suite (cargo xtask vm-test): qemu and mmdebstrap from Debian 12.
+# Some machines come with qemu-utils 10 from backports, which breaks Debian
+# 12's qemu-system-x86 7.2: install the qemu-utils of the same version,
+# replacing it (the suite itself needs neither; apt refuses the mix).
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v mmdebstrap >/dev/null \
+        || ! command -v mkfs.ext4 >/dev/null; then
+    apt-get update -q
+    qemu=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+    echo "==> apt-get install qemu-system-x86 qemu-utils=$qemu mmdebstrap e2fsprogs"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        --allow-downgrades qemu-system-x86 "qemu-utils=$qemu" mmdebstrap e2fsprogs
+fi
+
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then
     echo "scripts/setup.sh: no cargo on PATH; install Rust with rustup (stable >= 1.95)" >&2

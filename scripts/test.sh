@@ -33,6 +33,15 @@ echo "==> cargo test --workspace"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
-# One closing line for the whole run (cargo prints one per test binary).
+
+# The package under a booted systemd, in a Debian 12 VM (Debian's 6.1 kernel):
+# install, injection, masking, denial, approval, SIGKILL, broken reload,
+# restart and upgrade without a gap, reboot ordering. Fails with the guest's logs.
+echo "==> cargo xtask vm-test"
+cargo xtask vm-test 2>&1 | tee -a "$log"
+
+# One closing line for the whole run (cargo prints one per test binary; the
+# VM suite's checks count one each).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     /^vm-test: [0-9]+ checks passed, [0-9]+ failed/ { p += $2; f += $5 }
      END { printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
