@@ -288,9 +288,9 @@ pub fn run() -> Result<()> {
 
     step(12, "not in this build yet");
     println!(
-        "  the VM tests that install the package under a booted systemd (issue #6)\n  \
-         are not implemented yet; the units and the package are there and checked.\n  \
-         See README.md."
+        "  request bodies are not recorded (responses are, masked).\n  \
+         The package under a booted systemd (skills.slice, SIGKILL, reload,\n  \
+         upgrade, reboot) is proven by `cargo xtask vm-test`. See README.md."
     );
     daemon.kill();
     println!("\ndemo finished; cgroup, hooks and temporary files removed.");
