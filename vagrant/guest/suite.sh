@@ -324,6 +324,23 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
         interceptor sessions show "$first"
     check "audit log verifies after restarts" interceptor audit verify
 
+    # --- a daemon that cannot start keeps skills from starting --------------------------
+    # As after a boot with a broken config: no hooks anywhere, the daemon
+    # failing. The slice's gate must keep every skill from starting.
+    systemctl stop skills.slice interceptor-hooks.service interceptor.service
+    interceptor detach >/dev/null
+    cp /etc/interceptor/interceptor.toml /tmp/interceptor.toml.good
+    echo 'no_such_key = 1' >>/etc/interceptor/interceptor.toml
+    check "gate fails while the daemon cannot start" not systemctl start interceptor-hooks.service
+    check "a skill cannot start without the hooks" not skill "vm-skill-$((N += 1))" \
+        curl -sS --max-time 30 http://127.0.0.1:8080/v1/gate
+    check "...and never reached the upstream" not grep -q /v1/gate $UP/requests.log
+    cp /tmp/interceptor.toml.good /etc/interceptor/interceptor.toml
+    systemctl reset-failed interceptor.service interceptor-hooks.service 2>/dev/null
+    check "gate opens once the daemon runs" systemctl start interceptor-hooks.service
+    out=$(skill "vm-skill-$((N += 1))" curl -sS --max-time 60 http://127.0.0.1:8080/v1/gate 2>&1)
+    check "skills start again, intercepted" contains "$out" '"authorized": true'
+
     # --- arm the reboot check ----------------------------------------------------------------
     cat >/etc/systemd/system/vm-boot-skill.service <<EOF
 [Unit]
