@@ -257,13 +257,10 @@ fn boot(img: &Image, share: &Path, console: &Path) -> Result<Outcome> {
         for line in BufReader::new(out).split(b'\n') {
             let line = String::from_utf8_lossy(&line?).into_owned();
             writeln!(log, "{line}")?;
-            // The suite's lines and the kernel's complaints; the rest is in the log.
+            // The suite's lines (vm-suite.service echoes them to the console)
+            // and the kernel's complaints; the rest is in the log.
             let t = line.trim_start_matches(|c: char| c.is_control());
-            if t.contains("ok - ")
-                || t.starts_with("# ")
-                || t.contains("vm-runner")
-                || t.contains("Kernel panic")
-            {
+            if t.contains(" bash[") || t.contains("Kernel panic") || t.contains("Oops") {
                 eprintln!("guest| {t}");
             }
         }
