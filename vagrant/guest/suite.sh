@@ -332,8 +332,11 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     cp /etc/interceptor/interceptor.toml /tmp/interceptor.toml.good
     echo 'no_such_key = 1' >>/etc/interceptor/interceptor.toml
     check "gate fails while the daemon cannot start" not systemctl start interceptor-hooks.service
-    check "a skill cannot start without the hooks" not skill "vm-skill-$((N += 1))" \
-        curl -sS --max-time 30 http://127.0.0.1:8080/v1/gate
+    # (systemd-run --wait exits 0 for a unit whose start job failed: the
+    # marker tells whether the skill's process ever ran.)
+    rm -f /tmp/vm-gate-ran
+    skill "vm-skill-$((N += 1))" sh -c 'touch /tmp/vm-gate-ran; curl -sS --max-time 30 http://127.0.0.1:8080/v1/gate' >/dev/null 2>&1
+    check "a skill cannot start without the hooks" test ! -e /tmp/vm-gate-ran
     check "...and never reached the upstream" not grep -q /v1/gate $UP/requests.log
     cp /tmp/interceptor.toml.good /etc/interceptor/interceptor.toml
     systemctl reset-failed interceptor.service interceptor-hooks.service 2>/dev/null
