@@ -341,8 +341,9 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     cp /tmp/interceptor.toml.good /etc/interceptor/interceptor.toml
     systemctl reset-failed interceptor.service interceptor-hooks.service 2>/dev/null
     check "gate opens once the daemon runs" systemctl start interceptor-hooks.service
-    out=$(skill "vm-skill-$((N += 1))" curl -sS --max-time 60 http://127.0.0.1:8080/v1/gate 2>&1)
+    out=$(skill "vm-skill-$((N += 1))" sh -c 'touch /tmp/vm-gate-ran; curl -sS --max-time 60 http://127.0.0.1:8080/v1/gate' 2>&1)
     check "skills start again, intercepted" contains "$out" '"authorized": true'
+    check "...and the marker shows when a skill ran" test -e /tmp/vm-gate-ran
 
     # --- arm the reboot check ----------------------------------------------------------------
     cat >/etc/systemd/system/vm-boot-skill.service <<EOF
