@@ -85,6 +85,10 @@ pub struct RequestRecord {
     /// masked responses are recorded), up to the session's cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
+    /// The request body as it went upstream, after masking (only requests of
+    /// rules with `mask_request` are recorded), within the same cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,

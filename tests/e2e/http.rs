@@ -896,6 +896,17 @@ fn responses_are_masked_streaming_and_the_injected_secret_never_echoes() {
         sha256_str("note: ssn [REDACTED:ssn], mail [REDACTED:email]"),
         "{out}"
     );
+    // ...and recorded as it went upstream, masked.
+    let upload =
+        s.d.sessions()
+            .iter()
+            .flat_map(|x| s.d.requests(x["id"].as_u64().unwrap()))
+            .find(|r| r["path"] == "/pii-upload")
+            .expect("the upload's request record");
+    assert_eq!(
+        upload["request_body"], "note: ssn [REDACTED:ssn], mail [REDACTED:email]",
+        "{upload}"
+    );
     // The masked body is recorded (what the skill got), and replays.
     let pii_session = sessions
         .iter()

@@ -286,10 +286,9 @@ pub fn run() -> Result<()> {
         bail!("the recorded sessions lack the expected records");
     }
 
-    step(12, "not in this build yet");
+    step(12, "not shown here");
     println!(
-        "  request bodies are not recorded (responses are, masked).\n  \
-         The package under a booted systemd (skills.slice, SIGKILL, reload,\n  \
+        "  the package under a booted systemd (skills.slice, SIGKILL, reload,\n  \
          upgrade, reboot) is proven by `cargo xtask vm-test`. See README.md."
     );
     daemon.kill();

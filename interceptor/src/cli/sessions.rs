@@ -232,11 +232,12 @@ fn replay(d: &SessionDetail, speed: f64) -> Result<()> {
                     .map(|e| format!("  ({e})"))
                     .unwrap_or_default()
             )?;
-            if let Some(b) = &r.response_body {
-                for line in b.lines().take(40) {
+            // The request body (what went upstream) with ">", the response with "|".
+            for (mark, body) in [(">", &r.request_body), ("|", &r.response_body)] {
+                for line in body.iter().flat_map(|b| b.lines().take(40)) {
                     writeln!(
                         out,
-                        "             | {}",
+                        "             {mark} {}",
                         line.chars().take(200).collect::<String>()
                     )?;
                 }

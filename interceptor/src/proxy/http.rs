@@ -95,6 +95,7 @@ impl HttpConn {
             injected: None,
             masked: Default::default(),
             response_body: None,
+            request_body: None,
             status: 0,
             bytes_up: 0,
             bytes_down: 0,
@@ -279,7 +280,35 @@ impl HttpConn {
             .unwrap()
             .insert(u64::MAX - rec.seq, counts.clone());
         let masker = crate::masking::StreamMasker::new(profile, &[] as &[&str]);
-        Ok(crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts).boxed())
+        let capture = self.capture(u64::MAX - rec.seq);
+        Ok(
+            crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
+                .capture(capture)
+                .boxed(),
+        )
+    }
+
+    /// Where a masked body is kept for the record, under `key` (the request's
+    /// seq for its response, `u64::MAX - seq` for its request body), within
+    /// what the session's recording cap has left.
+    fn capture(&self, key: u64) -> crate::masking::body::Capture {
+        let room = self
+            .record_cap
+            .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize;
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        self.pending_bodies.lock().unwrap().insert(key, buf.clone());
+        crate::masking::body::Capture { buf, cap: room }
+    }
+
+    /// Takes a captured body for the record, counting it against the cap.
+    fn take_captured(&self, key: u64) -> Option<String> {
+        let b = self.pending_bodies.lock().unwrap().remove(&key)?;
+        let b = b.lock().unwrap();
+        if b.is_empty() {
+            return None;
+        }
+        self.recorded.fetch_add(b.len() as u64, Ordering::Relaxed);
+        Some(String::from_utf8_lossy(&b).into_owned())
     }
 
     /// Appends the request's decision to the hash-chained audit log.
@@ -507,19 +536,8 @@ impl HttpConn {
             .unwrap()
             .insert(rec.seq, counts.clone());
         // Record what the skill received (masked), within the session's cap.
-        let room = self
-            .record_cap
-            .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize;
-        let captured = Arc::new(std::sync::Mutex::new(Vec::new()));
-        self.pending_bodies
-            .lock()
-            .unwrap()
-            .insert(rec.seq, captured.clone());
         let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
-            .capture(crate::masking::body::Capture {
-                buf: captured,
-                cap: room,
-            });
+            .capture(self.capture(rec.seq));
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -580,13 +598,8 @@ impl HttpConn {
                 }
                 rec.masked.remove("request_body");
             }
-            if let Some(b) = self.pending_bodies.lock().unwrap().remove(&rec.seq) {
-                let b = b.lock().unwrap();
-                if !b.is_empty() {
-                    self.recorded.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    rec.response_body = Some(String::from_utf8_lossy(&b).into_owned());
-                }
-            }
+            rec.request_body = self.take_captured(u64::MAX - rec.seq);
+            rec.response_body = self.take_captured(rec.seq);
             self.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
             self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
             self.proxy.record_request(&rec);
