@@ -58,6 +58,8 @@ pub struct OidcFile {
     pub user_claim: Option<String>,
     pub groups_claim: Option<String>,
     pub leeway_s: Option<u64>,
+    /// Fetched signing keys are trusted this long, then refetched (600).
+    pub jwks_max_age_s: Option<u64>,
     /// Request header carrying `Bearer <jwt>` (removed before forwarding).
     pub header: Option<String>,
     /// Extra CAs to trust the issuer's HTTPS with (PEM files).

@@ -370,6 +370,9 @@ fn oidc_validator(cfg: &Config) -> Result<(Option<Arc<Validator>>, http::HeaderN
     if let Some(l) = o.leeway_s {
         oc.leeway = Duration::from_secs(l);
     }
+    if let Some(a) = o.jwks_max_age_s {
+        oc.max_key_age = Duration::from_secs(a);
+    }
     let tls = Arc::new(crate::tls::client_config(
         o.ca_files.as_deref().unwrap_or_default(),
     )?);

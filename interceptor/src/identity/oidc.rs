@@ -3,7 +3,10 @@
 //!
 //! Discovery and the JWKS are fetched lazily over HTTPS and cached. A token
 //! with an unknown `kid` triggers at most one JWKS refetch per
-//! `min_refresh_interval`, and only one fetch runs at a time.
+//! `min_refresh_interval`, and only one fetch runs at a time. Keys older than
+//! `max_key_age` are refetched before use, so a key the provider withdrew
+//! (rotated out, compromised) stops validating tokens; if that refetch fails,
+//! tokens are refused until it succeeds (fail closed, never stale keys).
 //!
 //! We do not use the `openidconnect` crate: its dependency tree (reqwest,
 //! oauth2, an RSA stack, ...) is too heavy for this project, and what we need
@@ -51,11 +54,13 @@ pub struct OidcConfig {
     pub leeway: Duration,
     /// An unknown `kid` refetches the JWKS at most this often.
     pub min_refresh_interval: Duration,
+    /// Fetched keys are trusted this long; then the JWKS is fetched again.
+    pub max_key_age: Duration,
 }
 
 impl OidcConfig {
     /// A config with the defaults: user from `sub`, groups from `groups`,
-    /// 30 s leeway, 30 s between JWKS refetches.
+    /// 30 s leeway, 30 s between JWKS refetches, keys trusted for 10 min.
     pub fn new(issuer: impl Into<String>, audiences: Vec<String>) -> OidcConfig {
         OidcConfig {
             issuer: issuer.into(),
@@ -64,6 +69,7 @@ impl OidcConfig {
             groups_claim: "groups".into(),
             leeway: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(30),
+            max_key_age: Duration::from_secs(600),
         }
     }
 }
@@ -145,6 +151,7 @@ struct RefreshState {
 /// The verification keys of one JWKS fetch.
 struct KeySet {
     keys: Vec<SigningKey>,
+    fetched: Instant,
 }
 
 struct SigningKey {
@@ -174,6 +181,12 @@ impl Validator {
         }
         if cfg.user_claim.is_empty() || cfg.groups_claim.is_empty() {
             bail!("OIDC: user_claim and groups_claim must not be empty");
+        }
+        if cfg.max_key_age < cfg.min_refresh_interval {
+            bail!(
+                "OIDC: jwks_max_age_s is at least {} s (keys could not be refetched in time)",
+                cfg.min_refresh_interval.as_secs()
+            );
         }
         if cfg.leeway > MAX_LEEWAY {
             bail!("OIDC: leeway is at most {} s", MAX_LEEWAY.as_secs());
@@ -226,7 +239,9 @@ impl Validator {
     /// if the kid is unknown and the rate limit allows a fetch. The caller
     /// still has to look the kid up: rate-limited or not, it may be missing.
     async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<KeySet>, TokenError> {
-        let satisfies = |keys: &KeySet| kid.is_none_or(|k| keys.has_kid(k));
+        let satisfies = |keys: &KeySet| {
+            keys.fetched.elapsed() < self.cfg.max_key_age && kid.is_none_or(|k| keys.has_kid(k))
+        };
         if let Some(keys) = self.cached_keys()
             && satisfies(&keys)
         {
@@ -240,11 +255,19 @@ impl Validator {
         {
             return Ok(keys.clone());
         }
+        let expired = cached
+            .as_ref()
+            .is_some_and(|k| k.fetched.elapsed() >= self.cfg.max_key_age);
         if let Some(at) = state.last_attempt
             && at.elapsed() < self.cfg.min_refresh_interval
         {
-            return cached.ok_or_else(|| {
-                let cause = state.last_error.as_deref().unwrap_or("no keys yet");
+            // Expired keys are not used while a refetch waits: fail closed.
+            return cached.filter(|_| !expired).ok_or_else(|| {
+                let cause = state.last_error.as_deref().unwrap_or(if expired {
+                    "the cached keys expired"
+                } else {
+                    "no keys yet"
+                });
                 TokenError::JwksUnavailable(format!("{cause} (retrying later)"))
             });
         }
@@ -563,7 +586,10 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     if keys.is_empty() {
         return Err("no usable signature keys".into());
     }
-    Ok(KeySet { keys })
+    Ok(KeySet {
+        keys,
+        fetched: Instant::now(),
+    })
 }
 
 /// Asymmetric keys of a type and curve we verify, not marked for encryption.
@@ -1356,6 +1382,47 @@ mod tests {
         // rate-limited).
         refused(&v, &old.sign(&idp.claims()), "unknown_key").await;
         assert_eq!(v.jwks_fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn keys_expire_and_a_failed_refetch_fails_closed() {
+        let key = TestKey::es256("k1");
+        let idp = Idp::start(&[&key]).await;
+        let mut cfg = idp.config();
+        cfg.min_refresh_interval = Duration::from_millis(200);
+        cfg.max_key_age = Duration::from_millis(1000);
+        let v = idp.validator(cfg);
+        let token = key.sign(&idp.claims());
+        v.validate(&token).await.unwrap();
+        v.validate(&token).await.unwrap();
+        assert_eq!(v.jwks_fetches(), 1);
+
+        // The provider withdraws the key (say it leaked). No unknown kid
+        // prompts a refetch: the keys' age does, and the old key is gone.
+        let next = TestKey::es256("k2");
+        idp.publish(&[&next]);
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        refused(&v, &token, "unknown_key").await;
+        assert_eq!(v.jwks_fetches(), 2);
+        v.validate(&next.sign(&idp.claims())).await.unwrap();
+
+        // The provider's JWKS breaks: once the keys expire, tokens are
+        // refused rather than checked against stale keys, also while the
+        // refetch is rate-limited.
+        *idp.state.jwks.lock().unwrap() = json!({"keys": "broken"});
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        refused(&v, &next.sign(&idp.claims()), "jwks_unavailable").await;
+        refused(&v, &next.sign(&idp.claims()), "jwks_unavailable").await;
+
+        // It recovers: tokens validate again.
+        idp.publish(&[&next]);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        v.validate(&next.sign(&idp.claims())).await.unwrap();
+
+        // A key age shorter than the refetch interval is refused up front.
+        let mut cfg = idp.config();
+        cfg.max_key_age = Duration::from_secs(10);
+        assert!(Validator::new(cfg, idp.client_tls()).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
