@@ -105,13 +105,13 @@ pub fn explain(e: Explain) -> Result<()> {
         None => println!("rule:     none matched (default deny)"),
     }
     println!("reason:   {}", d.reason);
-    if let Some(c) = &d.inject {
+    if let Some(c) = &d.effects.inject {
         println!("inject:   credential {c}");
     }
-    if let Some(m) = d.max_body {
+    if let Some(m) = d.effects.max_body {
         println!("max_body: {m} bytes");
     }
-    if d.require_user {
+    if d.effects.require_user {
         println!("requires: a user token");
     }
     if guessed {

@@ -1,6 +1,6 @@
 //! Policy files: parse, validate, and point at the exact place of every error.
 use super::time_window::TimeWindow;
-use super::{Action, Credential, Destination, Placement, Policy, Rule, TlsMode};
+use super::{Action, Credential, Destination, Effects, Placement, Policy, Rule, TlsMode};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -503,25 +503,27 @@ impl Parser<'_> {
             groups,
             action,
             reason: r.reason,
-            inject: r.inject.map(|i| i.into_inner()),
-            mask_request: match &r.mask_request {
-                Some(m) if *m.get_ref() && r.mask.is_none() => {
-                    self.push(
-                        m.span().start,
-                        "mask_request needs a mask profile (mask = \"NAME\")".into(),
-                    );
-                    false
-                }
-                Some(m) => *m.get_ref(),
-                None => false,
+            effects: Effects {
+                inject: r.inject.map(|i| i.into_inner()),
+                mask_request: match &r.mask_request {
+                    Some(m) if *m.get_ref() && r.mask.is_none() => {
+                        self.push(
+                            m.span().start,
+                            "mask_request needs a mask profile (mask = \"NAME\")".into(),
+                        );
+                        false
+                    }
+                    Some(m) => *m.get_ref(),
+                    None => false,
+                },
+                mask: r.mask.map(|m| m.into_inner()),
+                max_body,
+                require_user: r.require_user,
+                tls,
+                approval,
             },
-            mask: r.mask.map(|m| m.into_inner()),
-            max_body,
-            require_user: r.require_user,
-            tls,
-            approval,
         };
-        if rule.tls == TlsMode::Passthrough && rule.needs_request() {
+        if rule.effects.tls == TlsMode::Passthrough && rule.needs_request() {
             let at = r.tls.as_ref().map_or(0, |t| t.span().start);
             self.push(
                 at,

@@ -95,6 +95,14 @@ pub struct Rule {
     groups: Option<Vec<String>>,
     pub action: Action,
     pub reason: Option<String>,
+    pub effects: Effects,
+}
+
+/// What a rule does besides allowing or denying; its decision carries them
+/// unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effects {
+    /// The credential to inject.
     pub inject: Option<String>,
     /// A `[mask.NAME]` profile for the responses.
     pub mask: Option<String>,
@@ -104,6 +112,20 @@ pub struct Rule {
     pub require_user: bool,
     pub tls: TlsMode,
     pub approval: Option<ApprovalSpec>,
+}
+
+impl Default for Effects {
+    fn default() -> Self {
+        Effects {
+            inject: None,
+            mask: None,
+            mask_request: false,
+            max_body: None,
+            require_user: false,
+            tls: TlsMode::Intercept,
+            approval: None,
+        }
+    }
 }
 
 /// One HTTP request as policy sees it.
@@ -136,13 +158,7 @@ pub struct Decision {
     /// The rule that decided; `None` for the default deny.
     pub rule: Option<String>,
     pub reason: String,
-    pub inject: Option<String>,
-    pub mask: Option<String>,
-    pub mask_request: bool,
-    pub max_body: Option<u64>,
-    pub require_user: bool,
-    pub tls: TlsMode,
-    pub approval: Option<ApprovalSpec>,
+    pub effects: Effects,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,10 +211,10 @@ impl Rule {
             || !self.headers.is_empty()
             || self.users.is_some()
             || self.groups.is_some()
-            || self.inject.is_some()
-            || self.mask.is_some()
-            || self.max_body.is_some()
-            || self.require_user
+            || self.effects.inject.is_some()
+            || self.effects.mask.is_some()
+            || self.effects.max_body.is_some()
+            || self.effects.require_user
             || self.action == Action::Approve
     }
 
@@ -276,13 +292,7 @@ impl Rule {
             action: self.action,
             rule: Some(self.id.clone()),
             reason,
-            inject: self.inject.clone(),
-            mask: self.mask.clone(),
-            mask_request: self.mask_request,
-            max_body: self.max_body,
-            require_user: self.require_user,
-            tls: self.tls,
-            approval: self.approval,
+            effects: self.effects.clone(),
         }
     }
 }
@@ -293,13 +303,7 @@ impl Decision {
             action: Action::Deny,
             rule: None,
             reason: "no rule matched (default deny)".into(),
-            inject: None,
-            mask: None,
-            mask_request: false,
-            max_body: None,
-            require_user: false,
-            tls: TlsMode::Intercept,
-            approval: None,
+            effects: Effects::default(),
         }
     }
 

@@ -189,7 +189,7 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
     s.sni = Some("pinned.example.org");
     let d = decided(p.decide(&s));
     assert_eq!(
-        (d.rule.as_deref(), d.tls),
+        (d.rule.as_deref(), d.effects.tls),
         (Some("pinned"), TlsMode::Passthrough)
     );
     // The request decides the rest.
@@ -211,7 +211,11 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
     };
     let d = at("GET", "/repos/x/y", None);
     assert_eq!(
-        (d.rule.as_deref(), d.inject.as_deref(), d.max_body),
+        (
+            d.rule.as_deref(),
+            d.effects.inject.as_deref(),
+            d.effects.max_body
+        ),
         (Some("gh-read"), Some("github"), Some(1024))
     );
     assert_eq!(at("POST", "/repos/x/y", None).rule, None);

@@ -140,7 +140,7 @@ impl HttpConn {
     /// Holds the request until an approver decides, or the rule's timeout.
     async fn await_approval(&self, rec: &mut RequestRecord, d: &Decision) -> Result<(), Refusal> {
         use crate::approval::{Approval, Outcome, State};
-        let spec = d.approval.expect("approve rules carry their spec");
+        let spec = d.effects.approval.expect("approve rules carry their spec");
         let rule = d.rule.clone().unwrap_or_default();
         let store = &self.proxy.store;
         let now = store::now_ms();
@@ -259,6 +259,7 @@ impl HttpConn {
         rec: &mut RequestRecord,
     ) -> Result<ReqBody, Refusal> {
         let profile = decision
+            .effects
             .mask
             .as_ref()
             .and_then(|m| self.proxy.policy().masks.get(m).cloned());
@@ -388,14 +389,14 @@ impl HttpConn {
             // Held before anything is injected or sent upstream.
             self.await_approval(rec, &decision).await?;
         }
-        if decision.require_user && user.is_none() {
+        if decision.effects.require_user && user.is_none() {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "user_token_required",
                 "this rule requires a user token (Proxy-Authorization: Bearer ...)",
             ));
         }
-        if let (Some(max), Some(len)) = (decision.max_body, content_length(req))
+        if let (Some(max), Some(len)) = (decision.effects.max_body, content_length(req))
             && len > max
         {
             return Err(Refusal::too_large(max, &decision));
@@ -403,7 +404,7 @@ impl HttpConn {
 
         strip_hop_by_hop(req.headers_mut());
         let mut injected = Vec::new();
-        if let Some(name) = &decision.inject {
+        if let Some(name) = &decision.effects.inject {
             let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
                 Refusal::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -440,11 +441,11 @@ impl HttpConn {
             injected,
         } = admitted;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let max_body = decision.max_body;
+        let max_body = decision.effects.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
         let (mut parts, body) = req.into_parts();
         let mut body: ReqBody = LimitedBody::new(body, max_body, up_count.clone()).boxed();
-        if decision.mask_request {
+        if decision.effects.mask_request {
             body = self.mask_request_body(&mut parts, body, &decision, rec)?;
         }
         let mut upstream_req = Request::from_parts(parts, body);
@@ -501,6 +502,7 @@ impl HttpConn {
         let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
         // mask
         let profile = decision
+            .effects
             .mask
             .as_ref()
             .and_then(|m| self.proxy.policy().masks.get(m).cloned());

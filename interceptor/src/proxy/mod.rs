@@ -185,7 +185,7 @@ impl Proxy {
                     Verdict::Decided(d) if d.action == Action::Deny => {
                         self.refuse(conn, session, &d).await
                     }
-                    Verdict::Decided(d) if d.tls == TlsMode::Passthrough => {
+                    Verdict::Decided(d) if d.effects.tls == TlsMode::Passthrough => {
                         session.protocol = "tls-passthrough".into();
                         self.forward_opaque(conn, session, &d).await
                     }
