@@ -100,6 +100,15 @@ path = "/expire/**"
 action = "approve"
 approval_timeout = "1s"
 
+# A guardrail on bodies: read before deciding, never forwarded when it matches.
+[[rule]]
+id = "no-destructive-sql"
+host = ["api.test", "127.0.0.1"]
+path = "/sql"
+body_regex = ['(?i)\bdrop\s+table\b', '(?i)\btruncate\b']
+action = "deny"
+reason = "destructive SQL is off limits to skills"
+
 [[rule]]
 id = "api"
 workload = "{cg}"
@@ -298,6 +307,74 @@ fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
     );
     let sess = s.d.wait_session(|x| x["protocol"] == "tls");
     let _ = sess;
+}
+
+#[test]
+fn body_guardrails_read_the_body_before_deciding() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("bodyrx");
+    let before = s.tls_up.requests();
+    let code_of = |extra: &[&str]| {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        s.curl(&args).1
+    };
+    // Destructive SQL in the body: refused by the proxy, never sent upstream,
+    // whether the body comes with a length or chunked.
+    let sql = "select 1; DROP  TABLE users;";
+    let (_, out, _) = s.curl(&["-w", "\n%{http_code}", "--data-binary", sql, &s.url("/sql")]);
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!(code, "403", "{out}");
+    assert_eq!(json(body)["rule"], "no-destructive-sql");
+    let chunked = [
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        "TRUNCATE t",
+    ];
+    assert_eq!(
+        code_of(&[&chunked[..], &[s.url("/sql").as_str()]].concat()),
+        "403"
+    );
+    // A harmless body goes on, intact, with the credential.
+    let harmless = "select name from users where id = 7 -- dropped tables: none";
+    let (ok, out, err) = s.curl(&["--data-binary", harmless, &s.url("/sql")]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["body_sha256"], sha256_str(harmless), "{out}");
+    assert_eq!(
+        json(&out)["headers"]["authorization"],
+        sha256_str(&format!("Bearer {GH_SECRET}"))
+    );
+    // What cannot be inspected is refused, not passed unread: another
+    // encoding, or a body over the 1 MiB inspection limit.
+    let gz = ["-H", "Content-Encoding: gzip", "--data-binary", "xx"];
+    assert_eq!(
+        code_of(&[&gz[..], &[s.url("/sql").as_str()]].concat()),
+        "415"
+    );
+    let big = s.cfg.dir.join("big-body");
+    std::fs::write(&big, "a".repeat((1 << 20) + 10)).unwrap();
+    let at = format!("@{}", big.display());
+    let url = s.url("/sql");
+    for extra in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let args = [extra, &["--data-binary", &at, &url]].concat();
+        assert_eq!(code_of(&args), "413");
+    }
+    // Only the harmless request reached the upstream.
+    assert_eq!(s.tls_up.requests() - before, 1);
+    // The decisions are recorded with the rule that made them.
+    let rules: Vec<Value> =
+        s.d.sessions()
+            .iter()
+            .flat_map(|x| s.d.requests(x["id"].as_u64().unwrap()))
+            .map(|r| r["rule"].clone())
+            .collect();
+    assert!(
+        rules.iter().filter(|r| *r == "no-destructive-sql").count() >= 2,
+        "{rules:?}"
+    );
 }
 
 #[test]

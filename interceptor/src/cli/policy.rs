@@ -25,6 +25,9 @@ pub struct Explain {
     /// Destination address the workload dialled [default: the URL's host when it is an IP]
     #[arg(long, value_name = "IP:PORT")]
     dst: Option<SocketAddr>,
+    /// The request body, for rules with body_regex [default: empty]
+    #[arg(long)]
+    body: Option<String>,
     /// Evaluate at this time (RFC 3339) instead of now
     #[arg(long)]
     at: Option<String>,
@@ -87,6 +90,7 @@ pub fn explain(e: Explain) -> Result<()> {
         path: &path,
         headers: &headers,
         user: user.as_ref(),
+        body: Some(e.body.as_deref().unwrap_or("").as_bytes()),
     };
     let d = policy.decide_final(&Subject {
         workload: e.workload.trim_start_matches('/'),

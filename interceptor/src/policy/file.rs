@@ -74,6 +74,8 @@ struct RuleDoc {
     method: Option<Spanned<OneOrMany>>,
     path: Option<Spanned<OneOrMany>>,
     path_regex: Option<Spanned<String>>,
+    /// Regexes over the request body; any match matches.
+    body_regex: Option<Spanned<OneOrMany>>,
     headers: Option<Spanned<BTreeMap<String, String>>>,
     user: Option<Spanned<OneOrMany>>,
     groups: Option<Spanned<OneOrMany>>,
@@ -396,6 +398,13 @@ impl Parser<'_> {
                 .map_err(|e| self.push(p.span().start, format!("path_regex: {e}")))
                 .ok()
         });
+        let body_regex = r.body_regex.as_ref().and_then(|b| {
+            regex::bytes::RegexSetBuilder::new(b.get_ref().items())
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| self.push(b.span().start, format!("body_regex: {e}")))
+                .ok()
+        });
         let mut headers = Vec::new();
         if let Some(h) = &r.headers {
             for (name, value) in h.get_ref() {
@@ -498,6 +507,7 @@ impl Parser<'_> {
             methods,
             paths,
             path_regex,
+            body_regex,
             headers,
             users,
             groups,
@@ -698,6 +708,16 @@ mod tests {
         e.iter()
             .map(|e| e.to_string().split_once("/p.toml:").unwrap().1.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_bad_body_regex_is_an_error_at_its_line() {
+        let e = errors("[[rule]]\nid = \"a\"\naction = \"deny\"\nbody_regex = ['(unclosed']\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("4:") && e[0].contains("body_regex"),
+            "{e:?}"
+        );
     }
 
     #[test]

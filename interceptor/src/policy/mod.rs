@@ -88,6 +88,8 @@ pub struct Rule {
     methods: Option<Vec<String>>,
     paths: Option<GlobSet>,
     path_regex: Option<regex::Regex>,
+    /// Over the request body (read up to [`BODY_INSPECT_MAX`] first).
+    body_regex: Option<regex::bytes::RegexSet>,
     /// Lower-case header name → value glob (all must match).
     headers: Vec<(String, globset::GlobMatcher)>,
     users: Option<GlobSet>,
@@ -136,7 +138,13 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
     pub headers: &'a http::HeaderMap,
     pub user: Option<&'a User>,
+    /// The body, once read: rules with `body_regex` wait for it.
+    pub body: Option<&'a [u8]>,
 }
+
+/// Request bodies a `body_regex` rule needs are read up to this size before
+/// the decision; a larger one cannot be inspected and is refused.
+pub const BODY_INSPECT_MAX: u64 = 1 << 20;
 
 /// What is known about a connection at the current stage.
 pub struct Subject<'a> {
@@ -208,6 +216,7 @@ impl Rule {
         self.methods.is_some()
             || self.paths.is_some()
             || self.path_regex.is_some()
+            || self.body_regex.is_some()
             || !self.headers.is_empty()
             || self.users.is_some()
             || self.groups.is_some()
@@ -247,7 +256,7 @@ impl Rule {
             let Some(r) = s.request else {
                 return M::Unknown;
             };
-            M::of(self.request_matches(r))
+            self.request_matches(r)
         };
         let m = l4.and(host).and(request);
         if m == M::Unknown && s.last_stage {
@@ -257,7 +266,16 @@ impl Rule {
         }
     }
 
-    fn request_matches(&self, r: &RequestInfo) -> bool {
+    fn request_matches(&self, r: &RequestInfo) -> M {
+        let body = || match (&self.body_regex, r.body) {
+            (None, _) => M::Yes,
+            (Some(_), None) => M::Unknown,
+            (Some(set), Some(b)) => M::of(set.is_match(b)),
+        };
+        M::of(self.request_head_matches(r)).and(body)
+    }
+
+    fn request_head_matches(&self, r: &RequestInfo) -> bool {
         self.methods
             .as_ref()
             .is_none_or(|ms| ms.iter().any(|m| m == r.method))

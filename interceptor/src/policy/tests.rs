@@ -206,6 +206,7 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
             path,
             headers: &headers,
             user,
+            body: None,
         };
         decide_request(&p, "skills.slice/a", "140.82.112.5:443", &r)
     };
@@ -230,4 +231,43 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
     s.now = "2026-01-05T17:30:00Z".parse().unwrap();
     s.last_stage = true;
     assert_eq!(p.decide_final(&s).rule, None);
+}
+
+#[test]
+fn body_rules_wait_for_the_body_then_match_it() {
+    let p = policy(
+        "[[rule]]\nid = \"no-drop\"\nbody_regex = ['(?i)drop\\s+table']\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"rest\"\naction = \"allow\"\n",
+    );
+    let headers = http::HeaderMap::new();
+    let r = |body: Option<&'static [u8]>| RequestInfo {
+        host: "db.test",
+        method: "POST",
+        path: "/query",
+        headers: &headers,
+        user: None,
+        body,
+    };
+    let verdict = |body, last_stage| {
+        let info = r(body);
+        let mut s = conn("skills.slice/a", "10.0.0.1:443");
+        s.request = Some(&info);
+        s.last_stage = last_stage;
+        p.decide(&s)
+    };
+    // Without the body the rule cannot be decided: the proxy reads it first.
+    assert_eq!(verdict(None, false), Verdict::NeedsInspection);
+    let d = decided(verdict(Some(b"select 1; DROP   TABLE users"), true));
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Deny, Some("no-drop"))
+    );
+    let d = decided(verdict(Some(b"select 1"), true));
+    assert_eq!(d.rule.as_deref(), Some("rest"));
+    // Non-UTF-8 bodies are matched as bytes.
+    let d = decided(verdict(Some(b"\xff\xfe drop table x"), true));
+    assert_eq!(d.rule.as_deref(), Some("no-drop"));
+    // Connections are not decided by a rule that needs a body.
+    let s = conn("skills.slice/a", "10.0.0.1:443");
+    assert_eq!(p.decide(&s), Verdict::NeedsInspection);
 }

@@ -5,7 +5,9 @@ use super::body::{LimitedBody, TrackedBody};
 use super::upstream::{BoxError, Key, ReqBody};
 use crate::credentials::Secret;
 use crate::identity::oidc::User;
-use crate::policy::{Action, Credential, Decision, Placement, RequestInfo, Subject};
+use crate::policy::{
+    Action, BODY_INSPECT_MAX, Credential, Decision, Placement, RequestInfo, Subject, Verdict,
+};
 use crate::store::{self, RequestRecord};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -20,6 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// What policy sees of a request besides its headers and body.
+struct RequestHead<'a> {
+    host: &'a str,
+    method: &'a str,
+    path: &'a str,
+    user: Option<&'a User>,
+}
 
 /// One intercepted connection.
 pub struct HttpConn {
@@ -329,10 +339,12 @@ impl HttpConn {
     /// attribute → decide → inject → forward, for one request.
     async fn exchange(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         rec: &mut RequestRecord,
     ) -> Result<Response<RespBody>, Refusal> {
         let upgrade = upgrade_of(&req);
+        // Boxed, so a body read for inspection can be put back as bytes.
+        let mut req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
         let admitted = match self.admit(&mut req, rec).await {
             Ok(d) => d,
             Err(refusal) => {
@@ -348,7 +360,7 @@ impl HttpConn {
     /// attribute → decide → inject: everything before a byte goes upstream.
     async fn admit(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ReqBody>,
         rec: &mut RequestRecord,
     ) -> Result<Admitted, Refusal> {
         let host = self.host_of(req)?;
@@ -359,21 +371,24 @@ impl HttpConn {
         let policy = self.proxy.policy();
         let path = req.uri().path().to_string();
         let method = req.method().as_str().to_string();
-        let info = RequestInfo {
+        let head = RequestHead {
             host: &host,
             method: &method,
             path: &path,
-            headers: req.headers(),
             user: user.as_ref(),
         };
-        let decision = policy.decide_final(&Subject {
-            workload: &self.workload,
-            destination: self.destination,
-            now: self.proxy.clock.now(),
-            sni: self.sni.as_deref(),
-            request: Some(&info),
-            last_stage: true,
-        });
+        // A rule that could match needs the body (body_regex): read it, then
+        // decide for good.
+        let decision = match self.decide(&policy, &head, req.headers(), None) {
+            Verdict::Decided(d) => d,
+            Verdict::NeedsInspection => {
+                let body = read_for_inspection(req).await?;
+                match self.decide(&policy, &head, req.headers(), Some(&body)) {
+                    Verdict::Decided(d) => d,
+                    Verdict::NeedsInspection => Decision::default_deny(),
+                }
+            }
+        };
         rec.decision = decision.action;
         rec.rule = decision.rule.clone();
         rec.reason = decision.reason.clone();
@@ -427,10 +442,37 @@ impl HttpConn {
         })
     }
 
+    /// The policy's verdict on one request; without its body, rules that
+    /// need the body leave it undecided.
+    fn decide(
+        &self,
+        policy: &crate::policy::Policy,
+        head: &RequestHead,
+        headers: &http::HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Verdict {
+        let info = RequestInfo {
+            host: head.host,
+            method: head.method,
+            path: head.path,
+            headers,
+            user: head.user,
+            body,
+        };
+        policy.decide(&Subject {
+            workload: &self.workload,
+            destination: self.destination,
+            now: self.proxy.clock.now(),
+            sni: self.sni.as_deref(),
+            request: Some(&info),
+            last_stage: body.is_some(),
+        })
+    }
+
     /// forward: stream the request upstream, the response back.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ReqBody>,
         rec: &mut RequestRecord,
         admitted: Admitted,
         upgrade: Option<HeaderValue>,
@@ -611,7 +653,7 @@ impl HttpConn {
 
     /// The host the request is for. Inside TLS it must be the name the
     /// upstream certificate is verified for (no domain fronting).
-    fn host_of(&self, req: &Request<Incoming>) -> Result<String, Refusal> {
+    fn host_of<B>(&self, req: &Request<B>) -> Result<String, Refusal> {
         let claimed = req
             .uri()
             .authority()
@@ -636,7 +678,7 @@ impl HttpConn {
     }
 
     /// Validates and removes the user token (never forwarded).
-    async fn user_of(&self, req: &mut Request<Incoming>) -> Result<Option<User>, Refusal> {
+    async fn user_of<B>(&self, req: &mut Request<B>) -> Result<Option<User>, Refusal> {
         let header = self.proxy.user_header.clone();
         let Some(value) = req.headers_mut().remove(&header) else {
             return Ok(None);
@@ -670,8 +712,64 @@ impl HttpConn {
     }
 }
 
+/// Reads the body a `body_regex` rule needs (identity-encoded, at most
+/// BODY_INSPECT_MAX) and puts it back for forwarding. What cannot be
+/// inspected is refused: a guardrail on bodies never passes one unread.
+async fn read_for_inspection(req: &mut Request<ReqBody>) -> Result<Bytes, Refusal> {
+    let uninspectable = |status, why: String| {
+        Refusal::new(
+            status,
+            "uninspectable_request",
+            &format!("a policy rule inspects this request's body, and {why}"),
+        )
+    };
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(uninspectable(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("its Content-Encoding {enc:?} cannot be inspected"),
+        ));
+    }
+    let too_large = || {
+        uninspectable(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("it is over the inspection limit of {BODY_INSPECT_MAX} bytes"),
+        )
+    };
+    if content_length(req).is_some_and(|n| n > BODY_INSPECT_MAX) {
+        return Err(too_large());
+    }
+    let empty = http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed();
+    let mut body = std::mem::replace(req.body_mut(), empty);
+    // (Trailers, rare on requests, are not kept.)
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                &format!("reading the request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > BODY_INSPECT_MAX {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    let bytes = buf.freeze();
+    *req.body_mut() = Full::new(bytes.clone())
+        .map_err(|never| match never {})
+        .boxed();
+    Ok(bytes)
+}
+
 /// Reads and discards up to 1 MiB or 2 s of a refused request's body.
-async fn drain(mut body: Incoming) {
+async fn drain<B: hyper::body::Body<Data = Bytes> + Unpin>(mut body: B) {
     let limit = 1 << 20;
     let mut seen = 0usize;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -742,8 +840,8 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
 /// caller put there, so a skill can neither see nor choose the secret.
 /// Returns every form of the secret the upstream receives, so an echo of
 /// any of them is masked in the response.
-fn inject(
-    req: &mut Request<Incoming>,
+fn inject<B>(
+    req: &mut Request<B>,
     cred: &Credential,
     secret: &Secret,
 ) -> Result<Vec<Zeroizing<String>>, Refusal> {
