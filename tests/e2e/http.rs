@@ -347,6 +347,15 @@ fn body_guardrails_read_the_body_before_deciding() {
         json(&out)["headers"]["authorization"],
         sha256_str(&format!("Bearer {GH_SECRET}"))
     );
+    let (ok, out, err) = s.curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        harmless,
+        &s.url("/sql"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["body_sha256"], sha256_str(harmless), "{out}");
     // What cannot be inspected is refused, not passed unread: another
     // encoding, or a body over the 1 MiB inspection limit.
     let gz = ["-H", "Content-Encoding: gzip", "--data-binary", "xx"];
@@ -362,8 +371,8 @@ fn body_guardrails_read_the_body_before_deciding() {
         let args = [extra, &["--data-binary", &at, &url]].concat();
         assert_eq!(code_of(&args), "413");
     }
-    // Only the harmless request reached the upstream.
-    assert_eq!(s.tls_up.requests() - before, 1);
+    // Only the harmless requests reached the upstream.
+    assert_eq!(s.tls_up.requests() - before, 2);
     // The decisions are recorded with the rule that made them.
     let rules: Vec<Value> =
         s.d.sessions()
