@@ -279,7 +279,16 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/items 2>&1)
     check "old policy still in force" contains "$out" '"authorized": true'
     rm /etc/interceptor/policies/60-broken.toml
+    # A valid change applies on reload, to new requests.
+    printf '[[rule]]\nid = "vm-freeze"\nhost = "upstream.vm.test"\npath = "/v1/items"\naction = "deny"\n' \
+        >/etc/interceptor/policies/40-freeze.toml
+    check "systemctl reload with a valid policy" systemctl reload interceptor.service
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/v1/items 2>&1)
+    check "the reloaded policy applies" contains "$out" 403
+    rm /etc/interceptor/policies/40-freeze.toml
     systemctl reload interceptor.service
+    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/items 2>&1)
+    check "...and is lifted by the next reload" contains "$out" '"authorized": true'
 
     # --- SIGKILL: fail closed, then systemd restarts it --------------------------------
     local before
