@@ -66,6 +66,10 @@ wait_for() {
     done
     "$@"
 }
+# items_status_is CODE: a skill's GET /v1/items is answered with CODE.
+items_status_is() {
+    [ "$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/v1/items 2>&1)" = "$1" ]
+}
 sessions_json() { interceptor sessions list --json --limit 100000 "$@"; }
 # py EXPR: evaluates a Python expression over the JSON on stdin (as `d`).
 py() { python3 -c "import json,sys; d=json.load(sys.stdin); r=($1); print(r); sys.exit(0 if r else 1)"; }
@@ -283,12 +287,10 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     printf '[[rule]]\nid = "vm-freeze"\nhost = "upstream.vm.test"\npath = "/v1/items"\naction = "deny"\n' \
         >/etc/interceptor/policies/40-freeze.toml
     check "systemctl reload with a valid policy" systemctl reload interceptor.service
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/v1/items 2>&1)
-    check "the reloaded policy applies" contains "$out" 403
+    check "the reloaded policy applies" wait_for 30 items_status_is 403
     rm /etc/interceptor/policies/40-freeze.toml
     systemctl reload interceptor.service
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/items 2>&1)
-    check "...and is lifted by the next reload" contains "$out" '"authorized": true'
+    check "...and is lifted by the next reload" wait_for 30 items_status_is 200
 
     # --- SIGKILL: fail closed, then systemd restarts it --------------------------------
     local before
