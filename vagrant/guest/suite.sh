@@ -68,7 +68,8 @@ wait_for() {
 }
 # items_status_is CODE: a skill's GET /v1/items is answered with CODE.
 items_status_is() {
-    [ "$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/v1/items 2>&1)" = "$1" ]
+    local unit="vm-skill-$((N += 1))"
+    [ "$(skill "$unit" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/v1/items 2>&1)" = "$1" ]
 }
 sessions_json() { interceptor sessions list --json --limit 100000 "$@"; }
 # py EXPR: evaluates a Python expression over the JSON on stdin (as `d`).
