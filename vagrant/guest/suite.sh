@@ -227,17 +227,22 @@ phase_main() {
 
     # --- injection, masking, denial --------------------------------------------
     local out
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -H 'Authorization: Bearer guessed-by-skill' $API/v1/items 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" "${CURL[@]}" -H 'Authorization: Bearer guessed-by-skill' $API/v1/items 2>&1)
     check "injection: the upstream saw the real token" contains "$out" '"authorized": true'
     check "injection: the skill never sees the token" lacks "$out" "$token"
-    out=$(skill "vm-skill-$((N += 1))" cat /etc/interceptor/credentials/vm-api 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" cat /etc/interceptor/credentials/vm-api 2>&1)
     check "the skill cannot read the credential file" lacks "$out" "$token"
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/customers 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" "${CURL[@]}" $API/v1/customers 2>&1)
     check "masking: email masked" lacks "$out" "ann.lee@example.com"
     check "masking: card masked to its last 4" masked_card "$out"
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/debug 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" "${CURL[@]}" $API/v1/debug 2>&1)
     check "masking: an echoed credential is redacted" lacks "$out" "$token"
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/admin/users 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" "${CURL[@]}" -w '%{http_code}' -o /dev/null $API/admin/users 2>&1)
     check "denied request answered 403" contains "$out" 403
     check "denied request never reached the upstream" sh -c "! grep -q '/admin' $UP/requests.log"
     check "denied destination refused at connect" \
@@ -281,7 +286,8 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     check "broken policy rejected with file:line" wait_for 30 sh -c \
         "journalctl -u interceptor --since '$since' --no-pager | grep -q '60-broken.toml:3'"
     check "service still active" active interceptor.service
-    out=$(skill "vm-skill-$((N += 1))" "${CURL[@]}" $API/v1/items 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" "${CURL[@]}" $API/v1/items 2>&1)
     check "old policy still in force" contains "$out" '"authorized": true'
     rm /etc/interceptor/policies/60-broken.toml
     # A valid change applies on reload, to new requests.
@@ -353,7 +359,8 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     cp /tmp/interceptor.toml.good /etc/interceptor/interceptor.toml
     systemctl reset-failed interceptor.service interceptor-hooks.service 2>/dev/null
     check "gate opens once the daemon runs" systemctl start interceptor-hooks.service
-    out=$(skill "vm-skill-$((N += 1))" sh -c 'touch /tmp/vm-gate-ran; curl -sS --max-time 60 http://127.0.0.1:8080/v1/gate' 2>&1)
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" sh -c 'touch /tmp/vm-gate-ran; curl -sS --max-time 60 http://127.0.0.1:8080/v1/gate' 2>&1)
     check "skills start again, intercepted" contains "$out" '"authorized": true'
     check "...and the marker shows when a skill ran" test -e /tmp/vm-gate-ran
 
