@@ -38,14 +38,18 @@ def attempt(port, send):
             return "ok"
         if not data:
             return "closed"
-        return "unauthorized" if b'"authorized": false' in data else "other-answer"
+        if b'"authorized": false' in data:
+            return "unauthorized"
+        # Anything else (a 503 from a daemon shutting down, say): keep its
+        # status line for the summary.
+        return "other-answer: " + data.split(b"\r\n", 1)[0].decode("latin-1")
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__
     finally:
         s.close()
 
 
-counts, bypass = {}, []
+counts, bypass, others = {}, [], []
 last_ok = time.monotonic()
 longest_gap = 0.0
 n = 0
@@ -54,6 +58,9 @@ while not os.path.exists(STOP_FILE):
     req = ("GET /v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Probe: %s-%d\r\n"
            "Connection: close\r\n\r\n" % (NAME, n)).encode()
     r = attempt(8080, req)
+    if r.startswith("other-answer: "):
+        others.append(r[len("other-answer: "):])
+        r = "other-answer"
     counts[r] = counts.get(r, 0) + 1
     now = time.monotonic()
     if r == "ok":
@@ -70,5 +77,5 @@ while not os.path.exists(STOP_FILE):
 
 with open(OUT + ".tmp", "w") as f:
     json.dump({"attempts": n, "outcomes": counts, "longest_gap_s": round(longest_gap, 3),
-               "bypass": bypass}, f)
+               "bypass": bypass, "other_answers": others[:5]}, f)
 os.rename(OUT + ".tmp", OUT)
