@@ -528,8 +528,20 @@ fn check_iat(claims: &Map<String, Value>, leeway: Duration) -> Result<(), TokenE
     Ok(())
 }
 
+/// A claim by name or, when no claim has that exact name, by a dotted path
+/// into nested objects ("realm_access.roles", as Keycloak puts roles).
+/// Exact names come first: namespaced claims such as
+/// "https://example.com/groups" contain dots themselves.
+fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    claims.get(name).or_else(|| {
+        let mut parts = name.split('.');
+        let first = claims.get(parts.next()?)?;
+        parts.try_fold(first, |v, part| v.as_object()?.get(part))
+    })
+}
+
 fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<String, TokenError> {
-    match claims.get(name) {
+    match claim(claims, name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         None | Some(Value::Null) | Some(Value::String(_)) => {
             Err(TokenError::MissingClaim(name.to_string()))
@@ -543,7 +555,7 @@ fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<String, Token
 /// Absent means no groups; a single string is one group.
 fn groups_claim(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, TokenError> {
     let not_strings = || TokenError::Malformed(format!("claim {name:?} must hold strings"));
-    match claims.get(name) {
+    match claim(claims, name) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
@@ -1347,6 +1359,34 @@ mod tests {
         let token = jsonwebtoken::encode(&no_kid, &idp.claims(), &key.encoding).unwrap();
         v.validate(&ghost.sign(&idp.claims())).await.unwrap_err(); // refetch: now two keys
         refused(&v, &token, "unknown_key").await;
+    }
+
+    #[test]
+    fn claims_by_exact_name_or_dotted_path() {
+        let claims = json!({
+            "realm_access": {"roles": ["admin", "dev"]},
+            "https://example.com/groups": ["ns"],
+            "profile": {"email": "a@example.test"},
+        });
+        let claims = claims.as_object().unwrap();
+        assert_eq!(
+            groups_claim(claims, "realm_access.roles").unwrap(),
+            ["admin", "dev"]
+        );
+        assert_eq!(
+            groups_claim(claims, "https://example.com/groups").unwrap(),
+            ["ns"]
+        );
+        assert_eq!(
+            string_claim(claims, "profile.email").unwrap(),
+            "a@example.test"
+        );
+        assert!(
+            groups_claim(claims, "realm_access.nope")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(string_claim(claims, "profile.email.x").is_err());
     }
 
     #[tokio::test]
