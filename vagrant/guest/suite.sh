@@ -249,6 +249,22 @@ phase_main() {
         not skill "vm-skill-$((N += 1))" curl -sS --max-time 30 http://127.0.0.1:8444/
     check "denied destination never reached" test ! -s $UP/internal.log
 
+    # --- a skill trying to leave the slice ---------------------------------------
+    N=$((N + 1))
+    out=$(skill "vm-skill-$N" sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs && echo MOVED; curl -sS --max-time 30 http://127.0.0.1:8080/v1/items' 2>&1)
+    check "a skill cannot move itself out of the slice" lacks "$out" MOVED
+    check "...and stays intercepted" contains "$out" '"authorized": true'
+    # With Delegate=yes a skill owns its cgroup: it may make a sub-cgroup and
+    # move into it, and is still intercepted there (the hooks are inherited).
+    N=$((N + 1))
+    out=$(systemd-run --quiet --wait --pipe --collect --slice=skills.slice --unit="vm-skill-$N" \
+        -p User=nobody -p Group=nogroup -p Delegate=yes -- sh -c '
+            d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)
+            mkdir "$d/escape" && echo $$ >"$d/escape/cgroup.procs" && cat /proc/self/cgroup
+            curl -sS --max-time 30 http://127.0.0.1:8080/v1/items' </dev/null 2>&1)
+    check "a delegated skill moved into its own sub-cgroup" contains "$out" "vm-skill-$N.service/escape"
+    check "...and is still intercepted there" contains "$out" '"authorized": true'
+
     # --- approval -----------------------------------------------------------------
     local held id
     held=$(mktemp)

@@ -84,7 +84,10 @@ pub fn run() -> Result<()> {
     std::fs::copy(&pkg, share.join("interceptor.deb"))?;
     for e in std::fs::read_dir(workspace_root().join("vagrant/guest"))? {
         let p = e?.path();
-        std::fs::copy(&p, share.join("guest").join(p.file_name().unwrap()))?;
+        // Files only (a local __pycache__ is not part of the suite).
+        if p.is_file() {
+            std::fs::copy(&p, share.join("guest").join(p.file_name().unwrap()))?;
+        }
     }
     let console = run_dir.join("console.log");
     let started = Instant::now();
