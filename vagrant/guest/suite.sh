@@ -19,6 +19,9 @@ RESULTS=${VM_RESULTS:-/var/lib/vm-suite}
 LIB=/usr/local/lib/vm-suite
 ETC=/etc/vm-suite
 UP=/var/lib/vm-upstream
+# The cgroup2 mount, as the system has it (never assumed).
+CGROOT=$(findmnt -n -t cgroup2 -o TARGET | head -n 1)
+export CGROOT
 mkdir -p "$RESULTS"
 FAILS=0
 
@@ -195,6 +198,7 @@ action = "allow"
 phase_main() {
     local pkg=$1
     info "kernel $(uname -r), $(systemctl --version | head -1)"
+    check "the cgroup2 mount is found ($CGROOT)" test -n "$CGROOT" -a -f "$CGROOT/cgroup.procs"
 
     # --- install -------------------------------------------------------------
     check "package installs" dpkg -i "$pkg"
@@ -205,7 +209,7 @@ phase_main() {
     check "the slice's gate is active (hooks attached)" active interceptor-hooks.service
     info "$(systemd-analyze security --no-pager interceptor.service 2>/dev/null | tail -1)"
     check "slice cgroup made for the hooks before systemd starts the slice" \
-        sh -c 'test -d /sys/fs/cgroup/skills.slice && ! systemctl is-active -q skills.slice'
+        sh -c 'test -d "$CGROOT/skills.slice" && ! systemctl is-active -q skills.slice'
     # Default policy: guardrails only, so a skill's connection is denied.
     setup_upstream
     check "default deny before any policy" sh -c '! systemd-run --quiet --wait --pipe --collect \
@@ -251,15 +255,15 @@ phase_main() {
 
     # --- a skill trying to leave the slice ---------------------------------------
     N=$((N + 1))
-    out=$(skill "vm-skill-$N" sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs && echo MOVED; curl -sS --max-time 30 http://127.0.0.1:8080/v1/items' 2>&1)
+    out=$(skill "vm-skill-$N" sh -c "echo \$\$ >'$CGROOT/cgroup.procs' && echo MOVED; curl -sS --max-time 30 http://127.0.0.1:8080/v1/items" 2>&1)
     check "a skill cannot move itself out of the slice" lacks "$out" MOVED
     check "...and stays intercepted" contains "$out" '"authorized": true'
     # With Delegate=yes a skill owns its cgroup: it may make a sub-cgroup and
     # move into it, and is still intercepted there (the hooks are inherited).
     N=$((N + 1))
     out=$(systemd-run --quiet --wait --pipe --collect --slice=skills.slice --unit="vm-skill-$N" \
-        -p User=nobody -p Group=nogroup -p Delegate=yes -- sh -c '
-            d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)
+        -p User=nobody -p Group=nogroup -p Delegate=yes -p Environment=CGROOT="$CGROOT" -- sh -c '
+            d=$CGROOT$(cut -d: -f3 /proc/self/cgroup)
             mkdir "$d/escape" && echo $$ >"$d/escape/cgroup.procs" && cat /proc/self/cgroup
             curl -sS --max-time 30 http://127.0.0.1:8080/v1/items' </dev/null 2>&1)
     check "a delegated skill moved into its own sub-cgroup" contains "$out" "vm-skill-$N.service/escape"
