@@ -336,6 +336,22 @@ sys.exit(0 if len(tls) >= 5 and denied and not bad else 1)'"
     sleep 2
     probe_stop vm-gap-restart
 
+    # --- a wedged daemon: systemd's watchdog restarts it -------------------------------
+    # SIGSTOP freezes it: no watchdog pings, no kernel heartbeat. Connects
+    # fail closed (accepted by nobody, then EPERM once the heartbeat is
+    # stale) until WatchdogSec runs out and systemd restarts it.
+    local wedged
+    before=$(restarts)
+    probe_start vm-gap-wedge
+    wedged=$(systemctl show -p MainPID --value interceptor.service)
+    kill -STOP "$wedged"
+    check "a wedged daemon is restarted by the watchdog" wait_for 90 sh -c "[ \$(systemctl show -p NRestarts --value interceptor.service) -gt $before ] && systemctl is-active -q interceptor.service"
+    check "...the watchdog's doing" sh -c "journalctl -u interceptor --no-pager | grep -q 'Watchdog timeout'"
+    sleep 2
+    probe_stop vm-gap-wedge
+    check "vm-gap-wedge: connects failed closed while it was wedged" \
+        py 'sum(v for k, v in d["outcomes"].items() if k != "ok") > 0' <"/tmp/vm-gap-wedge.json"
+
     # --- package upgrade while a skill runs ----------------------------------------------
     local stage=/tmp/vm-upgrade
     rm -rf $stage
