@@ -398,6 +398,12 @@ fn metrics(proxy: &Proxy) -> String {
         c(&s.active),
     );
     put(
+        "interceptor_requests_in_flight",
+        "HTTP exchanges from request to the end of the response.",
+        "gauge",
+        c(&s.in_flight),
+    );
+    put(
         "interceptor_bytes_up_total",
         "Bytes workload to upstream.",
         "counter",

@@ -230,10 +230,22 @@ async fn serve(cfg: Config) -> Result<()> {
             "stopping; hooks stay attached and refuse connects until the daemon is back"
         );
     }
+    // Responses already on their way finish (new connects are refused in the
+    // kernel now); bounded, so a restart's gap stays short.
+    let left = proxy.drain(DRAIN_LIMIT).await;
+    if left > 0 {
+        tracing::warn!(
+            in_flight = left,
+            "stopping: requests still in flight after {DRAIN_LIMIT:?} are cut"
+        );
+    }
     let _ = std::fs::remove_file(&cfg.admin_socket);
     proxy.store.flush()?;
     Ok(())
 }
+
+/// How long a stopping daemon waits for HTTP exchanges in flight.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// Re-attaches to a workload cgroup that was removed and re-created (systemd
 /// does that to unit cgroups). inotify on the parent directories reacts

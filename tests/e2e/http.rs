@@ -464,6 +464,63 @@ print(first.decode(), "|", " ".join(x.decode() for x in rest))
 }
 
 #[test]
+fn a_stopping_daemon_lets_responses_in_flight_finish() {
+    if !kernel_ready() {
+        return;
+    }
+    let mut s = setup("drain");
+    // The skill has the first event of a stream when the daemon is told to
+    // stop; the rest comes after. It must arrive whole, not cut.
+    let marker = s.cfg.dir.join("got-first");
+    let script = format!(
+        r#"
+import requests
+r = requests.get("https://127.0.0.1:{port}/sse", stream=True, timeout=30)
+lines = r.iter_lines()
+first = next(l for l in lines if l)
+open("{marker}", "w").close()
+rest = [l for l in lines if l]
+print(first.decode(), "|", " ".join(x.decode() for x in rest))
+"#,
+        port = s.tls_up.addr.port(),
+        marker = marker.display()
+    );
+    let mut cmd = s.cg.command("python3", &["-c", &script]);
+    cmd.env("REQUESTS_CA_BUNDLE", &s.ca)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let skill = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "no first event");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(s.d.pid() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    // Released from outside the cgroup (new connects from it are refused now).
+    let release = format!("https://127.0.0.1:{}/release", s.tls_up.addr.port());
+    let (ok, _, err) = run(
+        {
+            let mut c = std::process::Command::new("curl");
+            c.args(["-sSk", "--max-time", "10", &release]);
+            c
+        },
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    let out = skill.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        "data: first | data: event 2 data: event 3",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.d.signal(0);
+    assert!(!s.d.log_text().contains("are cut"), "{}", s.d.log_text());
+}
+
+#[test]
 fn python_and_node_clients_trust_the_interceptor_ca() {
     if !kernel_ready() {
         return;

@@ -85,6 +85,7 @@ impl HttpConn {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<RespBody>, std::convert::Infallible> {
+        let in_flight = super::InFlight::new(&self.proxy.stats.in_flight);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let started = std::time::Instant::now();
         let mut rec = RequestRecord {
@@ -135,7 +136,7 @@ impl HttpConn {
             .response());
         }
         match result {
-            Ok(resp) => Ok(self.clone().track(resp, rec, started)),
+            Ok(resp) => Ok(self.clone().track(resp, rec, started, in_flight)),
             Err(refusal) => {
                 rec.status = refusal.status.as_u16();
                 rec.error.get_or_insert_with(|| refusal.message.clone());
@@ -619,10 +620,13 @@ impl HttpConn {
         resp: Response<RespBody>,
         mut rec: RequestRecord,
         started: std::time::Instant,
+        in_flight: super::InFlight,
     ) -> Response<RespBody> {
         rec.status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
         let body = TrackedBody::new(body, move |bytes, error| {
+            // The exchange ends with its response body.
+            let _in_flight = in_flight;
             rec.bytes_down = bytes;
             rec.duration_ms = started.elapsed().as_millis() as u64;
             if let Some(e) = error {

@@ -37,6 +37,26 @@ pub struct Stats {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub requests: AtomicU64,
+    /// HTTP exchanges from request to the end of the response body; a
+    /// stopping daemon waits for them (bounded), see [`Proxy::drain`].
+    #[serde(skip)]
+    pub in_flight: Arc<AtomicU64>,
+}
+
+/// Counts one HTTP exchange in flight while it lives.
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    pub fn new(counter: &Arc<AtomicU64>) -> InFlight {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The time policy sees; tests may pin it (INTERCEPTOR_TEST_NOW).
@@ -84,6 +104,21 @@ pub struct Proxy {
 impl Proxy {
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap().clone()
+    }
+
+    /// Waits until no HTTP exchange is in flight, or `limit`: a stopping
+    /// daemon lets responses already on their way finish instead of cutting
+    /// them (new connects are refused in the kernel meanwhile). Returns how
+    /// many were still in flight at the limit.
+    pub async fn drain(&self, limit: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = self.stats.in_flight.load(Ordering::Relaxed);
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Accepts forever on one listener (127.0.0.1 or ::1).
