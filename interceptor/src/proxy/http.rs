@@ -23,6 +23,9 @@ use zeroize::Zeroizing;
 
 pub type RespBody = BoxBody<Bytes, BoxError>;
 
+/// A request body as it arrived, or as read for inspection and put back.
+type InBody = http_body_util::Either<Incoming, Full<Bytes>>;
+
 /// What policy sees of a request besides its headers and body.
 struct RequestHead<'a> {
     host: &'a str,
@@ -344,8 +347,8 @@ impl HttpConn {
         rec: &mut RequestRecord,
     ) -> Result<Response<RespBody>, Refusal> {
         let upgrade = upgrade_of(&req);
-        // Boxed, so a body read for inspection can be put back as bytes.
-        let mut req = req.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed());
+        // A body read for inspection is put back as bytes.
+        let mut req = req.map(InBody::Left);
         let admitted = match self.admit(&mut req, rec).await {
             Ok(d) => d,
             Err(refusal) => {
@@ -361,7 +364,7 @@ impl HttpConn {
     /// attribute → decide → inject: everything before a byte goes upstream.
     async fn admit(
         &self,
-        req: &mut Request<ReqBody>,
+        req: &mut Request<InBody>,
         rec: &mut RequestRecord,
     ) -> Result<Admitted, Refusal> {
         let host = self.host_of(req)?;
@@ -473,7 +476,7 @@ impl HttpConn {
     /// forward: stream the request upstream, the response back.
     async fn forward(
         &self,
-        mut req: Request<ReqBody>,
+        mut req: Request<InBody>,
         rec: &mut RequestRecord,
         admitted: Admitted,
         upgrade: Option<HeaderValue>,
@@ -719,7 +722,7 @@ impl HttpConn {
 /// Reads the body a `body_regex` rule needs (identity-encoded, at most
 /// BODY_INSPECT_MAX) and puts it back for forwarding. What cannot be
 /// inspected is refused: a guardrail on bodies never passes one unread.
-async fn read_for_inspection(req: &mut Request<ReqBody>) -> Result<Bytes, Refusal> {
+async fn read_for_inspection(req: &mut Request<InBody>) -> Result<Bytes, Refusal> {
     let uninspectable = |status, why: String| {
         Refusal::new(
             status,
@@ -744,10 +747,7 @@ async fn read_for_inspection(req: &mut Request<ReqBody>) -> Result<Bytes, Refusa
     if content_length(req).is_some_and(|n| n > BODY_INSPECT_MAX) {
         return Err(too_large());
     }
-    let empty = http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed();
-    let mut body = std::mem::replace(req.body_mut(), empty);
+    let mut body = std::mem::replace(req.body_mut(), InBody::Right(Full::default()));
     // (Trailers, rare on requests, are not kept.)
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
@@ -766,9 +766,7 @@ async fn read_for_inspection(req: &mut Request<ReqBody>) -> Result<Bytes, Refusa
         }
     }
     let bytes = buf.freeze();
-    *req.body_mut() = Full::new(bytes.clone())
-        .map_err(|never| match never {})
-        .boxed();
+    *req.body_mut() = InBody::Right(Full::new(bytes.clone()));
     Ok(bytes)
 }
 
