@@ -60,8 +60,9 @@ pub struct WorkloadCgroup {
     pub abs: PathBuf,
 }
 
-/// Resolves a configured cgroup (relative to the mount, or absolute under it).
-pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
+/// The configured cgroup's path under the mount (it is given relative to the
+/// mount, or absolute under it); no `..`.
+fn absolute(mount: &Path, spec: &str) -> Result<PathBuf> {
     let p = Path::new(spec);
     let abs = if p.is_absolute() {
         if !p.starts_with(mount) {
@@ -80,6 +81,12 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
     {
         bail!("cgroup {spec}: '..' is not allowed");
     }
+    Ok(abs)
+}
+
+/// Resolves a configured cgroup (relative to the mount, or absolute under it).
+pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
+    let abs = absolute(mount, spec)?;
     if !abs.join("cgroup.procs").is_file() {
         bail!(
             "cgroup {spec} does not exist ({} has no cgroup.procs); create it \
@@ -104,21 +111,8 @@ pub fn resolve(mount: &Path, spec: &str) -> Result<WorkloadCgroup> {
 /// existing directory when the slice starts. Anything else that is missing
 /// stays an error at `run`: a typo must not silently attach to an empty cgroup.
 pub fn create_missing_slices(mount: &Path, spec: &str) -> Result<()> {
-    let p = Path::new(spec);
-    let abs = if p.is_absolute() && p.starts_with(mount) {
-        p.to_path_buf()
-    } else {
-        mount.join(spec.trim_start_matches('/'))
-    };
-    let Ok(rel) = abs.strip_prefix(mount) else {
-        return Ok(());
-    };
-    if rel
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        bail!("cgroup {spec}: only plain path segments are allowed");
-    }
+    let abs = absolute(mount, spec)?;
+    let rel = abs.strip_prefix(mount).unwrap();
     let mut dir = mount.to_path_buf();
     for c in rel.components() {
         dir.push(c);
@@ -129,9 +123,8 @@ pub fn create_missing_slices(mount: &Path, spec: &str) -> Result<()> {
             return Ok(());
         }
         match std::fs::create_dir(&dir) {
-            Ok(()) => {
-                tracing::info!(cgroup = %dir.display(), "created the slice's cgroup ahead of systemd")
-            }
+            // Printed: the CLI has no log subscriber; systemd journals stdout.
+            Ok(()) => println!("created {} ahead of systemd's slice", dir.display()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
