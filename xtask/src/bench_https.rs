@@ -58,11 +58,12 @@ impl Tools {
     /// Installs what is missing; fails with a clear message when it cannot.
     pub fn ensure() -> Result<Tools> {
         for (tool, pkg) in [("nginx", "nginx"), ("wrk", "wrk"), ("openssl", "openssl")] {
-            if which(tool).is_none() {
+            if crate::which(tool).is_none() {
                 apt_install(&[pkg])?;
             }
         }
-        let find = |t: &str| which(t).with_context(|| format!("{t} not found after installing"));
+        let find =
+            |t: &str| crate::which(t).with_context(|| format!("{t} not found after installing"));
         Ok(Tools {
             nginx: find("nginx")?,
             wrk: find("wrk")?,
@@ -101,14 +102,6 @@ impl Tools {
             after(&mitm, "Python:"),
         )
     }
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    // nginx lives in /usr/sbin, which a non-login PATH may lack.
-    let path = std::env::var("PATH").unwrap_or_default() + ":/usr/sbin:/usr/bin";
-    path.split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 fn apt_install(pkgs: &[&str]) -> Result<()> {

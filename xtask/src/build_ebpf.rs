@@ -51,7 +51,7 @@ fn check_toolchain() -> Result<()> {
         missing.push(format!("Debian's cargo at {DEBIAN_CARGO}"));
     }
     let linker = cargo_bin_dir().join("bpf-linker");
-    if !linker.is_file() && which("bpf-linker").is_none() {
+    if !linker.is_file() && crate::which("bpf-linker").is_none() {
         missing.push("bpf-linker".to_string());
     }
     if missing.is_empty() {
@@ -63,13 +63,6 @@ fn check_toolchain() -> Result<()> {
          (`bash .ci/run` does both.)",
         missing.join(", ")
     )
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 pub fn run() -> Result<()> {

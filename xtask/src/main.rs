@@ -60,3 +60,13 @@ pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where `tool` is: on PATH, or in the sbin and bin directories a non-login
+/// PATH may lack (nginx and mkfs.ext4 live in /usr/sbin).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}

@@ -70,7 +70,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 pub fn run() -> Result<()> {
     lab::require_root()?;
     for tool in ["mmdebstrap", "mkfs.ext4", "qemu-system-x86_64"] {
-        if !on_path(tool) {
+        if crate::which(tool).is_none() {
             bail!("{tool} is not installed; run scripts/setup.sh (it installs the VM tools)");
         }
     }
@@ -339,11 +339,4 @@ fn report(results: &Path, console: &Path, outcome: Result<Outcome>) -> Result<()
     }
     eprintln!("(full journals: {})", results.display());
     bail!("vm-test failed: {}", problems.join("; "))
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        || Path::new("/usr/sbin").join(tool).is_file()
-        || Path::new("/sbin").join(tool).is_file()
 }
