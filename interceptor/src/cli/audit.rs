@@ -56,39 +56,38 @@ impl Source {
     ) -> Result<Vec<AuditRecord>> {
         match self {
             Source::Store(s) => s.audit_records(after, since_ms, 10_000),
-            Source::Daemon(sock) => {
-                let path = format!("/v1/audit?after={after}&since_ms={since_ms}&limit=10000");
-                let (status, body) = rt
-                    .block_on(crate::admin::get(sock, &path))?
-                    .context("the daemon went away")?;
-                if !status.is_success() {
-                    bail!(
-                        "admin socket answered {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-                Ok(serde_json::from_slice(&body)?)
-            }
+            Source::Daemon(sock) => daemon_json(
+                rt,
+                sock,
+                &format!("/v1/audit?after={after}&since_ms={since_ms}&limit=10000"),
+            ),
         }
     }
 
     fn verify(&self, rt: &tokio::runtime::Runtime) -> Result<Verification> {
         match self {
             Source::Store(s) => s.audit_verify(),
-            Source::Daemon(sock) => {
-                let (status, body) = rt
-                    .block_on(crate::admin::get(sock, "/v1/audit/verify"))?
-                    .context("the daemon went away")?;
-                if !status.is_success() {
-                    bail!(
-                        "admin socket answered {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
-                }
-                Ok(serde_json::from_slice(&body)?)
-            }
+            Source::Daemon(sock) => daemon_json(rt, sock, "/v1/audit/verify"),
         }
     }
+}
+
+/// GET `path` from the daemon that answered at start, as JSON.
+fn daemon_json<T: serde::de::DeserializeOwned>(
+    rt: &tokio::runtime::Runtime,
+    sock: &std::path::Path,
+    path: &str,
+) -> Result<T> {
+    let (status, body) = rt
+        .block_on(crate::admin::get(sock, path))?
+        .context("the daemon went away")?;
+    if !status.is_success() {
+        bail!(
+            "admin socket answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    Ok(serde_json::from_slice(&body)?)
 }
 
 pub fn run(cmd: AuditCmd) -> Result<()> {
