@@ -10,24 +10,36 @@
 //! - `post_bind4/6`: a workload may not bind the proxy's ports.
 //! - `sendmsg4/6` and UDP `connect`: UDP is refused unless the operator allowed
 //!   it (it is not proxied yet).
+//! - `sock_create`: IPv4/IPv6 sockets outside the allow-list (ICMP ping
+//!   sockets, SCTP, DCCP, UDP-Lite, L2TP/IP, raw, ...) are refused at
+//!   `socket()`, so nothing the proxy cannot carry ever exists.
+//! - `lsm_cgroup/socket_create` (where the BPF LSM runs): the same for every
+//!   other family (vsock, TIPC, RDS, packet, ...); AF_UNIX and netlink
+//!   route/diag stay, as libc needs them.
+//! - `cgroup_skb/ingress`: a workload socket receives only what the proxy
+//!   sends it (its sockets carry `proxy_mark`), RSTs, and handshakes an
+//!   `[[inbound]]` rule allows; nothing else comes in.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, bpf_sock_addr,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
+        bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_ns,
     },
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm_cgroup, map, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use interceptor_common::{
-    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, Heartbeat, TupleKey, counters,
+    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, EVENT_INBOUND_CLOSE,
+    EVENT_INBOUND_OPEN, Heartbeat, INBOUND_KEY_FIXED_BITS, InboundAllow, InboundEvent,
+    InboundKey, InboundTuple, TupleKey, counters, kinds,
 };
 
 const ALLOW: i32 = 1;
@@ -35,7 +47,19 @@ const REFUSE: i32 = 0; // the syscall fails with EPERM
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
+const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_ICMPV6: u32 = 58;
+const IPPROTO_SCTP: u32 = 132;
+const IPPROTO_MPTCP: u32 = 262;
+const AF_UNIX: i32 = 1;
+const AF_NETLINK: i32 = 16;
+const NETLINK_ROUTE: i32 = 0;
+const NETLINK_SOCK_DIAG: i32 = 4;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
 
 // Pinned by name so a restarted daemon (and a second, stacked copy of these
 // programs during a restart) shares the same state.
@@ -49,6 +73,23 @@ static BY_COOKIE: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(65536, 0);
 static BY_TUPLE: LruHashMap<TupleKey, ConnRecord> = LruHashMap::pinned(65536, 0);
 #[map(name = "ICPT_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::COUNT, 0);
+/// `[[inbound]]` rules: (port, proto, family, peer prefix) → rule bit mask.
+#[map(name = "ICPT_INBOUND_RULES")]
+static INBOUND_RULES: LpmTrie<InboundKey, u64> =
+    LpmTrie::pinned(1024, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+/// Workload cgroup id → the inbound rules whose workload matches it; kept
+/// current by the daemon as cgroups come and go.
+#[map(name = "ICPT_INBOUND_CGROUPS")]
+static INBOUND_CGROUPS: HashMap<u64, u64> = HashMap::pinned(4096, 0);
+/// Handshakes let in by rule, until the workload's socket establishes.
+#[map(name = "ICPT_INBOUND_PENDING")]
+static INBOUND_PENDING: LruHashMap<InboundTuple, InboundAllow> = LruHashMap::pinned(4096, 0);
+/// Accepted inbound connections (by socket cookie), until they close.
+#[map(name = "ICPT_INBOUND_OPEN")]
+static INBOUND_OPEN: LruHashMap<u64, InboundEvent> = LruHashMap::pinned(16384, 0);
+/// Inbound open/close events for the daemon to record.
+#[map(name = "ICPT_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -103,10 +144,16 @@ fn v6_is_local(ip: &[u32; 4]) -> bool {
 }
 
 /// Common checks for a TCP/UDP connect; `Some(verdict)` ends the program.
+/// `family` is the socket's own; an address of another family makes the
+/// kernel fail the connect after this program ran, so it is refused here
+/// and no record outlives it.
 #[inline(always)]
-fn gate(sa: &bpf_sock_addr, cfg: &Config) -> Option<i32> {
+fn gate(sa: &bpf_sock_addr, cfg: &Config, family: u32) -> Option<i32> {
+    if sa.user_family != family {
+        return Some(REFUSE);
+    }
     match (sa.type_, sa.protocol) {
-        (SOCK_STREAM, IPPROTO_TCP) => None,
+        (SOCK_STREAM, IPPROTO_TCP) | (SOCK_STREAM, IPPROTO_MPTCP) => None,
         (SOCK_DGRAM, _) if cfg.flags & CONFIG_F_ALLOW_UDP != 0 => Some(ALLOW),
         _ => {
             // UDP not allowed, SCTP, anything else the proxy cannot carry.
@@ -137,39 +184,42 @@ fn remember(ctx: &SockAddrContext, addr: [u32; 4], port: u16, family: u16, socke
     BY_COOKIE.insert(cookie, rec, 0).is_ok()
 }
 
-/// A stacked copy of these programs (daemon restart) already rewrote this
-/// connect to the proxy: let it through untouched.
+/// Drops the record a refused connect may have left from an earlier
+/// attempt on the same socket.
 #[inline(always)]
-fn already_redirected(ctx: &SockAddrContext, cfg: &Config, port: u16) -> bool {
-    if port != cfg.proxy_port {
-        return false;
-    }
+fn forget(ctx: &SockAddrContext) {
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    unsafe { BY_COOKIE.get(cookie).is_some() }
+    let _ = BY_COOKIE.remove(cookie);
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn icpt_connect4(ctx: SockAddrContext) -> i32 {
     let Some(cfg) = config() else { return REFUSE };
     let sa = unsafe { &mut *ctx.sock_addr };
-    if let Some(v) = gate(sa, cfg) {
+    if let Some(v) = gate(sa, cfg, AF_INET as u32) {
+        if v == REFUSE {
+            forget(&ctx);
+        }
         return v;
     }
     let ip = sa.user_ip4;
     let port = u16::from_be(sa.user_port as u16);
+    // The proxy's own ports are never a workload's destination, on any
+    // local address and whatever the socket did before (a restart replaces
+    // these programs in place, so no second copy ever sees a rewritten
+    // address).
     if v4_is_local(ip) && is_protected(cfg, port) {
-        if already_redirected(&ctx, cfg, port) {
-            return ALLOW;
-        }
+        forget(&ctx);
         count(counters::REFUSED_PROTECTED);
         return REFUSE;
     }
     if !daemon_alive(cfg) {
+        forget(&ctx);
         count(counters::REFUSED_STALE);
         return REFUSE;
     }
     if !remember(&ctx, [ip, 0, 0, 0], port, AF_INET, 0) {
-        count(counters::REFUSED_MAP_FULL);
+        count(counters::REFUSED_RECORD);
         return REFUSE;
     }
     sa.user_ip4 = u32::to_be(0x7f00_0001);
@@ -182,7 +232,10 @@ pub fn icpt_connect4(ctx: SockAddrContext) -> i32 {
 pub fn icpt_connect6(ctx: SockAddrContext) -> i32 {
     let Some(cfg) = config() else { return REFUSE };
     let sa = unsafe { &mut *ctx.sock_addr };
-    if let Some(v) = gate(sa, cfg) {
+    if let Some(v) = gate(sa, cfg, AF_INET6 as u32) {
+        if v == REFUSE {
+            forget(&ctx);
+        }
         return v;
     }
     let ip = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
@@ -190,13 +243,12 @@ pub fn icpt_connect6(ctx: SockAddrContext) -> i32 {
     let mapped = v6_is_v4_mapped(&ip);
     let local = if mapped { v4_is_local(ip[3]) } else { v6_is_local(&ip) };
     if local && is_protected(cfg, port) {
-        if already_redirected(&ctx, cfg, port) {
-            return ALLOW;
-        }
+        forget(&ctx);
         count(counters::REFUSED_PROTECTED);
         return REFUSE;
     }
     if !daemon_alive(cfg) {
+        forget(&ctx);
         count(counters::REFUSED_STALE);
         return REFUSE;
     }
@@ -206,7 +258,7 @@ pub fn icpt_connect6(ctx: SockAddrContext) -> i32 {
         remember(&ctx, ip, port, AF_INET6, 1)
     };
     if !stored {
-        count(counters::REFUSED_MAP_FULL);
+        count(counters::REFUSED_RECORD);
         return REFUSE;
     }
     // v4-mapped goes to ::ffff:127.0.0.1 (the v4 listener), IPv6 to ::1.
@@ -310,9 +362,11 @@ pub fn icpt_post_bind6(ctx: SockContext) -> i32 {
 pub fn icpt_sock_ops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_inbound_established(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
             let _ = BY_COOKIE.remove(cookie);
+            on_inbound_close(&ctx, cookie);
         }
         _ => {}
     }
@@ -340,6 +394,229 @@ fn on_established(ctx: &SockOpsContext) {
     };
     let _ = BY_TUPLE.insert(key, rec, 0);
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+/// The peer of a passive (accepted) socket, v4-mapped folded to IPv4.
+#[inline(always)]
+fn inbound_tuple(ctx: &SockOpsContext) -> InboundTuple {
+    // sock_ops keeps the remote port in network order in the upper half.
+    let peer_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let local_port = ctx.local_port() as u16;
+    if ctx.family() == AF_INET as u32 {
+        return InboundTuple { peer: [ctx.remote_ip4(), 0, 0, 0], peer_port, local_port, family: AF_INET, _pad: 0 };
+    }
+    let ip = ctx.remote_ip6();
+    if v6_is_v4_mapped(&ip) {
+        InboundTuple { peer: [ip[3], 0, 0, 0], peer_port, local_port, family: AF_INET, _pad: 0 }
+    } else {
+        InboundTuple { peer: ip, peer_port, local_port, family: AF_INET6, _pad: 0 }
+    }
+}
+
+/// A workload accepted a connection. Only handshakes an `[[inbound]]` rule
+/// let in are recorded here; the proxy's own connects to a workload's
+/// server are recorded by the proxy as outbound sessions.
+#[inline(always)]
+fn on_inbound_established(ctx: &SockOpsContext) {
+    let t = inbound_tuple(ctx);
+    let Some(allow) = (unsafe { INBOUND_PENDING.get(&t) }) else { return };
+    let allow = *allow;
+    let _ = INBOUND_PENDING.remove(&t);
+    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
+    let local = if t.family == AF_INET {
+        [ctx.local_ip4(), 0, 0, 0]
+    } else {
+        let ip = ctx.local_ip6();
+        if v6_is_v4_mapped(&ip) { [ip[3], 0, 0, 0] } else { ip }
+    };
+    let ev = InboundEvent {
+        kind: EVENT_INBOUND_OPEN,
+        family: t.family,
+        local_port: t.local_port,
+        peer: t.peer,
+        local,
+        peer_port: t.peer_port,
+        _pad: [0; 3],
+        cookie,
+        cgroup_id: allow.cgroup_id,
+        rules: allow.rules,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    count(counters::INBOUND_ACCEPTED);
+    if EVENTS.output::<InboundEvent>(&ev, 0).is_err() {
+        count(counters::EVENTS_LOST);
+    }
+    let _ = INBOUND_OPEN.insert(cookie, ev, 0);
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+#[inline(always)]
+fn on_inbound_close(ctx: &SockOpsContext, cookie: u64) {
+    let Some(open) = (unsafe { INBOUND_OPEN.get(cookie) }) else { return };
+    let mut ev = *open;
+    let _ = INBOUND_OPEN.remove(cookie);
+    ev.kind = EVENT_INBOUND_CLOSE;
+    unsafe {
+        ev.bytes_in = (*ctx.ops).bytes_received;
+        ev.bytes_out = (*ctx.ops).bytes_acked;
+    }
+    if EVENTS.output::<InboundEvent>(&ev, 0).is_err() {
+        count(counters::EVENTS_LOST);
+    }
+}
+
+/// `socket()` of an IPv4/IPv6 socket: only what the proxy carries (TCP,
+/// MPTCP) and the kinds the operator allowed. The protocol is resolved by
+/// the time this runs (0 became IPPROTO_TCP/UDP/...).
+#[cgroup_sock(sock_create)]
+pub fn icpt_sock_create(ctx: SockContext) -> i32 {
+    let Some(cfg) = config() else { return REFUSE };
+    let sk = unsafe { &*ctx.sock };
+    let allowed = cfg.socket_kinds
+        | if cfg.flags & CONFIG_F_ALLOW_UDP != 0 { kinds::UDP } else { 0 };
+    let need = match (sk.type_, sk.protocol) {
+        (SOCK_STREAM, IPPROTO_TCP) => return ALLOW,
+        (SOCK_STREAM, IPPROTO_MPTCP) => kinds::MPTCP,
+        (SOCK_DGRAM, IPPROTO_UDP) => kinds::UDP,
+        (SOCK_DGRAM, IPPROTO_ICMP) | (SOCK_DGRAM, IPPROTO_ICMPV6) => kinds::ICMP,
+        (_, IPPROTO_SCTP) => kinds::SCTP,
+        // Raw, DCCP, UDP-Lite, L2TP/IP, SMC over inet, anything new.
+        _ => 0,
+    };
+    if need != 0 && allowed & need != 0 {
+        return ALLOW;
+    }
+    count(counters::REFUSED_SOCKET);
+    REFUSE
+}
+
+/// `socket()` of any family, through the BPF LSM (the cgroup hook above
+/// only sees IPv4/IPv6). Kernel-internal sockets are left alone.
+#[lsm_cgroup(hook = "socket_create")]
+pub fn icpt_lsm_socket_create(ctx: LsmContext) -> i32 {
+    let family: i32 = ctx.arg(0);
+    let protocol: i32 = ctx.arg(2);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 || family == AF_INET as i32 || family == AF_INET6 as i32 {
+        return 1;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let need = match (family, protocol) {
+        (AF_UNIX, _) => kinds::UNIX,
+        (AF_NETLINK, NETLINK_ROUTE) => kinds::NETLINK_ROUTE,
+        (AF_NETLINK, NETLINK_SOCK_DIAG) => kinds::NETLINK_DIAG,
+        _ => 0,
+    };
+    if need != 0 && cfg.socket_kinds & need != 0 {
+        return 1;
+    }
+    count(counters::REFUSED_SOCKET);
+    0
+}
+
+const INGRESS_PASS: i32 = 1;
+const INGRESS_DROP: i32 = 0;
+
+/// What the inbound filter needs from a packet's headers.
+struct Packet {
+    version: u8,
+    proto: u8,
+    peer: [u32; 4],
+    /// Network byte order, as in the header.
+    peer_port_be: u16,
+    local_port_be: u16,
+    tcp_flags: u8,
+}
+
+/// Reads the IP and TCP/UDP headers (cgroup_skb data starts at the network
+/// header). IPv6 extension headers are not walked: such packets do not
+/// match a rule and are dropped unless the proxy sent them.
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Option<Packet> {
+    let first: u8 = ctx.load(0).ok()?;
+    let (version, proto, peer, l4) = match first >> 4 {
+        4 => {
+            let proto: u8 = ctx.load(9).ok()?;
+            let saddr: u32 = ctx.load(12).ok()?;
+            (4u8, proto, [saddr, 0, 0, 0], ((first & 0x0f) as usize) * 4)
+        }
+        6 => {
+            let proto: u8 = ctx.load(6).ok()?;
+            let saddr: [u32; 4] = ctx.load(8).ok()?;
+            (6u8, proto, saddr, 40usize)
+        }
+        _ => return None,
+    };
+    let ports: [u16; 2] = ctx.load(l4).ok()?;
+    let tcp_flags = if proto == IPPROTO_TCP as u8 { ctx.load::<u8>(l4 + 13).ok()? } else { 0 };
+    Some(Packet { version, proto, peer, peer_port_be: ports[0], local_port_be: ports[1], tcp_flags })
+}
+
+/// Everything that arrives at a workload socket. Passes what the proxy
+/// sent (its mark), RSTs (they open nothing and make a refused connect fail
+/// fast), datagrams on connected UDP sockets when UDP is allowed, and TCP
+/// that an `[[inbound]]` rule allows for this workload; drops the rest.
+#[cgroup_skb(ingress)]
+pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
+    let Some(cfg) = config() else { return INGRESS_DROP };
+    let skb = ctx.skb.skb;
+    if cfg.proxy_mark != 0 && unsafe { (*skb).mark } == cfg.proxy_mark {
+        return INGRESS_PASS;
+    }
+    let Some(p) = parse(&ctx) else {
+        count(counters::DROPPED_INBOUND);
+        return INGRESS_DROP;
+    };
+    if p.proto == IPPROTO_TCP as u8 && p.tcp_flags & TCP_FLAG_RST != 0 {
+        return INGRESS_PASS;
+    }
+    if p.proto == IPPROTO_UDP as u8 && cfg.flags & CONFIG_F_ALLOW_UDP != 0 && udp_connected(&ctx) {
+        return INGRESS_PASS;
+    }
+    if p.proto == IPPROTO_TCP as u8 && inbound_allowed(&ctx, &p) {
+        return INGRESS_PASS;
+    }
+    count(counters::DROPPED_INBOUND);
+    INGRESS_DROP
+}
+
+/// A connected UDP socket only receives from its peer.
+#[inline(always)]
+fn udp_connected(ctx: &SkBuffContext) -> bool {
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
+    !full.is_null() && unsafe { (*full).state } == BPF_TCP_ESTABLISHED
+}
+
+/// An `[[inbound]]` rule for this port and peer whose workload is the
+/// socket's cgroup. A SYN that passes is remembered, so the accepted
+/// connection is recorded with its cgroup and rules.
+#[inline(always)]
+fn inbound_allowed(ctx: &SkBuffContext, p: &Packet) -> bool {
+    let key = InboundKey { port_be: p.local_port_be, proto: p.proto, ip_version: p.version, addr: p.peer };
+    let bits = INBOUND_KEY_FIXED_BITS + if p.version == 4 { 32 } else { 128 };
+    let Some(rules) = INBOUND_RULES.get(Key::new(bits, key)) else { return false };
+    let cgroup_id = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) };
+    let Some(mine) = (unsafe { INBOUND_CGROUPS.get(&cgroup_id) }) else { return false };
+    let matched = *rules & *mine;
+    if matched == 0 {
+        return false;
+    }
+    if p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        let t = InboundTuple {
+            peer: p.peer,
+            peer_port: u16::from_be(p.peer_port_be),
+            local_port: u16::from_be(p.local_port_be),
+            family: if p.version == 4 { AF_INET } else { AF_INET6 },
+            _pad: 0,
+        };
+        let _ = INBOUND_PENDING.insert(&t, &InboundAllow { cgroup_id, rules: matched }, 0);
+    }
+    true
 }
 
 #[cfg(not(test))]

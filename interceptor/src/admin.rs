@@ -448,10 +448,10 @@ fn metrics(proxy: &Proxy) -> String {
         k.refused_protected,
     );
     put(
-        "interceptor_kernel_refused_map_full_total",
-        "Connects refused: record not stored.",
+        "interceptor_kernel_refused_record_total",
+        "Connects refused: the record could not be allocated (the maps are LRU: a flood evicts, it does not fill).",
         "counter",
-        k.refused_map_full,
+        k.refused_record,
     );
     put(
         "interceptor_kernel_refused_udp_total",
@@ -464,6 +464,36 @@ fn metrics(proxy: &Proxy) -> String {
         "Binds of protected ports refused.",
         "counter",
         k.refused_bind,
+    );
+    put(
+        "interceptor_kernel_refused_socket_total",
+        "socket() calls refused: a kind outside the allow-list.",
+        "counter",
+        k.refused_socket,
+    );
+    put(
+        "interceptor_kernel_dropped_inbound_total",
+        "Packets to workload sockets dropped: not from the proxy, no inbound rule.",
+        "counter",
+        k.dropped_inbound,
+    );
+    put(
+        "interceptor_kernel_inbound_accepted_total",
+        "Inbound connections accepted by rule.",
+        "counter",
+        k.inbound_accepted,
+    );
+    put(
+        "interceptor_kernel_events_lost_total",
+        "Inbound events the ring buffer had no room for.",
+        "counter",
+        k.events_lost,
+    );
+    put(
+        "interceptor_hooks_tampered_total",
+        "Programs found detached from a workload cgroup and re-attached.",
+        "counter",
+        proxy.hooks.tampered.load(std::sync::atomic::Ordering::Relaxed),
     );
     out
 }

@@ -19,16 +19,24 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 
 /// Mount point of the first filesystem of type `fstype` in mountinfo text.
 pub fn find_mount(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
+    mounts_of(mountinfo, fstype).into_iter().next()
+}
+
+/// Mount points of every filesystem of type `fstype` in mountinfo text.
+pub fn mounts_of(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
     // Format (proc(5)): id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != fstype {
-            return None;
-        }
-        left.split_whitespace()
-            .nth(4)
-            .map(|m| PathBuf::from(unescape_octal(m)))
-    })
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != fstype {
+                return None;
+            }
+            left.split_whitespace()
+                .nth(4)
+                .map(|m| PathBuf::from(unescape_octal(m)))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

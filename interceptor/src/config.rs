@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_CONFIG: &str = "/etc/interceptor/interceptor.toml";
+/// Istio uses 0x539, Calico and Cilium the high and 0x0f00 bits: this one
+/// collides with none of them.
+pub const DEFAULT_PROXY_MARK: u32 = 0x1ce7;
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +50,9 @@ struct File {
     retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
     record_body_kb: Option<u64>,
+    allow_sockets: Option<Vec<String>>,
+    proxy_mark: Option<u32>,
+    conn_map_entries: Option<u32>,
 }
 
 /// `[oidc]`: where user tokens come from.
@@ -101,6 +107,14 @@ pub struct Config {
     pub retention_max_bytes: u64,
     /// Masked response bodies recorded per session, at most.
     pub record_body_bytes: u64,
+    /// Socket kinds a workload may create besides TCP
+    /// (`interceptor_common::kinds` bits); the rest fail with EPERM.
+    pub socket_kinds: u32,
+    /// SO_MARK on the proxy's own sockets; the kernel lets packets with it
+    /// (and only those, besides `[[inbound]]` rules) reach workload sockets.
+    pub proxy_mark: u32,
+    /// Capacity of the kernel's connection record maps (LRU).
+    pub conn_map_entries: u32,
 }
 
 impl Default for Config {
@@ -126,6 +140,9 @@ impl Default for Config {
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
             record_body_bytes: 64 << 10,
+            socket_kinds: interceptor_common::kinds::DEFAULT,
+            proxy_mark: DEFAULT_PROXY_MARK,
+            conn_map_entries: 65536,
         }
     }
 }
@@ -233,6 +250,24 @@ impl Config {
         if let Some(kb) = file.record_body_kb {
             c.record_body_bytes = kb << 10;
         }
+        if let Some(list) = file.allow_sockets {
+            c.socket_kinds = parse_socket_kinds(&list).context("config `allow_sockets`")?;
+        }
+        if c.socket_kinds & interceptor_common::kinds::UDP != 0 {
+            c.udp = UdpMode::Allow;
+        }
+        if let Some(m) = file.proxy_mark {
+            if m == 0 {
+                bail!("config `proxy_mark` cannot be 0 (every unmarked packet carries 0)");
+            }
+            c.proxy_mark = m;
+        }
+        if let Some(n) = file.conn_map_entries {
+            if !(64..=1 << 24).contains(&n) {
+                bail!("config `conn_map_entries` must be between 64 and 16777216");
+            }
+            c.conn_map_entries = n;
+        }
         if let Some(w) = file.approval_webhook {
             if !(w.starts_with("https://") || w.starts_with("http://")) {
                 bail!("approval_webhook {w:?} must be an http(s):// URL");
@@ -311,6 +346,37 @@ pub fn parse_listen(s: &str) -> Result<u16> {
         bail!("{s}: the proxy port cannot be 0");
     }
     Ok(port)
+}
+
+/// `allow_sockets` names (see `interceptor_common::kinds::NAMES`); "udp"
+/// is the same as `udp = "allow"`.
+pub fn parse_socket_kinds(names: &[String]) -> Result<u32> {
+    let mut bits = 0;
+    for n in names {
+        let Some((_, b)) = interceptor_common::kinds::NAMES
+            .iter()
+            .find(|(name, _)| name == n)
+        else {
+            let known: Vec<&str> = interceptor_common::kinds::NAMES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            bail!("unknown socket kind {n:?} (known: {}; TCP is always allowed)", known.join(", "));
+        };
+        bits |= b;
+    }
+    Ok(bits)
+}
+
+/// The allowed socket kinds by name, TCP first (for `doctor` and logs).
+pub fn socket_kind_names(bits: u32, allow_udp: bool) -> Vec<&'static str> {
+    let mut out = vec!["tcp"];
+    for (name, b) in interceptor_common::kinds::NAMES {
+        if bits & b != 0 || (name == "udp" && allow_udp) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn parse_admin(s: &str) -> Result<SocketAddr> {

@@ -20,6 +20,9 @@ use tokio::signal::unix::{SignalKind, signal};
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
 pub fn run(o: Overrides) -> Result<()> {
+    // Everything the daemon creates (store, CA key, logs) is root's alone,
+    // whatever umask it was started with.
+    unsafe { libc::umask(0o077) };
     let cfg = Config::load(&o)?;
     init_logging(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,6 +74,7 @@ async fn serve(cfg: Config) -> Result<()> {
         anyhow::anyhow!("invalid policy:\n  {}", list.join("\n  "))
     })?;
     tracing::info!(dir = %cfg.policies.display(), rules = policy.rules.len(), "policy loaded");
+    crate::state_dir::secure(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir)?;
     let tls = Tls::load_or_create(&cfg.state_dir, &cfg.upstream_ca_files)?;
     let (oidc, user_header) = oidc_validator(&cfg)?;
@@ -95,9 +99,20 @@ async fn serve(cfg: Config) -> Result<()> {
         );
     }
 
+    // The kernel must never hand the proxy's ports to a workload socket as
+    // an ephemeral port (listen() without bind() runs no bind hook).
+    let protected_ports = vec![cfg.listen_port, cfg.admin_listen.port()];
+    crate::reserved_ports::reserve(&protected_ports)?;
     // Listeners before hooks: once the hooks redirect, someone must accept.
-    let v4 = bind_proxy(SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.listen_port)))?;
-    let v6 = match bind_proxy(SocketAddr::from((Ipv6Addr::LOCALHOST, cfg.listen_port))) {
+    // Their mark is what lets their packets into workload sockets.
+    let v4 = bind_proxy(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, cfg.listen_port)),
+        cfg.proxy_mark,
+    )?;
+    let v6 = match bind_proxy(
+        SocketAddr::from((Ipv6Addr::LOCALHOST, cfg.listen_port)),
+        cfg.proxy_mark,
+    ) {
         Ok(l) => Some(l),
         Err(e) => {
             // IPv6 connects are then refused (redirected to a closed port).
@@ -120,19 +135,31 @@ async fn serve(cfg: Config) -> Result<()> {
         &cgroups,
         &HookSettings {
             proxy_port: cfg.listen_port,
-            protected_ports: vec![cfg.listen_port, cfg.admin_listen.port()],
+            protected_ports: protected_ports.clone(),
             allow_udp: cfg.udp == UdpMode::Allow,
             heartbeat_timeout: cfg.heartbeat_timeout,
+            proxy_mark: cfg.proxy_mark,
+            socket_kinds: cfg.socket_kinds,
+            conn_map_entries: cfg.conn_map_entries,
         },
     )?;
+    tracing::info!(
+        sockets = ?crate::config::socket_kind_names(cfg.socket_kinds, cfg.udp == UdpMode::Allow),
+        lsm = hooks.lsm,
+        "workload sockets allowed (everything else fails with EPERM)"
+    );
     let proxy = Arc::new(Proxy {
         hooks,
-        names: CgroupNames::new(mount, cgroups.iter().map(|c| c.abs.clone()).collect()),
+        names: CgroupNames::new(
+            mount.clone(),
+            cgroups.iter().map(|c| c.abs.clone()).collect(),
+        ),
+        mark: cfg.proxy_mark,
         policy: RwLock::new(Arc::new(policy)),
         store,
         stats: Stats::default(),
         connect_timeout: cfg.connect_timeout,
-        upstreams: Pool::new(tls.client.clone(), cfg.connect_timeout),
+        upstreams: Pool::new(tls.client.clone(), cfg.connect_timeout, cfg.proxy_mark),
         tls,
         credentials: Credentials::new(cfg.credentials_dir.clone()),
         oidc,
@@ -163,7 +190,11 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     });
-    let _watcher = watch_cgroups(proxy.clone(), cgroups.clone())?;
+    crate::inbound::sync(&proxy, &mount, &cgroups);
+    if let Some(ring) = proxy.hooks.take_events() {
+        tokio::spawn(crate::inbound::record(proxy.clone(), ring));
+    }
+    let cgroup_watch = watch_cgroups(proxy.clone(), mount.clone(), cgroups.clone())?;
     tokio::spawn(enforce_retention(
         proxy.clone(),
         cfg.retention,
@@ -196,6 +227,7 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = hup.recv() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
                 reload(&proxy, &cfg);
+                crate::inbound::sync(&proxy, &mount, &cgroups);
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
             Some(()) = policy_changed.recv() => {
@@ -203,6 +235,7 @@ async fn serve(cfg: Config) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while policy_changed.try_recv().is_ok() {}
                 reload(&proxy, &cfg);
+                crate::inbound::sync(&proxy, &mount, &cgroups);
             }
         }
     }
@@ -219,7 +252,11 @@ async fn serve(cfg: Config) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     if cfg.detach_on_exit {
-        let n = crate::bpf::detach_all(&cfg.bpffs_dir)?;
+        drop(cgroup_watch);
+        let n = crate::bpf::detach_all(&cfg.bpffs_dir, true)?;
+        if let Err(e) = crate::reserved_ports::release(&protected_ports) {
+            tracing::warn!(error = %format!("{e:#}"), "could not release the reserved ports");
+        }
         tracing::info!(
             links = n,
             "stopping; hooks detached, the workload connects directly now"
@@ -252,10 +289,16 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// within milliseconds; a 1 s poll backs it up. Between the mkdir and the
 /// attach a process moved into the new cgroup is not yet covered: keep that
 /// window short, and prefer a slice that persists as the workload cgroup.
+///
+/// The same tick asks the kernel whether every program is still attached
+/// to every workload cgroup (anything root can do, e.g. `bpftool cgroup
+/// detach`, shows here), re-attaches what is missing and records it, and
+/// keeps the inbound rules' cgroup list current.
 fn watch_cgroups(
     proxy: Arc<Proxy>,
+    mount: std::path::PathBuf,
     cgroups: Vec<WorkloadCgroup>,
-) -> Result<notify::RecommendedWatcher> {
+) -> Result<CgroupWatch> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
@@ -269,12 +312,17 @@ fn watch_cgroups(
                 .with_context(|| format!("watching {}", parent.display()))?;
         }
     }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 Some(()) = rx.recv() => {}
+            }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
             }
             for cg in &cgroups {
                 match proxy.hooks.ensure_attached(cg) {
@@ -287,9 +335,38 @@ fn watch_cgroups(
                     }
                 }
             }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            match proxy.hooks.verify() {
+                Ok(missing) => {
+                    for t in missing {
+                        tracing::error!(cgroup = %t.cgroup, program = t.program, "a kernel hook was detached from a workload cgroup; re-attached it");
+                        let data = serde_json::json!({ "cgroup": t.cgroup, "program": t.program });
+                        if let Err(e) = proxy.store.audit("hooks_tampered", data) {
+                            tracing::error!(error = %e, "could not append to the audit log");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "could not verify the kernel hooks"),
+            }
+            crate::inbound::sync(&proxy, &mount, &cgroups);
         }
     });
-    Ok(watcher)
+    Ok(CgroupWatch { _watcher: watcher, stop: stop2 })
+}
+
+/// The cgroup watcher; dropping it stops re-attaching (a daemon that
+/// detaches on exit must not fight itself).
+struct CgroupWatch {
+    _watcher: notify::RecommendedWatcher,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for CgroupWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// As sd_watchdog_enabled(3): WATCHDOG_USEC set, and WATCHDOG_PID unset or
@@ -406,13 +483,15 @@ fn test_clock() -> Result<Clock> {
     }
 }
 
-fn bind_proxy(addr: SocketAddr) -> Result<TcpListener> {
+fn bind_proxy(addr: SocketAddr, mark: u32) -> Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    // Accepted sockets inherit the mark: responses reach the workload.
+    crate::proxy::set_mark(&sock, mark).context("setting SO_MARK on the proxy listener")?;
     sock.bind(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("proxy port {addr} is already in use (another interceptor, or pick one with --listen)")

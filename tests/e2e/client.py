@@ -8,6 +8,13 @@ workload cgroup. Every mode prints one JSON object on stdout.
   bind HOST PORT          try to bind, report the errno
   udp HOST PORT           try a UDP sendto, report the errno
   hammer HOST P1,P2 SECS  connect in a loop, count what got through
+  socket FAMILY TYPE PROTO   try socket(), report the errno (numbers)
+  ping HOST               an ICMP ping socket sendto, report the errno
+  listen HOST PORT SECS   bind+listen (PORT 0: listen() without bind), report
+                          the port, then wait SECS for a connection and read
+  autobind N              N listen() calls without bind(), report the ports
+  badconnect HOST PORT    connect() with a wrong address family first, then
+                          connect the same socket to HOST:PORT
 """
 import asyncio
 import hashlib
@@ -155,12 +162,90 @@ def try_bind(host, port):
 
 
 def try_udp(host, port):
-    s = socket.socket(family(host), socket.SOCK_DGRAM)
     try:
+        s = socket.socket(family(host), socket.SOCK_DGRAM)
         s.sendto(b"x", (host, port))
         out({"sent": True, "errno": 0})
     except OSError as e:
         out({"sent": False, "errno": e.errno or 0, "error": str(e)})
+
+
+def try_socket(fam, typ, proto):
+    try:
+        s = socket.socket(fam, typ, proto)
+        s.close()
+        out({"created": True, "errno": 0})
+    except OSError as e:
+        out({"created": False, "errno": e.errno or 0, "error": str(e)})
+
+
+def ping(host):
+    """An unprivileged ICMP echo request carrying a payload."""
+    fam, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if ":" in host else (socket.AF_INET, socket.IPPROTO_ICMP)
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM, proto)
+        kind = 128 if fam == socket.AF_INET6 else 8
+        s.sendto(bytes([kind, 0, 0, 0, 0, 1, 0, 1]) + b"exfiltrated-secret", (host, 0))
+        out({"sent": True, "errno": 0})
+    except OSError as e:
+        out({"sent": False, "errno": e.errno or 0, "error": str(e)})
+
+
+def listen(host, port, secs):
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    try:
+        if port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+        s.listen(8)
+    except OSError as e:
+        out({"listening": False, "errno": e.errno or 0, "error": str(e)})
+        return
+    out({"listening": True, "port": s.getsockname()[1]})
+    s.settimeout(secs)
+    try:
+        c, peer = s.accept()
+        c.settimeout(secs)
+        data = c.recv(100)
+        c.sendall(b"pong:" + data)
+        c.close()
+        out({"accepted": True, "peer": list(peer)[:2], "data": data.decode(errors="replace")})
+    except OSError as e:
+        out({"accepted": False, "error": str(e)})
+
+
+def autobind(n):
+    ports, errors, keep = [], [], []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.listen(1)
+            ports.append(s.getsockname()[1])
+            keep.append(s)
+        except OSError as e:
+            errors.append(e.errno)
+    out({"ports": ports, "errors": errors})
+
+
+def badconnect(host, port):
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    # A sockaddr_in6 (family 10, 28 bytes) on an AF_INET socket: the kernel
+    # runs the cgroup connect hook, then fails the connect (EAFNOSUPPORT).
+    addr = struct.pack("<H", socket.AF_INET6) + struct.pack(">H", port) + b"\0" * 4 + socket.inet_pton(socket.AF_INET6, "::1") + b"\0" * 4
+    buf = ctypes.create_string_buffer(addr, len(addr))
+    rc = libc.connect(s.fileno(), buf, len(addr))
+    first = ctypes.get_errno() if rc != 0 else 0
+    try:
+        s.connect((host, port))
+        s.sendall(b"x")
+        data = s.recv(100)
+        out({"first_errno": first, "connected": True, "errno": 0, "data": data.decode(errors="replace")})
+    except OSError as e:
+        out({"first_errno": first, "connected": False, "errno": e.errno or 0, "error": str(e)})
 
 
 def main():
@@ -180,6 +265,16 @@ def main():
         try_bind(host, port)
     elif mode == "udp":
         try_udp(host, port)
+    elif mode == "socket":
+        try_socket(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif mode == "ping":
+        ping(host)
+    elif mode == "listen":
+        listen(host, port, float(sys.argv[4]))
+    elif mode == "autobind":
+        autobind(int(sys.argv[2]))
+    elif mode == "badconnect":
+        badconnect(host, port)
     else:
         sys.exit(f"unknown mode {mode}")
 

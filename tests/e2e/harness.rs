@@ -201,6 +201,10 @@ pub struct DaemonConfig {
     pub admin_port: u16,
     pub extra: String,
     pub env: Vec<(String, String)>,
+    /// Run the daemon in this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Pin directory instead of the harness's own under /sys/fs/bpf.
+    pub bpffs_dir: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -216,10 +220,15 @@ impl DaemonConfig {
             admin_port: free_port(),
             extra: String::new(),
             env: Vec::new(),
+            netns: None,
+            bpffs_dir: None,
         }
     }
 
     pub fn bpffs(&self) -> PathBuf {
+        if let Some(d) = &self.bpffs_dir {
+            return d.clone();
+        }
         PathBuf::from(format!(
             "/sys/fs/bpf/interceptor-test-{}",
             self.dir.file_name().unwrap().to_string_lossy()
@@ -297,7 +306,15 @@ impl Daemon {
     pub fn restart(&mut self) {
         let log = self.cfg.dir.join(format!("daemon-{}.log", unique()));
         let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match &self.cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(self.cfg.config_file())
             .envs(self.cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -317,7 +334,7 @@ impl Daemon {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited early ({status}):\n{}", self.log_text());
             }
-            if self.log_text().contains("ready") && self.healthz() {
+            if self.log_text().contains("ready") && (self.cfg.netns.is_some() || self.healthz()) {
                 return;
             }
             if Instant::now() > deadline {
@@ -420,8 +437,8 @@ impl Drop for Daemon {
         self.kill();
         let _ = Command::new(BIN)
             .arg("detach")
-            .arg("--bpffs-dir")
-            .arg(self.cfg.bpffs())
+            .arg("--config")
+            .arg(self.cfg.config_file())
             .output();
         if std::thread::panicking() {
             eprintln!(

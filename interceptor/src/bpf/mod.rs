@@ -1,30 +1,42 @@
 //! Kernel side, user half: load the embedded programs, attach them to the
-//! workload cgroups, pin them, feed the heartbeat, and look up original
-//! destinations for accepted connections.
+//! workload cgroups, pin them, feed the heartbeat, keep them attached, and
+//! look up original destinations for accepted connections.
 //!
-//! Restart without a gap: programs and maps are pinned in bpffs, so they keep
+//! Restart without a gap: links and maps are pinned in bpffs, so they keep
 //! redirecting (and refusing, once the heartbeat goes stale) while no daemon
-//! runs. A new daemon reuses the pinned maps, stacks its own programs on the
-//! cgroups, pins them, and only then removes the previous links.
+//! runs. A new daemon reuses the pinned maps and replaces the program of
+//! each pinned link in place (BPF_LINK_UPDATE): there is never a moment
+//! with no program, nor one with two.
+//!
+//! Tampering: the daemon holds an fd of every link besides its pin (a
+//! removed pin then detaches nothing), and [`Hooks::verify`] asks the kernel
+//! which programs each workload cgroup runs; a missing one is re-attached.
 mod pins;
+mod sys;
 
 use crate::cgroup::WorkloadCgroup;
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps};
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, LsmCgroup,
+    SockOps,
+};
+use aya::{Btf, Ebpf, EbpfLoader};
 use interceptor_common::{
-    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, Heartbeat, MAX_PROTECTED_PORTS,
-    TupleKey, counters, maps, programs,
+    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, Heartbeat, InboundKey,
+    MAX_PROTECTED_PORTS, TupleKey, counters, maps, programs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use pins::{detach_all, ensure_bpffs};
+pub use pins::ensure_bpffs;
 
 /// The kernel object, built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("INTERCEPTOR_BPF_OBJECT_PATH"));
@@ -39,23 +51,53 @@ pub struct HookSettings {
     pub protected_ports: Vec<u16>,
     pub allow_udp: bool,
     pub heartbeat_timeout: Duration,
+    /// SO_MARK of the proxy's sockets (see `Config::proxy_mark`).
+    pub proxy_mark: u32,
+    /// `interceptor_common::kinds` bits allowed besides TCP.
+    pub socket_kinds: u32,
+    /// Capacity of the connection record maps.
+    pub conn_map_entries: u32,
 }
 
 /// Attached hooks plus the maps the daemon keeps using.
 pub struct Hooks {
-    /// Loaded programs, kept to attach to re-created cgroups.
     attacher: Mutex<Attacher>,
     heartbeat: Mutex<Array<MapData, Heartbeat>>,
     by_tuple: Mutex<HashMap<MapData, TupleKey, ConnRecord>>,
     counters: PerCpuArray<MapData, u64>,
+    inbound_rules: Mutex<LpmTrie<MapData, InboundKey, u64>>,
+    inbound_cgroups: Mutex<HashMap<MapData, u64, u64>>,
+    events: Mutex<Option<RingBuf<MapData>>>,
+    /// Programs found missing from a workload cgroup and re-attached.
+    pub tampered: AtomicU64,
+    /// Whether the BPF LSM program (non-inet socket families) is in use.
+    pub lsm: bool,
 }
 
 struct Attacher {
     bpf: Ebpf,
     layout: pins::Layout,
-    generation: String,
-    /// Workload cgroup (relative path) → id of the cgroup the links are on.
-    attached: std::collections::HashMap<String, u64>,
+    /// The programs attached to every cgroup (ATTACHED, plus the LSM one
+    /// where the BPF LSM runs).
+    names: Vec<&'static str>,
+    /// Workload cgroup (relative path) → what is attached to it.
+    attached: std::collections::HashMap<String, Attachment>,
+}
+
+struct Attachment {
+    cgroup_id: u64,
+    /// Held for prog queries; the links also hold the cgroup.
+    cgroup: std::fs::File,
+    /// One fd per program: as long as the daemon runs, removing a pin
+    /// detaches nothing.
+    links: Vec<(&'static str, OwnedFd)>,
+}
+
+/// One program found detached from a workload cgroup (and re-attached).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tampered {
+    pub cgroup: String,
+    pub program: &'static str,
 }
 
 /// Kernel counters, summed over CPUs.
@@ -64,9 +106,13 @@ pub struct KernelCounters {
     pub redirected: u64,
     pub refused_stale: u64,
     pub refused_protected: u64,
-    pub refused_map_full: u64,
+    pub refused_record: u64,
     pub refused_udp: u64,
     pub refused_bind: u64,
+    pub refused_socket: u64,
+    pub dropped_inbound: u64,
+    pub inbound_accepted: u64,
+    pub events_lost: u64,
 }
 
 impl Hooks {
@@ -75,16 +121,31 @@ impl Hooks {
     pub fn attach(bpffs_dir: &Path, cgroups: &[WorkloadCgroup], s: &HookSettings) -> Result<Hooks> {
         check_kernel()?;
         ensure_bpffs(bpffs_dir)?;
-        let layout = pins::Layout::new(bpffs_dir);
-        std::fs::create_dir_all(layout.maps())
-            .with_context(|| format!("creating {}", layout.maps().display()))?;
-        let old_links = layout.existing_links();
-
+        let layout = pins::Layout::create(bpffs_dir)?;
         let mut bpf = EbpfLoader::new()
-            .default_map_pin_directory(layout.maps())
+            .default_map_pin_directory(layout.maps.entry(""))
+            .map_max_entries(maps::BY_COOKIE, s.conn_map_entries)
+            .map_max_entries(maps::BY_TUPLE, s.conn_map_entries)
             .load(OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object: {e}"))
-            .context("is this kernel >= 5.10 with cgroup BPF? (CONFIG_CGROUP_BPF)")?;
+            .context("is this kernel >= 6.1 with cgroup BPF? (CONFIG_CGROUP_BPF)")?;
+        for name in programs::ATTACHED {
+            load_program(&mut bpf, name)?;
+        }
+        let mut names: Vec<&'static str> = programs::ATTACHED.to_vec();
+        let lsm = match lsm_usable(&mut bpf) {
+            Ok(()) => {
+                names.push(programs::LSM_SOCKET_CREATE);
+                true
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "{why}: sockets of families other than IPv4/IPv6 (vsock, TIPC, RDS, packet, ...) are not refused in the kernel; \
+                     use RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK in skill units (see README, Limits)"
+                );
+                false
+            }
+        };
 
         // Settings first, so the programs never run with a zeroed config
         // (which would refuse every connect).
@@ -101,31 +162,37 @@ impl Hooks {
             0,
         )?;
 
-        let generation = format!("{}-{}", std::process::id(), monotonic_ns());
-        let mut attached = std::collections::HashMap::new();
+        let mut a = Attacher {
+            bpf,
+            layout,
+            names,
+            attached: Default::default(),
+        };
+        // Links pinned by an earlier daemon (any layout version), by cgroup id.
+        let mut previous = pins::link_dirs(&a.layout.base)?;
         for cg in cgroups {
-            let id = attach_cgroup(&mut bpf, &layout, cg, &generation)
+            a.attach_cgroup(cg, &mut previous)
                 .with_context(|| format!("attaching to cgroup {}", cg.rel))?;
-            attached.insert(cg.rel.clone(), id);
         }
-        // Only now that the new programs are pinned, the old ones can go.
-        for old in old_links {
-            if let Err(e) = pins::remove_link(&old) {
-                tracing::warn!(path = %old.display(), error = %e, "could not remove an old pinned link");
-            }
+        // What is left belongs to cgroups no longer configured, or dead ones.
+        for (_, _, dir) in &previous {
+            detach_dir(dir);
         }
-        pins::remove_empty_dirs(&layout);
+        pins::remove_stale(&a.layout.base)?;
 
         Ok(Hooks {
             heartbeat: Mutex::new(heartbeat),
-            by_tuple: Mutex::new(HashMap::try_from(take(&mut bpf, maps::BY_TUPLE)?)?),
-            counters: PerCpuArray::try_from(take(&mut bpf, maps::COUNTERS)?)?,
-            attacher: Mutex::new(Attacher {
-                bpf,
-                layout,
-                generation,
-                attached,
-            }),
+            by_tuple: Mutex::new(HashMap::try_from(take(&mut a.bpf, maps::BY_TUPLE)?)?),
+            counters: PerCpuArray::try_from(take(&mut a.bpf, maps::COUNTERS)?)?,
+            inbound_rules: Mutex::new(LpmTrie::try_from(take(&mut a.bpf, maps::INBOUND_RULES)?)?),
+            inbound_cgroups: Mutex::new(HashMap::try_from(take(
+                &mut a.bpf,
+                maps::INBOUND_CGROUPS,
+            )?)?),
+            events: Mutex::new(Some(RingBuf::try_from(take(&mut a.bpf, maps::EVENTS)?)?)),
+            attacher: Mutex::new(a),
+            tampered: AtomicU64::new(0),
+            lsm,
         })
     }
 
@@ -140,24 +207,60 @@ impl Hooks {
             Err(_) => return Ok(false),
         };
         let mut a = self.attacher.lock().unwrap();
-        if a.attached.get(&cg.rel) == Some(&current) {
+        if a.attached.get(&cg.rel).map(|x| x.cgroup_id) == Some(current) {
             return Ok(false);
         }
-        let Attacher {
-            bpf,
-            layout,
-            generation,
-            attached,
-        } = &mut *a;
-        let id = attach_cgroup(bpf, layout, cg, generation)?;
-        if let Some(old) = attached.insert(cg.rel.clone(), id) {
-            // The dead cgroup's links: unpinning them frees it.
-            for l in layout.links_of(old) {
-                let _ = pins::remove_link(&l);
+        let old = a.attached.get(&cg.rel).map(|x| x.cgroup_id);
+        a.attach_cgroup(cg, &mut Vec::new())?;
+        if let Some(old) = old {
+            // The dead cgroup's links: detaching them frees it.
+            if let Some(dir) = a.layout.links.subdir(&old.to_string(), false)? {
+                detach_dir(&dir);
             }
-            pins::remove_empty_dirs(layout);
+            let _ = a.layout.links.rmdir(&old.to_string());
         }
         Ok(true)
+    }
+
+    /// Asks the kernel which programs each workload cgroup runs (not the
+    /// pins: the kernel's own list) and re-attaches any of ours that is
+    /// missing at once. Returns what was missing.
+    pub fn verify(&self) -> Result<Vec<Tampered>> {
+        let mut a = self.attacher.lock().unwrap();
+        let mut missing = Vec::new();
+        let rels: Vec<String> = a.attached.keys().cloned().collect();
+        for rel in rels {
+            let names = a.names.clone();
+            for name in names {
+                let want = program_id(&mut a.bpf, name)?;
+                let att = &a.attached[&rel];
+                let ids = sys::cgroup_prog_ids(att.cgroup.as_fd(), attach_type(name))
+                    .with_context(|| format!("querying the programs of cgroup {rel}"))?;
+                if ids.contains(&want) {
+                    continue;
+                }
+                missing.push(Tampered {
+                    cgroup: rel.clone(),
+                    program: name,
+                });
+                let Attacher {
+                    bpf,
+                    layout,
+                    attached,
+                    ..
+                } = &mut *a;
+                let att = attached.get_mut(&rel).unwrap();
+                let dir = layout.links_for(att.cgroup_id)?;
+                let fd = attach_fresh(bpf, name, &att.cgroup, &dir)?;
+                att.links.retain(|(n, _)| *n != name);
+                att.links.push((name, fd));
+            }
+        }
+        if !missing.is_empty() {
+            self.tampered
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        }
+        Ok(missing)
     }
 
     /// Refreshes the heartbeat; the programs refuse connects when it is stale.
@@ -190,6 +293,54 @@ impl Hooks {
         Some(rec)
     }
 
+    /// Replaces the inbound rules the kernel filter applies: `rules` are
+    /// (key, peer prefix length, rule mask); `cgroups` maps each workload
+    /// cgroup id to the rules whose workload it is.
+    pub fn set_inbound(
+        &self,
+        rules: &[(InboundKey, u32, u64)],
+        cgroups: &std::collections::HashMap<u64, u64>,
+    ) -> Result<()> {
+        let mut trie = self.inbound_rules.lock().unwrap();
+        let want: Vec<Key<InboundKey>> = rules
+            .iter()
+            .map(|(k, bits, _)| Key::new(interceptor_common::INBOUND_KEY_FIXED_BITS + bits, *k))
+            .collect();
+        for (key, (_, _, mask)) in want.iter().zip(rules) {
+            trie.insert(key, mask, 0)?;
+        }
+        let stale: Vec<Key<InboundKey>> = trie
+            .keys()
+            .flatten()
+            .filter(|k| {
+                !want
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
+        let mut cg = self.inbound_cgroups.lock().unwrap();
+        for (id, mask) in cgroups {
+            cg.insert(id, mask, 0)?;
+        }
+        let stale: Vec<u64> = cg
+            .keys()
+            .flatten()
+            .filter(|id| !cgroups.contains_key(id))
+            .collect();
+        for id in stale {
+            let _ = cg.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// The inbound event ring buffer, once (for the task that reads it).
+    pub fn take_events(&self) -> Option<RingBuf<MapData>> {
+        self.events.lock().unwrap().take()
+    }
+
     pub fn counters(&self) -> KernelCounters {
         let sum = |i: u32| -> u64 {
             self.counters
@@ -201,11 +352,224 @@ impl Hooks {
             redirected: sum(counters::REDIRECTED),
             refused_stale: sum(counters::REFUSED_STALE),
             refused_protected: sum(counters::REFUSED_PROTECTED),
-            refused_map_full: sum(counters::REFUSED_MAP_FULL),
+            refused_record: sum(counters::REFUSED_RECORD),
             refused_udp: sum(counters::REFUSED_UDP),
             refused_bind: sum(counters::REFUSED_BIND),
+            refused_socket: sum(counters::REFUSED_SOCKET),
+            dropped_inbound: sum(counters::DROPPED_INBOUND),
+            inbound_accepted: sum(counters::INBOUND_ACCEPTED),
+            events_lost: sum(counters::EVENTS_LOST),
         }
     }
+}
+
+impl Attacher {
+    /// Covers one cgroup with every program: a link pinned for it by an
+    /// earlier daemon gets this daemon's program in place; a missing one is
+    /// attached and pinned right away (a loader that dies before pinning
+    /// leaves no hook behind). Entries of `previous` it used are removed.
+    fn attach_cgroup(
+        &mut self,
+        cg: &WorkloadCgroup,
+        previous: &mut Vec<(String, u64, pins::PinDir)>,
+    ) -> Result<()> {
+        let cgroup = std::fs::File::open(&cg.abs)
+            .with_context(|| format!("opening {}", cg.abs.display()))?;
+        // The id of the cgroup behind this very fd, whatever the path names later.
+        let cgroup_id = cgroup.metadata()?.ino();
+        let dir = self.layout.links_for(cgroup_id)?;
+        let mut old: Vec<pins::PinDir> = Vec::new();
+        previous.retain_mut(|(_, id, _)| *id != cgroup_id);
+        // (retain_mut cannot move out; collect the matching dirs afresh)
+        for (version, is_dir) in self.layout.base.entries() {
+            if !is_dir {
+                continue;
+            }
+            if let Some(d) = self
+                .layout
+                .base
+                .subdir(&version, false)?
+                .and_then(|v| v.subdir("links", false).ok().flatten())
+                .and_then(|l| l.subdir(&cgroup_id.to_string(), false).ok().flatten())
+            {
+                old.push(d);
+            }
+        }
+        let mut links = Vec::new();
+        for name in self.names.clone() {
+            let fd = match self.take_over(&old, &dir, name)? {
+                Some(fd) => fd,
+                None => attach_fresh(&mut self.bpf, name, &cgroup, &dir)?,
+            };
+            links.push((name, fd));
+        }
+        // Leftovers: programs this build no longer has, duplicates.
+        for d in &old {
+            for (entry, _) in d.entries() {
+                if !self.names.iter().any(|n| *n == entry) || !same_dir(d, &dir) {
+                    detach_pin(d, &entry);
+                }
+            }
+        }
+        self.attached.insert(
+            cg.rel.clone(),
+            Attachment {
+                cgroup_id,
+                cgroup,
+                links,
+            },
+        );
+        Ok(())
+    }
+
+    /// Gives a link pinned earlier for `name` (under any layout, named
+    /// `name` or `name-<generation>`) this daemon's program, and makes sure
+    /// it is pinned at `dir/name`.
+    fn take_over(
+        &mut self,
+        old: &[pins::PinDir],
+        dir: &pins::PinDir,
+        name: &'static str,
+    ) -> Result<Option<OwnedFd>> {
+        for d in old {
+            for (entry, is_dir) in d.entries() {
+                let prog = entry.split_once('-').map_or(entry.as_str(), |(p, _)| p);
+                if is_dir || prog != name {
+                    continue;
+                }
+                let Ok(fd) = sys::obj_get(&d.entry(&entry)) else {
+                    continue;
+                };
+                let prog_fd = program_fd(&mut self.bpf, name)?;
+                if let Err(e) = sys::link_update(fd.as_fd(), prog_fd.as_fd()) {
+                    // A detached link cannot be updated: attach afresh.
+                    tracing::warn!(link = %entry, error = %e, "could not update a pinned link");
+                    continue;
+                }
+                if !(same_dir(d, dir) && entry == name) {
+                    let _ = dir.unlink(name);
+                    sys::obj_pin(fd.as_fd(), &dir.entry(name))
+                        .with_context(|| format!("pinning {}/{name}", dir.display()))?;
+                    let _ = d.unlink(&entry);
+                }
+                return Ok(Some(fd));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Two opened directories are the same one.
+fn same_dir(a: &pins::PinDir, b: &pins::PinDir) -> bool {
+    let ino = |d: &pins::PinDir| std::fs::metadata(d.entry(".")).map(|m| (m.dev(), m.ino())).ok();
+    ino(a).is_some() && ino(a) == ino(b)
+}
+
+/// Detaches and unpins one pinned link.
+fn detach_pin(dir: &pins::PinDir, name: &str) {
+    if let Ok(fd) = sys::obj_get(&dir.entry(name)) {
+        let _ = sys::link_detach(fd.as_fd());
+    }
+    if let Err(e) = dir.unlink(name) {
+        tracing::warn!(path = %format!("{}/{name}", dir.display()), error = %e, "could not remove an old pinned link");
+    }
+}
+
+fn detach_dir(dir: &pins::PinDir) {
+    for (name, is_dir) in dir.entries() {
+        if !is_dir {
+            detach_pin(dir, &name);
+        }
+    }
+}
+
+/// Attaches one program to one cgroup and pins the link at `dir/name`
+/// before anything else; returns the daemon's own fd of the link.
+fn attach_fresh(
+    bpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &std::fs::File,
+    dir: &pins::PinDir,
+) -> Result<OwnedFd> {
+    let link: FdLink = match name {
+        programs::SOCK_OPS => {
+            let p: &mut SockOps = prog(bpf, name)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            p.take_link(id)?.try_into()?
+        }
+        programs::POST_BIND4 | programs::POST_BIND6 | programs::SOCK_CREATE => {
+            let p: &mut CgroupSock = prog(bpf, name)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            p.take_link(id)?.try_into()?
+        }
+        programs::INGRESS => {
+            let p: &mut CgroupSkb = prog(bpf, name)?;
+            let id = p.attach(cgroup, CgroupSkbAttachType::Ingress, ATTACH_MODE)?;
+            p.take_link(id)?.try_into()?
+        }
+        programs::LSM_SOCKET_CREATE => {
+            let p: &mut LsmCgroup = prog(bpf, name)?;
+            let id = p.attach(cgroup)?;
+            p.take_link(id)?.into()
+        }
+        _ => {
+            let p: &mut CgroupSockAddr = prog(bpf, name)?;
+            let id = p.attach(cgroup, ATTACH_MODE)?;
+            p.take_link(id)?.try_into()?
+        }
+    };
+    let path = dir.entry(name);
+    let _ = dir.unlink(name);
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning {}/{name}", dir.display()))?;
+    let fd = sys::obj_get(&path).with_context(|| format!("opening {}/{name}", dir.display()))?;
+    drop(pinned);
+    Ok(fd)
+}
+
+fn attach_type(name: &str) -> u32 {
+    use sys::attach::*;
+    match name {
+        programs::SOCK_CREATE => INET_SOCK_CREATE,
+        programs::INGRESS => INET_INGRESS,
+        programs::SOCK_OPS => SOCK_OPS,
+        programs::POST_BIND4 => INET4_POST_BIND,
+        programs::POST_BIND6 => INET6_POST_BIND,
+        programs::GETPEERNAME4 => INET4_GETPEERNAME,
+        programs::GETPEERNAME6 => INET6_GETPEERNAME,
+        programs::SENDMSG4 => UDP4_SENDMSG,
+        programs::SENDMSG6 => UDP6_SENDMSG,
+        programs::CONNECT4 => INET4_CONNECT,
+        programs::CONNECT6 => INET6_CONNECT,
+        programs::LSM_SOCKET_CREATE => LSM_CGROUP,
+        _ => unreachable!("unknown program {name}"),
+    }
+}
+
+/// `interceptor detach`: remove every hook and the shared maps. Connects
+/// from the workload then go direct again; this is the explicit way out.
+/// Refused while a daemon runs (it would re-attach what it finds missing)
+/// unless `force` (the daemon itself, stopping with `detach_on_exit`).
+pub fn detach_all(bpffs_dir: &Path, force: bool) -> Result<usize> {
+    if !force && let Some(age) = heartbeat_age(bpffs_dir) {
+        bail!(
+            "a daemon is running (its heartbeat is {} ms old): stop it first (systemctl stop interceptor), then detach",
+            age.as_millis()
+        );
+    }
+    pins::remove_all(bpffs_dir)
+}
+
+/// How old the running daemon's heartbeat is, if one is fresh.
+fn heartbeat_age(bpffs_dir: &Path) -> Option<Duration> {
+    let base = pins::open_base(bpffs_dir, false).ok()??;
+    let maps = base.subdir(&pins::version_dir(), false).ok()??.subdir("maps", false).ok()??;
+    let data = MapData::from_pin(maps.entry(maps::HEARTBEAT)).ok()?;
+    let hb: Array<_, Heartbeat> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
+    let beat = hb.get(&0, 0).ok()?.monotonic_ns;
+    let age = Duration::from_nanos(monotonic_ns().saturating_sub(beat));
+    (beat != 0 && age < Duration::from_secs(3)).then_some(age)
 }
 
 fn check_kernel() -> Result<()> {
@@ -216,10 +580,42 @@ fn check_kernel() -> Result<()> {
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!(
-            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); interceptor needs a kernel >= 5.10 built with CONFIG_DEBUG_INFO_BTF=y"
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); interceptor needs a kernel >= 6.1 built with CONFIG_DEBUG_INFO_BTF=y"
         );
     }
     Ok(())
+}
+
+/// Loads the LSM program where the kernel runs the BPF LSM and lets it
+/// load; otherwise says why not.
+fn lsm_usable(bpf: &mut Ebpf) -> Result<(), String> {
+    if !lsm_active() {
+        return Err("the BPF LSM is not active (no `bpf` in /sys/kernel/security/lsm)".into());
+    }
+    load_program(bpf, programs::LSM_SOCKET_CREATE)
+        .map_err(|e| format!("the BPF LSM program did not load ({e:#})"))
+}
+
+/// Whether the kernel runs the BPF LSM (`bpf` in the active LSM list).
+/// securityfs is mounted when it is not (as systemd does at boot).
+pub fn lsm_active() -> bool {
+    let read = || std::fs::read_to_string("/sys/kernel/security/lsm");
+    let list = read().or_else(|_| {
+        let rc = unsafe {
+            libc::mount(
+                c"securityfs".as_ptr(),
+                c"/sys/kernel/security".as_ptr(),
+                c"securityfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        read()
+    });
+    list.is_ok_and(|l| l.trim().split(',').any(|m| m == "bpf"))
 }
 
 fn kernel_config(s: &HookSettings) -> Result<Config> {
@@ -236,6 +632,8 @@ fn kernel_config(s: &HookSettings) -> Result<Config> {
         flags: if s.allow_udp { CONFIG_F_ALLOW_UDP } else { 0 },
         protected_ports: protected,
         heartbeat_timeout_ns: s.heartbeat_timeout.as_nanos() as u64,
+        proxy_mark: s.proxy_mark,
+        socket_kinds: s.socket_kinds,
     })
 }
 
@@ -244,105 +642,91 @@ fn take(bpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
         .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
 }
 
-/// Attaches every program to one cgroup and pins each link right away (a
-/// loader that dies before pinning leaves no hook behind). Returns the id of
-/// the cgroup it attached to.
-fn attach_cgroup(
-    bpf: &mut Ebpf,
-    layout: &pins::Layout,
-    cg: &WorkloadCgroup,
-    generation: &str,
-) -> Result<u64> {
-    let dir =
-        std::fs::File::open(&cg.abs).with_context(|| format!("opening {}", cg.abs.display()))?;
-    // The id of the cgroup behind this very fd, whatever the path names later.
-    let cgroup_id = dir.metadata()?.ino();
-    let links_dir = layout.links_for(cgroup_id)?;
-    let pin = |name: &str, link: FdLink| -> Result<()> {
-        // bpffs refuses names containing a dot.
-        let path = links_dir.join(format!("{name}-{generation}"));
-        link.pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-        Ok(())
+/// Loads one program of the object into the kernel.
+fn load_program(bpf: &mut Ebpf, name: &str) -> Result<()> {
+    let p = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    let r = match p {
+        aya::programs::Program::LsmCgroup(l) => {
+            let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+            l.load("socket_create", &btf)
+        }
+        aya::programs::Program::SockOps(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::CgroupSkb(p) => p.load(),
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        _ => bail!("program {name} has an unexpected type"),
     };
-    // Order matters only for the moment before all are attached (see
-    // programs::ATTACHED).
-    for name in programs::ATTACHED {
-        let link: FdLink = match name {
-            programs::SOCK_OPS => {
-                let p: &mut SockOps = program(bpf, name)?;
-                let id = p.attach(&dir, ATTACH_MODE)?;
-                p.take_link(id)?.try_into()?
-            }
-            programs::POST_BIND4 | programs::POST_BIND6 => {
-                let p: &mut CgroupSock = program(bpf, name)?;
-                let id = p.attach(&dir, ATTACH_MODE)?;
-                p.take_link(id)?.try_into()?
-            }
-            _ => {
-                let p: &mut CgroupSockAddr = program(bpf, name)?;
-                let id = p.attach(&dir, ATTACH_MODE)?;
-                p.take_link(id)?.try_into()?
-            }
-        };
-        pin(name, link)?;
-    }
-    Ok(cgroup_id)
+    r.map_err(|e| anyhow!("loading program {name}: {e:#}"))
 }
 
-/// The programs not attached to the cgroup now at `cg`'s path, judged by
-/// the links pinned under its cgroup id (`interceptor check-hooks`, which
-/// gates skills.slice at boot). A re-created cgroup has a new id, hence none.
+/// A loaded program of the object, by type.
+fn prog<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+        .try_into()?)
+}
+
+fn program_fd(bpf: &mut Ebpf, name: &str) -> Result<OwnedFd> {
+    let p = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    Ok(p.fd()?.as_fd().try_clone_to_owned()?)
+}
+
+fn program_id(bpf: &mut Ebpf, name: &str) -> Result<u32> {
+    let p = bpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
+    Ok(p.info()?.id())
+}
+
+/// The programs not attached to the cgroup now at `cg`'s path
+/// (`interceptor check-hooks`, which gates skills.slice at boot): for each
+/// program, the link pinned for this cgroup id must exist and its program
+/// must be in the kernel's list for the cgroup. A re-created cgroup has a
+/// new id, hence none.
 pub fn missing_hooks(bpffs_dir: &Path, cg: &WorkloadCgroup) -> Result<Vec<&'static str>> {
-    let id = std::fs::metadata(&cg.abs)
-        .with_context(|| format!("reading {}", cg.abs.display()))?
-        .ino();
-    let pinned = pins::Layout::new(bpffs_dir).links_of(id);
-    Ok(programs::ATTACHED
+    let cgroup = std::fs::File::open(&cg.abs)
+        .with_context(|| format!("opening {}", cg.abs.display()))?;
+    let id = cgroup.metadata()?.ino();
+    let dir = pins::open_base(bpffs_dir, false)?
+        .map(|b| b.subdir(&pins::version_dir(), false))
+        .transpose()?
+        .flatten()
+        .map(|v| v.subdir("links", false))
+        .transpose()?
+        .flatten()
+        .map(|l| l.subdir(&id.to_string(), false))
+        .transpose()?
+        .flatten();
+    // The LSM program is attached only where the kernel lets it load: it
+    // counts when the daemon pinned it.
+    let mut names: Vec<&'static str> = programs::ATTACHED.to_vec();
+    if dir
+        .as_ref()
+        .is_some_and(|d| d.entries().iter().any(|(n, _)| n == programs::LSM_SOCKET_CREATE))
+    {
+        names.push(programs::LSM_SOCKET_CREATE);
+    }
+    Ok(names
         .into_iter()
         .filter(|name| {
-            !pinned.iter().any(|p| {
-                p.file_name()
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with(&format!("{name}-")))
-                    && aya::programs::links::PinnedLink::from_pin(p).is_ok()
-            })
+            let attached = || -> Option<bool> {
+                let fd = sys::obj_get(&dir.as_ref()?.entry(name)).ok()?;
+                let prog = sys::link_prog_id(fd.as_fd()).ok()?;
+                let ids = sys::cgroup_prog_ids(cgroup.as_fd(), attach_type(name)).ok()?;
+                Some(ids.contains(&prog))
+            };
+            attached() != Some(true)
         })
         .collect())
 }
-
-/// A program of the object, loaded into the kernel on first use.
-fn program<'a, T>(bpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    T: Loadable + 'a,
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p: &mut T = bpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-        .try_into()?;
-    if !p.is_loaded() {
-        p.load_it()
-            .map_err(|e| anyhow!("loading program {name}: {e:#}"))?;
-    }
-    Ok(p)
-}
-
-/// The three program types we attach share these two operations.
-trait Loadable {
-    fn is_loaded(&self) -> bool;
-    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
-}
-
-macro_rules! loadable {
-    ($($t:ty),*) => {$(
-        impl Loadable for $t {
-            fn is_loaded(&self) -> bool { self.fd().is_ok() }
-            fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> { self.load() }
-        }
-    )*};
-}
-loadable!(SockOps, CgroupSock, CgroupSockAddr);
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {

@@ -27,9 +27,9 @@ pub struct Cli {
 enum Cmd {
     /// Run the daemon: attach the kernel hooks and proxy the workload's connections
     Run(Overrides),
-    /// Remove the kernel hooks; connects from the workload cgroups go direct again
+    /// Remove the kernel hooks (the daemon must be stopped); connects from the workload cgroups go direct again
     Detach {
-        /// Configuration file (for `bpffs_dir`)
+        /// Configuration file (for `bpffs_dir` and the ports to release)
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// bpffs directory of the pins
@@ -92,17 +92,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run(o) => crate::daemon::run(o),
         Cmd::Detach { config, bpffs_dir } => {
-            let dir = match bpffs_dir {
-                Some(d) => d,
-                None => {
-                    Config::load(&Overrides {
-                        config,
-                        ..Default::default()
-                    })?
-                    .bpffs_dir
-                }
-            };
-            let n = crate::bpf::detach_all(&dir)?;
+            let cfg = config_or_default(config)?;
+            let dir = bpffs_dir.unwrap_or(cfg.bpffs_dir);
+            let n = crate::bpf::detach_all(&dir, false)?;
+            crate::reserved_ports::release(&[cfg.listen_port, cfg.admin_listen.port()])?;
             println!("detached {n} pinned link(s) under {}", dir.display());
             Ok(())
         }
@@ -112,6 +105,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             for c in &cfg.cgroups {
                 crate::cgroup::create_missing_slices(&mount, c)?;
             }
+            // The sandboxed daemon cannot write sysctls: reserve its ports here.
+            crate::reserved_ports::reserve(&[cfg.listen_port, cfg.admin_listen.port()])?;
             Ok(())
         }
         Cmd::CheckHooks { config } => {
@@ -127,11 +122,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                         missing.join(", ")
                     );
                 }
-                println!(
-                    "{}: all {} hooks attached",
-                    cg.rel,
-                    interceptor_common::programs::ATTACHED.len()
-                );
+                println!("{}: all hooks attached", cg.rel);
             }
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! Policy files: parse, validate, and point at the exact place of every error.
 use super::time_window::TimeWindow;
-use super::{Action, Credential, Destination, Effects, Placement, Policy, Rule, TlsMode};
+use super::{
+    Action, Credential, Destination, Effects, InboundRule, Placement, Policy, Rule, TlsMode,
+};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +45,29 @@ struct FileDoc {
     credential: BTreeMap<String, Spanned<CredentialDoc>>,
     #[serde(default)]
     mask: BTreeMap<String, Spanned<MaskDoc>>,
+    #[serde(default)]
+    inbound: Vec<Spanned<InboundDoc>>,
+}
+
+/// `[[inbound]]`: connections a workload may accept. Nothing comes in
+/// without one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundDoc {
+    id: Spanned<String>,
+    workload: Spanned<OneOrMany>,
+    port: Spanned<PortOrPorts>,
+    /// Peer networks (CIDR or address), e.g. "10.0.0.0/8", "::1".
+    peer: Spanned<OneOrMany>,
+    /// Only "tcp" (the default): inbound datagrams are never let in by rule.
+    proto: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortOrPorts {
+    One(u16),
+    Many(Vec<u16>),
 }
 
 #[derive(Deserialize)]
@@ -297,6 +322,21 @@ impl Parser<'_> {
                 Err(e) => self.push(start, format!("mask {name:?}: {e}")),
             }
         }
+        for spanned in doc.inbound {
+            let start = spanned.span().start;
+            let (line, _) = line_col(self.text, start);
+            let origin = format!("{}:{line}", self.file.display());
+            if let Some(r) = self.inbound(spanned.into_inner(), origin.clone(), seen) {
+                if policy.inbound.len() == super::MAX_INBOUND_RULES {
+                    self.push(
+                        start,
+                        format!("at most {} [[inbound]] rules", super::MAX_INBOUND_RULES),
+                    );
+                } else {
+                    policy.inbound.push(r);
+                }
+            }
+        }
         for spanned in doc.rule {
             let (line, _) = line_col(self.text, spanned.span().start);
             let origin = format!("{}:{line}", self.file.display());
@@ -546,6 +586,69 @@ impl Parser<'_> {
     }
 
     /// Glob patterns; `literal_separator`: `*` stays within one `/` segment.
+    fn inbound(
+        &mut self,
+        r: InboundDoc,
+        origin: String,
+        seen: &mut HashMap<String, String>,
+    ) -> Option<InboundRule> {
+        let before = self.errors.len();
+        let id = r.id.get_ref().trim().to_string();
+        if let Some(prev) = seen.insert(id.clone(), origin.clone()) {
+            self.push(
+                r.id.span().start,
+                format!("duplicate rule id {id:?} (first defined at {prev})"),
+            );
+        }
+        if let Some(p) = &r.proto
+            && p.get_ref() != "tcp"
+        {
+            self.push(
+                p.span().start,
+                format!("inbound proto {:?}: only \"tcp\" can be allowed in", p.get_ref()),
+            );
+        }
+        let workload = Some(r.workload);
+        let workloads = self.globs(&workload, "workload", true, |p| {
+            let p = p.trim_start_matches('/');
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("{{{p},**/{p}}}")
+            }
+        });
+        let ports = match r.port.get_ref() {
+            PortOrPorts::One(p) => vec![*p],
+            PortOrPorts::Many(v) => v.clone(),
+        };
+        if ports.is_empty() || ports.contains(&0) {
+            self.push(r.port.span().start, "inbound port must be 1..65535".into());
+        }
+        let mut peers = Vec::new();
+        for item in r.peer.get_ref().items() {
+            let net = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => peers.push(n.trunc()),
+                Err(_) => self.push(
+                    r.peer.span().start,
+                    format!("inbound peer {item:?} is not an address or CIDR"),
+                ),
+            }
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        Some(InboundRule {
+            id,
+            origin,
+            workloads: workloads?,
+            ports,
+            peers,
+        })
+    }
+
     fn globs(
         &mut self,
         field: &Option<Spanned<OneOrMany>>,

@@ -179,9 +179,34 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// `[[inbound]]`: what workloads may accept (nothing, without one).
+    pub inbound: Vec<InboundRule>,
     pub credentials: BTreeMap<String, Credential>,
     pub masks: BTreeMap<String, std::sync::Arc<crate::masking::Profile>>,
     pub files: Vec<PathBuf>,
+}
+
+/// The kernel filter keeps inbound rules as bits of a u64.
+pub const MAX_INBOUND_RULES: usize = 64;
+
+/// An inbound rule: a workload may accept TCP connections on these local
+/// ports from these peers. The kernel applies it; the daemon records every
+/// accepted connection.
+#[derive(Debug)]
+pub struct InboundRule {
+    pub id: String,
+    pub origin: String,
+    workloads: GlobSet,
+    pub ports: Vec<u16>,
+    pub peers: Vec<ipnet::IpNet>,
+}
+
+impl InboundRule {
+    /// Whether the rule's workload patterns match this cgroup (relative to
+    /// the cgroup2 mount).
+    pub fn matches_workload(&self, cgroup: &str) -> bool {
+        self.workloads.is_match(cgroup.trim_start_matches('/'))
+    }
 }
 
 /// Three-valued match: a rule can also be undecidable at a stage.

@@ -83,6 +83,10 @@ impl Clock {
 pub struct Proxy {
     pub hooks: Hooks,
     pub names: CgroupNames,
+    /// SO_MARK on every socket the proxy opens towards an upstream: a
+    /// workload's own server (reached through the proxy) accepts only
+    /// connections that carry it.
+    pub mark: u32,
     pub policy: RwLock<Arc<Policy>>,
     pub store: Store,
     pub stats: Stats,
@@ -274,8 +278,11 @@ impl Proxy {
             reset(conn);
             return;
         }
-        let connected =
-            tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination)).await;
+        let connected = tokio::time::timeout(
+            self.connect_timeout,
+            connect_marked(destination, self.mark),
+        )
+        .await;
         let upstream = match connected {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
@@ -423,6 +430,35 @@ where
         .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// SO_MARK (needs CAP_NET_ADMIN, which the daemon has and workloads lack).
+pub fn set_mark(sock: &tokio::net::TcpSocket, mark: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An upstream connection from a marked socket.
+pub async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    set_mark(&sock, mark)?;
+    sock.connect(addr).await
 }
 
 /// Closes with RST, so the client sees a refused connection at once rather

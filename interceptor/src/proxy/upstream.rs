@@ -48,18 +48,21 @@ pub struct Pool {
     /// ALPN http/1.1 only, for upgrades.
     tls_h1: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
+    /// SO_MARK of the proxy's sockets (see `Proxy::mark`).
+    mark: u32,
     h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>>>,
 }
 
 impl Pool {
-    pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Self {
+    pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration, mark: u32) -> Self {
         let mut h1 = (*tls).clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
             tls_h1: Arc::new(h1),
             tls,
             connect_timeout,
+            mark,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
         }
@@ -160,8 +163,11 @@ impl Pool {
     }
 
     async fn tcp(&self, key: &Key) -> Result<TcpStream, UpstreamError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(key.addr))
-            .await
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            super::connect_marked(key.addr, self.mark),
+        )
+        .await
             .map_err(|_| UpstreamError::Connect(key.addr, "timed out".into()))?
             .map_err(|e| UpstreamError::Connect(key.addr, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
