@@ -88,13 +88,17 @@ async def exchange(i, r, w):
 
 async def concurrent(host, port, n):
     # Every connection is open before the first byte is sent.
-    conns = await asyncio.wait_for(asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(n))), 60)
+    opened = await asyncio.wait_for(
+        asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(n)), return_exceptions=True), 60
+    )
+    conns = [c for c in opened if not isinstance(c, BaseException)]
+    refused = [repr(c) for c in opened if isinstance(c, BaseException)]
     results = await asyncio.wait_for(
         asyncio.gather(*(exchange(i, r, w) for i, (r, w) in enumerate(conns)), return_exceptions=True), 120
     )
     ok = sum(1 for r in results if r is True)
-    errors = [repr(r) for r in results if r is not True][:5]
-    out({"ok": ok, "n": n, "errors": errors})
+    errors = (refused + [repr(r) for r in results if r is not True])[:5]
+    out({"ok": ok, "n": n, "refused": len(refused), "errors": errors})
 
 
 def try_connect(host, port):
@@ -250,7 +254,7 @@ def badconnect(host, port):
 
 def main():
     mode, host = sys.argv[1], sys.argv[2]
-    port = int(sys.argv[3]) if sys.argv[3].isdigit() else 0
+    port = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3].isdigit() else 0
     if mode == "echo":
         echo(host, port, int(sys.argv[4]))
     elif mode == "concurrent":

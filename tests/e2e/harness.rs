@@ -307,9 +307,11 @@ impl Daemon {
         let log = self.cfg.dir.join(format!("daemon-{}.log", unique()));
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = match &self.cfg.netns {
+            // nsenter, not `ip netns exec`: that one remounts /sys, hiding
+            // the cgroup2 mount.
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
                 c
             }
             None => Command::new(BIN),
