@@ -465,6 +465,12 @@ fn metrics(proxy: &Proxy) -> String {
         "counter",
         k.refused_bind,
     );
+    put(
+        "interceptor_shared_uid_findings_total",
+        "Processes outside the workload sharing a uid with a skill, or skills running as root, per scan.",
+        "counter",
+        crate::hostcheck::SHARED_UID_FINDINGS.load(Ordering::Relaxed),
+    );
     out
 }
 
