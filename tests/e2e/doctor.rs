@@ -153,3 +153,45 @@ fn doctor_names_a_process_outside_that_shares_a_skills_uid() {
     drop(inside);
     let _ = std::fs::remove_dir_all(&cfg.dir);
 }
+
+#[test]
+fn doctor_names_a_socket_created_outside_the_workload() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("doctor-sock");
+    let cfg = DaemonConfig::new(&[&cg], "");
+    let config = cfg.config_file();
+    // Listens outside, then moves itself into the workload cgroup: the
+    // hooks act on the cgroup a socket was created in, so this one is not
+    // covered.
+    let script = format!(
+        "import socket, os, sys, time\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+         open('{}/cgroup.procs', 'w').write(str(os.getpid()))\n\
+         print('moved', flush=True); time.sleep(60)\n",
+        cg.abs.display()
+    );
+    let mut c = Command::new("python3");
+    c.args(["-c", &script]).stdout(Stdio::piped());
+    let mut holder = Proc(c.spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "moved");
+
+    let (code, v) = doctor(&config);
+    assert_eq!(code, Some(1), "{v:#}");
+    let f: Vec<_> = naming(&v, holder.pid())
+        .into_iter()
+        .filter(|f| f["check"] == "foreign-sockets")
+        .collect();
+    assert_eq!(f.len(), 1, "{v:#}");
+    assert_eq!(f[0]["status"], "fail");
+    assert_eq!(f[0]["process"]["cgroup"], cg.rel.as_str());
+    holder.kill();
+    let _ = std::fs::remove_dir_all(&cfg.dir);
+}
