@@ -467,7 +467,7 @@ fn metrics(proxy: &Proxy) -> String {
     );
     put(
         "interceptor_shared_uid_findings_total",
-        "Processes outside the workload sharing a uid with a skill, or skills running as root, per scan.",
+        "Shared-uid scan findings (a process outside the workload under a skill's uid, or a skill running as root), summed over scans.",
         "counter",
         crate::hostcheck::SHARED_UID_FINDINGS.load(Ordering::Relaxed),
     );

@@ -1042,6 +1042,20 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_counts_what_is_not_ok() {
+        let before = SHARED_UID_FINDINGS.load(Ordering::Relaxed);
+        let mut findings = shared_uid_findings(&[
+            proc(10, 1001, Some("skills.slice")),
+            proc(11, 1001, None),
+            proc(12, 0, Some("skills.slice")),
+        ]);
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        findings.push(Finding::ok("shared-uid", "nothing"));
+        log_findings(&findings);
+        assert_eq!(SHARED_UID_FINDINGS.load(Ordering::Relaxed) - before, 2);
+    }
+
+    #[test]
     fn pin_tree_components() {
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root (a trusted pin tree is root-owned)");
