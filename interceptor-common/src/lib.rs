@@ -276,8 +276,14 @@ mod tests {
         assert_eq!((size_of::<ConnRecord>(), align_of::<ConnRecord>()), (56, 8));
         assert_eq!((size_of::<TupleKey>(), align_of::<TupleKey>()), (20, 4));
         assert_eq!((size_of::<InboundKey>(), align_of::<InboundKey>()), (20, 4));
-        assert_eq!((size_of::<InboundTuple>(), align_of::<InboundTuple>()), (24, 4));
-        assert_eq!((size_of::<InboundEvent>(), align_of::<InboundEvent>()), (88, 8));
+        assert_eq!(
+            (size_of::<InboundTuple>(), align_of::<InboundTuple>()),
+            (24, 4)
+        );
+        assert_eq!(
+            (size_of::<InboundEvent>(), align_of::<InboundEvent>()),
+            (88, 8)
+        );
         assert_eq!(LAYOUT_VERSION, 2);
     }
 }

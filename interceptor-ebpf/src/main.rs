@@ -38,8 +38,8 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, EVENT_INBOUND_CLOSE,
-    EVENT_INBOUND_OPEN, Heartbeat, INBOUND_KEY_FIXED_BITS, InboundAllow, InboundEvent,
-    InboundKey, InboundTuple, TupleKey, counters, kinds,
+    EVENT_INBOUND_OPEN, Heartbeat, INBOUND_KEY_FIXED_BITS, InboundAllow, InboundEvent, InboundKey,
+    InboundTuple, TupleKey, counters, kinds,
 };
 
 const ALLOW: i32 = 1;
@@ -107,7 +107,9 @@ fn config() -> Option<&'static Config> {
 /// counts as stale.
 #[inline(always)]
 fn daemon_alive(cfg: &Config) -> bool {
-    let Some(hb) = HEARTBEAT.get(0) else { return false };
+    let Some(hb) = HEARTBEAT.get(0) else {
+        return false;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     hb.monotonic_ns != 0 && now.wrapping_sub(hb.monotonic_ns) <= cfg.heartbeat_timeout_ns
 }
@@ -238,10 +240,19 @@ pub fn icpt_connect6(ctx: SockAddrContext) -> i32 {
         }
         return v;
     }
-    let ip = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let ip = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let port = u16::from_be(sa.user_port as u16);
     let mapped = v6_is_v4_mapped(&ip);
-    let local = if mapped { v4_is_local(ip[3]) } else { v6_is_local(&ip) };
+    let local = if mapped {
+        v4_is_local(ip[3])
+    } else {
+        v6_is_local(&ip)
+    };
     if local && is_protected(cfg, port) {
         forget(&ctx);
         count(counters::REFUSED_PROTECTED);
@@ -379,17 +390,31 @@ pub fn icpt_sock_ops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn on_established(ctx: &SockOpsContext) {
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
-    let Some(rec) = (unsafe { BY_COOKIE.get(cookie) }) else { return };
+    let Some(rec) = (unsafe { BY_COOKIE.get(cookie) }) else {
+        return;
+    };
     let rec = *rec;
     let family = ctx.family() as u16;
     let key = if family == AF_INET {
-        TupleKey { addr: [ctx.local_ip4(), 0, 0, 0], port: ctx.local_port() as u16, family: AF_INET }
+        TupleKey {
+            addr: [ctx.local_ip4(), 0, 0, 0],
+            port: ctx.local_port() as u16,
+            family: AF_INET,
+        }
     } else {
         let ip = ctx.local_ip6();
         if v6_is_v4_mapped(&ip) {
-            TupleKey { addr: [ip[3], 0, 0, 0], port: ctx.local_port() as u16, family: AF_INET }
+            TupleKey {
+                addr: [ip[3], 0, 0, 0],
+                port: ctx.local_port() as u16,
+                family: AF_INET,
+            }
         } else {
-            TupleKey { addr: ip, port: ctx.local_port() as u16, family: AF_INET6 }
+            TupleKey {
+                addr: ip,
+                port: ctx.local_port() as u16,
+                family: AF_INET6,
+            }
         }
     };
     let _ = BY_TUPLE.insert(key, rec, 0);
@@ -403,13 +428,31 @@ fn inbound_tuple(ctx: &SockOpsContext) -> InboundTuple {
     let peer_port = u16::from_be((ctx.remote_port() >> 16) as u16);
     let local_port = ctx.local_port() as u16;
     if ctx.family() == AF_INET as u32 {
-        return InboundTuple { peer: [ctx.remote_ip4(), 0, 0, 0], peer_port, local_port, family: AF_INET, _pad: 0 };
+        return InboundTuple {
+            peer: [ctx.remote_ip4(), 0, 0, 0],
+            peer_port,
+            local_port,
+            family: AF_INET,
+            _pad: 0,
+        };
     }
     let ip = ctx.remote_ip6();
     if v6_is_v4_mapped(&ip) {
-        InboundTuple { peer: [ip[3], 0, 0, 0], peer_port, local_port, family: AF_INET, _pad: 0 }
+        InboundTuple {
+            peer: [ip[3], 0, 0, 0],
+            peer_port,
+            local_port,
+            family: AF_INET,
+            _pad: 0,
+        }
     } else {
-        InboundTuple { peer: ip, peer_port, local_port, family: AF_INET6, _pad: 0 }
+        InboundTuple {
+            peer: ip,
+            peer_port,
+            local_port,
+            family: AF_INET6,
+            _pad: 0,
+        }
     }
 }
 
@@ -419,7 +462,9 @@ fn inbound_tuple(ctx: &SockOpsContext) -> InboundTuple {
 #[inline(always)]
 fn on_inbound_established(ctx: &SockOpsContext) {
     let t = inbound_tuple(ctx);
-    let Some(allow) = (unsafe { INBOUND_PENDING.get(&t) }) else { return };
+    let Some(allow) = (unsafe { INBOUND_PENDING.get(&t) }) else {
+        return;
+    };
     let allow = *allow;
     let _ = INBOUND_PENDING.remove(&t);
     let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
@@ -427,7 +472,11 @@ fn on_inbound_established(ctx: &SockOpsContext) {
         [ctx.local_ip4(), 0, 0, 0]
     } else {
         let ip = ctx.local_ip6();
-        if v6_is_v4_mapped(&ip) { [ip[3], 0, 0, 0] } else { ip }
+        if v6_is_v4_mapped(&ip) {
+            [ip[3], 0, 0, 0]
+        } else {
+            ip
+        }
     };
     let ev = InboundEvent {
         kind: EVENT_INBOUND_OPEN,
@@ -453,7 +502,9 @@ fn on_inbound_established(ctx: &SockOpsContext) {
 
 #[inline(always)]
 fn on_inbound_close(ctx: &SockOpsContext, cookie: u64) {
-    let Some(open) = (unsafe { INBOUND_OPEN.get(cookie) }) else { return };
+    let Some(open) = (unsafe { INBOUND_OPEN.get(cookie) }) else {
+        return;
+    };
     let mut ev = *open;
     let _ = INBOUND_OPEN.remove(cookie);
     ev.kind = EVENT_INBOUND_CLOSE;
@@ -474,7 +525,11 @@ pub fn icpt_sock_create(ctx: SockContext) -> i32 {
     let Some(cfg) = config() else { return REFUSE };
     let sk = unsafe { &*ctx.sock };
     let allowed = cfg.socket_kinds
-        | if cfg.flags & CONFIG_F_ALLOW_UDP != 0 { kinds::UDP } else { 0 };
+        | if cfg.flags & CONFIG_F_ALLOW_UDP != 0 {
+            kinds::UDP
+        } else {
+            0
+        };
     let need = match (sk.type_, sk.protocol) {
         (SOCK_STREAM, IPPROTO_TCP) => return ALLOW,
         (SOCK_STREAM, IPPROTO_MPTCP) => kinds::MPTCP,
@@ -549,8 +604,19 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         _ => return None,
     };
     let ports: [u16; 2] = ctx.load(l4).ok()?;
-    let tcp_flags = if proto == IPPROTO_TCP as u8 { ctx.load::<u8>(l4 + 13).ok()? } else { 0 };
-    Some(Packet { version, proto, peer, peer_port_be: ports[0], local_port_be: ports[1], tcp_flags })
+    let tcp_flags = if proto == IPPROTO_TCP as u8 {
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Packet {
+        version,
+        proto,
+        peer,
+        peer_port_be: ports[0],
+        local_port_be: ports[1],
+        tcp_flags,
+    })
 }
 
 /// Everything that arrives at a workload socket. Passes what the proxy
@@ -559,7 +625,9 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
 /// that an `[[inbound]]` rule allows for this workload; drops the rest.
 #[cgroup_skb(ingress)]
 pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
-    let Some(cfg) = config() else { return INGRESS_DROP };
+    let Some(cfg) = config() else {
+        return INGRESS_DROP;
+    };
     let skb = ctx.skb.skb;
     if cfg.proxy_mark != 0 && unsafe { (*skb).mark } == cfg.proxy_mark {
         return INGRESS_PASS;
@@ -597,11 +665,20 @@ fn udp_connected(ctx: &SkBuffContext) -> bool {
 /// connection is recorded with its cgroup and rules.
 #[inline(always)]
 fn inbound_allowed(ctx: &SkBuffContext, p: &Packet) -> bool {
-    let key = InboundKey { port_be: p.local_port_be, proto: p.proto, ip_version: p.version, addr: p.peer };
+    let key = InboundKey {
+        port_be: p.local_port_be,
+        proto: p.proto,
+        ip_version: p.version,
+        addr: p.peer,
+    };
     let bits = INBOUND_KEY_FIXED_BITS + if p.version == 4 { 32 } else { 128 };
-    let Some(rules) = INBOUND_RULES.get(Key::new(bits, key)) else { return false };
+    let Some(rules) = INBOUND_RULES.get(Key::new(bits, key)) else {
+        return false;
+    };
     let cgroup_id = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) };
-    let Some(mine) = (unsafe { INBOUND_CGROUPS.get(&cgroup_id) }) else { return false };
+    let Some(mine) = (unsafe { INBOUND_CGROUPS.get(&cgroup_id) }) else {
+        return false;
+    };
     let matched = *rules & *mine;
     if matched == 0 {
         return false;
@@ -614,7 +691,14 @@ fn inbound_allowed(ctx: &SkBuffContext, p: &Packet) -> bool {
             family: if p.version == 4 { AF_INET } else { AF_INET6 },
             _pad: 0,
         };
-        let _ = INBOUND_PENDING.insert(&t, &InboundAllow { cgroup_id, rules: matched }, 0);
+        let _ = INBOUND_PENDING.insert(
+            &t,
+            &InboundAllow {
+                cgroup_id,
+                rules: matched,
+            },
+            0,
+        );
     }
     true
 }

@@ -493,7 +493,16 @@ fn metrics(proxy: &Proxy) -> String {
         "interceptor_hooks_tampered_total",
         "Programs found detached from a workload cgroup and re-attached.",
         "counter",
-        proxy.hooks.tampered.load(std::sync::atomic::Ordering::Relaxed),
+        proxy
+            .hooks
+            .tampered
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    put(
+        "interceptor_shared_uid_findings_total",
+        "Shared-uid scan findings (a process outside the workload under a skill's uid, or a skill running as root), summed over scans.",
+        "counter",
+        crate::hostcheck::SHARED_UID_FINDINGS.load(Ordering::Relaxed),
     );
     out
 }

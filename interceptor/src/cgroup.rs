@@ -40,7 +40,7 @@ pub fn mounts_of(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape_octal(s: &str) -> String {
+pub fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -361,7 +361,10 @@ pub fn parse_socket_kinds(names: &[String]) -> Result<u32> {
                 .iter()
                 .map(|(n, _)| *n)
                 .collect();
-            bail!("unknown socket kind {n:?} (known: {}; TCP is always allowed)", known.join(", "));
+            bail!(
+                "unknown socket kind {n:?} (known: {}; TCP is always allowed)",
+                known.join(", ")
+            );
         };
         bits |= b;
     }

@@ -190,6 +190,9 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     });
+    // Skills must run under uids nothing outside the workload uses (a
+    // same-uid process outside can be ptraced and its sockets used).
+    crate::hostcheck::spawn_shared_uid_watch(cgroups.clone());
     crate::inbound::sync(&proxy, &mount, &cgroups);
     if let Some(ring) = proxy.hooks.take_events() {
         tokio::spawn(crate::inbound::record(proxy.clone(), ring));
@@ -348,12 +351,17 @@ fn watch_cgroups(
                         }
                     }
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "could not verify the kernel hooks"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "could not verify the kernel hooks")
+                }
             }
             crate::inbound::sync(&proxy, &mount, &cgroups);
         }
     });
-    Ok(CgroupWatch { _watcher: watcher, stop: stop2 })
+    Ok(CgroupWatch {
+        _watcher: watcher,
+        stop: stop2,
+    })
 }
 
 /// The cgroup watcher; dropping it stops re-attaching (a daemon that

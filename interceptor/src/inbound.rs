@@ -48,18 +48,16 @@ pub fn kernel_rules(policy: &Policy) -> Vec<(InboundKey, u32, u64)> {
 
 /// Every cgroup under the workload roots whose path some inbound rule's
 /// workload matches, by cgroup id → mask of those rules.
-pub fn cgroup_masks(
-    policy: &Policy,
-    mount: &Path,
-    roots: &[WorkloadCgroup],
-) -> HashMap<u64, u64> {
+pub fn cgroup_masks(policy: &Policy, mount: &Path, roots: &[WorkloadCgroup]) -> HashMap<u64, u64> {
     let mut out = HashMap::new();
     if policy.inbound.is_empty() {
         return out;
     }
     let mut stack: Vec<std::path::PathBuf> = roots.iter().map(|r| r.abs.clone()).collect();
     while let Some(dir) = stack.pop() {
-        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
         let rel = dir.strip_prefix(mount).unwrap_or(&dir).to_string_lossy();
         let mask = policy
             .inbound
@@ -152,7 +150,9 @@ fn handle(proxy: &Proxy, open: &mut HashMap<u64, Session>, ev: &InboundEvent) {
             open.insert(ev.cookie, s);
         }
         EVENT_INBOUND_CLOSE => {
-            let Some(mut s) = open.remove(&ev.cookie) else { return };
+            let Some(mut s) = open.remove(&ev.cookie) else {
+                return;
+            };
             s.state = State::Closed;
             s.ended_ms = Some(store::now_ms());
             s.bytes_up = ev.bytes_out;
@@ -221,7 +221,9 @@ fn addr(family: u16, a: &[u32; 4], port: u16) -> SocketAddr {
 
 fn words(v6: Ipv6Addr) -> [u32; 4] {
     let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 #[cfg(test)]
@@ -243,19 +245,31 @@ mod tests {
         // 10.0.0.0/8 on 8080 is shared by both rules (b's peer is truncated).
         let shared = k
             .iter()
-            .find(|(key, bits, _)| key.port_be == 8080u16.to_be() && *bits == 8 && key.ip_version == 4)
+            .find(|(key, bits, _)| {
+                key.port_be == 8080u16.to_be() && *bits == 8 && key.ip_version == 4
+            })
             .unwrap();
         assert_eq!(shared.2, 0b11);
         assert_eq!(shared.0.addr[0].to_ne_bytes(), [10, 0, 0, 0]);
-        assert!(k.iter().any(|(key, bits, m)| key.ip_version == 6 && *bits == 128 && *m == 1));
-        assert!(k.iter().any(|(key, _, m)| key.port_be == 9090u16.to_be() && *m == 0b10));
+        assert!(
+            k.iter()
+                .any(|(key, bits, m)| key.ip_version == 6 && *bits == 128 && *m == 1)
+        );
+        assert!(
+            k.iter()
+                .any(|(key, _, m)| key.port_be == 9090u16.to_be() && *m == 0b10)
+        );
         assert_eq!(k.len(), 3);
         assert!(p.inbound[1].matches_workload("skills.slice/x.service"));
         assert!(!p.inbound[1].matches_workload("skills.slice/y.service"));
         std::fs::write(dir.join("p.toml"), "[[inbound]]\nid = \"c\"\nworkload = \"w\"\nport = 1\npeer = \"nope\"\nproto = \"udp\"\n").unwrap();
         let errs = Policy::load_dir(&dir).unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|e| e.contains("p.toml:6") && e.contains("udp")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|e| e.contains("p.toml:6") && e.contains("udp")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|e| e.contains("\"nope\"")), "{text:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod credentials;
 mod daemon;
+mod hostcheck;
 mod identity;
 mod inbound;
 mod masking;

@@ -13,10 +13,21 @@ const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 /// The sysctl's format: comma-separated ports and `a-b` ranges.
 pub fn parse(list: &str) -> Result<BTreeSet<u16>> {
     let mut out = BTreeSet::new();
-    for part in list.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in list
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let a: u16 = a.trim().parse().with_context(|| format!("bad port {part:?}"))?;
-        let b: u16 = b.trim().parse().with_context(|| format!("bad port {part:?}"))?;
+        let a: u16 = a
+            .trim()
+            .parse()
+            .with_context(|| format!("bad port {part:?}"))?;
+        let b: u16 = b
+            .trim()
+            .parse()
+            .with_context(|| format!("bad port {part:?}"))?;
         if a > b {
             bail!("bad range {part:?}");
         }
@@ -56,7 +67,8 @@ pub fn ephemeral_range() -> Result<(u16, u16)> {
 /// Ports the kernel could still hand out as ephemeral ports.
 pub fn unprotected(ports: &[u16]) -> Result<Vec<u16>> {
     let (lo, hi) = ephemeral_range()?;
-    let reserved = parse(&std::fs::read_to_string(RESERVED).with_context(|| format!("reading {RESERVED}"))?)?;
+    let reserved =
+        parse(&std::fs::read_to_string(RESERVED).with_context(|| format!("reading {RESERVED}"))?)?;
     Ok(ports
         .iter()
         .copied()
@@ -92,7 +104,8 @@ pub fn release(ports: &[u16]) -> Result<()> {
         reserved.remove(p);
     }
     if reserved.len() != before {
-        std::fs::write(RESERVED, format(&reserved)).with_context(|| format!("writing {RESERVED}"))?;
+        std::fs::write(RESERVED, format(&reserved))
+            .with_context(|| format!("writing {RESERVED}"))?;
     }
     Ok(())
 }
@@ -104,7 +117,10 @@ mod tests {
     #[test]
     fn round_trips_the_sysctl_format() {
         let s = parse("15000-15001, 8080,9000-9000\n").unwrap();
-        assert_eq!(s.iter().copied().collect::<Vec<_>>(), vec![8080, 9000, 15000, 15001]);
+        assert_eq!(
+            s.iter().copied().collect::<Vec<_>>(),
+            vec![8080, 9000, 15000, 15001]
+        );
         assert_eq!(format(&s), "8080,9000,15000-15001");
         assert!(parse("").unwrap().is_empty());
         assert!(parse("5-3").is_err());

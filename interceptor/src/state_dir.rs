@@ -22,7 +22,10 @@ pub fn secure(dir: &Path) -> Result<()> {
         Ok(m) => {
             let me = unsafe { libc::geteuid() };
             if !m.is_dir() {
-                bail!("state directory {} is not a directory (a symlink?)", dir.display());
+                bail!(
+                    "state directory {} is not a directory (a symlink?)",
+                    dir.display()
+                );
             }
             if m.uid() != me || m.mode() & 0o022 != 0 {
                 bail!(
@@ -45,7 +48,9 @@ pub fn secure(dir: &Path) -> Result<()> {
 /// Files an earlier version created 0644 become 0600 (directories 0700).
 fn tighten_files(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
-        let Ok(m) = e.path().symlink_metadata() else { continue };
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
         if m.file_type().is_symlink() {
             continue;
         }

@@ -49,7 +49,10 @@ fn attack(cg: &TestCgroup, args: &[&str]) -> Value {
     let script = client_for_nobody();
     let mut all = vec!["-u", script.as_str()];
     all.extend_from_slice(args);
-    let (ok, out, err) = run(nobody_in(cg, "/usr/bin/python3", &all), Duration::from_secs(60));
+    let (ok, out, err) = run(
+        nobody_in(cg, "/usr/bin/python3", &all),
+        Duration::from_secs(60),
+    );
     assert!(ok, "client {args:?} failed: {err}");
     serde_json::from_str(out.lines().last().unwrap_or_default().trim())
         .unwrap_or_else(|e| panic!("client output {out:?}: {e}; stderr {err}"))
@@ -78,12 +81,22 @@ struct OpenBpffs(std::path::PathBuf);
 
 impl OpenBpffs {
     fn new() -> OpenBpffs {
-        let dir = std::env::temp_dir().join(format!("icpt-bpffs-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+        let dir = std::env::temp_dir().join(
+            format!(
+                "icpt-bpffs-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            )
+            .replace(['(', ')'], ""),
+        );
         std::fs::create_dir_all(&dir).unwrap();
         let (ok, _, err) = sh(&format!("mount -t bpf bpf {}", dir.display()));
         assert!(ok, "mount bpffs: {err}");
         let mode = std::fs::metadata(&dir).unwrap().mode() & 0o7777;
-        assert_eq!(mode, 0o1777, "a bpffs mounted without mode= is world-writable");
+        assert_eq!(
+            mode, 0o1777,
+            "a bpffs mounted without mode= is world-writable"
+        );
         OpenBpffs(dir)
     }
 }
@@ -112,9 +125,17 @@ fn a_pin_tree_planted_by_a_user_is_refused() {
     let (ok, _, err) = run(
         {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "mkdir", "-p"])
-                .arg(base.join("v2/links"))
-                .arg(base.join("v2/maps"));
+            c.args([
+                "--reuid",
+                NOBODY,
+                "--regid",
+                NOBODY,
+                "--clear-groups",
+                "mkdir",
+                "-p",
+            ])
+            .arg(base.join("v2/links"))
+            .arg(base.join("v2/maps"));
             c
         },
         Duration::from_secs(10),
@@ -127,9 +148,15 @@ fn a_pin_tree_planted_by_a_user_is_refused() {
     };
     let (ok, _, err) = start(&config);
     assert!(!ok, "the daemon started on a tree nobody owns");
-    assert!(err.contains("owned by uid 65534") && err.contains(&*base.to_string_lossy()), "{err}");
     assert!(
-        std::fs::read_dir(base.join("v2/links")).unwrap().next().is_none(),
+        err.contains("owned by uid 65534") && err.contains(&*base.to_string_lossy()),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(base.join("v2/links"))
+            .unwrap()
+            .next()
+            .is_none(),
         "something was pinned into the user's directory"
     );
 
@@ -144,22 +171,39 @@ fn a_pin_tree_planted_by_a_user_is_refused() {
     let mut c = Command::new(BIN);
     c.arg("detach").arg("--config").arg(&config);
     let (ok, _, err) = run(c, Duration::from_secs(10));
-    assert!(!ok && err.contains("symlink"), "detach followed the link: {err}");
-    assert!(victim.join("v2/maps/keep").exists(), "a file behind the symlink was removed");
+    assert!(
+        !ok && err.contains("symlink"),
+        "detach followed the link: {err}"
+    );
+    assert!(
+        victim.join("v2/maps/keep").exists(),
+        "a file behind the symlink was removed"
+    );
     std::fs::remove_file(&base).unwrap();
     std::fs::remove_dir_all(&victim).unwrap();
 
     // On a clean start the tree is root's, 0700, and nobody in the cgroup
     // can remove a pin; hooks stay.
     let d = Daemon::start(&cfg);
-    for dir in [base.clone(), base.join("v2"), base.join("v2/links"), base.join("v2/maps")] {
+    for dir in [
+        base.clone(),
+        base.join("v2"),
+        base.join("v2/links"),
+        base.join("v2/maps"),
+    ] {
         let m = std::fs::metadata(&dir).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o700), "{}", dir.display());
     }
-    let (ok, _, _) = run(nobody_in(&cg, "rm", &["-rf", &base.to_string_lossy()]), Duration::from_secs(10));
+    let (ok, _, _) = run(
+        nobody_in(&cg, "rm", &["-rf", &base.to_string_lossy()]),
+        Duration::from_secs(10),
+    );
     assert!(!ok, "nobody removed the pin tree");
     let echo = Upstream::echo("127.0.0.1:0");
-    let r = attack(&cg, &["connect", "127.0.0.1", &echo.addr.port().to_string()]);
+    let r = attack(
+        &cg,
+        &["connect", "127.0.0.1", &echo.addr.port().to_string()],
+    );
     assert_eq!(r["data"], "ping\n", "{r}");
     let s = d.wait_session(|s| s["destination"] == echo.addr.to_string());
     assert_eq!(s["workload"]["uid"], 65534);
@@ -186,7 +230,10 @@ fn the_daemon_mounts_bpffs_private() {
     c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     let (_, out, err) = run(c, Duration::from_secs(30));
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(log_text.contains("mounted bpffs at /sys/fs/bpf (mode 0700)"), "{log_text}{err}");
+    assert!(
+        log_text.contains("mounted bpffs at /sys/fs/bpf (mode 0700)"),
+        "{log_text}{err}"
+    );
     // bpffs always adds the sticky bit: 1700.
     assert_eq!(out.trim(), "1700", "{out}{err}{log_text}");
     let mut c = Command::new(BIN);
@@ -230,18 +277,28 @@ fn a_detached_hook_is_reattached_and_recorded() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let r = attack(&cg, &["connect", "127.0.0.1", &port]);
-    assert!(r["data"] != "ping\n", "went direct after the re-attach: {r}");
+    assert!(
+        r["data"] != "ping\n",
+        "went direct after the re-attach: {r}"
+    );
     assert_eq!(echo.accepted(), 0);
     let mut c = Command::new(BIN);
-    c.args(["audit", "export", "--admin-socket"]).arg(cfg.socket());
+    c.args(["audit", "export", "--admin-socket"])
+        .arg(cfg.socket());
     let (_, out, _) = run(c, Duration::from_secs(10));
-    assert!(out.contains("hooks_tampered") && out.contains("icpt_connect4"), "{out}");
+    assert!(
+        out.contains("hooks_tampered") && out.contains("icpt_connect4"),
+        "{out}"
+    );
     let metrics = http_get(
         std::net::SocketAddr::from(([127, 0, 0, 1], cfg.admin_port)),
         "/metrics",
     )
     .unwrap();
-    assert!(metrics.contains("interceptor_hooks_tampered_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("interceptor_hooks_tampered_total 2"),
+        "{metrics}"
+    );
 }
 
 /// Item 2: sockets the proxy cannot carry never exist in the workload:
@@ -262,9 +319,23 @@ fn sockets_the_proxy_cannot_carry_are_refused_at_creation() {
     // Outside the cgroup the same user can ping: the test can fail.
     let script = client_for_nobody();
     let mut c = Command::new("setpriv");
-    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "/usr/bin/python3", "-u", &script, "ping", "127.0.0.1"]);
+    c.args([
+        "--reuid",
+        NOBODY,
+        "--regid",
+        NOBODY,
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-u",
+        &script,
+        "ping",
+        "127.0.0.1",
+    ]);
     let (ok, out, err) = run(c, Duration::from_secs(10));
-    assert!(ok && out.contains("\"sent\": true"), "ping outside: {out}{err}");
+    assert!(
+        ok && out.contains("\"sent\": true"),
+        "ping outside: {out}{err}"
+    );
     for host in ["127.0.0.1", "::1"] {
         let r = attack(&cg, &["ping", host]);
         assert_eq!(errno(&r), EPERM, "ping {host}: {r}");
@@ -273,8 +344,20 @@ fn sockets_the_proxy_cannot_carry_are_refused_at_creation() {
     // first: a kind this kernel lacks (SCTP without its module) proves
     // nothing here (the VM suite loads it).
     let mut refused = 0;
-    for (fam, ty, proto) in [(2, 2, 17), (10, 2, 17), (2, 2, 136), (10, 2, 136), (2, 1, 132), (2, 5, 132)] {
-        let args = ["socket", &fam.to_string(), &ty.to_string(), &proto.to_string()];
+    for (fam, ty, proto) in [
+        (2, 2, 17),
+        (10, 2, 17),
+        (2, 2, 136),
+        (10, 2, 136),
+        (2, 1, 132),
+        (2, 5, 132),
+    ] {
+        let args = [
+            "socket",
+            &fam.to_string(),
+            &ty.to_string(),
+            &proto.to_string(),
+        ];
         if py_outside(&args)["created"] != true {
             eprintln!("socket({fam}, {ty}, {proto}) is not available on this kernel");
             continue;
@@ -283,7 +366,10 @@ fn sockets_the_proxy_cannot_carry_are_refused_at_creation() {
         assert_eq!(errno(&r), EPERM, "socket({fam}, {ty}, {proto}): {r}");
         refused += 1;
     }
-    assert!(refused >= 4, "UDP and UDP-Lite exist on every kernel we support");
+    assert!(
+        refused >= 4,
+        "UDP and UDP-Lite exist on every kernel we support"
+    );
     assert!(
         d.log_text().contains("workload sockets allowed"),
         "{}",
@@ -324,8 +410,13 @@ fn inbound_needs_a_rule_and_is_recorded() {
     let d = Daemon::start(&cfg);
     let listen = |p: u16| {
         let script = client_for_nobody();
-        let mut c = nobody_in(&cg, "/usr/bin/python3", &["-u", &script, "listen", "0.0.0.0", &p.to_string(), "3"]);
-        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+        let mut c = nobody_in(
+            &cg,
+            "/usr/bin/python3",
+            &["-u", &script, "listen", "0.0.0.0", &p.to_string(), "3"],
+        );
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -333,7 +424,10 @@ fn inbound_needs_a_rule_and_is_recorded() {
         assert!(line.contains("\"listening\": true"), "{line}");
         (child, out)
     };
-    let finish = |(mut child, mut out): (std::process::Child, std::io::BufReader<std::process::ChildStdout>)| {
+    let finish = |(mut child, mut out): (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    )| {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
         let _ = child.wait();
@@ -345,7 +439,10 @@ fn inbound_needs_a_rule_and_is_recorded() {
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(1500),
     );
-    assert!(outside.is_err(), "an outside peer connected to a workload listener");
+    assert!(
+        outside.is_err(),
+        "an outside peer connected to a workload listener"
+    );
     let rest = finish(srv);
     assert!(rest.contains("\"accepted\": false"), "{rest}");
 
@@ -417,7 +514,10 @@ fn a_failed_connect_leaves_no_record_to_reuse() {
             "{round}: {r}"
         );
         assert_eq!(errno(&r), EPERM, "{round}: {r}");
-        assert!(decoy.accept().is_err(), "{round}: the decoy got a connection");
+        assert!(
+            decoy.accept().is_err(),
+            "{round}: the decoy got a connection"
+        );
         d.kill();
     }
 }
@@ -431,7 +531,9 @@ fn autobind_never_takes_the_proxy_port() {
     require_kernel!();
     let cg = TestCgroup::new("autobind");
     let ns = format!("icpt-auto-{}", std::process::id());
-    let (ok, _, err) = sh(&format!("ip netns add {ns} && ip netns exec {ns} ip link set lo up"));
+    let (ok, _, err) = sh(&format!(
+        "ip netns add {ns} && ip netns exec {ns} ip link set lo up"
+    ));
     assert!(ok, "{err}");
     let _ns = scopeguard({
         let ns = ns.clone();
@@ -448,7 +550,9 @@ fn autobind_never_takes_the_proxy_port() {
     ));
     assert!(ok, "{err}");
     let mut d = Daemon::start(&cfg);
-    let (_, reserved, _) = sh(&format!("ip netns exec {ns} cat /proc/sys/net/ipv4/ip_local_reserved_ports"));
+    let (_, reserved, _) = sh(&format!(
+        "ip netns exec {ns} cat /proc/sys/net/ipv4/ip_local_reserved_ports"
+    ));
     assert!(reserved.contains("40000"), "{reserved}");
     d.kill();
     let script = client_for_nobody();
@@ -459,9 +563,17 @@ fn autobind_never_takes_the_proxy_port() {
     let (ok, out, err) = sh(&cmd);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let ports: Vec<u64> = v["ports"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+    let ports: Vec<u64> = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
     assert_eq!(ports.len(), 3, "three free ephemeral ports: {v}");
-    assert!(!ports.contains(&40000), "a workload took the proxy port: {v}");
+    assert!(
+        !ports.contains(&40000),
+        "a workload took the proxy port: {v}"
+    );
 }
 
 /// Also found: the state directory is root's alone, whatever the umask,
@@ -478,21 +590,33 @@ fn the_state_directory_is_private() {
     let mut stack = vec![state.clone()];
     while let Some(p) = stack.pop() {
         let m = std::fs::symlink_metadata(&p).unwrap();
-        assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode() & 0o777);
+        assert_eq!(
+            m.mode() & 0o077,
+            0,
+            "{} is {:o}",
+            p.display(),
+            m.mode() & 0o777
+        );
         checked += 1;
         if m.is_dir() {
             stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
         }
     }
     assert!(checked > 3, "{checked}");
-    let (ok, _, _) = run(nobody_in(&cg, "ls", &[&state.to_string_lossy()]), Duration::from_secs(10));
+    let (ok, _, _) = run(
+        nobody_in(&cg, "ls", &[&state.to_string_lossy()]),
+        Duration::from_secs(10),
+    );
     assert!(!ok, "nobody listed the state directory");
     drop(d);
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut c = Command::new(BIN);
     c.arg("run").arg("--config").arg(cfg.config_file());
     let (ok, _, err) = run(c, Duration::from_secs(20));
-    assert!(!ok && err.contains("state directory") && err.contains("777"), "{err}");
+    assert!(
+        !ok && err.contains("state directory") && err.contains("777"),
+        "{err}"
+    );
 }
 
 /// The record maps are LRU: a flood evicts records instead of filling up.
@@ -507,7 +631,15 @@ fn a_flood_of_connects_never_forwards_anything_unattributed() {
     let mut cfg = DaemonConfig::new(&[&cg], &allow_all(&cg));
     cfg.extra = "conn_map_entries = 64\n".into();
     let d = Daemon::start(&cfg);
-    let r = py(&cg, &["concurrent", "127.0.0.1", &echo.addr.port().to_string(), "300"]);
+    let r = py(
+        &cg,
+        &[
+            "concurrent",
+            "127.0.0.1",
+            &echo.addr.port().to_string(),
+            "300",
+        ],
+    );
     assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
     std::thread::sleep(Duration::from_millis(500));
     let sessions: Vec<Value> = d
@@ -519,7 +651,11 @@ fn a_flood_of_connects_never_forwards_anything_unattributed() {
         sessions.iter().all(|s| s["workload"]["cgroup"] == cg.rel),
         "{sessions:?}"
     );
-    assert_eq!(echo.accepted(), sessions.len(), "the upstream saw connections without a session");
+    assert_eq!(
+        echo.accepted(),
+        sessions.len(),
+        "the upstream saw connections without a session"
+    );
 }
 
 /// As root: BPF_OBJ_GET each pinned link, then BPF_LINK_DETACH it (what

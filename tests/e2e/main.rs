@@ -3,6 +3,7 @@
 //! loopback outside it. Run as root (see README); they fail with a clear
 //! message otherwise, unless INTERCEPTOR_SKIP_KERNEL_TESTS=1.
 mod containment;
+mod doctor;
 mod harness;
 mod http;
 

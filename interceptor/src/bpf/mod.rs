@@ -461,7 +461,11 @@ impl Attacher {
 
 /// Two opened directories are the same one.
 fn same_dir(a: &pins::PinDir, b: &pins::PinDir) -> bool {
-    let ino = |d: &pins::PinDir| std::fs::metadata(d.entry(".")).map(|m| (m.dev(), m.ino())).ok();
+    let ino = |d: &pins::PinDir| {
+        std::fs::metadata(d.entry("."))
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
     ino(a).is_some() && ino(a) == ino(b)
 }
 
@@ -564,7 +568,11 @@ pub fn detach_all(bpffs_dir: &Path, force: bool) -> Result<usize> {
 /// How old the running daemon's heartbeat is, if one is fresh.
 fn heartbeat_age(bpffs_dir: &Path) -> Option<Duration> {
     let base = pins::open_base(bpffs_dir, false).ok()??;
-    let maps = base.subdir(&pins::version_dir(), false).ok()??.subdir("maps", false).ok()??;
+    let maps = base
+        .subdir(&pins::version_dir(), false)
+        .ok()??
+        .subdir("maps", false)
+        .ok()??;
     let data = MapData::from_pin(maps.entry(maps::HEARTBEAT)).ok()?;
     let hb: Array<_, Heartbeat> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
     let beat = hb.get(&0, 0).ok()?.monotonic_ns;
@@ -692,8 +700,8 @@ fn program_id(bpf: &mut Ebpf, name: &str) -> Result<u32> {
 /// must be in the kernel's list for the cgroup. A re-created cgroup has a
 /// new id, hence none.
 pub fn missing_hooks(bpffs_dir: &Path, cg: &WorkloadCgroup) -> Result<Vec<&'static str>> {
-    let cgroup = std::fs::File::open(&cg.abs)
-        .with_context(|| format!("opening {}", cg.abs.display()))?;
+    let cgroup =
+        std::fs::File::open(&cg.abs).with_context(|| format!("opening {}", cg.abs.display()))?;
     let id = cgroup.metadata()?.ino();
     let dir = pins::open_base(bpffs_dir, false)?
         .map(|b| b.subdir(&pins::version_dir(), false))
@@ -708,10 +716,11 @@ pub fn missing_hooks(bpffs_dir: &Path, cg: &WorkloadCgroup) -> Result<Vec<&'stat
     // The LSM program is attached only where the kernel lets it load: it
     // counts when the daemon pinned it.
     let mut names: Vec<&'static str> = programs::ATTACHED.to_vec();
-    if dir
-        .as_ref()
-        .is_some_and(|d| d.entries().iter().any(|(n, _)| n == programs::LSM_SOCKET_CREATE))
-    {
+    if dir.as_ref().is_some_and(|d| {
+        d.entries()
+            .iter()
+            .any(|(n, _)| n == programs::LSM_SOCKET_CREATE)
+    }) {
         names.push(programs::LSM_SOCKET_CREATE);
     }
     Ok(names

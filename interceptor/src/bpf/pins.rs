@@ -110,12 +110,7 @@ fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
 
 /// Opens (or creates, 0700) `name` under `parent` without following a
 /// symlink, and refuses it unless root owns it and nobody else can write it.
-fn open_checked(
-    parent: &OwnedFd,
-    path: &Path,
-    name: &str,
-    create: bool,
-) -> Result<Option<PinDir>> {
+fn open_checked(parent: &OwnedFd, path: &Path, name: &str, create: bool) -> Result<Option<PinDir>> {
     let c = cstr(name).with_context(|| format!("bad pin directory name {name:?}"))?;
     let fd = match openat_dir(parent.as_raw_fd(), &c) {
         Ok(fd) => fd,
@@ -148,9 +143,7 @@ fn open_checked(
             path.display()
         );
     }
-    if st.st_mode & 0o077 != 0
-        && unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0
-    {
+    if st.st_mode & 0o077 != 0 && unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("chmod 0700 {}", path.display()));
     }
@@ -232,11 +225,7 @@ impl Layout {
         let root = base.subdir(&version_dir(), true)?.expect("created");
         let maps = root.subdir("maps", true)?.expect("created");
         let links = root.subdir("links", true)?.expect("created");
-        Ok(Layout {
-            base,
-            maps,
-            links,
-        })
+        Ok(Layout { base, maps, links })
     }
 
     /// The link directory of one cgroup, named by its id so a re-created

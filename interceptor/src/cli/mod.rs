@@ -3,6 +3,7 @@
 mod approvals;
 mod audit;
 mod diag;
+mod doctor;
 mod policy;
 mod sessions;
 
@@ -64,6 +65,8 @@ enum Cmd {
     /// The local CA that signs intercepted TLS
     #[command(subcommand)]
     Ca(CaCmd),
+    /// Check the host preconditions; exit 1 when a check fails, 2 when it cannot check
+    Doctor(doctor::Doctor),
 }
 
 #[derive(Subcommand)]
@@ -130,6 +133,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Audit(c) => audit::run(c),
         Cmd::Diag(c) => diag::run(c),
         Cmd::Approvals(c) => approvals::run(c),
+        Cmd::Doctor(d) => doctor::run(d),
         Cmd::Ca(CaCmd::Export { config, state_dir }) => {
             let dir = match state_dir {
                 Some(d) => d,

@@ -605,7 +605,10 @@ impl Parser<'_> {
         {
             self.push(
                 p.span().start,
-                format!("inbound proto {:?}: only \"tcp\" can be allowed in", p.get_ref()),
+                format!(
+                    "inbound proto {:?}: only \"tcp\" can be allowed in",
+                    p.get_ref()
+                ),
             );
         }
         let workload = Some(r.workload);

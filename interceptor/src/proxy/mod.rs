@@ -278,11 +278,9 @@ impl Proxy {
             reset(conn);
             return;
         }
-        let connected = tokio::time::timeout(
-            self.connect_timeout,
-            connect_marked(destination, self.mark),
-        )
-        .await;
+        let connected =
+            tokio::time::timeout(self.connect_timeout, connect_marked(destination, self.mark))
+                .await;
         let upstream = match connected {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,

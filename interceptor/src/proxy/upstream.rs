@@ -168,8 +168,8 @@ impl Pool {
             super::connect_marked(key.addr, self.mark),
         )
         .await
-            .map_err(|_| UpstreamError::Connect(key.addr, "timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(key.addr, e.to_string()))?;
+        .map_err(|_| UpstreamError::Connect(key.addr, "timed out".into()))?
+        .map_err(|e| UpstreamError::Connect(key.addr, e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
