@@ -21,6 +21,10 @@ state_dir = "/var/lib/interceptor"
 credentials_dir = "/etc/interceptor/credentials"
 # UDP (DNS included) from skills is refused; "allow" lets it out unrecorded.
 udp = "deny"
+# Sockets skills may create besides TCP; every other kind fails with EPERM
+# at socket() (ICMP ping, SCTP, raw, vsock, ...). "udp", "icmp", "sctp" go
+# out directly, unrecorded.
+allow_sockets = ["mptcp", "unix", "netlink-route", "netlink-diag"]
 # approvers_group = "interceptor-approvers"
 # approval_webhook = "https://hooks.example.com/..."
 "#;
@@ -119,6 +123,11 @@ pub fn run() -> Result<PathBuf> {
             0o644,
         )?;
     }
+    put(
+        "usr/share/doc/interceptor/examples/example-skill.service",
+        &fs::read(root.join("packaging/example-skill.service"))?,
+        0o644,
+    )?;
     put(
         "usr/share/doc/interceptor/README.md",
         &fs::read(root.join("README.md"))?,
