@@ -269,6 +269,36 @@ phase_main() {
     check "a delegated skill moved into its own sub-cgroup" contains "$out" "vm-skill-$N.service/escape"
     check "...and is still intercepted there" contains "$out" '"authorized": true'
 
+    # --- containment: sockets the proxy cannot carry, doctor ------------------------
+    # systemd's own sysctl (50-default.conf) lets every group open ICMP ping
+    # sockets: exactly what the sock_create hook must stop in the slice.
+    info "net.ipv4.ping_group_range = $(sysctl -n net.ipv4.ping_group_range)"
+    local try_sock='import socket, sys
+try:
+    socket.socket(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])); print("CREATED")
+except OSError as e:
+    print("errno", e.errno)'
+    check "outside the slice nobody may open a ping socket (systemd's default)" contains \
+        "$(setpriv --reuid 65534 --regid 65534 --clear-groups python3 -c "$try_sock" 2 2 1 2>&1)" CREATED
+    out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 2 2 1 2>&1)
+    check "a skill cannot open an ICMP ping socket (EPERM)" contains "$out" "errno 1"
+    out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 10 2 58 2>&1)
+    check "a skill cannot open an ICMPv6 ping socket (EPERM)" contains "$out" "errno 1"
+    if modprobe sctp 2>/dev/null; then
+        check "SCTP exists outside the slice" contains "$(python3 -c "$try_sock" 2 1 132 2>&1)" CREATED
+        out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 2 1 132 2>&1)
+        check "a skill cannot open an SCTP socket (EPERM)" contains "$out" "errno 1"
+    else
+        info "this kernel has no sctp module"
+    fi
+    out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 2 2 17 2>&1)
+    check "a skill cannot open a UDP socket (udp = deny)" contains "$out" "errno 1"
+    # Every host precondition holds on the provisioned guest (warnings, such
+    # as the ping range or ptrace_scope, are printed, not failures).
+    check "interceptor doctor: a clean report" interceptor doctor
+    interceptor doctor --json >"$RESULTS/doctor.json" 2>&1 || true
+    info "doctor: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(", ".join(c["check"] + "=" + c["status"] for c in d["checks"]))' "$RESULTS/doctor.json" 2>&1)"
+
     # --- approval -----------------------------------------------------------------
     local held id
     held=$(mktemp)
