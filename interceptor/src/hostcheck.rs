@@ -118,7 +118,18 @@ pub fn run_all(cfg: &Config) -> Report {
     r.checks
         .extend(reserved_ports(cfg.listen_port, cfg.admin_listen.port()));
     r.checks.push(ptrace_scope());
-    r.checks.push(bpf_lsm());
+    r.checks.push(bpf_lsm(&cfg.bpffs_dir));
+    r.checks.push(Finding::ok(
+        "sockets",
+        format!(
+            "workloads may create: {} (everything else fails with EPERM; allow_sockets)",
+            crate::config::socket_kind_names(
+                cfg.socket_kinds,
+                cfg.udp == crate::config::UdpMode::Allow
+            )
+            .join(", ")
+        ),
+    ));
     r.checks.extend(hooks(&cfg.bpffs_dir, &workloads));
     match scan_processes(&workloads) {
         Ok(procs) => {
@@ -469,12 +480,44 @@ fn ptrace_scope() -> Finding {
     }
 }
 
-fn bpf_lsm() -> Finding {
+/// Whether the daemon pinned its LSM program for some workload cgroup.
+fn lsm_program_pinned(bpffs_dir: &Path) -> bool {
+    let links = bpffs_dir.join(format!("v{}/links", interceptor_common::LAYOUT_VERSION));
+    std::fs::read_dir(links)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|cg| {
+            cg.path()
+                .join(interceptor_common::programs::LSM_SOCKET_CREATE)
+                .symlink_metadata()
+                .is_ok()
+        })
+}
+
+fn bpf_lsm(bpffs_dir: &Path) -> Finding {
     let fix = "non-inet socket families (vsock, TIPC, RDS, packet...) cannot be refused in the kernel; \
                add `bpf` to the `lsm=` boot parameter or use systemd `RestrictAddressFamilies=` in skill units";
     match std::fs::read_to_string("/sys/kernel/security/lsm") {
         Ok(list) if list.trim().split(',').any(|l| l == "bpf") => {
-            Finding::ok("bpf-lsm", format!("active LSMs: {}", list.trim()))
+            if lsm_program_pinned(bpffs_dir) {
+                Finding::ok(
+                    "bpf-lsm",
+                    format!(
+                        "active LSMs: {}; the daemon's socket_create program is attached",
+                        list.trim()
+                    ),
+                )
+            } else {
+                Finding::warn(
+                    "bpf-lsm",
+                    format!(
+                        "the BPF LSM is active ({}) but the daemon's program is not attached (did it fail to load? see the daemon's log)",
+                        list.trim()
+                    ),
+                    fix,
+                )
+            }
         }
         Ok(list) => Finding::warn(
             "bpf-lsm",

@@ -212,6 +212,25 @@ fn tcp_rows(bin: &std::path::Path, sizes: &Sizes) -> Result<Vec<Row>> {
             lower_is_better: true,
         },
     ];
+    // The socket allow-list (cgroup/sock_create) runs on every socket() a
+    // workload makes, connected or not.
+    let sockets = (sizes.connects * 50).to_string();
+    eprintln!("measuring socket() + close() ({sockets} each)...");
+    let (d, p) = measure(&["socket", &greeter.addr.to_string(), &sockets])?;
+    rows.push(Row {
+        name: "socket() + close(), p50",
+        unit: "µs",
+        direct: d[0],
+        proxied: p[0],
+        lower_is_better: true,
+    });
+    rows.push(Row {
+        name: "socket() + close(), mean",
+        unit: "µs",
+        direct: d[2],
+        proxied: p[2],
+        lower_is_better: true,
+    });
     eprintln!(
         "measuring keep-alive request/response ({} round trips of 64 B each)...",
         sizes.round_trips
@@ -290,9 +309,25 @@ fn parse(out: &str) -> Result<Vec<f64>> {
 pub fn client(args: &[String]) -> Result<()> {
     let (mode, addr, n) = match args {
         [m, a, n] => (m.as_str(), a.as_str(), n.parse::<u64>()?),
-        _ => bail!("usage: bench-client connect|rr|bulk ADDR N"),
+        _ => bail!("usage: bench-client connect|socket|rr|bulk ADDR N"),
     };
     match mode {
+        "socket" => {
+            let mut lat = Vec::with_capacity(n as usize);
+            let all = Instant::now();
+            for _ in 0..n {
+                let t = Instant::now();
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                if fd < 0 {
+                    bail!("socket: {}", std::io::Error::last_os_error());
+                }
+                unsafe { libc::close(fd) };
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let mean = all.elapsed().as_secs_f64() * 1e6 / n as f64;
+            let (p50, p99) = percentiles(&mut lat);
+            println!("{p50} {p99} {mean}");
+        }
         "connect" => {
             let mut lat = Vec::with_capacity(n as usize);
             for _ in 0..n {
