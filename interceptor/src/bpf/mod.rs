@@ -378,23 +378,11 @@ impl Attacher {
         // The id of the cgroup behind this very fd, whatever the path names later.
         let cgroup_id = cgroup.metadata()?.ino();
         let dir = self.layout.links_for(cgroup_id)?;
-        let mut old: Vec<pins::PinDir> = Vec::new();
-        previous.retain_mut(|(_, id, _)| *id != cgroup_id);
-        // (retain_mut cannot move out; collect the matching dirs afresh)
-        for (version, is_dir) in self.layout.base.entries() {
-            if !is_dir {
-                continue;
-            }
-            if let Some(d) = self
-                .layout
-                .base
-                .subdir(&version, false)?
-                .and_then(|v| v.subdir("links", false).ok().flatten())
-                .and_then(|l| l.subdir(&cgroup_id.to_string(), false).ok().flatten())
-            {
-                old.push(d);
-            }
-        }
+        // Links an earlier daemon pinned for this very cgroup (any layout).
+        let old: Vec<pins::PinDir> = previous
+            .extract_if(.., |(_, id, _)| *id == cgroup_id)
+            .map(|(_, _, d)| d)
+            .collect();
         let mut links = Vec::new();
         for name in self.names.clone() {
             let fd = match self.take_over(&old, &dir, name)? {
