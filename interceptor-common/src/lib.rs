@@ -22,6 +22,7 @@ pub mod maps {
     pub const INBOUND_PENDING: &str = "ICPT_INBOUND_PENDING";
     pub const INBOUND_OPEN: &str = "ICPT_INBOUND_OPEN";
     pub const EVENTS: &str = "ICPT_EVENTS";
+    pub const WORKLOAD_PEERS: &str = "ICPT_WORKLOAD_PEERS";
 }
 
 /// Program names (the function names in the kernel object).

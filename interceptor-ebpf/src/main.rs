@@ -26,7 +26,7 @@ use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
-        bpf_sock_addr,
+        BPF_TCP_LISTEN, bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -87,6 +87,11 @@ static INBOUND_PENDING: LruHashMap<InboundTuple, InboundAllow> = LruHashMap::pin
 /// Accepted inbound connections (by socket cookie), until they close.
 #[map(name = "ICPT_INBOUND_OPEN")]
 static INBOUND_OPEN: LruHashMap<u64, InboundEvent> = LruHashMap::pinned(16384, 0);
+/// The proxy's own connects that landed on a workload's listener, keyed by
+/// the proxy's end (its local address and port): the proxy looks its new
+/// upstream connection up here and never sends a credential over one.
+#[map(name = "ICPT_WORKLOAD_PEERS")]
+static WORKLOAD_PEERS: LruHashMap<TupleKey, u64> = LruHashMap::pinned(4096, 0);
 /// Inbound open/close events for the daemon to record.
 #[map(name = "ICPT_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
@@ -630,6 +635,9 @@ pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
     };
     let skb = ctx.skb.skb;
     if cfg.proxy_mark != 0 && unsafe { (*skb).mark } == cfg.proxy_mark {
+        if to_listener(&ctx) {
+            note_workload_peer(&ctx);
+        }
         return INGRESS_PASS;
     }
     let Some(p) = parse(&ctx) else {
@@ -647,6 +655,48 @@ pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
     }
     count(counters::DROPPED_INBOUND);
     INGRESS_DROP
+}
+
+/// Whether the packet is for a listening socket (a handshake starting).
+#[inline(always)]
+fn to_listener(ctx: &SkBuffContext) -> bool {
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
+    !full.is_null() && unsafe { (*full).state } == BPF_TCP_LISTEN
+}
+
+/// The proxy's SYN reached a workload listener: remember the proxy's end
+/// before the SYN-ACK goes back, so before the proxy's connect() returns.
+#[inline(always)]
+fn note_workload_peer(ctx: &SkBuffContext) {
+    let Some(p) = parse(ctx) else { return };
+    if p.proto != IPPROTO_TCP as u8 || p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return;
+    }
+    let key = if p.version == 4 {
+        TupleKey {
+            addr: p.peer,
+            port: u16::from_be(p.peer_port_be),
+            family: AF_INET,
+        }
+    } else if v6_is_v4_mapped(&p.peer) {
+        TupleKey {
+            addr: [p.peer[3], 0, 0, 0],
+            port: u16::from_be(p.peer_port_be),
+            family: AF_INET,
+        }
+    } else {
+        TupleKey {
+            addr: p.peer,
+            port: u16::from_be(p.peer_port_be),
+            family: AF_INET6,
+        }
+    };
+    let cgroup_id = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) };
+    let _ = WORKLOAD_PEERS.insert(&key, &cgroup_id, 0);
 }
 
 /// A connected UDP socket only receives from its peer.

@@ -130,7 +130,7 @@ async fn serve(cfg: Config) -> Result<()> {
     })?;
     let admin_unix = admin::bind_socket(&cfg.admin_socket, cfg.approvers_group.as_deref())?;
 
-    let hooks = Hooks::attach(
+    let hooks = Arc::new(Hooks::attach(
         &cfg.bpffs_dir,
         &cgroups,
         &HookSettings {
@@ -142,14 +142,14 @@ async fn serve(cfg: Config) -> Result<()> {
             socket_kinds: cfg.socket_kinds,
             conn_map_entries: cfg.conn_map_entries,
         },
-    )?;
+    )?);
     tracing::info!(
         sockets = ?crate::config::socket_kind_names(cfg.socket_kinds, cfg.udp == UdpMode::Allow),
         lsm = hooks.lsm,
         "workload sockets allowed (everything else fails with EPERM)"
     );
     let proxy = Arc::new(Proxy {
-        hooks,
+        hooks: hooks.clone(),
         names: CgroupNames::new(
             mount.clone(),
             cgroups.iter().map(|c| c.abs.clone()).collect(),
@@ -159,7 +159,12 @@ async fn serve(cfg: Config) -> Result<()> {
         store,
         stats: Stats::default(),
         connect_timeout: cfg.connect_timeout,
-        upstreams: Pool::new(tls.client.clone(), cfg.connect_timeout, cfg.proxy_mark),
+        upstreams: Pool::new(
+            tls.client.clone(),
+            cfg.connect_timeout,
+            cfg.proxy_mark,
+            hooks.clone(),
+        ),
         tls,
         credentials: Credentials::new(cfg.credentials_dir.clone()),
         oidc,

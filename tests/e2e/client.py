@@ -13,6 +13,9 @@ workload cgroup. Every mode prints one JSON object on stdout.
   listen HOST PORT SECS   bind+listen (PORT 0: listen() without bind), report
                           the port, then wait SECS for a connection and read
   autobind N              N listen() calls without bind(), report the ports
+  selfserve PORT          listen on 127.0.0.1:PORT, send an HTTP request to
+                          that same address (redirected to the proxy), report
+                          what the listener received and the answer
   badconnect HOST PORT    connect() with a wrong address family first, then
                           connect the same socket to HOST:PORT
 """
@@ -231,15 +234,59 @@ def autobind(n):
     out({"ports": ports, "errors": errors})
 
 
+def selfserve(port):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(4)
+    srv.settimeout(3)
+    got = {}
+
+    def serve():
+        try:
+            c, _ = srv.accept()
+            c.settimeout(3)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                b = c.recv(4096)
+                if not b:
+                    break
+                data += b
+            got["request"] = data.decode(errors="replace")
+            c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            c.close()
+        except OSError as e:
+            got["error"] = str(e)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    answer = ""
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /self HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            answer += b.decode(errors="replace")
+    except OSError as e:
+        answer += f"[{e}]"
+    t.join()
+    out({"received": got.get("request", ""), "error": got.get("error", ""), "answer": answer})
+
+
 def badconnect(host, port):
     import ctypes
     import struct
     libc = ctypes.CDLL(None, use_errno=True)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(5)
-    # A sockaddr_in6 (family 10, 28 bytes) on an AF_INET socket: the kernel
-    # runs the cgroup connect hook, then fails the connect (EAFNOSUPPORT).
-    addr = struct.pack("<H", socket.AF_INET6) + struct.pack(">H", port) + b"\0" * 4 + socket.inet_pton(socket.AF_INET6, "::1") + b"\0" * 4
+    # A sockaddr_in6 (family 10, 28 bytes) to port 443 on an AF_INET socket:
+    # the kernel runs the cgroup connect hook (which would record 0.0.0.0:443
+    # and rewrite it), then fails the connect (EAFNOSUPPORT).
+    addr = struct.pack("<H", socket.AF_INET6) + struct.pack(">H", 443) + b"\0" * 4 + socket.inet_pton(socket.AF_INET6, "::1") + b"\0" * 4
     buf = ctypes.create_string_buffer(addr, len(addr))
     rc = libc.connect(s.fileno(), buf, len(addr))
     first = ctypes.get_errno() if rc != 0 else 0
@@ -277,6 +324,8 @@ def main():
         listen(host, port, float(sys.argv[4]))
     elif mode == "autobind":
         autobind(int(sys.argv[2]))
+    elif mode == "selfserve":
+        selfserve(int(sys.argv[2]))
     elif mode == "badconnect":
         badconnect(host, port)
     else:

@@ -257,7 +257,11 @@ fn a_detached_hook_is_reattached_and_recorded() {
     assert!(r["data"] != "ping\n", "{r}");
     // Removing every pin changes nothing while the daemon holds the links.
     let cgid = std::fs::metadata(&cg.abs).unwrap().ino();
-    let links = cfg.bpffs().join(format!("v2/links/{cgid}"));
+    let links = ["v2", "v1"]
+        .iter()
+        .map(|v| cfg.bpffs().join(format!("{v}/links/{cgid}")))
+        .find(|p| p.exists())
+        .expect("the cgroup's pinned links");
     let script = cfg.dir.join("detach_links.py");
     std::fs::write(&script, DETACH_LINKS_PY).unwrap();
     let mut c = Command::new("python3");
@@ -494,6 +498,38 @@ fn inbound_needs_a_rule_and_is_recorded() {
     finish(srv);
 }
 
+/// Found by the attack pass: a skill that binds the address of an
+/// injecting rule's upstream (down, or never there) becomes that upstream.
+/// The proxy's connect carries its mark and so reaches a workload socket;
+/// it must never carry a credential there.
+#[test]
+fn a_credential_is_never_sent_to_a_workload_socket() {
+    require_kernel!();
+    let cg = TestCgroup::new("selfinject");
+    let port = free_port();
+    let secret = "sk-SELF-INJECT-4242";
+    let cfg0 = DaemonConfig::new(&[&cg], "");
+    std::fs::write(cfg0.credentials_dir().join("api"), secret).unwrap();
+    cfg0.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"authorization\"\nformat = \"Bearer {{secret}}\"\n\n\
+         [[rule]]\nid = \"inject-local\"\nworkload = {:?}\ndestination = [\"127.0.0.1:{port}\"]\ninject = \"api\"\naction = \"allow\"\n",
+        cg.rel
+    ));
+    let mut cfg = cfg0.clone();
+    cfg.extra = format!("credentials_dir = {:?}\n", cfg0.credentials_dir());
+    let d = Daemon::start(&cfg);
+    let r = attack(&cg, &["selfserve", &port.to_string()]);
+    let received = r["received"].as_str().unwrap();
+    assert!(
+        !received.contains(secret),
+        "the workload's listener got the credential: {r}"
+    );
+    let answer = r["answer"].as_str().unwrap();
+    assert!(answer.contains("502") && answer.contains("workload"), "{r}");
+    let log = d.log_text();
+    assert!(!log.contains(secret), "{log}");
+}
+
 /// Item 6: a connect that fails after the hook ran (wrong address family)
 /// leaves nothing behind; the same socket can never reach the proxy's
 /// port on another local address, with the daemon up or down.
@@ -664,7 +700,10 @@ const DETACH_LINKS_PY: &str = r#"
 import ctypes, os, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_bpf = 321
-for name in sys.argv[2:]:
+# Pins are named PROGRAM (or PROGRAM-GENERATION by older versions).
+names = [e for e in os.listdir(sys.argv[1]) if e.split("-")[0] in sys.argv[2:]]
+assert len(names) == len(sys.argv[2:]), names
+for name in names:
     path = ctypes.create_string_buffer(os.path.join(sys.argv[1], name).encode())
     attr = ctypes.create_string_buffer(struct.pack("QII", ctypes.addressof(path), 0, 0) + bytes(112))
     fd = libc.syscall(SYS_bpf, 7, attr, 128)  # BPF_OBJ_GET

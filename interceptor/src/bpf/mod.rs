@@ -68,6 +68,7 @@ pub struct Hooks {
     inbound_rules: Mutex<LpmTrie<MapData, InboundKey, u64>>,
     inbound_cgroups: Mutex<HashMap<MapData, u64, u64>>,
     events: Mutex<Option<RingBuf<MapData>>>,
+    workload_peers: Mutex<HashMap<MapData, TupleKey, u64>>,
     /// Programs found missing from a workload cgroup and re-attached.
     pub tampered: AtomicU64,
     /// Whether the BPF LSM program (non-inet socket families) is in use.
@@ -190,6 +191,7 @@ impl Hooks {
                 maps::INBOUND_CGROUPS,
             )?)?),
             events: Mutex::new(Some(RingBuf::try_from(take(&mut a.bpf, maps::EVENTS)?)?)),
+            workload_peers: Mutex::new(HashMap::try_from(take(&mut a.bpf, maps::WORKLOAD_PEERS)?)?),
             attacher: Mutex::new(a),
             tampered: AtomicU64::new(0),
             lsm,
@@ -291,6 +293,17 @@ impl Hooks {
         let rec = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(rec)
+    }
+
+    /// Whether the proxy's upstream connection whose local end is `local`
+    /// landed on a workload's socket (the workload cgroup id), as the kernel
+    /// saw the proxy's SYN arrive; the entry is consumed.
+    pub fn upstream_is_workload(&self, local: SocketAddr) -> Option<u64> {
+        let key = tuple_key(local);
+        let mut map = self.workload_peers.lock().unwrap();
+        let id = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(id)
     }
 
     /// Replaces the inbound rules the kernel filter applies: `rules` are

@@ -510,6 +510,7 @@ impl HttpConn {
         let key = Key {
             addr: self.destination,
             tls_name: self.sni.clone(),
+            credentialed: !injected.is_empty(),
         };
         let result = match &upgrade {
             // Upgrades (WebSocket) need their own HTTP/1.1 connection.
@@ -528,10 +529,10 @@ impl HttpConn {
                 if max_body.is_some_and(|m| rec.bytes_up > m) {
                     return Err(Refusal::too_large(max_body.unwrap(), &decision));
                 }
-                let code = if matches!(e, super::upstream::UpstreamError::Tls(..)) {
-                    "upstream_tls"
-                } else {
-                    "upstream_unavailable"
+                let code = match e {
+                    super::upstream::UpstreamError::Tls(..) => "upstream_tls",
+                    super::upstream::UpstreamError::WorkloadPeer(..) => "upstream_is_workload",
+                    _ => "upstream_unavailable",
                 };
                 tracing::warn!(session = self.session, seq = rec.seq, error = %e, "upstream request failed");
                 return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));

@@ -81,7 +81,7 @@ impl Clock {
 
 /// Everything a connection handler reads; shared by all connections.
 pub struct Proxy {
-    pub hooks: Hooks,
+    pub hooks: Arc<Hooks>,
     pub names: CgroupNames,
     /// SO_MARK on every socket the proxy opens towards an upstream: a
     /// workload's own server (reached through the proxy) accepts only
@@ -282,7 +282,13 @@ impl Proxy {
             tokio::time::timeout(self.connect_timeout, connect_marked(destination, self.mark))
                 .await;
         let upstream = match connected {
-            Ok(Ok(u)) => u,
+            Ok(Ok(u)) => {
+                // Opaque TCP carries no credential; consume the kernel's note.
+                if let Ok(l) = u.local_addr() {
+                    let _ = self.hooks.upstream_is_workload(l);
+                }
+                u
+            }
             Ok(Err(e)) => return self.upstream_failed(conn, session, e.to_string()).await,
             Err(_) => {
                 return self

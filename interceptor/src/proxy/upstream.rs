@@ -26,6 +26,9 @@ pub struct Key {
     pub addr: SocketAddr,
     /// `Some(name)`: TLS, verified for `name`.
     pub tls_name: Option<String>,
+    /// Carries an injected credential: never over a connection to a
+    /// workload's own socket, and never shared with uncredentialed requests.
+    pub credentialed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,10 @@ pub enum UpstreamError {
     Tls(String, String),
     #[error("{0}")]
     Http(String),
+    #[error(
+        "{0} is a socket of a workload (cgroup id {1}), not the upstream: credentials are never sent to a workload"
+    )]
+    WorkloadPeer(SocketAddr, u64),
 }
 
 enum Conn {
@@ -50,12 +57,19 @@ pub struct Pool {
     connect_timeout: Duration,
     /// SO_MARK of the proxy's sockets (see `Proxy::mark`).
     mark: u32,
+    /// Tells whether a new connection landed on a workload's socket.
+    hooks: Arc<crate::bpf::Hooks>,
     h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>>>,
 }
 
 impl Pool {
-    pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration, mark: u32) -> Self {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+        mark: u32,
+        hooks: Arc<crate::bpf::Hooks>,
+    ) -> Self {
         let mut h1 = (*tls).clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self {
@@ -63,6 +77,7 @@ impl Pool {
             tls,
             connect_timeout,
             mark,
+            hooks,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
         }
@@ -170,6 +185,18 @@ impl Pool {
         .await
         .map_err(|_| UpstreamError::Connect(key.addr, "timed out".into()))?
         .map_err(|e| UpstreamError::Connect(key.addr, e.to_string()))?;
+        // The proxy's connects may reach a workload's own server (they carry
+        // its mark); a credential must not. The kernel noted the SYN's
+        // arrival before the SYN-ACK, so before connect() returned.
+        let workload = tcp
+            .local_addr()
+            .ok()
+            .and_then(|l| self.hooks.upstream_is_workload(l));
+        if let Some(cgroup_id) = workload
+            && key.credentialed
+        {
+            return Err(UpstreamError::WorkloadPeer(key.addr, cgroup_id));
+        }
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
