@@ -635,7 +635,8 @@ pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
     };
     let skb = ctx.skb.skb;
     if cfg.proxy_mark != 0 && unsafe { (*skb).mark } == cfg.proxy_mark {
-        if to_listener(&ctx) {
+        // A handshake starting at a workload listener.
+        if sock_state(&ctx) == Some(BPF_TCP_LISTEN) {
             note_workload_peer(&ctx);
         }
         return INGRESS_PASS;
@@ -647,7 +648,11 @@ pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
     if p.proto == IPPROTO_TCP as u8 && p.tcp_flags & TCP_FLAG_RST != 0 {
         return INGRESS_PASS;
     }
-    if p.proto == IPPROTO_UDP as u8 && cfg.flags & CONFIG_F_ALLOW_UDP != 0 && udp_connected(&ctx) {
+    // A connected UDP socket only receives from its peer.
+    if p.proto == IPPROTO_UDP as u8
+        && cfg.flags & CONFIG_F_ALLOW_UDP != 0
+        && sock_state(&ctx) == Some(BPF_TCP_ESTABLISHED)
+    {
         return INGRESS_PASS;
     }
     if p.proto == IPPROTO_TCP as u8 && inbound_allowed(&ctx, &p) {
@@ -657,15 +662,16 @@ pub fn icpt_ingress(ctx: SkBuffContext) -> i32 {
     INGRESS_DROP
 }
 
-/// Whether the packet is for a listening socket (a handshake starting).
+/// The TCP state of the socket a packet is for (UDP: ESTABLISHED when
+/// connected).
 #[inline(always)]
-fn to_listener(ctx: &SkBuffContext) -> bool {
+fn sock_state(ctx: &SkBuffContext) -> Option<u32> {
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        return false;
+        return None;
     }
     let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
-    !full.is_null() && unsafe { (*full).state } == BPF_TCP_LISTEN
+    (!full.is_null()).then(|| unsafe { (*full).state })
 }
 
 /// The proxy's SYN reached a workload listener: remember the proxy's end
@@ -676,38 +682,15 @@ fn note_workload_peer(ctx: &SkBuffContext) {
     if p.proto != IPPROTO_TCP as u8 || p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
         return;
     }
-    let key = if p.version == 4 {
-        TupleKey {
-            addr: p.peer,
-            port: u16::from_be(p.peer_port_be),
-            family: AF_INET,
-        }
-    } else if v6_is_v4_mapped(&p.peer) {
-        TupleKey {
-            addr: [p.peer[3], 0, 0, 0],
-            port: u16::from_be(p.peer_port_be),
-            family: AF_INET,
-        }
-    } else {
-        TupleKey {
-            addr: p.peer,
-            port: u16::from_be(p.peer_port_be),
-            family: AF_INET6,
-        }
+    let port = u16::from_be(p.peer_port_be);
+    let (addr, family) = match p.version {
+        4 => (p.peer, AF_INET),
+        _ if v6_is_v4_mapped(&p.peer) => ([p.peer[3], 0, 0, 0], AF_INET),
+        _ => (p.peer, AF_INET6),
     };
+    let key = TupleKey { addr, port, family };
     let cgroup_id = unsafe { aya_ebpf::helpers::bpf_skb_cgroup_id(ctx.skb.skb) };
     let _ = WORKLOAD_PEERS.insert(&key, &cgroup_id, 0);
-}
-
-/// A connected UDP socket only receives from its peer.
-#[inline(always)]
-fn udp_connected(ctx: &SkBuffContext) -> bool {
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return false;
-    }
-    let full = unsafe { aya_ebpf::helpers::bpf_sk_fullsock(sk) };
-    !full.is_null() && unsafe { (*full).state } == BPF_TCP_ESTABLISHED
 }
 
 /// An `[[inbound]]` rule for this port and peer whose workload is the

@@ -261,7 +261,7 @@ async fn serve(cfg: Config) -> Result<()> {
     }
     if cfg.detach_on_exit {
         drop(cgroup_watch);
-        let n = crate::bpf::detach_all(&cfg.bpffs_dir, true)?;
+        let n = crate::bpf::detach_all(&cfg.bpffs_dir)?;
         if let Err(e) = crate::reserved_ports::release(&protected_ports) {
             tracing::warn!(error = %format!("{e:#}"), "could not release the reserved ports");
         }

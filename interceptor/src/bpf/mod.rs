@@ -554,31 +554,10 @@ fn attach_type(name: &str) -> u32 {
 
 /// `interceptor detach`: remove every hook and the shared maps. Connects
 /// from the workload then go direct again; this is the explicit way out.
-/// Refused while a daemon runs (it would re-attach what it finds missing)
-/// unless `force` (the daemon itself, stopping with `detach_on_exit`).
-pub fn detach_all(bpffs_dir: &Path, force: bool) -> Result<usize> {
-    if !force && let Some(age) = heartbeat_age(bpffs_dir) {
-        bail!(
-            "a daemon is running (its heartbeat is {} ms old): stop it first (systemctl stop interceptor), then detach",
-            age.as_millis()
-        );
-    }
+/// (A running daemon would re-attach what it finds missing: the command
+/// refuses while one answers, and the daemon stops its checks first.)
+pub fn detach_all(bpffs_dir: &Path) -> Result<usize> {
     pins::remove_all(bpffs_dir)
-}
-
-/// How old the running daemon's heartbeat is, if one is fresh.
-fn heartbeat_age(bpffs_dir: &Path) -> Option<Duration> {
-    let base = pins::open_base(bpffs_dir, false).ok()??;
-    let maps = base
-        .subdir(&pins::version_dir(), false)
-        .ok()??
-        .subdir("maps", false)
-        .ok()??;
-    let data = MapData::from_pin(maps.entry(maps::HEARTBEAT)).ok()?;
-    let hb: Array<_, Heartbeat> = Array::try_from(aya::maps::Map::Array(data)).ok()?;
-    let beat = hb.get(&0, 0).ok()?.monotonic_ns;
-    let age = Duration::from_nanos(monotonic_ns().saturating_sub(beat));
-    (beat != 0 && age < Duration::from_secs(3)).then_some(age)
 }
 
 fn check_kernel() -> Result<()> {

@@ -36,6 +36,10 @@ enum Cmd {
         /// bpffs directory of the pins
         #[arg(long, value_name = "DIR")]
         bpffs_dir: Option<PathBuf>,
+        /// Detach even though a daemon answers on the admin socket (it would
+        /// re-attach what it finds missing: stop it first)
+        #[arg(long)]
+        force: bool,
     },
     /// Create missing `*.slice` workload cgroups, so the daemon can attach before systemd starts the slice (the unit's ExecStartPre)
     PrepareCgroups {
@@ -94,10 +98,20 @@ enum PolicyCmd {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run(o) => crate::daemon::run(o),
-        Cmd::Detach { config, bpffs_dir } => {
+        Cmd::Detach {
+            config,
+            bpffs_dir,
+            force,
+        } => {
             let cfg = config_or_default(config)?;
+            if !force && std::os::unix::net::UnixStream::connect(&cfg.admin_socket).is_ok() {
+                bail!(
+                    "a daemon is running (it answers on {}): stop it first (systemctl stop interceptor), then detach",
+                    cfg.admin_socket.display()
+                );
+            }
             let dir = bpffs_dir.unwrap_or(cfg.bpffs_dir);
-            let n = crate::bpf::detach_all(&dir, false)?;
+            let n = crate::bpf::detach_all(&dir)?;
             crate::reserved_ports::release(&[cfg.listen_port, cfg.admin_listen.port()])?;
             println!("detached {n} pinned link(s) under {}", dir.display());
             Ok(())
