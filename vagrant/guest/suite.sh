@@ -270,9 +270,11 @@ phase_main() {
     check "...and is still intercepted there" contains "$out" '"authorized": true'
 
     # --- containment: sockets the proxy cannot carry, doctor ------------------------
-    # systemd's own sysctl (50-default.conf) lets every group open ICMP ping
-    # sockets: exactly what the sock_create hook must stop in the slice.
-    info "net.ipv4.ping_group_range = $(sysctl -n net.ipv4.ping_group_range)"
+    # systemd's upstream sysctl (50-default.conf) lets every group open ICMP
+    # ping sockets (Debian 12 leaves it closed): open it as such hosts have
+    # it; exactly what the sock_create hook must stop in the slice.
+    info "net.ipv4.ping_group_range was $(sysctl -n net.ipv4.ping_group_range)"
+    sysctl -qw net.ipv4.ping_group_range="0 2147483647"
     local try_sock='import socket, sys
 try:
     socket.socket(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])); print("CREATED")
@@ -293,6 +295,18 @@ except OSError as e:
     fi
     out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 2 2 17 2>&1)
     check "a skill cannot open a UDP socket (udp = deny)" contains "$out" "errno 1"
+    # Other families: refused where the BPF LSM program is attached.
+    if interceptor doctor --json 2>/dev/null | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if any(c["check"] == "bpf-lsm" and c["status"] == "ok" for c in d["checks"]) else 1)'; then
+        out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 40 1 0 2>&1)
+        check "a skill cannot open an AF_VSOCK socket (EPERM, BPF LSM)" contains "$out" "errno 1"
+        out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 16 2 2 2>&1)
+        check "a skill cannot open a NETLINK_USERSOCK socket (EPERM, BPF LSM)" contains "$out" "errno 1"
+        out=$(skill "vm-skill-$((N += 1))" python3 -c "$try_sock" 1 1 0 2>&1)
+        check "a skill can still open AF_UNIX sockets" contains "$out" CREATED
+    else
+        info "the BPF LSM program is not attached on this kernel"
+    fi
+    sysctl -qw net.ipv4.ping_group_range="1 0"
     # Every host precondition holds on the provisioned guest (warnings, such
     # as the ping range or ptrace_scope, are printed, not failures).
     check "interceptor doctor: a clean report" interceptor doctor

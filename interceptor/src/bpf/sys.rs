@@ -101,23 +101,25 @@ pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
 }
 
 /// BPF_PROG_QUERY: ids of the programs attached to the cgroup itself (not
-/// inherited) for one attach type.
+/// inherited) for one attach type. `prog_attach_flags` is passed always:
+/// the kernel requires it for BPF_LSM_CGROUP (EINVAL otherwise).
 pub fn cgroup_prog_ids(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
-    let mut ids = vec![0u32; 64];
+    let mut n = 64;
     loop {
+        let mut ids = vec![0u32; n];
+        let mut flags = vec![0u32; n];
         let mut a = Attr::new();
         a.u32(0, cgroup.as_raw_fd() as u32)
             .u32(4, attach_type)
             .u64(16, ids.as_mut_ptr() as u64)
-            .u32(24, ids.len() as u32);
+            .u32(24, n as u32)
+            .u64(32, flags.as_mut_ptr() as u64);
         match bpf(BPF_PROG_QUERY, &mut a) {
             Ok(_) => {
                 ids.truncate(a.get_u32(24) as usize);
                 return Ok(ids);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && ids.len() < 4096 => {
-                ids = vec![0u32; ids.len() * 4];
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n < 4096 => n *= 4,
             Err(e) => return Err(e),
         }
     }
