@@ -19,8 +19,7 @@ pub mod maps {
     pub const COUNTERS: &str = "ICPT_COUNTERS";
     pub const INBOUND_RULES: &str = "ICPT_INBOUND_RULES";
     pub const INBOUND_CGROUPS: &str = "ICPT_INBOUND_CGROUPS";
-    pub const INBOUND_PENDING: &str = "ICPT_INBOUND_PENDING";
-    pub const INBOUND_OPEN: &str = "ICPT_INBOUND_OPEN";
+    pub const INBOUND_CONNS: &str = "ICPT_INBOUND_CONNS";
     pub const EVENTS: &str = "ICPT_EVENTS";
     pub const WORKLOAD_PEERS: &str = "ICPT_WORKLOAD_PEERS";
 }
@@ -181,8 +180,8 @@ pub struct InboundKey {
 /// Bits of the key always matched exactly (port, protocol, family).
 pub const INBOUND_KEY_FIXED_BITS: u32 = 32;
 
-/// A handshake the inbound filter let in by rule, waiting for the
-/// workload's socket to establish (keyed by peer and local port).
+/// An inbound connection by its tuple (peer and local port), the key of
+/// `INBOUND_CONNS`: unique among the connections a host has at one time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InboundTuple {
@@ -195,20 +194,23 @@ pub struct InboundTuple {
     pub _pad: u16,
 }
 
-/// Why the filter let a handshake in: the workload's cgroup and the rules.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InboundAllow {
-    pub cgroup_id: u64,
-    pub rules: u64,
-}
+/// Capacity of `INBOUND_CONNS`. Not LRU: an evicted entry would be a
+/// connection let in and not recorded. A SYN that finds no room is dropped
+/// (the peer retries); the daemon removes entries once recorded closed and
+/// handshakes that never completed.
+pub const INBOUND_CONNS_MAX: u32 = 65536;
 
-/// `kind` of an [`InboundEvent`].
+/// `kind` of an [`InboundEvent`]: the handshake was let in by rule; the
+/// workload's socket established; it closed.
+pub const EVENT_INBOUND_PENDING: u32 = 3;
 pub const EVENT_INBOUND_OPEN: u32 = 1;
 pub const EVENT_INBOUND_CLOSE: u32 = 2;
 
-/// Ring-buffer record of an inbound connection a workload accepted (by an
-/// `[[inbound]]` rule) and of its end; the daemon records it as a session.
+/// An inbound TCP connection an `[[inbound]]` rule let in, in
+/// `INBOUND_CONNS` from its SYN until the daemon has recorded its end:
+/// the record is the map entry (created before the SYN passes, so nothing
+/// comes in unrecorded). The ring buffer carries copies only to wake the
+/// daemon; a full ring loses nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InboundEvent {
@@ -224,6 +226,8 @@ pub struct InboundEvent {
     pub rules: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// When the SYN came (CLOCK_MONOTONIC ns).
+    pub since_ns: u64,
 }
 
 /// Indexes into the per-CPU counters array.
@@ -244,8 +248,10 @@ pub mod counters {
     /// match an `[[inbound]]` rule.
     pub const DROPPED_INBOUND: u32 = 7;
     pub const INBOUND_ACCEPTED: u32 = 8;
-    /// Inbound events the ring buffer had no room for.
-    pub const EVENTS_LOST: u32 = 9;
+    /// Inbound SYNs a rule allows, dropped (the peer retries) because
+    /// `INBOUND_CONNS` had no room or the tuple's last connection was not
+    /// recorded yet.
+    pub const INBOUND_BACKPRESSURE: u32 = 9;
     pub const COUNT: u32 = 10;
 }
 
@@ -259,7 +265,6 @@ mod pod {
     unsafe impl aya::Pod for super::TupleKey {}
     unsafe impl aya::Pod for super::InboundKey {}
     unsafe impl aya::Pod for super::InboundTuple {}
-    unsafe impl aya::Pod for super::InboundAllow {}
     unsafe impl aya::Pod for super::InboundEvent {}
 }
 

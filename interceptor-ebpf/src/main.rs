@@ -24,7 +24,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
         BPF_TCP_LISTEN, bpf_sock_addr,
     },
@@ -38,8 +38,8 @@ use aya_ebpf::{
 };
 use interceptor_common::{
     AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, EVENT_INBOUND_CLOSE,
-    EVENT_INBOUND_OPEN, Heartbeat, INBOUND_KEY_FIXED_BITS, InboundAllow, InboundEvent, InboundKey,
-    InboundTuple, TupleKey, counters, kinds,
+    EVENT_INBOUND_OPEN, EVENT_INBOUND_PENDING, Heartbeat, INBOUND_CONNS_MAX,
+    INBOUND_KEY_FIXED_BITS, InboundEvent, InboundKey, InboundTuple, TupleKey, counters, kinds,
 };
 
 const ALLOW: i32 = 1;
@@ -81,17 +81,17 @@ static INBOUND_RULES: LpmTrie<InboundKey, u64> =
 /// current by the daemon as cgroups come and go.
 #[map(name = "ICPT_INBOUND_CGROUPS")]
 static INBOUND_CGROUPS: HashMap<u64, u64> = HashMap::pinned(4096, 0);
-/// Handshakes let in by rule, until the workload's socket establishes.
-#[map(name = "ICPT_INBOUND_PENDING")]
-static INBOUND_PENDING: LruHashMap<InboundTuple, InboundAllow> = LruHashMap::pinned(4096, 0);
-/// Accepted inbound connections (by socket cookie), until they close.
-#[map(name = "ICPT_INBOUND_OPEN")]
-static INBOUND_OPEN: LruHashMap<u64, InboundEvent> = LruHashMap::pinned(16384, 0);
+/// Inbound connections let in by rule, from the SYN until the daemon has
+/// recorded their end (see `INBOUND_CONNS_MAX`).
+#[map(name = "ICPT_INBOUND_CONNS")]
+static INBOUND_CONNS: HashMap<InboundTuple, InboundEvent> = HashMap::pinned(INBOUND_CONNS_MAX, 0);
 /// The proxy's own connects that landed on a workload's listener, keyed by
 /// the proxy's end (its local address and port): the proxy looks its new
 /// upstream connection up here and never sends a credential over one.
 #[map(name = "ICPT_WORKLOAD_PEERS")]
-static WORKLOAD_PEERS: LruHashMap<TupleKey, u64> = LruHashMap::pinned(4096, 0);
+// LRU and large: evicting one entry between the proxy's SYN and its
+// lookup (microseconds) would take tens of thousands of proxy connects.
+static WORKLOAD_PEERS: LruHashMap<TupleKey, u64> = LruHashMap::pinned(65536, 0);
 /// Inbound open/close events for the daemon to record.
 #[map(name = "ICPT_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
@@ -382,7 +382,7 @@ pub fn icpt_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
             let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
             let _ = BY_COOKIE.remove(cookie);
-            on_inbound_close(&ctx, cookie);
+            on_inbound_close(&ctx);
         }
         _ => {}
     }
@@ -461,19 +461,19 @@ fn inbound_tuple(ctx: &SockOpsContext) -> InboundTuple {
     }
 }
 
-/// A workload accepted a connection. Only handshakes an `[[inbound]]` rule
-/// let in are recorded here; the proxy's own connects to a workload's
-/// server are recorded by the proxy as outbound sessions.
+/// A workload accepted a connection. Only those an `[[inbound]]` rule let
+/// in have an entry (made at their SYN); the proxy's own connects to a
+/// workload's server are recorded by the proxy as outbound sessions.
 #[inline(always)]
 fn on_inbound_established(ctx: &SockOpsContext) {
     let t = inbound_tuple(ctx);
-    let Some(allow) = (unsafe { INBOUND_PENDING.get(&t) }) else {
+    let Some(entry) = INBOUND_CONNS.get_ptr_mut(&t) else {
         return;
     };
-    let allow = *allow;
-    let _ = INBOUND_PENDING.remove(&t);
-    let cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
-    let local = if t.family == AF_INET {
+    let ev = unsafe { &mut *entry };
+    ev.kind = EVENT_INBOUND_OPEN;
+    ev.cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops as *mut _) };
+    ev.local = if t.family == AF_INET {
         [ctx.local_ip4(), 0, 0, 0]
     } else {
         let ip = ctx.local_ip6();
@@ -483,43 +483,30 @@ fn on_inbound_established(ctx: &SockOpsContext) {
             ip
         }
     };
-    let ev = InboundEvent {
-        kind: EVENT_INBOUND_OPEN,
-        family: t.family,
-        local_port: t.local_port,
-        peer: t.peer,
-        local,
-        peer_port: t.peer_port,
-        _pad: [0; 3],
-        cookie,
-        cgroup_id: allow.cgroup_id,
-        rules: allow.rules,
-        bytes_in: 0,
-        bytes_out: 0,
-    };
     count(counters::INBOUND_ACCEPTED);
-    if EVENTS.output::<InboundEvent>(&ev, 0).is_err() {
-        count(counters::EVENTS_LOST);
-    }
-    let _ = INBOUND_OPEN.insert(cookie, ev, 0);
+    // Wakes the daemon; the record is the map entry.
+    let _ = EVENTS.output::<InboundEvent>(ev, 0);
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
+/// The end of an accepted inbound connection, marked on its entry; the
+/// daemon removes the entry once it has recorded it.
 #[inline(always)]
-fn on_inbound_close(ctx: &SockOpsContext, cookie: u64) {
-    let Some(open) = (unsafe { INBOUND_OPEN.get(cookie) }) else {
+fn on_inbound_close(ctx: &SockOpsContext) {
+    let t = inbound_tuple(ctx);
+    let Some(entry) = INBOUND_CONNS.get_ptr_mut(&t) else {
         return;
     };
-    let mut ev = *open;
-    let _ = INBOUND_OPEN.remove(cookie);
+    let ev = unsafe { &mut *entry };
+    if ev.kind != EVENT_INBOUND_OPEN {
+        return;
+    }
     ev.kind = EVENT_INBOUND_CLOSE;
     unsafe {
         ev.bytes_in = (*ctx.ops).bytes_received;
         ev.bytes_out = (*ctx.ops).bytes_acked;
     }
-    if EVENTS.output::<InboundEvent>(&ev, 0).is_err() {
-        count(counters::EVENTS_LOST);
-    }
+    let _ = EVENTS.output::<InboundEvent>(ev, 0);
 }
 
 /// `socket()` of an IPv4/IPv6 socket: only what the proxy carries (TCP,
@@ -717,21 +704,49 @@ fn inbound_allowed(ctx: &SkBuffContext, p: &Packet) -> bool {
         return false;
     }
     if p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
-        let t = InboundTuple {
-            peer: p.peer,
-            peer_port: u16::from_be(p.peer_port_be),
-            local_port: u16::from_be(p.local_port_be),
-            family: if p.version == 4 { AF_INET } else { AF_INET6 },
-            _pad: 0,
-        };
-        let _ = INBOUND_PENDING.insert(
-            &t,
-            &InboundAllow {
-                cgroup_id,
-                rules: matched,
-            },
-            0,
-        );
+        return admit(p, cgroup_id, matched);
+    }
+    true
+}
+
+/// A SYN an inbound rule allows passes only once its connection has a
+/// record: a new entry (retransmitted SYNs find theirs). No room, or the
+/// tuple's previous connection not yet recorded closed: dropped, and the
+/// peer's TCP retries.
+#[inline(always)]
+fn admit(p: &Packet, cgroup_id: u64, rules: u64) -> bool {
+    let t = InboundTuple {
+        peer: p.peer,
+        peer_port: u16::from_be(p.peer_port_be),
+        local_port: u16::from_be(p.local_port_be),
+        family: if p.version == 4 { AF_INET } else { AF_INET6 },
+        _pad: 0,
+    };
+    if let Some(e) = unsafe { INBOUND_CONNS.get(&t) } {
+        if e.kind == EVENT_INBOUND_PENDING {
+            return true;
+        }
+        count(counters::INBOUND_BACKPRESSURE);
+        return false;
+    }
+    let ev = InboundEvent {
+        kind: EVENT_INBOUND_PENDING,
+        family: t.family,
+        local_port: t.local_port,
+        peer: t.peer,
+        local: [0; 4],
+        peer_port: t.peer_port,
+        _pad: [0; 3],
+        cookie: 0,
+        cgroup_id,
+        rules,
+        bytes_in: 0,
+        bytes_out: 0,
+        since_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if INBOUND_CONNS.insert(&t, &ev, BPF_NOEXIST as u64).is_err() {
+        count(counters::INBOUND_BACKPRESSURE);
+        return false;
     }
     true
 }

@@ -484,10 +484,10 @@ fn metrics(proxy: &Proxy) -> String {
         k.inbound_accepted,
     );
     put(
-        "interceptor_kernel_events_lost_total",
-        "Inbound events the ring buffer had no room for.",
+        "interceptor_kernel_inbound_backpressure_total",
+        "Inbound SYNs a rule allows held back (dropped, the peer retries) until their connection can be recorded.",
         "counter",
-        k.events_lost,
+        k.inbound_backpressure,
     );
     put(
         "interceptor_hooks_tampered_total",

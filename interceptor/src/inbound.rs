@@ -8,13 +8,15 @@ use crate::proxy::Proxy;
 use crate::store::{self, Session, State, Workload};
 use aya::maps::{MapData, RingBuf};
 use interceptor_common::{
-    AF_INET, EVENT_INBOUND_CLOSE, EVENT_INBOUND_OPEN, InboundEvent, InboundKey,
+    AF_INET, EVENT_INBOUND_CLOSE, EVENT_INBOUND_OPEN, EVENT_INBOUND_PENDING, InboundEvent,
+    InboundKey,
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 const IPPROTO_TCP: u8 = 6;
 
@@ -90,85 +92,115 @@ pub fn sync(proxy: &Proxy, mount: &Path, roots: &[WorkloadCgroup]) {
     }
 }
 
-/// Reads the kernel's inbound events and records each accepted connection
-/// as a session (opened, then closed with its byte counts).
+/// Handshakes let in but never completed are forgotten after this (above
+/// the kernel's SYN-ACK retries, about 63 s).
+const PENDING_EXPIRY: Duration = Duration::from_secs(120);
+/// How often the kernel's entries are swept when no doorbell rings.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Records each connection a workload accepted by rule as a session,
+/// opened then closed with its byte counts. The kernel keeps every such
+/// connection in a map from its SYN until this has recorded its end (the
+/// ring buffer only rings the bell), so a burst delays records, it does not
+/// lose them. A daemon that starts finds what its predecessor left.
 pub async fn record(proxy: Arc<Proxy>, ring: RingBuf<MapData>) {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
     // long as it is registered.
     let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
-        Ok(fd) => fd,
+        Ok(fd) => Some(fd),
         Err(e) => {
-            tracing::error!(error = %e, "cannot watch the inbound event ring buffer; inbound connections go unrecorded");
-            return;
+            tracing::warn!(error = %e, "cannot watch the inbound ring buffer; sweeping every 250 ms instead");
+            None
         }
     };
     let mut open: HashMap<u64, Session> = HashMap::new();
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "inbound event ring buffer failed");
-                return;
+        match fd.as_mut() {
+            Some(fd) => tokio::select! {
+                _ = tick.tick() => {}
+                guard = fd.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        // The doorbell's copies are not needed: drain them.
+                        while guard.get_inner_mut().next().is_some() {}
+                        guard.clear_ready();
+                    }
+                }
+            },
+            None => {
+                tick.tick().await;
             }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<InboundEvent>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote an InboundEvent (repr(C), Pod); read
-            // unaligned, the ring buffer only aligns to 8 bytes.
-            let ev: InboundEvent =
-                unsafe { std::ptr::read_unaligned(item.as_ptr() as *const InboundEvent) };
-            handle(&proxy, &mut open, &ev);
         }
-        guard.clear_ready();
-        if let Err(e) = proxy.store.flush_async().await {
+        if sweep(&proxy, &mut open) > 0
+            && let Err(e) = proxy.store.flush_async().await
+        {
             tracing::error!(error = %e, "could not flush the session store");
         }
     }
 }
 
-fn handle(proxy: &Proxy, open: &mut HashMap<u64, Session>, ev: &InboundEvent) {
-    match ev.kind {
-        EVENT_INBOUND_OPEN => {
-            let s = opened(proxy, ev);
-            tracing::info!(
-                session = s.id, cgroup = %s.workload.cgroup, local = %s.destination, peer = %s.client,
-                rule = s.rule.as_deref().unwrap_or("-"), "inbound connection accepted"
-            );
-            let data = serde_json::json!({
-                "session": s.id, "workload": s.workload.cgroup, "cgroup_id": s.workload.cgroup_id,
-                "local": s.destination, "peer": s.client, "decision": s.decision, "rule": s.rule,
-            });
-            if let Err(e) = proxy.store.audit("inbound", data) {
-                tracing::error!(session = s.id, error = %e, "could not append to the audit log");
+/// One pass over the kernel's entries; returns how many records it wrote.
+fn sweep(proxy: &Proxy, open: &mut HashMap<u64, Session>) -> usize {
+    let now = crate::bpf::monotonic_ns();
+    let mut wrote = 0;
+    for (t, ev) in proxy.hooks.inbound_conns() {
+        match ev.kind {
+            EVENT_INBOUND_PENDING
+                if now.saturating_sub(ev.since_ns) > PENDING_EXPIRY.as_nanos() as u64 =>
+            {
+                proxy.hooks.forget_inbound(&t);
             }
-            if let Err(e) = proxy.store.put(&s) {
-                tracing::error!(session = s.id, error = %e, "could not record the session");
+            EVENT_INBOUND_OPEN if !open.contains_key(&ev.cookie) => {
+                open.insert(ev.cookie, opened(proxy, &ev));
+                wrote += 1;
             }
-            open.insert(ev.cookie, s);
+            EVENT_INBOUND_CLOSE => {
+                let mut s = match open.remove(&ev.cookie) {
+                    Some(s) => s,
+                    None => opened(proxy, &ev),
+                };
+                s.state = State::Closed;
+                s.ended_ms = Some(store::now_ms());
+                s.bytes_up = ev.bytes_out;
+                s.bytes_down = ev.bytes_in;
+                if let Err(e) = proxy.store.put(&s) {
+                    // Kept in the kernel: the next sweep tries again.
+                    tracing::error!(session = s.id, error = %e, "could not record the session");
+                    open.insert(ev.cookie, s);
+                    continue;
+                }
+                proxy.hooks.forget_inbound(&t);
+                wrote += 1;
+            }
+            _ => {}
         }
-        EVENT_INBOUND_CLOSE => {
-            let Some(mut s) = open.remove(&ev.cookie) else {
-                return;
-            };
-            s.state = State::Closed;
-            s.ended_ms = Some(store::now_ms());
-            s.bytes_up = ev.bytes_out;
-            s.bytes_down = ev.bytes_in;
-            if let Err(e) = proxy.store.put(&s) {
-                tracing::error!(session = s.id, error = %e, "could not record the session");
-            }
-        }
-        _ => {}
     }
+    wrote
 }
 
-/// The session of an accepted inbound connection. The kernel knows the
-/// workload's cgroup and the rules; which process accepts is not known yet
-/// when the handshake completes.
+/// The session of an accepted inbound connection, recorded and audited.
+/// The kernel knows the workload's cgroup and the rules; which process
+/// accepts is not known when the handshake completes.
 fn opened(proxy: &Proxy, ev: &InboundEvent) -> Session {
+    let s = session_of(proxy, ev);
+    tracing::info!(
+        session = s.id, cgroup = %s.workload.cgroup, local = %s.destination, peer = %s.client,
+        rule = s.rule.as_deref().unwrap_or("-"), "inbound connection accepted"
+    );
+    let data = serde_json::json!({
+        "session": s.id, "workload": s.workload.cgroup, "cgroup_id": s.workload.cgroup_id,
+        "local": s.destination, "peer": s.client, "decision": s.decision, "rule": s.rule,
+    });
+    if let Err(e) = proxy.store.audit("inbound", data) {
+        tracing::error!(session = s.id, error = %e, "could not append to the audit log");
+    }
+    if let Err(e) = proxy.store.put(&s) {
+        tracing::error!(session = s.id, error = %e, "could not record the session");
+    }
+    s
+}
+
+fn session_of(proxy: &Proxy, ev: &InboundEvent) -> Session {
     let policy = proxy.policy();
     let rule = (0..64)
         .find(|i| ev.rules & (1 << i) != 0)

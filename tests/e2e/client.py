@@ -13,6 +13,7 @@ workload cgroup. Every mode prints one JSON object on stdout.
   listen HOST PORT SECS   bind+listen (PORT 0: listen() without bind), report
                           the port, then wait SECS for a connection and read
   autobind N              N listen() calls without bind(), report the ports
+  acceptloop PORT SECS    listen on 0.0.0.0:PORT, accept and close for SECS
   selfserve PORT          listen on 127.0.0.1:PORT, send an HTTP request to
                           that same address (redirected to the proxy), report
                           what the listener received and the answer
@@ -234,6 +235,26 @@ def autobind(n):
     out({"ports": ports, "errors": errors})
 
 
+def acceptloop(port, secs):
+    import time
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(1024)
+    out({"listening": True})
+    end = time.monotonic() + secs
+    srv.settimeout(1)
+    n = 0
+    while time.monotonic() < end:
+        try:
+            c, _ = srv.accept()
+            c.close()
+            n += 1
+        except socket.timeout:
+            pass
+    out({"accepted": n})
+
+
 def selfserve(port):
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -324,6 +345,8 @@ def main():
         listen(host, port, float(sys.argv[4]))
     elif mode == "autobind":
         autobind(int(sys.argv[2]))
+    elif mode == "acceptloop":
+        acceptloop(int(sys.argv[2]), float(sys.argv[3]))
     elif mode == "selfserve":
         selfserve(int(sys.argv[2]))
     elif mode == "badconnect":

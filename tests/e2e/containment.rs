@@ -498,6 +498,98 @@ fn inbound_needs_a_rule_and_is_recorded() {
     finish(srv);
 }
 
+/// Found by the second attack pass: a burst of short inbound connections
+/// overflowed the kernel's event buffer and most went unrecorded. Every
+/// connection the workload accepts by rule is a session; what cannot be
+/// recorded is not let in (the peer's SYN waits and is retried).
+#[test]
+fn every_accepted_inbound_connection_is_recorded_even_in_a_burst() {
+    require_kernel!();
+    let cg = TestCgroup::new("inburst");
+    let port = free_port();
+    let cfg = DaemonConfig::new(
+        &[&cg],
+        &format!(
+            "[[inbound]]\nid = \"burst\"\nworkload = {:?}\nport = {port}\npeer = [\"127.0.0.0/8\"]\n",
+            cg.rel
+        ),
+    );
+    let d = Daemon::start(&cfg);
+    std::thread::sleep(Duration::from_millis(1200));
+    // A workload server that accepts and closes at once, as nobody.
+    let script = client_for_nobody();
+    let mut server = nobody_in(
+        &cg,
+        "/usr/bin/python3",
+        &["-u", &script, "acceptloop", &port.to_string(), "60"],
+    );
+    server
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut server = server.spawn().unwrap();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains("listening"), "{line}");
+    // Four peers, 1500 connections each, as fast as they go.
+    let peers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0u64;
+                for i in 0..1500 {
+                    if let Ok(mut s) = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                        Duration::from_secs(5),
+                    ) {
+                        let _ = std::io::Write::write_all(&mut s, format!("hidden-{i}").as_bytes());
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let connected: u64 = peers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(connected > 1000, "{connected}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let metric = |name: &str| -> u64 {
+        let m = http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], cfg.admin_port)),
+            "/metrics",
+        )
+        .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    let accepted = metric("interceptor_kernel_inbound_accepted_total ");
+    assert!(accepted > 1000, "{accepted}");
+    // Every accepted connection becomes a closed session.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sessions: Vec<Value> = d
+            .sessions()
+            .into_iter()
+            .filter(|s| s["protocol"] == "inbound")
+            .collect();
+        let closed = sessions.iter().filter(|s| s["state"] == "closed").count() as u64;
+        if sessions.len() as u64 == accepted && closed == accepted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{accepted} accepted, {} recorded, {closed} closed",
+            sessions.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "held back until recordable: {} SYNs",
+        metric("interceptor_kernel_inbound_backpressure_total ")
+    );
+}
+
 /// Found by the attack pass: a skill that binds the address of an
 /// injecting rule's upstream (down, or never there) becomes that upstream.
 /// The proxy's connect carries its mark and so reaches a workload socket;

@@ -25,8 +25,8 @@ use aya::programs::{
 };
 use aya::{Btf, Ebpf, EbpfLoader};
 use interceptor_common::{
-    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, Heartbeat, InboundKey,
-    MAX_PROTECTED_PORTS, TupleKey, counters, maps, programs,
+    AF_INET, AF_INET6, CONFIG_F_ALLOW_UDP, Config, ConnRecord, Heartbeat, InboundEvent, InboundKey,
+    InboundTuple, MAX_PROTECTED_PORTS, TupleKey, counters, maps, programs,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
@@ -68,6 +68,7 @@ pub struct Hooks {
     inbound_rules: Mutex<LpmTrie<MapData, InboundKey, u64>>,
     inbound_cgroups: Mutex<HashMap<MapData, u64, u64>>,
     events: Mutex<Option<RingBuf<MapData>>>,
+    inbound_conns: Mutex<HashMap<MapData, InboundTuple, InboundEvent>>,
     workload_peers: Mutex<HashMap<MapData, TupleKey, u64>>,
     /// Programs found missing from a workload cgroup and re-attached.
     pub tampered: AtomicU64,
@@ -113,7 +114,7 @@ pub struct KernelCounters {
     pub refused_socket: u64,
     pub dropped_inbound: u64,
     pub inbound_accepted: u64,
-    pub events_lost: u64,
+    pub inbound_backpressure: u64,
 }
 
 impl Hooks {
@@ -191,6 +192,7 @@ impl Hooks {
                 maps::INBOUND_CGROUPS,
             )?)?),
             events: Mutex::new(Some(RingBuf::try_from(take(&mut a.bpf, maps::EVENTS)?)?)),
+            inbound_conns: Mutex::new(HashMap::try_from(take(&mut a.bpf, maps::INBOUND_CONNS)?)?),
             workload_peers: Mutex::new(HashMap::try_from(take(&mut a.bpf, maps::WORKLOAD_PEERS)?)?),
             attacher: Mutex::new(a),
             tampered: AtomicU64::new(0),
@@ -349,7 +351,23 @@ impl Hooks {
         Ok(())
     }
 
-    /// The inbound event ring buffer, once (for the task that reads it).
+    /// The inbound connections the kernel let in by rule and the daemon has
+    /// not finished recording.
+    pub fn inbound_conns(&self) -> Vec<(InboundTuple, InboundEvent)> {
+        self.inbound_conns
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Drops an inbound entry once recorded (or expired).
+    pub fn forget_inbound(&self, t: &InboundTuple) {
+        let _ = self.inbound_conns.lock().unwrap().remove(t);
+    }
+
+    /// The inbound doorbell ring buffer, once (for the task that reads it).
     pub fn take_events(&self) -> Option<RingBuf<MapData>> {
         self.events.lock().unwrap().take()
     }
@@ -371,7 +389,7 @@ impl Hooks {
             refused_socket: sum(counters::REFUSED_SOCKET),
             dropped_inbound: sum(counters::DROPPED_INBOUND),
             inbound_accepted: sum(counters::INBOUND_ACCEPTED),
-            events_lost: sum(counters::EVENTS_LOST),
+            inbound_backpressure: sum(counters::INBOUND_BACKPRESSURE),
         }
     }
 }
