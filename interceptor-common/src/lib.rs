@@ -288,7 +288,7 @@ mod tests {
         );
         assert_eq!(
             (size_of::<InboundEvent>(), align_of::<InboundEvent>()),
-            (88, 8)
+            (96, 8)
         );
         assert_eq!(LAYOUT_VERSION, 2);
     }
