@@ -8,7 +8,8 @@
 set -euo pipefail
 
 APT_PACKAGES=(rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev
-              curl python3 iproute2 ca-certificates systemd util-linux binutils dpkg)
+              curl python3 iproute2 ca-certificates systemd util-linux binutils dpkg
+              nginx)
 BPF_LINKER_VERSION=0.13.0
 
 if [ "$(id -u)" != 0 ]; then
@@ -26,10 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-# Real HTTP clients the end-to-end tests run inside the workload cgroup.
-if ! python3 -c "import requests, httpx" 2>/dev/null; then
-    echo "==> pip install requests httpx"
-    python3 -m pip install -q requests httpx
+# Real HTTP clients the end-to-end tests run inside the workload cgroup,
+# and Flask/werkzeug as an upstream that normalises paths its own way.
+if ! python3 -c "import requests, httpx, flask" 2>/dev/null; then
+    echo "==> pip install requests httpx flask"
+    python3 -m pip install -q requests httpx flask
 fi
 if ! command -v node >/dev/null; then
     echo "==> apt-get install nodejs"

@@ -432,7 +432,14 @@ impl Parser<'_> {
                 })
                 .collect()
         });
-        let paths = self.globs(&r.path, "path", true, |p| p.to_string());
+        // Paths are matched in their canonical form (proxy/canonical.rs).
+        // `/admin/**` also matches `/admin` itself: a deny rule written
+        // that way must not leave the bare prefix open.
+        let paths = self.globs(&r.path, "path", true, |p| match p.strip_suffix("/**") {
+            Some("") => p.to_string(),
+            Some(base) => format!("{{{base},{p}}}"),
+            None => p.to_string(),
+        });
         let path_regex = r.path_regex.as_ref().and_then(|p| {
             regex::Regex::new(p.get_ref())
                 .map_err(|e| self.push(p.span().start, format!("path_regex: {e}")))

@@ -271,3 +271,29 @@ fn body_rules_wait_for_the_body_then_match_it() {
     let s = conn("skills.slice/a", "10.0.0.1:443");
     assert_eq!(p.decide(&s), Verdict::NeedsInspection);
 }
+
+#[test]
+fn a_double_star_tail_also_matches_the_bare_prefix() {
+    let p = policy(
+        "[[rule]]\nid = \"no-admin\"\npath = \"/admin/**\"\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"rest\"\naction = \"allow\"\n",
+    );
+    let headers = http::HeaderMap::new();
+    let rule_for = |path: &str| {
+        let r = RequestInfo {
+            host: "api.test",
+            method: "GET",
+            path,
+            headers: &headers,
+            user: None,
+            body: None,
+        };
+        decide_request(&p, "w", "10.0.0.1:443", &r).rule
+    };
+    for denied in ["/admin", "/admin/", "/admin/x/y"] {
+        assert_eq!(rule_for(denied).as_deref(), Some("no-admin"), "{denied}");
+    }
+    for allowed in ["/administrator", "/public/admin", "/"] {
+        assert_eq!(rule_for(allowed).as_deref(), Some("rest"), "{allowed}");
+    }
+}

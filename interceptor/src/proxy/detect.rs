@@ -41,6 +41,9 @@ pub fn classify(b: &[u8]) -> Option<Protocol> {
             })
         };
     }
+    if let Some(p) = request_line(b) {
+        return p;
+    }
     for m in METHODS.iter().copied().chain([H2_PREFACE]) {
         let n = m.len().min(b.len());
         if b[..n] == m[..n] {
@@ -52,6 +55,26 @@ pub fn classify(b: &[u8]) -> Option<Protocol> {
         }
     }
     Some(Protocol::Opaque)
+}
+
+/// Any method token (letters, any case) then an origin-, asterisk- or
+/// absolute-form target is HTTP: an unusual spelling (`delete /x`) is then
+/// parsed, and refused as non-canonical, instead of passing as opaque bytes.
+/// `Some(None)`: too few bytes yet to tell.
+fn request_line(b: &[u8]) -> Option<Option<Protocol>> {
+    let token = b.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    if token == 0 || token > 16 {
+        return None;
+    }
+    match b.get(token) {
+        None => Some(None),
+        Some(b' ') => match b.get(token + 1) {
+            None => Some(None),
+            Some(b'/' | b'*' | b'h' | b'H') => Some(Some(Protocol::Http)),
+            Some(_) => None,
+        },
+        Some(_) => None,
+    }
 }
 
 /// Peeks until the bytes say what they are, or `timeout` passes.
@@ -86,6 +109,10 @@ mod tests {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http));
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM"), Some(Protocol::Http));
         assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"delete /items/1 HTTP/1.1"), Some(Protocol::Http));
+        assert_eq!(classify(b"get http://a/ HTTP/1.1"), Some(Protocol::Http));
+        assert_eq!(classify(b"get key\r\n"), Some(Protocol::Opaque));
+        assert_eq!(classify(b"delete"), None);
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Protocol::Opaque));
         assert_eq!(
             classify(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"),

@@ -2,6 +2,7 @@
 //! is attributed, decided, given its credential, forwarded and recorded.
 use super::Proxy;
 use super::body::{LimitedBody, TrackedBody};
+use super::canonical;
 use super::upstream::{BoxError, Key, ReqBody};
 use crate::credentials::Secret;
 use crate::identity::oidc::User;
@@ -367,14 +368,25 @@ impl HttpConn {
         req: &mut Request<InBody>,
         rec: &mut RequestRecord,
     ) -> Result<Admitted, Refusal> {
+        // The host from the absolute-form URI or Host, before the target is
+        // rewritten to origin-form below.
         let host = self.host_of(req)?;
         rec.host = host.clone();
+        // One canonical head: decided on, recorded, and forwarded.
+        let method = canonical::method(req.method().as_str())
+            .map_err(Refusal::not_canonical)?
+            .to_string();
+        let target = canonical::path_and_query(req.uri().path(), req.uri().query())
+            .map_err(Refusal::not_canonical)?;
+        let path = target.split('?').next().unwrap_or("/").to_string();
+        rec.path = target.clone();
+        *req.uri_mut() = target
+            .parse()
+            .map_err(|_| Refusal::not_canonical(canonical::NotCanonical::BadEscape))?;
         let user = self.user_of(req).await?;
         rec.user = user.as_ref().map(|u| u.name.clone());
 
         let policy = self.proxy.policy();
-        let path = req.uri().path().to_string();
-        let method = req.method().as_str().to_string();
         let head = RequestHead {
             host: &host,
             method: &method,
@@ -502,11 +514,16 @@ impl HttpConn {
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
         *upstream_req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-        if !upstream_req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&host)
-        {
-            upstream_req.headers_mut().insert(header::HOST, v);
-        }
+        // Exactly one host goes upstream: the one decided on.
+        let authority = self.authority_for(&host);
+        let v = HeaderValue::from_str(&authority).map_err(|_| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the host is not a valid header value",
+            )
+        })?;
+        upstream_req.headers_mut().insert(header::HOST, v);
         let key = Key {
             addr: self.destination,
             tls_name: self.sni.clone(),
@@ -682,6 +699,21 @@ impl HttpConn {
             (Some(sni), _) => Ok(sni.to_ascii_lowercase()),
             (None, Some(h)) => Ok(h),
             (None, None) => Ok(self.destination.ip().to_string()),
+        }
+    }
+
+    /// The `Host` sent upstream for the decided host: with the port unless
+    /// it is the scheme's default.
+    fn authority_for(&self, host: &str) -> String {
+        let default = if self.sni.is_some() { 443 } else { 80 };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        match self.destination.port() {
+            p if p == default => host,
+            p => format!("{host}:{p}"),
         }
     }
 
@@ -941,6 +973,14 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    fn not_canonical(why: canonical::NotCanonical) -> Refusal {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "non_canonical_request",
+            &why.to_string(),
+        )
+    }
+
     pub fn new(status: StatusCode, code: &str, message: &str) -> Refusal {
         Refusal {
             status,
