@@ -82,8 +82,16 @@ pub fn explain(e: Explain) -> Result<()> {
         groups: e.groups.clone(),
     });
     let headers = http::HeaderMap::new();
-    let path = uri.path().to_string();
-    let method = e.method.to_ascii_uppercase();
+    // The proxy decides on the canonical form: so does explain.
+    let method = crate::proxy::canonical::method(&e.method)
+        .map_err(|why| {
+            anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
+        })?
+        .to_string();
+    let path = crate::proxy::canonical::path(uri.path()).map_err(|why| {
+        anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
+    })?;
+    println!("request:  {method} {path} (canonical form, as decided and forwarded)");
     let request = RequestInfo {
         host: &host,
         method: &method,

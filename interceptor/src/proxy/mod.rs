@@ -1,7 +1,7 @@
 //! The data path, one way: accept → attribute → decide → (inspect) →
 //! inject → forward → record.
 mod body;
-mod canonical;
+pub mod canonical;
 mod detect;
 mod http;
 mod tcp;
