@@ -310,10 +310,15 @@ impl Rule {
                 .as_ref()
                 .is_none_or(|re| re.is_match(r.path))
             && self.headers.iter().all(|(name, glob)| {
-                r.headers
-                    .get_all(name.as_str())
-                    .iter()
-                    .any(|v| v.to_str().is_ok_and(|v| glob.is_match(v)))
+                // A header sent several times: a rule that lets requests
+                // through matches only if every value does (what goes
+                // upstream is what matched); a deny rule if any does.
+                let mut values = r.headers.get_all(name.as_str()).iter().peekable();
+                let one = |v: &http::HeaderValue| v.to_str().is_ok_and(|v| glob.is_match(v));
+                match self.action {
+                    Action::Deny => values.any(|v| one(v)),
+                    _ => values.peek().is_some() && values.all(|v| one(v)),
+                }
             })
             && self
                 .users

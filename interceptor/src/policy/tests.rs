@@ -297,3 +297,46 @@ fn a_double_star_tail_also_matches_the_bare_prefix() {
         assert_eq!(rule_for(allowed).as_deref(), Some("rest"), "{allowed}");
     }
 }
+
+#[test]
+fn a_header_sent_twice_matches_an_allow_rule_only_if_every_value_does() {
+    let p = policy(
+        "[[rule]]\nid = \"no-evil\"\nheaders = { \"x-role\" = \"admin\" }\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"acme\"\nheaders = { \"x-tenant\" = \"acme-*\" }\naction = \"allow\"\n",
+    );
+    let decide = |pairs: &[(&'static str, &'static str)]| {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(*k, http::HeaderValue::from_static(v));
+        }
+        let r = RequestInfo {
+            host: "api.test",
+            method: "GET",
+            path: "/",
+            headers: &headers,
+            user: None,
+            body: None,
+        };
+        decide_request(&p, "w", "10.0.0.1:443", &r).rule
+    };
+    assert_eq!(decide(&[("x-tenant", "acme-1")]).as_deref(), Some("acme"));
+    // The attack: a second value beside the one that matches.
+    assert_eq!(
+        decide(&[("x-tenant", "evil"), ("x-tenant", "acme-1")]),
+        None
+    );
+    assert_eq!(
+        decide(&[("x-tenant", "acme-1"), ("x-tenant", "acme-2")]).as_deref(),
+        Some("acme")
+    );
+    // A deny rule still catches the value it names among others.
+    assert_eq!(
+        decide(&[
+            ("x-role", "user"),
+            ("x-role", "admin"),
+            ("x-tenant", "acme-1")
+        ])
+        .as_deref(),
+        Some("no-evil")
+    );
+}
