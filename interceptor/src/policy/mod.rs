@@ -316,8 +316,8 @@ impl Rule {
                 let mut values = r.headers.get_all(name.as_str()).iter().peekable();
                 let one = |v: &http::HeaderValue| v.to_str().is_ok_and(|v| glob.is_match(v));
                 match self.action {
-                    Action::Deny => values.any(|v| one(v)),
-                    _ => values.peek().is_some() && values.all(|v| one(v)),
+                    Action::Deny => values.any(one),
+                    _ => values.peek().is_some() && values.all(one),
                 }
             })
             && self
