@@ -106,7 +106,14 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("identity provider keys unavailable: {0}")]
     JwksUnavailable(String),
+    #[error("token is {0} bytes, more than the {MAX_TOKEN_BYTES} accepted")]
+    TooLarge(usize),
 }
+
+/// Tokens larger than this are refused before anything is decoded: a
+/// generous bound (IdPs with many roles issue a few KiB) that keeps a
+/// hostile token from costing a JSON parse of megabytes per request.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 impl TokenError {
     /// Stable machine-readable code.
@@ -122,6 +129,7 @@ impl TokenError {
             TokenError::UnknownKey(_) => "unknown_key",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::JwksUnavailable(_) => "jwks_unavailable",
+            TokenError::TooLarge(_) => "token_too_large",
         }
     }
 }
@@ -212,7 +220,17 @@ impl Validator {
 
     /// Checks the token and returns its user. Discovery and JWKS are fetched
     /// lazily on first use and cached.
+    ///
+    /// ECDSA signatures are accepted in both their low-S and high-S forms
+    /// (an IdP's signer produces either; few normalise). Malleability cannot
+    /// matter here: a token is never an identifier (nothing is cached,
+    /// deduplicated, approved or recorded by the token's bytes), only its
+    /// verified claims are used, and the second form carries the same claims
+    /// under the same key (a test proves both forms give the same user).
     pub async fn validate(&self, token: &str) -> Result<User, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge(token.len()));
+        }
         let (alg, kid) = inspect_header(token)?;
         tracing::debug!(
             kid = kid.as_deref().unwrap_or("-"),
@@ -971,6 +989,46 @@ mod tests {
             assert!(!text.contains(part), "error text leaks the token: {text}");
         }
         err
+    }
+
+    #[tokio::test]
+    async fn oversized_tokens_are_refused_before_any_work() {
+        let key = TestKey::es256("k1");
+        let idp = Idp::start(&[&key]).await;
+        let v = idp.validator(idp.config());
+        let mut claims = idp.claims();
+        claims["pad"] = json!("x".repeat(300 * 1024));
+        refused(&v, &key.sign(&claims), "token_too_large").await;
+        assert_eq!(v.jwks_fetches(), 0, "nothing fetched for a refused token");
+    }
+
+    #[tokio::test]
+    async fn the_high_s_form_of_an_ecdsa_signature_gives_the_same_user() {
+        // P-256's group order n, big-endian: s' = n - s is the other valid
+        // signature for the same token (see Validator::validate).
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let key = TestKey::es256("k1");
+        let idp = Idp::start(&[&key]).await;
+        let v = idp.validator(idp.config());
+        let token = key.sign(&idp.claims());
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let mut rs = b64url_decode(sig).unwrap();
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = N[i] as i16 - rs[32 + i] as i16 - borrow;
+            rs[32 + i] = d.rem_euclid(256) as u8;
+            borrow = (d < 0) as i16;
+        }
+        let other = format!("{head}.{}", b64(&rs));
+        assert_ne!(other, token);
+        assert_eq!(
+            v.validate(&other).await.unwrap(),
+            v.validate(&token).await.unwrap()
+        );
     }
 
     #[tokio::test]
