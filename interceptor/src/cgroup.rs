@@ -24,23 +24,25 @@ pub fn find_mount(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
 
 /// Mount points of every filesystem of type `fstype` in mountinfo text.
 pub fn mounts_of(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
-    // Format (proc(5)): id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            if right.split_whitespace().next()? != fstype {
-                return None;
-            }
-            left.split_whitespace()
-                .nth(4)
-                .map(|m| PathBuf::from(unescape_octal(m)))
-        })
+    mounts(mountinfo)
+        .filter(|(_, t)| *t == fstype)
+        .map(|(point, _)| point)
         .collect()
 }
 
+/// Every mount in mountinfo text: (mount point, filesystem type), in order.
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str)> {
+    // Format (proc(5)): id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let point = left.split_whitespace().nth(4)?;
+        Some((PathBuf::from(unescape_octal(point)), fstype))
+    })
+}
+
 /// mountinfo escapes space, tab, newline and backslash as \ooo.
-pub fn unescape_octal(s: &str) -> String {
+fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -143,10 +145,16 @@ pub fn create_missing_slices(mount: &Path, spec: &str) -> Result<()> {
 /// The cgroup (relative path) of a process, from /proc/PID/cgroup ("0::/path").
 pub fn cgroup_of(pid: &str) -> Result<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    text.lines()
+    v2_path(&text).context("process has no cgroup v2 entry")
+}
+
+/// The cgroup v2 path (the `0::` line) of /proc/PID/cgroup text, relative
+/// to the mount.
+pub fn v2_path(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| p.trim_start_matches('/').to_string())
-        .context("process has no cgroup v2 entry")
 }
 
 /// True when `inner` is `outer` or below it (both relative paths).

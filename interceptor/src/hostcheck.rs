@@ -245,14 +245,11 @@ struct Mount {
 /// The mount whose mount point is the longest prefix of `path` (the one
 /// that holds it).
 fn mount_holding(mountinfo: &str, path: &Path) -> Option<Mount> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-            let (left, right) = line.split_once(" - ")?;
-            let point = PathBuf::from(cgroup::unescape_octal(left.split_whitespace().nth(4)?));
-            let fstype = right.split_whitespace().next()?.to_string();
-            path.starts_with(&point).then_some(Mount { point, fstype })
+    cgroup::mounts(mountinfo)
+        .filter(|(point, _)| path.starts_with(point))
+        .map(|(point, fstype)| Mount {
+            point,
+            fstype: fstype.to_string(),
         })
         // The last of equally long ones: a later mount hides an earlier one.
         .max_by_key(|m| m.point.components().count())
@@ -303,73 +300,30 @@ fn bpffs(dir: &Path) -> Vec<Finding> {
 
 /// The pins must be reachable only through root-owned real directories
 /// nobody else can write: otherwise a workload could swap a component for
-/// a symlink or remove the pins.
+/// a symlink or remove the pins. The daemon's own check, run read-only.
 fn pin_tree(dir: &Path) -> Vec<Finding> {
-    let mut prefix = PathBuf::new();
-    for c in dir.components() {
-        prefix.push(c);
-        let meta = match std::fs::symlink_metadata(&prefix) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return vec![Finding::warn(
-                    "pin-tree",
-                    format!(
-                        "{} does not exist (daemon not started yet)",
-                        prefix.display()
-                    ),
-                    "start the daemon; it creates the pin tree",
-                )];
-            }
-            Err(e) => {
-                return vec![Finding::warn(
-                    "pin-tree",
-                    format!("cannot stat {}: {e}", prefix.display()),
-                    "run doctor as root",
-                )];
-            }
-        };
-        if let Some(problem) = unsafe_dir(&meta, prefix != dir) {
-            return vec![Finding::fail(
-                "pin-tree",
-                format!("{}: {problem}", prefix.display()),
-                format!(
-                    "make every component of {} a root-owned directory (no symlink) that only root can write",
-                    dir.display()
-                ),
-            )];
-        }
+    match crate::bpf::check_pin_tree(dir) {
+        Ok(true) => vec![Finding::ok(
+            "pin-tree",
+            format!(
+                "{}: root-owned real directories, writable by root only",
+                dir.display()
+            ),
+        )],
+        Ok(false) => vec![Finding::warn(
+            "pin-tree",
+            format!("{} does not exist (daemon not started yet)", dir.display()),
+            "start the daemon; it creates the pin tree",
+        )],
+        Err(e) => vec![Finding::fail(
+            "pin-tree",
+            format!("{e:#}"),
+            format!(
+                "make every component of {} a root-owned directory (no symlink) that only root can write",
+                dir.display()
+            ),
+        )],
     }
-    vec![Finding::ok(
-        "pin-tree",
-        format!(
-            "{}: root-owned real directories, writable by root only",
-            dir.display()
-        ),
-    )]
-}
-
-/// Why this directory cannot be trusted, if it cannot. Ancestors may be
-/// root-owned sticky world-writable directories (like /tmp): others cannot
-/// rename or remove what root put there.
-fn unsafe_dir(meta: &std::fs::Metadata, ancestor: bool) -> Option<String> {
-    let mode = meta.mode();
-    if meta.file_type().is_symlink() {
-        return Some("is a symlink".into());
-    }
-    if !meta.is_dir() {
-        return Some("is not a directory".into());
-    }
-    if meta.uid() != 0 {
-        return Some(format!("is owned by uid {}, not root", meta.uid()));
-    }
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !(ancestor && sticky) {
-        return Some(format!(
-            "is writable by group/others (mode {:o})",
-            mode & 0o7777
-        ));
-    }
-    None
 }
 
 // ---- sysctls and LSMs -----------------------------------------------------
@@ -588,7 +542,7 @@ fn read_process(pid: u32, workloads: &[WorkloadCgroup]) -> Option<Process> {
     if exe.is_none() && (ppid == 2 || pid == 2) {
         return None; // kthreadd and its children
     }
-    let cgroup = parse_cgroup_v2(&std::fs::read_to_string(dir.join("cgroup")).ok()?)?;
+    let cgroup = cgroup::v2_path(&std::fs::read_to_string(dir.join("cgroup")).ok()?)?;
     let workload = workloads
         .iter()
         .find(|w| cgroup::is_within(&cgroup, &w.rel))
@@ -619,14 +573,6 @@ fn parse_status_field(status: &str, key: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The cgroup v2 path from /proc/PID/cgroup ("0::/skills.slice/x.service"),
-/// without the leading slash.
-fn parse_cgroup_v2(text: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_start_matches('/').to_string())
 }
 
 /// Fails for each workload process running as root, and for each process
@@ -980,17 +926,17 @@ mod tests {
     #[test]
     fn cgroup_line() {
         assert_eq!(
-            parse_cgroup_v2("0::/skills.slice/a.service\n").as_deref(),
+            cgroup::v2_path("0::/skills.slice/a.service\n").as_deref(),
             Some("skills.slice/a.service")
         );
         // Hybrid hosts list v1 hierarchies too; only the v2 line counts.
         assert_eq!(
-            parse_cgroup_v2("12:cpu:/x\n1:name=systemd:/user.slice\n0::/user.slice/u.scope\n")
+            cgroup::v2_path("12:cpu:/x\n1:name=systemd:/user.slice\n0::/user.slice/u.scope\n")
                 .as_deref(),
             Some("user.slice/u.scope")
         );
-        assert_eq!(parse_cgroup_v2("0::/\n").as_deref(), Some(""));
-        assert_eq!(parse_cgroup_v2("1:name=systemd:/\n"), None);
+        assert_eq!(cgroup::v2_path("0::/\n").as_deref(), Some(""));
+        assert_eq!(cgroup::v2_path("1:name=systemd:/\n"), None);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use pins::ensure_bpffs;
+pub use pins::{check_tree as check_pin_tree, ensure_bpffs};
 
 /// The kernel object, built by `cargo xtask build-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("INTERCEPTOR_BPF_OBJECT_PATH"));
@@ -80,8 +80,8 @@ struct Attacher {
     bpf: Ebpf,
     layout: pins::Layout,
     /// The programs attached to every cgroup (ATTACHED, plus the LSM one
-    /// where the BPF LSM runs).
-    names: Vec<&'static str>,
+    /// where the BPF LSM runs), with their kernel ids (for `verify`).
+    programs: Vec<(&'static str, u32)>,
     /// Workload cgroup (relative path) → what is attached to it.
     attached: std::collections::HashMap<String, Attachment>,
 }
@@ -164,10 +164,14 @@ impl Hooks {
             0,
         )?;
 
+        let programs = names
+            .into_iter()
+            .map(|n| Ok((n, program_id(&mut bpf, n)?)))
+            .collect::<Result<_>>()?;
         let mut a = Attacher {
             bpf,
             layout,
-            names,
+            programs,
             attached: Default::default(),
         };
         // Links pinned by an earlier daemon (any layout version), by cgroup id.
@@ -234,9 +238,7 @@ impl Hooks {
         let mut missing = Vec::new();
         let rels: Vec<String> = a.attached.keys().cloned().collect();
         for rel in rels {
-            let names = a.names.clone();
-            for name in names {
-                let want = program_id(&mut a.bpf, name)?;
+            for (name, want) in a.programs.clone() {
                 let att = &a.attached[&rel];
                 let ids = sys::cgroup_prog_ids(att.cgroup.as_fd(), attach_type(name))
                     .with_context(|| format!("querying the programs of cgroup {rel}"))?;
@@ -415,7 +417,7 @@ impl Attacher {
             .map(|(_, _, d)| d)
             .collect();
         let mut links = Vec::new();
-        for name in self.names.clone() {
+        for (name, _) in self.programs.clone() {
             let fd = match self.take_over(&old, &dir, name)? {
                 Some(fd) => fd,
                 None => attach_fresh(&mut self.bpf, name, &cgroup, &dir)?,
@@ -424,8 +426,9 @@ impl Attacher {
         }
         // Leftovers: programs this build no longer has, duplicates.
         for d in &old {
+            let current = same_dir(d, &dir);
             for (entry, _) in d.entries() {
-                if !self.names.iter().any(|n| *n == entry) || !same_dir(d, &dir) {
+                if !current || !self.programs.iter().any(|(n, _)| *n == entry) {
                     detach_pin(d, &entry);
                 }
             }

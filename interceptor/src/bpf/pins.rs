@@ -143,7 +143,8 @@ fn open_checked(parent: &OwnedFd, path: &Path, name: &str, create: bool) -> Resu
             path.display()
         );
     }
-    if st.st_mode & 0o077 != 0 && unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
+    // Tightened only by the daemon (which creates); readers change nothing.
+    if create && st.st_mode & 0o077 != 0 && unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("chmod 0700 {}", path.display()));
     }
@@ -154,8 +155,8 @@ fn open_checked(parent: &OwnedFd, path: &Path, name: &str, create: bool) -> Resu
 }
 
 /// Opens `base` from `/` one component at a time with `O_NOFOLLOW`. The
-/// ancestors must be root's and not writable by others unless sticky (a
-/// bpffs mounted without `mode=` is 1777); `base` itself is checked (and
+/// ancestors must be root's and not writable by group or others unless
+/// sticky (a bpffs mounted without `mode=` is 1777); `base` itself is checked (and
 /// created when `create`) as a pin directory.
 pub fn open_base(base: &Path, create: bool) -> Result<Option<PinDir>> {
     if !base.is_absolute() {
@@ -192,7 +193,7 @@ pub fn open_base(base: &Path, create: bool) -> Result<Option<PinDir>> {
         };
         let st = fstat(&dir)?;
         let sticky = st.st_mode & libc::S_ISVTX != 0;
-        if st.st_uid != 0 || (st.st_mode & 0o002 != 0 && !sticky) {
+        if st.st_uid != 0 || (st.st_mode & 0o022 != 0 && !sticky) {
             bail!(
                 "{} (above bpffs_dir) is owned by uid {} with mode {:o}: another user could replace the pin tree",
                 path.display(),
@@ -262,6 +263,24 @@ pub fn link_dirs(base: &PinDir) -> Result<Vec<(String, u64, PinDir)>> {
         }
     }
     Ok(out)
+}
+
+/// Checks every directory of the tree under `base` without changing it
+/// (`interceptor doctor`): false when there is none yet.
+pub fn check_tree(base_path: &Path) -> Result<bool> {
+    let Some(base) = open_base(base_path, false)? else {
+        return Ok(false);
+    };
+    for (version, is_dir) in base.entries() {
+        if !is_dir {
+            continue;
+        }
+        if let Some(vdir) = base.subdir(&version, false)? {
+            vdir.subdir("maps", false)?;
+        }
+    }
+    link_dirs(&base)?;
+    Ok(true)
 }
 
 /// Removes empty link directories and the maps and directories of layouts
