@@ -67,6 +67,8 @@ pub struct Hooks {
     counters: PerCpuArray<MapData, u64>,
     inbound_rules: Mutex<LpmTrie<MapData, InboundKey, u64>>,
     inbound_cgroups: Mutex<HashMap<MapData, u64, u64>>,
+    /// What `set_inbound` last wrote: the 1 s tick rewrites nothing unchanged.
+    inbound_applied: Mutex<Option<InboundState>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     inbound_conns: Mutex<HashMap<MapData, InboundTuple, InboundEvent>>,
     workload_peers: Mutex<HashMap<MapData, TupleKey, u64>>,
@@ -94,6 +96,11 @@ struct Attachment {
     /// detaches nothing.
     links: Vec<(&'static str, OwnedFd)>,
 }
+
+type InboundState = (
+    Vec<(InboundKey, u32, u64)>,
+    std::collections::HashMap<u64, u64>,
+);
 
 /// One program found detached from a workload cgroup (and re-attached).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -191,6 +198,7 @@ impl Hooks {
             by_tuple: Mutex::new(HashMap::try_from(take(&mut a.bpf, maps::BY_TUPLE)?)?),
             counters: PerCpuArray::try_from(take(&mut a.bpf, maps::COUNTERS)?)?,
             inbound_rules: Mutex::new(LpmTrie::try_from(take(&mut a.bpf, maps::INBOUND_RULES)?)?),
+            inbound_applied: Mutex::new(None),
             inbound_cgroups: Mutex::new(HashMap::try_from(take(
                 &mut a.bpf,
                 maps::INBOUND_CGROUPS,
@@ -318,6 +326,13 @@ impl Hooks {
         rules: &[(InboundKey, u32, u64)],
         cgroups: &std::collections::HashMap<u64, u64>,
     ) -> Result<()> {
+        let mut applied = self.inbound_applied.lock().unwrap();
+        if applied
+            .as_ref()
+            .is_some_and(|(r, c)| r.as_slice() == rules && c == cgroups)
+        {
+            return Ok(());
+        }
         let mut trie = self.inbound_rules.lock().unwrap();
         let want: Vec<Key<InboundKey>> = rules
             .iter()
@@ -350,6 +365,7 @@ impl Hooks {
         for id in stale {
             let _ = cg.remove(&id);
         }
+        *applied = Some((rules.to_vec(), cgroups.clone()));
         Ok(())
     }
 
