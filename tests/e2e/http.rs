@@ -40,6 +40,7 @@ json_paths = ["$.customers[*].ssn", "$..password"]
 id = "pinned"
 workload = "{cg}"
 host = "pinned.test"
+destination = ["127.0.0.1"]
 tls = "passthrough"
 action = "allow"
 
@@ -72,6 +73,7 @@ action = "allow"
 id = "query-key"
 workload = "{cg}"
 path = "/q"
+destination = ["127.0.0.1"]
 inject = "apikey"
 action = "allow"
 
@@ -82,6 +84,7 @@ host = ["api.test", "127.0.0.1"]
 path = "/deploy/**"
 action = "approve"
 approval_timeout = "30s"
+destination = ["127.0.0.1"]
 inject = "gh"
 
 [[rule]]
@@ -113,6 +116,7 @@ reason = "destructive SQL is off limits to skills"
 id = "api"
 workload = "{cg}"
 host = ["api.test", "127.0.0.1"]
+destination = ["127.0.0.1"]
 inject = "gh"
 action = "allow"
 

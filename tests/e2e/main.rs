@@ -7,6 +7,7 @@ mod containment;
 mod doctor;
 mod harness;
 mod http;
+mod peers;
 
 use harness::*;
 use serde_json::Value;

@@ -43,6 +43,7 @@ method = "POST"
 path = "/v1/deploy"
 action = "approve"
 approval_timeout = "60s"
+destination = ["127.0.0.1:18080"]
 inject = "demo-api"
 
 [[rule]]

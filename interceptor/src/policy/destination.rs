@@ -23,6 +23,12 @@ impl Destination {
                 .is_none_or(|(lo, hi)| (lo..=hi).contains(&dst.port()))
     }
 
+    /// Whether it names addresses (not `*`, not a /0): only such a
+    /// destination pins where a credential or a tunnel may go.
+    pub fn pins_address(&self) -> bool {
+        self.net.is_some_and(|n| n.prefix_len() > 0)
+    }
+
     pub fn parse(s: &str) -> Result<Destination, String> {
         let s = s.trim();
         if s.is_empty() {

@@ -1,7 +1,7 @@
 //! Policy files: parse, validate, and point at the exact place of every error.
 use super::time_window::TimeWindow;
 use super::{
-    Action, Credential, Destination, Effects, InboundRule, Placement, Policy, Rule, TlsMode,
+    Action, Credential, Destination, Effects, InboundRule, Placement, Policy, Rule, Scheme, TlsMode,
 };
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -94,6 +94,8 @@ struct RuleDoc {
     id: Spanned<String>,
     workload: Option<Spanned<OneOrMany>>,
     destination: Option<Spanned<OneOrMany>>,
+    /// "https": only requests inside intercepted TLS; "http": cleartext only.
+    scheme: Option<Spanned<String>>,
     time: Option<Spanned<TimeDoc>>,
     host: Option<Spanned<OneOrMany>>,
     method: Option<Spanned<OneOrMany>>,
@@ -410,6 +412,22 @@ impl Parser<'_> {
                 })
                 .collect()
         });
+        let scheme = match r
+            .scheme
+            .as_ref()
+            .map(|s| (s.span().start, s.get_ref().as_str()))
+        {
+            None => None,
+            Some((_, "https")) => Some(Scheme::Https),
+            Some((_, "http")) => Some(Scheme::Http),
+            Some((at, other)) => {
+                self.push(
+                    at,
+                    format!("unknown scheme {other:?}; expected \"https\" or \"http\""),
+                );
+                None
+            }
+        };
         let time = r.time.as_ref().and_then(|t| {
             let doc = t.get_ref();
             TimeWindow::parse(doc.days.as_deref(), &doc.from, &doc.to, doc.tz.as_deref())
@@ -544,11 +562,14 @@ impl Parser<'_> {
                 None
             }
         };
+        let inject_at = r.inject.as_ref().map(|i| i.span().start);
+        let tls_at = r.tls.as_ref().map(|t| t.span().start);
         let rule = Rule {
             id,
             origin,
             workloads,
             destinations,
+            scheme,
             time,
             hosts,
             methods,
@@ -589,7 +610,45 @@ impl Parser<'_> {
                     .into(),
             );
         }
+        self.check_peers(&rule, inject_at, tls_at);
         (self.errors.len() == before).then_some(rule)
+    }
+
+    /// A credential goes only to an upstream the proxy authenticates (TLS
+    /// verified for the host) or to addresses the rule pins; a passthrough
+    /// tunnel only to pinned addresses. Otherwise a skill names the allowed
+    /// host in cleartext, or as its SNI, towards a listener of its choosing.
+    fn check_peers(&mut self, rule: &Rule, inject_at: Option<usize>, tls_at: Option<usize>) {
+        let pinned = rule.pins_destination();
+        if let (Some(at), Some(cred)) = (inject_at, &rule.effects.inject)
+            && !pinned
+            && rule.scheme != Some(Scheme::Https)
+        {
+            self.push(
+                at,
+                format!(
+                    "rule {:?} injects credential {:?} but could match cleartext HTTP sent to \
+                     any address (a listener of the skill's choosing can claim any Host): add \
+                     scheme = \"https\" (the credential then only goes to an upstream whose TLS \
+                     certificate is verified for the host), or pin destination = [\"IP:PORT\"]",
+                    rule.id, cred
+                ),
+            );
+        }
+        if rule.effects.tls == TlsMode::Passthrough
+            && !pinned
+            && let Some(at) = tls_at
+        {
+            self.push(
+                at,
+                format!(
+                    "rule {:?}: tls = \"passthrough\" is matched only by the server name the client \
+                     chose and opens an uninspected tunnel to whatever address it connected to: \
+                     pin destination = [\"IP:PORT\"]",
+                    rule.id
+                ),
+            );
+        }
     }
 
     /// Glob patterns; `literal_separator`: `*` stays within one `/` segment.
@@ -853,11 +912,15 @@ mod tests {
         assert!(e[0].starts_with("5:6: duplicate rule id"), "{e:?}");
         let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmethods = \"GET\"\n");
         assert!(e[0].contains("unknown field `methods`"), "{e:?}");
-        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\ninject = \"gh\"\n");
+        let e = errors(
+            "[[rule]]\nid = \"a\"\naction = \"allow\"\nscheme = \"https\"\ninject = \"gh\"\n",
+        );
         assert!(
-            e[0].starts_with("4:10: inject: no credential named \"gh\""),
+            e[0].starts_with("5:10: inject: no credential named \"gh\""),
             "{e:?}"
         );
+        let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nscheme = \"ftp\"\n");
+        assert!(e[0].starts_with("4:10: unknown scheme"), "{e:?}");
         let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmax_body = \"10 parsecs\"\n");
         assert!(e[0].contains("max_body"), "{e:?}");
         let e = errors(

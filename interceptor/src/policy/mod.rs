@@ -52,6 +52,14 @@ pub enum TlsMode {
     Passthrough,
 }
 
+/// `scheme`: whether a rule matches requests inside intercepted TLS (the
+/// upstream's certificate is verified for the host) or in cleartext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
 /// How a credential reaches the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -83,6 +91,7 @@ pub struct Rule {
     pub origin: String,
     workloads: Option<GlobSet>,
     destinations: Option<Vec<Destination>>,
+    scheme: Option<Scheme>,
     time: Option<TimeWindow>,
     hosts: Option<GlobSet>,
     methods: Option<Vec<String>>,
@@ -235,6 +244,14 @@ impl M {
 }
 
 impl Rule {
+    /// Whether every destination names addresses: the rule then pins where
+    /// its connections go, whatever host the client claims.
+    pub fn pins_destination(&self) -> bool {
+        self.destinations
+            .as_ref()
+            .is_some_and(|ds| !ds.is_empty() && ds.iter().all(Destination::pins_address))
+    }
+
     /// True when the rule looks into requests (matchers or request-level
     /// effects); such rules never decide a connection before inspection.
     fn needs_request(&self) -> bool {
@@ -265,7 +282,14 @@ impl Rule {
                     .is_none_or(|ds| ds.iter().any(|d| d.matches(s.destination))),
             )
         })
-        .and(|| M::of(self.time.as_ref().is_none_or(|t| t.contains(s.now))));
+        .and(|| M::of(self.time.as_ref().is_none_or(|t| t.contains(s.now))))
+        .and(|| match (self.scheme, s.sni, s.request) {
+            (None, _, _) => M::Yes,
+            // A server name is known only inside TLS.
+            (Some(want), Some(_), _) => M::of(want == Scheme::Https),
+            (Some(want), None, Some(_)) => M::of(want == Scheme::Http),
+            (Some(_), None, None) => M::Unknown,
+        });
         let host = || match &self.hosts {
             None => M::Yes,
             Some(g) => match (s.request, s.sni) {

@@ -36,8 +36,12 @@ fn conn<'a>(w: &'a str, a: &str) -> Subject<'a> {
     }
 }
 
+/// A request inside TLS to `r.host` (port 443), else in cleartext.
 fn decide_request(p: &Policy, workload: &str, dst: &str, r: &RequestInfo) -> Decision {
     let mut s = conn(workload, dst);
+    if dst.ends_with(":443") {
+        s.sni = Some(r.host);
+    }
     s.request = Some(r);
     s.last_stage = true;
     p.decide_final(&s)
@@ -149,6 +153,7 @@ workload = "skills.slice/**"
 host = "api.github.com"
 method = ["GET", "HEAD"]
 path = "/repos/**"
+scheme = "https"
 inject = "github"
 max_body = "1KiB"
 
@@ -167,6 +172,7 @@ action = "allow"
 [[rule]]
 id = "pinned"
 host = "pinned.example.org"
+destination = "1.2.3.0/24:443"
 tls = "passthrough"
 action = "allow"
 "#;
@@ -192,6 +198,10 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
         (d.rule.as_deref(), d.effects.tls),
         (Some("pinned"), TlsMode::Passthrough)
     );
+    // The same name towards another address is not that tunnel.
+    let mut s = conn("skills.slice/a", "5.6.7.8:443");
+    s.sni = Some("pinned.example.org");
+    assert_ne!(decided(p.decide(&s)).rule.as_deref(), Some("pinned"));
     // The request decides the rest.
     let headers = http::HeaderMap::new();
     let sre = User {
@@ -210,6 +220,19 @@ fn stages_ask_for_inspection_only_when_a_rule_needs_it() {
         };
         decide_request(&p, "skills.slice/a", "140.82.112.5:443", &r)
     };
+    // The same request in cleartext gets no credential rule.
+    let r = RequestInfo {
+        host: "api.github.com",
+        method: "GET",
+        path: "/repos/x/y",
+        headers: &headers,
+        user: None,
+        body: None,
+    };
+    assert_eq!(
+        decide_request(&p, "skills.slice/a", "140.82.112.5:80", &r).rule,
+        None
+    );
     let d = at("GET", "/repos/x/y", None);
     assert_eq!(
         (
