@@ -92,8 +92,17 @@ pub struct RequestRecord {
     pub status: u16,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// WebSocket messages after a 101, each way.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub messages_up: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub messages_down: u64,
     pub duration_ms: u64,
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `sessions list` filters; all given ones must match.

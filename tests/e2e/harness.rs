@@ -695,6 +695,8 @@ impl TestPki {
 pub struct HttpUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicUsize>,
+    /// What the `/ws` WebSocket endpoint saw.
+    pub ws: Arc<WsSeen>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -711,16 +713,19 @@ impl HttpUpstream {
         let release = Arc::new(tokio::sync::Notify::new());
         let tls = pki.map(|p| tokio_rustls::TlsAcceptor::from(p.server_config()));
         let count = requests.clone();
+        let ws = Arc::new(WsSeen::default());
+        let ws2 = ws.clone();
         rt.spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
-                let (count, release, tls) = (count.clone(), release.clone(), tls.clone());
+                let (count, release, tls, ws) =
+                    (count.clone(), release.clone(), tls.clone(), ws2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         count.fetch_add(1, Ordering::SeqCst);
-                        upstream_respond(req, release.clone())
+                        upstream_respond(req, release.clone(), ws.clone())
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -751,6 +756,7 @@ impl HttpUpstream {
         HttpUpstream {
             addr,
             requests,
+            ws,
             _rt: rt,
         }
     }
@@ -762,9 +768,84 @@ impl HttpUpstream {
 
 type UpBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
 
+/// What a WebSocket endpoint of the test upstream received.
+#[derive(Default)]
+pub struct WsSeen {
+    /// Text messages, in order.
+    pub texts: Mutex<Vec<String>>,
+    /// Frame streams that were not valid WebSocket (a proxy passing raw
+    /// bytes after the 101); a connection dropped without a close is not one.
+    pub protocol_errors: AtomicUsize,
+}
+
+/// The `/ws` endpoint: a real WebSocket server (tungstenite). `whoami`
+/// answers with the Authorization it was sent and a card number (what a
+/// careless API echoes); anything else is echoed.
+async fn websocket_endpoint(
+    mut req: hyper::Request<hyper::body::Incoming>,
+    ws: Arc<WsSeen>,
+) -> hyper::Response<UpBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use http_body_util::BodyExt;
+    use tokio_tungstenite::tungstenite::{Error, Message, error::ProtocolError, protocol::Role};
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
+    let auth = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = on.await else { return };
+        let mut s = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(up),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(m) = s.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break,
+                Err(Error::Protocol(_)) | Err(Error::Utf8(_)) | Err(Error::Capacity(_)) => {
+                    ws.protocol_errors.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Err(_) => break,
+            };
+            if let Message::Text(t) = m {
+                ws.texts.lock().unwrap().push(t.to_string());
+                let reply = if t.as_str() == "whoami" {
+                    format!("you are {auth}; card on file 4111 1111 1111 1111")
+                } else {
+                    t.to_string()
+                };
+                if s.send(Message::text(reply)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    hyper::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header(
+            "sec-websocket-accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key),
+        )
+        .body(http_body_util::Empty::new().map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
 async fn upstream_respond(
     mut req: hyper::Request<hyper::body::Incoming>,
     release: Arc<tokio::sync::Notify>,
+    ws: Arc<WsSeen>,
 ) -> Result<hyper::Response<UpBody>, std::convert::Infallible> {
     use http_body_util::BodyExt;
     let path = req.uri().path().to_string();
@@ -777,6 +858,12 @@ async fn upstream_respond(
     };
     // `Connection: upgrade` + `Upgrade: echo`: 101, then an echo of the
     // raw bytes (the mechanism WebSocket uses).
+    if path == "/ws" {
+        return Ok(websocket_endpoint(req, ws).await);
+    }
+    if path == "/upgrade" && !req.headers().contains_key("upgrade") {
+        return Ok(full(200, "text/plain", b"no upgrade\n".to_vec()));
+    }
     if path == "/upgrade" {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -1075,6 +1162,7 @@ impl HttpUpstream {
         HttpUpstream {
             addr,
             requests,
+            ws: Default::default(),
             _rt: rt,
         }
     }

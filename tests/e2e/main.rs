@@ -8,6 +8,7 @@ mod doctor;
 mod harness;
 mod http;
 mod peers;
+mod upgrades;
 
 use harness::*;
 use serde_json::Value;

@@ -120,6 +120,8 @@ struct RuleDoc {
     approval_timeout: Option<Spanned<String>>,
     /// With action = "approve": reuse an approval this long ("30m").
     approval_window: Option<Spanned<String>>,
+    /// Protocols a request may upgrade to: only "websocket".
+    upgrade: Option<Spanned<OneOrMany>>,
 }
 
 #[derive(Deserialize)]
@@ -562,6 +564,28 @@ impl Parser<'_> {
                 None
             }
         };
+        let mut websocket = false;
+        if let Some(u) = &r.upgrade {
+            for p in u.get_ref().items() {
+                if p.eq_ignore_ascii_case("websocket") {
+                    websocket = true;
+                } else {
+                    self.push(
+                        u.span().start,
+                        format!(
+                            "upgrade {p:?}: only \"websocket\" can be allowed (its frames are \
+                             parsed and masked; h2c and other protocols would pass uninspected)"
+                        ),
+                    );
+                }
+            }
+            if action == Action::Deny {
+                self.push(
+                    u.span().start,
+                    "upgrade only applies to allow and approve rules".into(),
+                );
+            }
+        }
         let inject_at = r.inject.as_ref().map(|i| i.span().start);
         let tls_at = r.tls.as_ref().map(|t| t.span().start);
         let rule = Rule {
@@ -599,6 +623,7 @@ impl Parser<'_> {
                 require_user: r.require_user,
                 tls,
                 approval,
+                websocket,
             },
         };
         if rule.effects.tls == TlsMode::Passthrough && rule.needs_request() {

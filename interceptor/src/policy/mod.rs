@@ -123,6 +123,9 @@ pub struct Effects {
     pub require_user: bool,
     pub tls: TlsMode,
     pub approval: Option<ApprovalSpec>,
+    /// `upgrade = ["websocket"]`: a WebSocket upgrade may go through (its
+    /// frames are then parsed, recorded and masked). No other upgrade ever.
+    pub websocket: bool,
 }
 
 impl Default for Effects {
@@ -135,6 +138,7 @@ impl Default for Effects {
             require_user: false,
             tls: TlsMode::Intercept,
             approval: None,
+            websocket: false,
         }
     }
 }
@@ -266,6 +270,7 @@ impl Rule {
             || self.effects.mask.is_some()
             || self.effects.max_body.is_some()
             || self.effects.require_user
+            || self.effects.websocket
             || self.action == Action::Approve
     }
 

@@ -16,7 +16,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,6 +113,8 @@ impl HttpConn {
             status: 0,
             bytes_up: 0,
             bytes_down: 0,
+            messages_up: 0,
+            messages_down: 0,
             duration_ms: 0,
             error: None,
         };
@@ -487,7 +488,7 @@ impl HttpConn {
 
     /// forward: stream the request upstream, the response back.
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<InBody>,
         rec: &mut RequestRecord,
         admitted: Admitted,
@@ -498,7 +499,33 @@ impl HttpConn {
             host,
             injected,
         } = admitted;
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        // Only WebSocket is ever upgraded to, and only where the rule says;
+        // any other protocol (h2c above all: h2 streams after it would never
+        // be decided) is ignored, as RFC 9110 lets a server do, and the
+        // request is answered as HTTP/1.1.
+        let websocket = match &upgrade {
+            Some(p) if p.as_bytes().eq_ignore_ascii_case(b"websocket") => {
+                if !decision.effects.websocket {
+                    return Err(Refusal {
+                        status: StatusCode::FORBIDDEN,
+                        code: "upgrade_not_allowed".into(),
+                        message: format!(
+                            "rule {} does not allow WebSocket (upgrade = [\"websocket\"])",
+                            decision.rule.as_deref().unwrap_or("-")
+                        ),
+                        rule: decision.rule.clone(),
+                    });
+                }
+                Some(websocket_key(req.headers())?)
+            }
+            Some(p) => {
+                tracing::info!(session = self.session, seq = rec.seq, protocol = ?p, "upgrade ignored");
+                None
+            }
+            None => None,
+        };
+        req.headers_mut().remove("http2-settings");
+        let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
         let max_body = decision.effects.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
         let (mut parts, body) = req.into_parts();
@@ -529,12 +556,14 @@ impl HttpConn {
             tls_name: self.sni.clone(),
             credentialed: !injected.is_empty(),
         };
-        let result = match &upgrade {
-            // Upgrades (WebSocket) need their own HTTP/1.1 connection.
-            Some(protocol) => {
+        let result = match &websocket {
+            // A WebSocket needs its own HTTP/1.1 connection. No extension
+            // is offered: compressed frames could not be masked.
+            Some(_) => {
                 let h = upstream_req.headers_mut();
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                h.insert(header::UPGRADE, protocol.clone());
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.remove(header::SEC_WEBSOCKET_EXTENSIONS);
                 self.proxy.upstreams.send_upgrade(&key, upstream_req).await
             }
             None => self.proxy.upstreams.send(&key, upstream_req).await,
@@ -555,21 +584,40 @@ impl HttpConn {
                 return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));
             }
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client) = client_upgrade
-        {
-            self.tunnel(client, hyper::upgrade::on(&mut resp), rec.clone());
-        } else {
-            strip_hop_by_hop(resp.headers_mut());
-        }
-        let (mut parts, body) = resp.into_parts();
-        let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
         // mask
         let profile = decision
             .effects
             .mask
             .as_ref()
             .and_then(|m| self.proxy.policy().masks.get(m).cloned());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client), Some(key)) = (client_upgrade, &websocket) else {
+                return Err(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "unexpected_upgrade",
+                    "the upstream switched protocols although no upgrade was asked for",
+                ));
+            };
+            check_websocket_accept(resp.headers(), key)?;
+            let relay = super::websocket::Relay {
+                profile: profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty())),
+                injected,
+                mask_up: decision.effects.mask_request,
+                record_room: self
+                    .record_cap
+                    .saturating_sub(self.recorded.load(Ordering::Relaxed))
+                    as usize,
+            };
+            self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(
+                parts,
+                body.map_err(|e| Box::new(e) as BoxError).boxed(),
+            ));
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        let (mut parts, body) = resp.into_parts();
+        let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
         if profile.is_none() && injected.is_empty() {
             return Ok(Response::from_parts(parts, body));
         }
@@ -607,31 +655,36 @@ impl HttpConn {
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
-    /// After a 101 both sides speak the upgraded protocol: bytes both ways,
-    /// and the request's record is rewritten with them when it ends.
+    /// After a 101 both sides speak WebSocket: relayed frame by frame, and
+    /// the request's record is rewritten with its messages when it ends.
     fn tunnel(
-        &self,
+        self: &Arc<Self>,
+        relay: super::websocket::Relay,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         mut rec: RequestRecord,
     ) {
-        let proxy = self.proxy.clone();
+        let conn = self.clone();
         tokio::spawn(async move {
             match tokio::try_join!(client, upstream) {
                 Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        Ok((up, down)) => {
-                            rec.bytes_up += up;
-                            rec.bytes_down = down;
-                        }
-                        Err(e) => rec.error = Some(format!("upgraded connection: {e}")),
+                    let out = relay.run(c, u).await;
+                    rec.bytes_up += out.bytes_up;
+                    rec.bytes_down = out.bytes_down;
+                    rec.messages_up = out.messages_up;
+                    rec.messages_down = out.messages_down;
+                    rec.masked.extend(out.masked);
+                    rec.error = out.error.map(|e| format!("websocket: {e}"));
+                    if !out.transcript.is_empty() {
+                        conn.recorded
+                            .fetch_add(out.transcript.len() as u64, Ordering::Relaxed);
+                        rec.response_body = Some(out.transcript);
                     }
                 }
                 Err(e) => rec.error = Some(format!("upgrade failed: {e}")),
             }
             rec.status = 101;
-            proxy.record_request(&rec);
+            conn.proxy.record_request(&rec);
         });
     }
 
@@ -801,6 +854,40 @@ async fn read_for_inspection(req: &mut Request<InBody>) -> Result<Bytes, Refusal
     let bytes = buf.freeze();
     *req.body_mut() = InBody::Right(Full::new(bytes.clone()));
     Ok(bytes)
+}
+
+/// The client's `Sec-WebSocket-Key` (RFC 6455 4.1), version 13 only.
+fn websocket_key(h: &http::HeaderMap) -> Result<HeaderValue, Refusal> {
+    let bad = |why: &str| Refusal::new(StatusCode::BAD_REQUEST, "bad_websocket_handshake", why);
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(bad("Sec-WebSocket-Version must be 13"));
+    }
+    let mut keys = h.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(k), None) if k.len() == 24 => Ok(k.clone()),
+        _ => Err(bad("exactly one 16-byte Sec-WebSocket-Key is required")),
+    }
+}
+
+/// The upstream's 101 must answer our key, and take no extension (none
+/// was offered): otherwise its frames are not what we can parse.
+fn check_websocket_accept(h: &http::HeaderMap, key: &HeaderValue) -> Result<(), Refusal> {
+    let want = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let ok = h
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == want.as_bytes())
+        && h.get(header::SEC_WEBSOCKET_EXTENSIONS).is_none()
+        && h.get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if ok {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_websocket_handshake",
+            "the upstream's 101 does not complete the WebSocket handshake that was sent",
+        ))
+    }
 }
 
 /// Reads and discards up to 1 MiB or 2 s of a refused request's body.

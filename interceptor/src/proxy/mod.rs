@@ -6,6 +6,7 @@ mod detect;
 mod http;
 mod tcp;
 pub mod upstream;
+mod websocket;
 
 use crate::bpf::{Hooks, original_destination};
 use crate::cgroup::CgroupNames;
