@@ -161,13 +161,19 @@ fn route(req: Request<Incoming>, proxy: &Proxy, surface: Surface) -> Response<Fu
                 &serde_json::json!({"error": e.to_string()}),
             ),
         },
-        ("/v1/approvals", Surface::Control) => match proxy.store.approvals(1000) {
-            Ok(a) => json(StatusCode::OK, &a),
-            Err(e) => json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &serde_json::json!({"error": e.to_string()}),
-            ),
-        },
+        ("/v1/approvals", Surface::Control) => {
+            match if query_param(req.uri().query(), "state") == Some("pending") {
+                proxy.store.pending_approvals()
+            } else {
+                proxy.store.approvals(1000)
+            } {
+                Ok(a) => json(StatusCode::OK, &a),
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": e.to_string()}),
+                ),
+            }
+        }
         (p, Surface::Control) if p.starts_with("/v1/approvals/") => {
             match p
                 .trim_start_matches("/v1/approvals/")

@@ -1,7 +1,11 @@
 //! Just-in-time approvals: a request under an `action = "approve"` rule is
 //! held (its client waits) until an approver approves or denies it over the
 //! admin socket, or it times out (denied). An approval can open a window in
-//! which the same workload, user and rule pass without asking again.
+//! which the same request (workload, uid, user, rule, method and canonical
+//! target) passes without asking again; `approval_window_scope = "rule"`
+//! widens it to any request under the rule from that workload, uid and user.
+//! Held requests are capped per workload, so one skill cannot bury another's
+//! approval under its own.
 //!
 //! Every approval is a record in the store; pending ones a dead daemon left
 //! behind are marked interrupted at the next start.
@@ -43,8 +47,37 @@ pub struct Approval {
     /// credentials), or "timeout".
     pub approver: Option<String>,
     pub reason: Option<String>,
-    /// Until when the same workload + user + rule pass without asking.
+    /// Until when the same request (or, with scope "rule", the same rule)
+    /// passes without asking.
     pub window_until_ms: Option<u64>,
+    /// The window an approval opens unless the approver gives one (the
+    /// rule's `approval_window`).
+    #[serde(default)]
+    pub window_s: Option<u64>,
+    #[serde(default)]
+    pub window_scope: WindowScope,
+}
+
+/// What an approval's window covers besides the workload, uid, OIDC user
+/// and rule, which it always pins.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowScope {
+    /// The same method and canonical target (path and query).
+    #[default]
+    Request,
+    /// Any request under the rule.
+    Rule,
+}
+
+/// A request asking whether a window covers it.
+pub struct Asking<'a> {
+    pub workload: &'a str,
+    pub uid: u32,
+    pub user: Option<&'a str>,
+    pub rule: &'a str,
+    pub method: &'a str,
+    pub target: &'a str,
 }
 
 /// What a held request learns.
@@ -65,15 +98,43 @@ pub enum Outcome {
 #[derive(Hash, PartialEq, Eq, Clone, Debug)]
 struct WindowKey {
     workload: String,
+    uid: u32,
     user: Option<String>,
     rule: String,
+    /// Method and target; `None` for a rule-wide window.
+    request: Option<(String, String)>,
+}
+
+impl WindowKey {
+    fn of(a: &Asking, scope: WindowScope) -> WindowKey {
+        WindowKey {
+            workload: a.workload.into(),
+            uid: a.uid,
+            user: a.user.map(String::from),
+            rule: a.rule.into(),
+            request: (scope == WindowScope::Request).then(|| (a.method.into(), a.target.into())),
+        }
+    }
+}
+
+/// A held request's answer, and the workload it counts against.
+struct Waiting {
+    workload: String,
+    tx: oneshot::Sender<Outcome>,
 }
 
 #[derive(Default)]
 pub struct Approvals {
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    waiting: Mutex<HashMap<u64, Waiting>>,
     /// Open windows: key → until (unix ms).
     windows: Mutex<HashMap<WindowKey, u64>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{workload} already has {held} requests waiting for an approver (max_pending_approvals)")]
+pub struct TooManyPending {
+    pub workload: String,
+    pub held: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,31 +148,48 @@ pub enum DecideError {
 }
 
 impl Approvals {
-    /// An open window for this workload, user and rule.
-    pub fn window_open(&self, workload: &str, user: Option<&str>, rule: &str, now_ms: u64) -> bool {
-        let key = WindowKey {
-            workload: workload.into(),
-            user: user.map(String::from),
-            rule: rule.into(),
-        };
+    /// Whether an open window covers this request.
+    pub fn window_open(&self, asking: &Asking, now_ms: u64) -> bool {
         let mut w = self.windows.lock().unwrap();
         w.retain(|_, until| *until > now_ms);
-        w.contains_key(&key)
+        [WindowScope::Request, WindowScope::Rule]
+            .iter()
+            .any(|s| w.contains_key(&WindowKey::of(asking, *s)))
     }
 
-    /// Registers a held request; the receiver yields its outcome.
-    pub fn hold(&self, id: u64) -> oneshot::Receiver<Outcome> {
+    /// Registers a held request, unless its workload already has `max`
+    /// waiting; the receiver yields its outcome.
+    pub fn hold(
+        &self,
+        id: u64,
+        workload: &str,
+        max: usize,
+    ) -> Result<oneshot::Receiver<Outcome>, TooManyPending> {
+        let mut waiting = self.waiting.lock().unwrap();
+        let held = waiting.values().filter(|w| w.workload == workload).count();
+        if held >= max {
+            return Err(TooManyPending {
+                workload: workload.into(),
+                held,
+            });
+        }
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap().insert(id, tx);
-        rx
+        waiting.insert(
+            id,
+            Waiting {
+                workload: workload.into(),
+                tx,
+            },
+        );
+        Ok(rx)
     }
 
     /// Answers every held request (the daemon is stopping).
     pub fn interrupt_all(&self) -> usize {
         let waiting: Vec<_> = self.waiting.lock().unwrap().drain().collect();
         let n = waiting.len();
-        for (_, tx) in waiting {
-            let _ = tx.send(Outcome::Interrupted);
+        for (_, w) in waiting {
+            let _ = w.tx.send(Outcome::Interrupted);
         }
         n
     }
@@ -147,14 +225,19 @@ impl Approvals {
         a.reason = reason.clone();
         let outcome = if approve {
             a.state = State::Approved;
-            if let Some(w) = window {
+            let window = window.or(a.window_s.map(Duration::from_secs));
+            if let Some(w) = window.filter(|w| !w.is_zero()) {
                 let until = now_ms + w.as_millis() as u64;
                 a.window_until_ms = Some(until);
-                let key = WindowKey {
-                    workload: a.workload.clone(),
-                    user: a.user.clone(),
-                    rule: a.rule.clone(),
+                let asking = Asking {
+                    workload: &a.workload,
+                    uid: a.uid,
+                    user: a.user.as_deref(),
+                    rule: &a.rule,
+                    method: &a.method,
+                    target: &a.path,
                 };
+                let key = WindowKey::of(&asking, a.window_scope);
                 self.windows.lock().unwrap().insert(key, until);
             }
             Outcome::Approved {
@@ -167,8 +250,8 @@ impl Approvals {
                 reason: reason.unwrap_or_else(|| "denied by an approver".into()),
             }
         };
-        if let Some(tx) = self.waiting.lock().unwrap().remove(&a.id) {
-            let _ = tx.send(outcome);
+        if let Some(w) = self.waiting.lock().unwrap().remove(&a.id) {
+            let _ = w.tx.send(outcome);
         }
         Ok(a)
     }
@@ -265,6 +348,19 @@ mod tests {
             approver: None,
             reason: None,
             window_until_ms: None,
+            window_s: None,
+            window_scope: WindowScope::Request,
+        }
+    }
+
+    fn asking<'a>(uid: u32, user: Option<&'a str>, target: &'a str) -> Asking<'a> {
+        Asking {
+            workload: "skills.slice/a",
+            uid,
+            user,
+            rule: "deploy",
+            method: "POST",
+            target,
         }
     }
 
@@ -279,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn approve_deny_self_and_windows() {
         let a = Approvals::default();
-        let rx = a.hold(1);
+        let rx = a.hold(1, "skills.slice/a", 8).unwrap();
         let done = a
             .decide(
                 pending(1, 1000, None),
@@ -292,9 +388,19 @@ mod tests {
             .unwrap();
         assert_eq!(done.state, State::Approved);
         assert_eq!(rx.await.unwrap(), Outcome::Approved { by: "root".into() });
-        assert!(a.window_open("skills.slice/a", None, "deploy", 20));
-        assert!(!a.window_open("skills.slice/a", Some("bob"), "deploy", 20));
-        assert!(!a.window_open("skills.slice/a", None, "deploy", 60_011));
+        assert!(a.window_open(&asking(1000, None, "/deploy"), 20));
+        assert!(!a.window_open(&asking(1000, Some("bob"), "/deploy"), 20));
+        assert!(!a.window_open(&asking(1001, None, "/deploy"), 20));
+        assert!(!a.window_open(&asking(1000, None, "/deploy/other"), 20));
+        assert!(!a.window_open(&asking(1000, None, "/deploy"), 60_011));
+        // Scope "rule": any target, still the same uid; the rule's own
+        // window applies when the approver gives none.
+        let mut wide = pending(6, 1000, None);
+        wide.window_scope = WindowScope::Rule;
+        wide.window_s = Some(60);
+        a.decide(wide, &root(), true, None, None, 10).unwrap();
+        assert!(a.window_open(&asking(1000, None, "/deploy/other"), 20));
+        assert!(!a.window_open(&asking(1001, None, "/deploy/other"), 20));
         // Deciding twice is refused.
         assert_eq!(
             a.decide(done, &root(), false, None, None, 30),
@@ -318,7 +424,7 @@ mod tests {
             a.decide(pending(4, 1000, None), &nobody, true, None, None, 0),
             Err(DecideError::NotAllowed(_))
         ));
-        let rx = a.hold(5);
+        let rx = a.hold(5, "skills.slice/a", 8).unwrap();
         a.decide(
             pending(5, 1000, None),
             &root(),
@@ -335,6 +441,17 @@ mod tests {
                 reason: "not today".into()
             }
         );
+    }
+
+    #[test]
+    fn held_requests_are_capped_per_workload() {
+        let a = Approvals::default();
+        let _r1 = a.hold(1, "w1", 2).unwrap();
+        let _r2 = a.hold(2, "w1", 2).unwrap();
+        assert_eq!(a.hold(3, "w1", 2).unwrap_err().held, 2);
+        let _r4 = a.hold(4, "w2", 2).unwrap();
+        a.forget(1);
+        let _r5 = a.hold(5, "w1", 2).unwrap();
     }
 
     #[test]

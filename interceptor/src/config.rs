@@ -46,6 +46,7 @@ struct File {
     upstream_ca_files: Option<Vec<PathBuf>>,
     oidc: Option<OidcFile>,
     approvers_group: Option<String>,
+    max_pending_approvals: Option<usize>,
     approval_webhook: Option<String>,
     retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
@@ -99,6 +100,8 @@ pub struct Config {
     pub oidc: Option<OidcFile>,
     /// Members may approve and deny held requests (root always may).
     pub approvers_group: Option<String>,
+    /// Requests held for an approver per workload, at most (then 429).
+    pub max_pending_approvals: usize,
     /// Pending approvals are POSTed here (Slack-compatible JSON).
     pub approval_webhook: Option<String>,
     /// Sessions older than this are removed (the audit log is kept).
@@ -136,6 +139,7 @@ impl Default for Config {
             upstream_ca_files: Vec::new(),
             oidc: None,
             approvers_group: None,
+            max_pending_approvals: 16,
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
@@ -238,6 +242,12 @@ impl Config {
             c.upstream_ca_files = v;
         }
         c.approvers_group = file.approvers_group;
+        if let Some(n) = file.max_pending_approvals {
+            if n == 0 {
+                bail!("config `max_pending_approvals` must be at least 1");
+            }
+            c.max_pending_approvals = n;
+        }
         if let Some(d) = file.retention_days {
             if !d.is_finite() || d <= 0.0 {
                 bail!("config `retention_days` must be positive");

@@ -173,6 +173,7 @@ async fn serve(cfg: Config) -> Result<()> {
         approvals: Default::default(),
         record_body_bytes: cfg.record_body_bytes,
         approvers_group: cfg.approvers_group.clone(),
+        max_pending_approvals: cfg.max_pending_approvals,
         webhook,
     });
 

@@ -339,6 +339,18 @@ impl Store {
         Ok(v)
     }
 
+    /// Every pending approval, however many decided ones came after it.
+    pub fn pending_approvals(&self) -> Result<Vec<crate::approval::Approval>> {
+        let mut v = Vec::new();
+        for kv in self.approvals.iter() {
+            let a: crate::approval::Approval = serde_json::from_slice(&kv?.1)?;
+            if a.state == crate::approval::State::Pending {
+                v.push(a);
+            }
+        }
+        Ok(v)
+    }
+
     /// Retention: removes closed sessions (with their requests) that started
     /// before `cutoff_ms`, and decided approvals created before it. The
     /// audit log is kept whole (cutting it would break the chain): export it.
@@ -516,6 +528,43 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pending_approval_is_listed_behind_a_thousand_decided_ones() {
+        use crate::approval::{Approval, State};
+        let dir = std::env::temp_dir().join(format!("icpt-pending-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).unwrap();
+        let mk = |id: u64, state: State| Approval {
+            id,
+            created_ms: id,
+            state,
+            rule: "r".into(),
+            workload: "w".into(),
+            pid: 1,
+            uid: 1,
+            user: None,
+            method: "POST".into(),
+            host: "h".into(),
+            path: format!("/{id}"),
+            session: 1,
+            expires_ms: 0,
+            decided_ms: None,
+            approver: None,
+            reason: None,
+            window_until_ms: None,
+            window_s: None,
+            window_scope: Default::default(),
+        };
+        store.put_approval(&mk(1, State::Pending)).unwrap();
+        for id in 2..1_102 {
+            store.put_approval(&mk(id, State::Expired)).unwrap();
+        }
+        assert!(store.approvals(1000).unwrap().iter().all(|a| a.id != 1));
+        let pending = store.pending_approvals().unwrap();
+        assert_eq!(pending.iter().map(|a| a.id).collect::<Vec<_>>(), [1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_audit_chain_survives_reopening_and_detects_tampering() {

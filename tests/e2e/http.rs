@@ -1264,8 +1264,10 @@ fn held_requests_wait_for_an_approver() {
         json(&body)["headers"]["authorization"],
         sha256_str(&format!("Bearer {GH_SECRET}"))
     );
-    // The window: the same workload, user and rule pass without asking.
-    let (code, _) = outcome(skill("/deploy/2", false));
+    // The window: the same request from the same workload, uid and user
+    // passes without asking (tests/e2e/approvals.rs shows what it does not
+    // cover).
+    let (code, _) = outcome(skill("/deploy/1", false));
     assert_eq!(code, "200");
     // Deny: a 403 with the reason; the upstream never sees it.
     let before = s.tls_up.requests();

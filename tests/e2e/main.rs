@@ -2,6 +2,7 @@
 //! real clients (curl, Python sockets) inside the cgroup, upstreams on
 //! loopback outside it. Run as root (see README); they fail with a clear
 //! message otherwise, unless INTERCEPTOR_SKIP_KERNEL_TESTS=1.
+mod approvals;
 mod canonical;
 mod containment;
 mod doctor;

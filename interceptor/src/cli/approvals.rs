@@ -1,7 +1,7 @@
 //! `interceptor approvals list | show ID | approve ID | deny ID`, over the
 //! admin socket: the daemon takes the approver's identity from the socket's
 //! peer credentials.
-use crate::approval::{Approval, State};
+use crate::approval::Approval;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -79,10 +79,13 @@ pub fn run(cmd: ApprovalsCmd) -> Result<()> {
             socket,
         } => {
             let sock = socket_path(socket)?;
-            let mut list: Vec<Approval> = serde_json::from_slice(&get(&sock, "/v1/approvals")?)?;
-            if pending {
-                list.retain(|a| a.state == State::Pending);
-            }
+            // Pending ones are all listed; decided ones, the newest 1,000.
+            let path = if pending {
+                "/v1/approvals?state=pending"
+            } else {
+                "/v1/approvals"
+            };
+            let list: Vec<Approval> = serde_json::from_slice(&get(&sock, path)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {

@@ -120,6 +120,9 @@ struct RuleDoc {
     approval_timeout: Option<Spanned<String>>,
     /// With action = "approve": reuse an approval this long ("30m").
     approval_window: Option<Spanned<String>>,
+    /// "request" (default: same method and target) or "rule" (any request
+    /// under the rule); always the same workload, uid and user.
+    approval_window_scope: Option<Spanned<String>>,
     /// Protocols a request may upgrade to: only "websocket".
     upgrade: Option<Spanned<OneOrMany>>,
 }
@@ -549,16 +552,43 @@ impl Parser<'_> {
         };
         let timeout = duration(&r.approval_timeout, "approval_timeout", self);
         let window = duration(&r.approval_window, "approval_window", self);
+        use crate::approval::WindowScope;
+        let window_scope = match r
+            .approval_window_scope
+            .as_ref()
+            .map(|s| (s.span().start, s.get_ref().as_str()))
+        {
+            None | Some((_, "request")) => WindowScope::Request,
+            Some((_, "rule")) => WindowScope::Rule,
+            Some((at, other)) => {
+                self.push(
+                    at,
+                    format!(
+                        "approval_window_scope {other:?}: expected \"request\" (same method and \
+                         path) or \"rule\" (any request under the rule)"
+                    ),
+                );
+                WindowScope::Request
+            }
+        };
         let approval = match action {
             Action::Approve => Some(crate::policy::ApprovalSpec {
                 timeout: timeout.unwrap_or(std::time::Duration::from_secs(300)),
                 window,
+                window_scope,
             }),
             _ => {
-                if let Some(f) = r.approval_timeout.as_ref().or(r.approval_window.as_ref()) {
+                if let Some(f) = r
+                    .approval_timeout
+                    .as_ref()
+                    .or(r.approval_window.as_ref())
+                    .or(r.approval_window_scope.as_ref())
+                {
                     self.push(
                         f.span().start,
-                        "approval_timeout and approval_window need action = \"approve\"".into(),
+                        "approval_timeout, approval_window and approval_window_scope need \
+                         action = \"approve\""
+                            .into(),
                     );
                 }
                 None

@@ -35,9 +35,11 @@ pub enum Action {
 pub struct ApprovalSpec {
     /// Unanswered this long: denied.
     pub timeout: std::time::Duration,
-    /// An approval also lets the same workload, user and rule through for
-    /// this long without asking again (if set).
+    /// An approval also lets the same request through for this long
+    /// without asking again (if set; the approver may give another).
     pub window: Option<std::time::Duration>,
+    /// What that window covers (`approval_window_scope`).
+    pub window_scope: crate::approval::WindowScope,
 }
 
 /// What to do with TLS to destinations an allow rule matches.

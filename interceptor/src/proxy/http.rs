@@ -155,16 +155,20 @@ impl HttpConn {
 
     /// Holds the request until an approver decides, or the rule's timeout.
     async fn await_approval(&self, rec: &mut RequestRecord, d: &Decision) -> Result<(), Refusal> {
-        use crate::approval::{Approval, Outcome, State};
+        use crate::approval::{Approval, Asking, Outcome, State};
         let spec = d.effects.approval.expect("approve rules carry their spec");
         let rule = d.rule.clone().unwrap_or_default();
         let store = &self.proxy.store;
         let now = store::now_ms();
-        if self
-            .proxy
-            .approvals
-            .window_open(&self.workload, rec.user.as_deref(), &rule, now)
-        {
+        let asking = Asking {
+            workload: &self.workload,
+            uid: self.uid,
+            user: rec.user.as_deref(),
+            rule: &rule,
+            method: &rec.method,
+            target: &rec.path,
+        };
+        if self.proxy.approvals.window_open(&asking, now) {
             rec.reason = format!("approved earlier for rule {rule} (window open)");
             return Ok(());
         }
@@ -193,8 +197,19 @@ impl HttpConn {
             approver: None,
             reason: None,
             window_until_ms: None,
+            window_s: spec.window.map(|w| w.as_secs()),
+            window_scope: spec.window_scope,
         };
-        let rx = self.proxy.approvals.hold(a.id);
+        let rx = self
+            .proxy
+            .approvals
+            .hold(a.id, &self.workload, self.proxy.max_pending_approvals)
+            .map_err(|e| Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "too_many_pending".into(),
+                message: e.to_string(),
+                rule: d.rule.clone(),
+            })?;
         store.put_approval(&a).map_err(|_| unavailable())?;
         store.flush_async().await.map_err(|_| unavailable())?;
         let text = format!(

@@ -104,6 +104,8 @@ pub struct Proxy {
     /// Masked response bodies recorded per session, at most (bytes).
     pub record_body_bytes: u64,
     pub approvers_group: Option<String>,
+    /// Requests held for an approver per workload, at most.
+    pub max_pending_approvals: usize,
     pub webhook: Option<Arc<crate::webhook::Webhook>>,
 }
 
