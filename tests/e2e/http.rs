@@ -390,6 +390,54 @@ fn body_guardrails_read_the_body_before_deciding() {
     );
 }
 
+/// Issue 11, item 7: the guard sees the canonical path, and the body after
+/// the decodings a server applies (form, percent, JSON string escapes) as
+/// well as its raw bytes; stacked or duplicate encodings are refused.
+#[test]
+fn body_guardrails_see_every_form_of_path_and_body() {
+    if !kernel_ready() {
+        return;
+    }
+    let s = setup("bodyforms");
+    let before = s.tls_up.requests();
+    let code = |path: &str, body: &str, headers: &[&str]| {
+        let mut args = vec!["--path-as-is", "-o", "/dev/null", "-w", "%{http_code}"];
+        for h in headers {
+            args.extend_from_slice(&["-H", h]);
+        }
+        let url = s.url(path);
+        args.extend_from_slice(&["--data-binary", body, &url]);
+        s.curl(&args).1
+    };
+    let drop = "DROP TABLE users";
+    for path in ["/sql/", "//sql", "/%73ql", "/SQL", "/./sql"] {
+        assert_eq!(code(path, drop, &[]), "403", "{path}");
+    }
+    for body in [
+        "q=DROP+TABLE+users",
+        "q=DROP%20TABLE%20users",
+        "q=%44ROP%09TABLE users",
+        r#"{"q":"\u0044ROP TABLE users"}"#,
+        r#"{"q":"DROP\tTABLE users"}"#,
+        r#"{"q":"\u0074runcate t"}"#,
+    ] {
+        assert_eq!(code("/sql", body, &[]), "403", "{body}");
+    }
+    // Two Content-Encoding headers, or a list: the guard cannot know which
+    // one the upstream applies.
+    for enc in [
+        &["Content-Encoding: identity", "Content-Encoding: gzip"][..],
+        &["Content-Encoding: identity, identity"][..],
+    ] {
+        assert_eq!(code("/sql", "select 1", enc), "415", "{enc:?}");
+    }
+    // Harmless text in every form still goes through.
+    for body in ["q=select+1", r#"{"q":"select \u0031"}"#] {
+        assert_eq!(code("/sql", body, &[]), "200", "{body}");
+    }
+    assert_eq!(s.tls_up.requests() - before, 2);
+}
+
 #[test]
 fn plaintext_http_and_passthrough_tls() {
     if !kernel_ready() {

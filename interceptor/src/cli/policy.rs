@@ -92,13 +92,14 @@ pub fn explain(e: Explain) -> Result<()> {
         anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
     })?;
     println!("request:  {method} {path} (canonical form, as decided and forwarded)");
+    let body = crate::policy::InspectedBody::new(e.body.clone().unwrap_or_default().into_bytes());
     let request = RequestInfo {
         host: &host,
         method: &method,
         path: &path,
         headers: &headers,
         user: user.as_ref(),
-        body: Some(e.body.as_deref().unwrap_or("").as_bytes()),
+        body: Some(&body),
     };
     let d = policy.decide_final(&Subject {
         workload: e.workload.trim_start_matches('/'),

@@ -396,12 +396,12 @@ impl Parser<'_> {
         };
         // A pattern without '/' is also a unit name: "billing.service"
         // matches skills.slice/billing.service wherever the unit lives.
-        let workloads = self.globs(&r.workload, "workload", true, |p| {
+        let workloads = self.globs(&r.workload, "workload", true, false, |p| {
             let p = p.trim_start_matches('/');
             if p.contains('/') {
-                p.to_string()
+                vec![p.to_string()]
             } else {
-                format!("{{{p},**/{p}}}")
+                vec![p.to_string(), format!("**/{p}")]
             }
         });
         let destinations = r.destination.as_ref().map(|d| {
@@ -439,7 +439,9 @@ impl Parser<'_> {
                 .map_err(|e| self.push(t.span().start, format!("time: {e}")))
                 .ok()
         });
-        let hosts = self.globs(&r.host, "host", true, |p| p.to_ascii_lowercase());
+        let hosts = self.globs(&r.host, "host", true, false, |p| {
+            vec![p.to_ascii_lowercase()]
+        });
         let methods = r.method.as_ref().map(|m| {
             m.get_ref()
                 .items()
@@ -458,13 +460,24 @@ impl Parser<'_> {
         // Paths are matched in their canonical form (proxy/canonical.rs).
         // `/admin/**` also matches `/admin` itself: a deny rule written
         // that way must not leave the bare prefix open.
-        let paths = self.globs(&r.path, "path", true, |p| match p.strip_suffix("/**") {
-            Some("") => p.to_string(),
-            Some(base) => format!("{{{base},{p}}}"),
-            None => p.to_string(),
+        // Paths are matched in their canonical form (proxy/canonical.rs),
+        // without regard to case and to a trailing slash: servers differ on
+        // both (`/ADMIN` is `/admin` to some, `/sql/` is `/sql` to others),
+        // and a guard must hold on every one of them. `/admin/**` also
+        // matches `/admin` itself: a deny rule written that way must not
+        // leave the bare prefix open.
+        let paths = self.globs(&r.path, "path", true, true, |p| {
+            match p.strip_suffix("/**") {
+                Some("") => vec![p.to_string()],
+                Some(base) => vec![base.to_string(), p.to_string()],
+                None if p.ends_with('/') || p.ends_with('*') => vec![p.to_string()],
+                None => vec![p.to_string(), format!("{p}/")],
+            }
         });
         let path_regex = r.path_regex.as_ref().and_then(|p| {
-            regex::Regex::new(p.get_ref())
+            regex::RegexBuilder::new(p.get_ref())
+                .case_insensitive(true)
+                .build()
                 .map_err(|e| self.push(p.span().start, format!("path_regex: {e}")))
                 .ok()
         });
@@ -491,7 +504,7 @@ impl Parser<'_> {
                 }
             }
         }
-        let users = self.globs(&r.user, "user", false, |p| p.to_string());
+        let users = self.globs(&r.user, "user", false, false, |p| vec![p.to_string()]);
         let groups = r
             .groups
             .as_ref()
@@ -733,12 +746,12 @@ impl Parser<'_> {
             );
         }
         let workload = Some(r.workload);
-        let workloads = self.globs(&workload, "workload", true, |p| {
+        let workloads = self.globs(&workload, "workload", true, false, |p| {
             let p = p.trim_start_matches('/');
             if p.contains('/') {
-                p.to_string()
+                vec![p.to_string()]
             } else {
-                format!("{{{p},**/{p}}}")
+                vec![p.to_string(), format!("**/{p}")]
             }
         });
         let ports = match r.port.get_ref() {
@@ -773,24 +786,32 @@ impl Parser<'_> {
         })
     }
 
+    /// `norm` turns one pattern as written into the globs it stands for.
     fn globs(
         &mut self,
         field: &Option<Spanned<OneOrMany>>,
         name: &str,
         literal_separator: bool,
-        norm: impl Fn(&str) -> String,
+        case_insensitive: bool,
+        norm: impl Fn(&str) -> Vec<String>,
     ) -> Option<GlobSet> {
         let f = field.as_ref()?;
         let mut b = GlobSetBuilder::new();
         for pat in f.get_ref().items() {
-            match GlobBuilder::new(&norm(pat))
-                .literal_separator(literal_separator)
-                .build()
-            {
-                Ok(g) => {
-                    b.add(g);
+            for g in norm(pat) {
+                match GlobBuilder::new(&g)
+                    .literal_separator(literal_separator)
+                    .case_insensitive(case_insensitive)
+                    .build()
+                {
+                    Ok(g) => {
+                        b.add(g);
+                    }
+                    Err(e) => {
+                        self.push(f.span().start, format!("{name} pattern {pat:?}: {e}"));
+                        break;
+                    }
                 }
-                Err(e) => self.push(f.span().start, format!("{name} pattern {pat:?}: {e}")),
             }
         }
         b.build()

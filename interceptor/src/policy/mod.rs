@@ -7,10 +7,12 @@
 //! stage knows makes the proxy read on ("needs inspection"); a rule that is
 //! satisfied decides. Rules that match on nothing but workload, destination
 //! and time decide the whole connection without looking into it.
+mod body_forms;
 mod destination;
 mod file;
 mod time_window;
 
+pub use body_forms::InspectedBody;
 pub use destination::Destination;
 pub use file::PolicyError;
 
@@ -154,7 +156,7 @@ pub struct RequestInfo<'a> {
     pub headers: &'a http::HeaderMap,
     pub user: Option<&'a User>,
     /// The body, once read: rules with `body_regex` wait for it.
-    pub body: Option<&'a [u8]>,
+    pub body: Option<&'a InspectedBody>,
 }
 
 /// Request bodies a `body_regex` rule needs are read up to this size before
@@ -326,7 +328,12 @@ impl Rule {
         let body = || match (&self.body_regex, r.body) {
             (None, _) => M::Yes,
             (Some(_), None) => M::Unknown,
-            (Some(set), Some(b)) => M::of(set.is_match(b)),
+            // A guardrail (deny, approve) holds on every form a server may
+            // decode the body into; an allow rule matches the bytes as sent.
+            (Some(set), Some(b)) => M::of(match self.action {
+                Action::Allow => set.is_match(&b.raw),
+                _ => b.forms().any(|f| set.is_match(f)),
+            }),
         };
         M::of(self.request_head_matches(r)).and(body)
     }

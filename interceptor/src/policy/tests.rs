@@ -263,16 +263,16 @@ fn body_rules_wait_for_the_body_then_match_it() {
          [[rule]]\nid = \"rest\"\naction = \"allow\"\n",
     );
     let headers = http::HeaderMap::new();
-    let r = |body: Option<&'static [u8]>| RequestInfo {
-        host: "db.test",
-        method: "POST",
-        path: "/query",
-        headers: &headers,
-        user: None,
-        body,
-    };
-    let verdict = |body, last_stage| {
-        let info = r(body);
+    let verdict = |body: Option<&'static [u8]>, last_stage| {
+        let body = body.map(|b| InspectedBody::new(b.to_vec()));
+        let info = RequestInfo {
+            host: "db.test",
+            method: "POST",
+            path: "/query",
+            headers: &headers,
+            user: None,
+            body: body.as_ref(),
+        };
         let mut s = conn("skills.slice/a", "10.0.0.1:443");
         s.request = Some(&info);
         s.last_stage = last_stage;
@@ -287,6 +287,15 @@ fn body_rules_wait_for_the_body_then_match_it() {
     );
     let d = decided(verdict(Some(b"select 1"), true));
     assert_eq!(d.rule.as_deref(), Some("rest"));
+    // What a server decodes the body into is matched too.
+    for b in [
+        &b"q=DROP+TABLE+x"[..],
+        b"DROP%20TABLE",
+        br#"{"q":"DROP TABLE"}"#,
+    ] {
+        let d = decided(verdict(Some(b), true));
+        assert_eq!(d.rule.as_deref(), Some("no-drop"), "{b:?}");
+    }
     // Non-UTF-8 bodies are matched as bytes.
     let d = decided(verdict(Some(b"\xff\xfe drop table x"), true));
     assert_eq!(d.rule.as_deref(), Some("no-drop"));
@@ -299,6 +308,7 @@ fn body_rules_wait_for_the_body_then_match_it() {
 fn a_double_star_tail_also_matches_the_bare_prefix() {
     let p = policy(
         "[[rule]]\nid = \"no-admin\"\npath = \"/admin/**\"\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"no-sql\"\npath = \"/sql\"\naction = \"deny\"\n\n\
          [[rule]]\nid = \"rest\"\naction = \"allow\"\n",
     );
     let headers = http::HeaderMap::new();
@@ -313,10 +323,14 @@ fn a_double_star_tail_also_matches_the_bare_prefix() {
         };
         decide_request(&p, "w", "10.0.0.1:443", &r).rule
     };
-    for denied in ["/admin", "/admin/", "/admin/x/y"] {
+    for denied in ["/admin", "/admin/", "/admin/x/y", "/ADMIN", "/Admin/x"] {
         assert_eq!(rule_for(denied).as_deref(), Some("no-admin"), "{denied}");
     }
-    for allowed in ["/administrator", "/public/admin", "/"] {
+    // Servers differ on case and on a trailing slash: neither escapes.
+    for denied in ["/sql", "/sql/", "/SQL", "/Sql/"] {
+        assert_eq!(rule_for(denied).as_deref(), Some("no-sql"), "{denied}");
+    }
+    for allowed in ["/administrator", "/public/admin", "/", "/sql/x", "/sqlx"] {
         assert_eq!(rule_for(allowed).as_deref(), Some("rest"), "{allowed}");
     }
 }

@@ -7,7 +7,8 @@ use super::upstream::{BoxError, Key, ReqBody};
 use crate::credentials::Secret;
 use crate::identity::oidc::User;
 use crate::policy::{
-    Action, BODY_INSPECT_MAX, Credential, Decision, Placement, RequestInfo, Subject, Verdict,
+    Action, BODY_INSPECT_MAX, Credential, Decision, InspectedBody, Placement, RequestInfo, Subject,
+    Verdict,
 };
 use crate::store::{self, RequestRecord};
 use bytes::Bytes;
@@ -414,7 +415,7 @@ impl HttpConn {
         let decision = match self.decide(&policy, &head, req.headers(), None) {
             Verdict::Decided(d) => d,
             Verdict::NeedsInspection => {
-                let body = read_for_inspection(req).await?;
+                let body = InspectedBody::new(read_for_inspection(req).await?.to_vec());
                 match self.decide(&policy, &head, req.headers(), Some(&body)) {
                     Verdict::Decided(d) => d,
                     Verdict::NeedsInspection => Decision::default_deny(),
@@ -481,7 +482,7 @@ impl HttpConn {
         policy: &crate::policy::Policy,
         head: &RequestHead,
         headers: &http::HeaderMap,
-        body: Option<&[u8]>,
+        body: Option<&InspectedBody>,
     ) -> Verdict {
         let info = RequestInfo {
             host: head.host,
@@ -831,13 +832,24 @@ async fn read_for_inspection(req: &mut Request<InBody>) -> Result<Bytes, Refusal
             &format!("a policy rule inspects this request's body, and {why}"),
         )
     };
-    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(uninspectable(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("its Content-Encoding {enc:?} cannot be inspected"),
-        ));
+    // One `identity` at most: a second header or a list ("identity, gzip")
+    // leaves which decoding the upstream applies open.
+    let mut encodings = req.headers().get_all(header::CONTENT_ENCODING).iter();
+    match (encodings.next(), encodings.next()) {
+        (None, _) => {}
+        (Some(enc), None) if enc.as_bytes().eq_ignore_ascii_case(b"identity") => {}
+        (Some(enc), None) => {
+            return Err(uninspectable(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("its Content-Encoding {enc:?} cannot be inspected"),
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(uninspectable(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "it has more than one Content-Encoding header".into(),
+            ));
+        }
     }
     let too_large = || {
         uninspectable(
