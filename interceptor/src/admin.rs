@@ -392,6 +392,12 @@ fn metrics(proxy: &Proxy) -> String {
         c(&s.unattributed),
     );
     put(
+        "interceptor_connections_over_cap_total",
+        "Connections refused because their workload held max_connections_per_workload.",
+        "counter",
+        c(&proxy.limits.refused),
+    );
+    put(
         "interceptor_upstream_errors_total",
         "Upstream connects that failed.",
         "counter",

@@ -41,6 +41,9 @@ struct File {
     udp: Option<UdpMode>,
     heartbeat_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    client_header_timeout_ms: Option<u64>,
+    client_body_timeout_ms: Option<u64>,
+    max_connections_per_workload: Option<usize>,
     detach_on_exit: Option<bool>,
     credentials_dir: Option<PathBuf>,
     upstream_ca_files: Option<Vec<PathBuf>>,
@@ -100,6 +103,15 @@ pub struct Config {
     pub oidc: Option<OidcFile>,
     /// Members may approve and deny held requests (root always may).
     pub approvers_group: Option<String>,
+    /// A client must have sent its first bytes, its TLS handshake and each
+    /// request head within this (slowloris; also how long a client may wait
+    /// before speaking and still be read as HTTP).
+    pub client_header_timeout: Duration,
+    /// A request body may pause this long between bytes.
+    pub client_body_timeout: Duration,
+    /// Open connections per workload, at most; `None`: a quarter of the
+    /// daemon's file descriptor limit.
+    pub max_connections_per_workload: Option<usize>,
     /// Requests held for an approver per workload, at most (then 429).
     pub max_pending_approvals: usize,
     /// Pending approvals are POSTed here (Slack-compatible JSON).
@@ -139,6 +151,9 @@ impl Default for Config {
             upstream_ca_files: Vec::new(),
             oidc: None,
             approvers_group: None,
+            client_header_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(30),
+            max_connections_per_workload: None,
             max_pending_approvals: 16,
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
@@ -231,6 +246,24 @@ impl Config {
         }
         if let Some(v) = file.connect_timeout_ms {
             c.connect_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = file.client_header_timeout_ms {
+            if v < 100 {
+                bail!("config `client_header_timeout_ms` must be at least 100");
+            }
+            c.client_header_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = file.client_body_timeout_ms {
+            if v < 100 {
+                bail!("config `client_body_timeout_ms` must be at least 100");
+            }
+            c.client_body_timeout = Duration::from_millis(v);
+        }
+        if let Some(n) = file.max_connections_per_workload {
+            if n == 0 {
+                bail!("config `max_connections_per_workload` must be at least 1");
+            }
+            c.max_connections_per_workload = Some(n);
         }
         if let Some(v) = file.detach_on_exit {
             c.detach_on_exit = v;

@@ -148,6 +148,15 @@ async fn serve(cfg: Config) -> Result<()> {
         lsm = hooks.lsm,
         "workload sockets allowed (everything else fails with EPERM)"
     );
+    let nofile = crate::proxy::intake::raise_nofile();
+    let per_workload = cfg
+        .max_connections_per_workload
+        .unwrap_or_else(|| crate::proxy::intake::default_cap(nofile));
+    tracing::info!(
+        nofile,
+        max_connections_per_workload = per_workload,
+        "connection limits"
+    );
     let proxy = Arc::new(Proxy {
         hooks: hooks.clone(),
         names: CgroupNames::new(
@@ -159,6 +168,9 @@ async fn serve(cfg: Config) -> Result<()> {
         store,
         stats: Stats::default(),
         connect_timeout: cfg.connect_timeout,
+        header_timeout: cfg.client_header_timeout,
+        body_timeout: cfg.client_body_timeout,
+        limits: crate::proxy::intake::ConnLimits::new(per_workload),
         upstreams: Pool::new(
             tls.client.clone(),
             cfg.connect_timeout,

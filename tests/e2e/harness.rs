@@ -205,6 +205,8 @@ pub struct DaemonConfig {
     pub netns: Option<String>,
     /// Pin directory instead of the harness's own under /sys/fs/bpf.
     pub bpffs_dir: Option<PathBuf>,
+    /// RLIMIT_NOFILE (soft and hard) for the daemon, via prlimit(1).
+    pub nofile: Option<u64>,
 }
 
 impl DaemonConfig {
@@ -222,6 +224,7 @@ impl DaemonConfig {
             env: Vec::new(),
             netns: None,
             bpffs_dir: None,
+            nofile: None,
         }
     }
 
@@ -314,7 +317,14 @@ impl Daemon {
                 c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
                 c
             }
-            None => Command::new(BIN),
+            None => match self.cfg.nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            },
         };
         let child = cmd
             .args(["run", "--config"])

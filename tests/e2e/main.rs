@@ -8,6 +8,7 @@ mod containment;
 mod doctor;
 mod harness;
 mod http;
+mod intake;
 mod peers;
 mod upgrades;
 

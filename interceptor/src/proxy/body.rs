@@ -2,6 +2,7 @@
 use super::upstream::BoxError;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,17 +12,43 @@ use std::task::{Context, Poll};
 #[error("request body exceeds the rule's max_body of {0} bytes")]
 pub struct TooLarge(pub u64);
 
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes for {0:?}")]
+pub struct Idle(pub std::time::Duration);
+
 /// A request body that counts what passed and fails once it exceeds `max`
-/// (a chunked body has no Content-Length to check up front).
+/// (a chunked body has no Content-Length to check up front), or when the
+/// client pauses longer than `idle` (a slow upload holds a connection and
+/// an upstream connection).
 pub struct LimitedBody<B> {
     inner: B,
     max: Option<u64>,
     count: Arc<AtomicU64>,
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The timer runs only while the client owes bytes (not while the
+    /// upstream is slow to take them).
+    waiting: bool,
+    /// Set when the client idled out, so the caller answers 408.
+    pub idled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, max: Option<u64>, count: Arc<AtomicU64>) -> Self {
-        Self { inner, max, count }
+    pub fn new(
+        inner: B,
+        max: Option<u64>,
+        count: Arc<AtomicU64>,
+        idle: std::time::Duration,
+    ) -> Self {
+        Self {
+            inner,
+            max,
+            count,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            idled: Default::default(),
+        }
     }
 }
 
@@ -38,7 +65,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.waiting = false;
+        } else {
+            if !this.waiting {
+                this.waiting = true;
+                let until = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(until);
+            }
+            if this.timer.as_mut().poll(cx).is_ready() {
+                this.idled.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(Box::new(Idle(this.idle)))));
+            }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let total =

@@ -415,7 +415,11 @@ impl HttpConn {
         let decision = match self.decide(&policy, &head, req.headers(), None) {
             Verdict::Decided(d) => d,
             Verdict::NeedsInspection => {
-                let body = InspectedBody::new(read_for_inspection(req).await?.to_vec());
+                let body = InspectedBody::new(
+                    read_for_inspection(req, self.proxy.body_timeout)
+                        .await?
+                        .to_vec(),
+                );
                 match self.decide(&policy, &head, req.headers(), Some(&body)) {
                     Verdict::Decided(d) => d,
                     Verdict::NeedsInspection => Decision::default_deny(),
@@ -545,7 +549,9 @@ impl HttpConn {
         let max_body = decision.effects.max_body;
         let up_count = Arc::new(AtomicU64::new(0));
         let (mut parts, body) = req.into_parts();
-        let mut body: ReqBody = LimitedBody::new(body, max_body, up_count.clone()).boxed();
+        let limited = LimitedBody::new(body, max_body, up_count.clone(), self.proxy.body_timeout);
+        let idled = limited.idled.clone();
+        let mut body: ReqBody = limited.boxed();
         if decision.effects.mask_request {
             body = self.mask_request_body(&mut parts, body, &decision, rec)?;
         }
@@ -590,6 +596,16 @@ impl HttpConn {
             Err(e) => {
                 if max_body.is_some_and(|m| rec.bytes_up > m) {
                     return Err(Refusal::too_large(max_body.unwrap(), &decision));
+                }
+                if idled.load(Ordering::Relaxed) {
+                    return Err(Refusal::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_body_timeout",
+                        &format!(
+                            "the client sent no request body bytes for {:?}",
+                            self.proxy.body_timeout
+                        ),
+                    ));
                 }
                 let code = match e {
                     super::upstream::UpstreamError::Tls(..) => "upstream_tls",
@@ -824,7 +840,10 @@ impl HttpConn {
 /// Reads the body a `body_regex` rule needs (identity-encoded, at most
 /// BODY_INSPECT_MAX) and puts it back for forwarding. What cannot be
 /// inspected is refused: a guardrail on bodies never passes one unread.
-async fn read_for_inspection(req: &mut Request<InBody>) -> Result<Bytes, Refusal> {
+async fn read_for_inspection(
+    req: &mut Request<InBody>,
+    idle: std::time::Duration,
+) -> Result<Bytes, Refusal> {
     let uninspectable = |status, why: String| {
         Refusal::new(
             status,
@@ -863,7 +882,15 @@ async fn read_for_inspection(req: &mut Request<InBody>) -> Result<Bytes, Refusal
     let mut body = std::mem::replace(req.body_mut(), InBody::Right(Full::default()));
     // (Trailers, rare on requests, are not kept.)
     let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                &format!("the client sent no request body bytes for {idle:?}"),
+            ));
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             Refusal::new(
                 StatusCode::BAD_REQUEST,

@@ -4,6 +4,7 @@ mod body;
 pub mod canonical;
 mod detect;
 mod http;
+pub mod intake;
 mod tcp;
 pub mod upstream;
 mod websocket;
@@ -21,11 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-
-/// How long to wait for a client's first bytes before treating the
-/// connection as opaque (server-speaks-first protocols).
-const DETECT_TIMEOUT: Duration = Duration::from_millis(500);
-const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters for /metrics.
 #[derive(Default, Debug, serde::Serialize)]
@@ -93,6 +89,14 @@ pub struct Proxy {
     pub store: Store,
     pub stats: Stats,
     pub connect_timeout: Duration,
+    /// First bytes, TLS handshake and each request head from a client
+    /// within this. Waiting as long for a client's first bytes costs a
+    /// server-first protocol nothing: destination rules decide those before
+    /// anything is read.
+    pub header_timeout: Duration,
+    /// A request body may pause this long.
+    pub body_timeout: Duration,
+    pub limits: Arc<intake::ConnLimits>,
     pub tls: Tls,
     pub upstreams: upstream::Pool,
     pub credentials: Credentials,
@@ -160,6 +164,11 @@ impl Proxy {
             return;
         };
         let workload = identity::workload(&rec, &self.names);
+        // Fairness before any work: a workload at its cap is refused here.
+        let Some(_slot) = self.limits.acquire(&workload.cgroup) else {
+            reset(conn);
+            return;
+        };
         let destination = original_destination(&rec);
         let mut session = Session {
             id: self.store.next_id().unwrap_or(0),
@@ -203,13 +212,13 @@ impl Proxy {
         if let Verdict::Decided(d) = subject(None, false) {
             return self.forward_opaque(conn, session, &d).await;
         }
-        match detect::protocol(&conn, DETECT_TIMEOUT).await {
+        match detect::protocol(&conn, self.header_timeout).await {
             Protocol::Http => {
                 session.protocol = "http".into();
                 self.inspect_http(conn, session, None).await
             }
             Protocol::Tls => {
-                let sni = match crate::tls::peek_server_name(&conn, CLIENT_HELLO_TIMEOUT).await {
+                let sni = match crate::tls::peek_server_name(&conn, self.header_timeout).await {
                     Ok(sni) => sni,
                     Err(e) => {
                         session.error = Some(format!("TLS: {e:#}"));
@@ -348,13 +357,19 @@ impl Proxy {
             pending_bodies: Default::default(),
         });
         let result = match &sni {
-            None => serve_http(conn, ctx.clone()).await,
+            None => serve_http(conn, ctx.clone(), self.header_timeout).await,
             Some(name) => match self.tls.server_config(name) {
-                Ok(cfg) => match tokio_rustls::TlsAcceptor::from(cfg).accept(conn).await {
-                    Ok(tls) => serve_http(tls, ctx.clone()).await,
-                    Err(e) => Err(format!(
+                Ok(cfg) => match tokio::time::timeout(
+                    self.header_timeout,
+                    tokio_rustls::TlsAcceptor::from(cfg).accept(conn),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => serve_http(tls, ctx.clone(), self.header_timeout).await,
+                    Ok(Err(e)) => Err(format!(
                         "TLS handshake with the client failed (does it trust the interceptor CA?): {e}"
                     )),
+                    Err(_) => Err("the client did not finish its TLS handshake in time".into()),
                 },
                 Err(e) => Err(format!("cannot mint a certificate for {name:?}: {e:#}")),
             },
@@ -429,13 +444,27 @@ impl Proxy {
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (ALPN or prior knowledge) on one connection.
-async fn serve_http<I>(io: I, ctx: Arc<http::HttpConn>) -> Result<(), String>
+/// An HTTP/1.1 request head (also the wait for the next one on a kept-alive
+/// connection) must arrive within `header_timeout`; HTTP/2 connections are
+/// pinged and closed when the client stops answering.
+async fn serve_http<I>(
+    io: I,
+    ctx: Arc<http::HttpConn>,
+    header_timeout: Duration,
+) -> Result<(), String>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| ctx.clone().handle(req));
-    hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(header_timeout)
+        .keep_alive_timeout(header_timeout);
+    b.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
         .await
         .map_err(|e| e.to_string())
 }
