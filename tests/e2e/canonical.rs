@@ -230,3 +230,50 @@ fn the_upstream_acts_on_the_request_that_was_decided() {
     );
     assert!(!body.contains(secret));
 }
+
+/// The per-rule opt-out: an API that needs `%2F` or `;` in paths may
+/// accept them on its rule, and only when the decoded reading of the path
+/// (what nginx acts on) comes to the same rule.
+#[test]
+fn a_rule_may_accept_encoded_slashes_when_every_reading_agrees() {
+    require_kernel!();
+    let cg = TestCgroup::new("canon-opt");
+    let np = free_port();
+    let cfg = DaemonConfig::new(&[&cg], "");
+    cfg.set_policy(&format!(
+        "[[rule]]\nid = \"no-admin\"\nworkload = {w:?}\npath = \"/admin/**\"\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"no-secret\"\nworkload = {w:?}\npath = \"/files/secret/**\"\naction = \"deny\"\n\n\
+         [[rule]]\nid = \"files\"\nworkload = {w:?}\npath = \"/files/**\"\n\
+         non_canonical = [\"encoded_slash\", \"parameters\"]\naction = \"allow\"\n\n\
+         [[rule]]\nid = \"rest\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{np}\"\naction = \"allow\"\n",
+        w = cg.rel
+    ));
+    let _nginx = nginx(&cfg.dir, np);
+    let _d = Daemon::start(&cfg);
+    let get = |target: &str| {
+        let mut c = cg.command("curl", &[]);
+        curl_args(&mut c, "GET", np, target);
+        curl(c)
+    };
+    let (code, body) = get("/files/a%2fb");
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("uri=/files/a/b"), "{body}");
+    let (code, body) = get("/files/v;x=1");
+    assert_eq!(code, "200", "{body}");
+    for target in [
+        "/files/..%2Fadmin/x",
+        "/files/..;/admin/x",
+        "/files/a%2F%2Fb",
+    ] {
+        let (code, body) = get(target);
+        assert_eq!(code, "400", "{target}: {body}");
+        assert!(body.contains("non_canonical_request"), "{body}");
+    }
+    // Read as /files/secret/x by nginx: the deny rule decides.
+    let (code, body) = get("/files/secret%2Fx");
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("no-secret"), "{body}");
+    // A rule that does not opt in: refused as before.
+    let (code, body) = get("/public/a%2Fb");
+    assert_eq!(code, "400", "{body}");
+}

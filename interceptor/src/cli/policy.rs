@@ -88,27 +88,59 @@ pub fn explain(e: Explain) -> Result<()> {
             anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
         })?
         .to_string();
-    let path = crate::proxy::canonical::path(uri.path()).map_err(|why| {
+    use crate::proxy::canonical;
+    let refused = |why: &canonical::NotCanonical| {
         anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
-    })?;
+    };
+    // A form a rule may opt into is decided as forwarded and as the most
+    // decoding server reads it; both must come to that rule (as the proxy).
+    let (path, tolerated) = match canonical::path(uri.path()) {
+        Ok(p) => (p, None),
+        Err(why) if why.tolerable() => {
+            let t = canonical::tolerated(uri.path()).map_err(|_| refused(&why))?;
+            (t.forwarded.clone(), Some((why, t)))
+        }
+        Err(why) => return Err(refused(&why)),
+    };
     println!("request:  {method} {path} (canonical form, as decided and forwarded)");
     let body = crate::policy::InspectedBody::new(e.body.clone().unwrap_or_default().into_bytes());
-    let request = RequestInfo {
-        host: &host,
-        method: &method,
-        path: &path,
-        headers: &headers,
-        user: user.as_ref(),
-        body: Some(&body),
+    let decide = |path: &str| {
+        let request = RequestInfo {
+            host: &host,
+            method: &method,
+            path,
+            headers: &headers,
+            user: user.as_ref(),
+            body: Some(&body),
+        };
+        policy.decide_final(&Subject {
+            workload: e.workload.trim_start_matches('/'),
+            destination,
+            now,
+            sni: tls.then_some(host.as_str()),
+            request: Some(&request),
+            last_stage: true,
+        })
     };
-    let d = policy.decide_final(&Subject {
-        workload: e.workload.trim_start_matches('/'),
-        destination,
-        now,
-        sni: tls.then_some(host.as_str()),
-        request: Some(&request),
-        last_stage: true,
-    });
+    let mut d = decide(&path);
+    if let Some((why, t)) = &tolerated {
+        println!(
+            "read as:  {} (by a server that decodes %2F or strips ;parameters)",
+            t.read_as
+        );
+        let other = decide(&t.read_as);
+        if other.action == crate::policy::Action::Deny {
+            d = other;
+        } else if d.action == crate::policy::Action::Deny
+            || other.rule != d.rule
+            || !d.effects.non_canonical.covers(t.forms)
+        {
+            return Err(anyhow::anyhow!(
+                "the proxy refuses this request (400 non_canonical_request): {why} \
+                 (no rule accepts it with non_canonical = [...] under both readings)"
+            ));
+        }
+    }
     println!("decision: {:?}", d.action);
     match &d.rule {
         Some(id) => {

@@ -125,6 +125,9 @@ struct RuleDoc {
     approval_window_scope: Option<Spanned<String>>,
     /// Protocols a request may upgrade to: only "websocket".
     upgrade: Option<Spanned<OneOrMany>>,
+    /// Path forms servers read differently that this rule still accepts:
+    /// "encoded_slash", "parameters", "non_ascii".
+    non_canonical: Option<Spanned<OneOrMany>>,
 }
 
 #[derive(Deserialize)]
@@ -629,6 +632,32 @@ impl Parser<'_> {
                 );
             }
         }
+        let mut non_canonical = super::PathForms::default();
+        if let Some(n) = &r.non_canonical {
+            for f in n.get_ref().items() {
+                match f {
+                    "encoded_slash" => non_canonical.encoded_slash = true,
+                    "parameters" => non_canonical.parameters = true,
+                    "non_ascii" => non_canonical.non_ascii = true,
+                    other => self.push(
+                        n.span().start,
+                        format!(
+                            "non_canonical {other:?}: expected \"encoded_slash\", \"parameters\" \
+                             or \"non_ascii\" (backslashes, control characters and bad escapes \
+                             are always refused)"
+                        ),
+                    ),
+                }
+            }
+            if action == Action::Deny {
+                self.push(
+                    n.span().start,
+                    "non_canonical only applies to allow and approve rules (a deny rule \
+                     matches every form already)"
+                        .into(),
+                );
+            }
+        }
         let inject_at = r.inject.as_ref().map(|i| i.span().start);
         let tls_at = r.tls.as_ref().map(|t| t.span().start);
         let rule = Rule {
@@ -667,6 +696,7 @@ impl Parser<'_> {
                 tls,
                 approval,
                 websocket,
+                non_canonical,
             },
         };
         if rule.effects.tls == TlsMode::Passthrough && rule.needs_request() {

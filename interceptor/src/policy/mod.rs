@@ -64,6 +64,36 @@ pub enum Scheme {
     Https,
 }
 
+/// Path forms servers read differently, which a rule may still accept
+/// (`non_canonical = ["encoded_slash", "parameters", "non_ascii"]`) for an
+/// API that needs them; refused everywhere else (proxy/canonical.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathForms {
+    /// `%2F` inside a segment.
+    pub encoded_slash: bool,
+    /// `;` path parameters.
+    pub parameters: bool,
+    /// Escaped UTF-8 (`%C3%A9`).
+    pub non_ascii: bool,
+}
+
+impl PathForms {
+    pub fn all() -> PathForms {
+        PathForms {
+            encoded_slash: true,
+            parameters: true,
+            non_ascii: true,
+        }
+    }
+
+    /// Whether every form in `used` is one of these.
+    pub fn covers(&self, used: PathForms) -> bool {
+        (self.encoded_slash || !used.encoded_slash)
+            && (self.parameters || !used.parameters)
+            && (self.non_ascii || !used.non_ascii)
+    }
+}
+
 /// How a credential reaches the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -130,6 +160,8 @@ pub struct Effects {
     /// `upgrade = ["websocket"]`: a WebSocket upgrade may go through (its
     /// frames are then parsed, recorded and masked). No other upgrade ever.
     pub websocket: bool,
+    /// Non-canonical path forms this rule accepts.
+    pub non_canonical: PathForms,
 }
 
 impl Default for Effects {
@@ -143,6 +175,7 @@ impl Default for Effects {
             tls: TlsMode::Intercept,
             approval: None,
             websocket: false,
+            non_canonical: PathForms::default(),
         }
     }
 }

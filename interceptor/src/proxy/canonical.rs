@@ -13,6 +13,7 @@
 //! `;` (path parameters), escapes that are not two hex digits, and bytes
 //! outside ASCII. Hand-written: no kept crate applies these rules (the
 //! `url` crate keeps `//` and parameters, and decodes nothing).
+use crate::policy::PathForms;
 use std::fmt;
 
 /// Why a request target has no canonical form.
@@ -75,10 +76,68 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
+impl NotCanonical {
+    /// The forms a rule may opt into (`non_canonical = [...]`).
+    pub fn tolerable(&self) -> bool {
+        matches!(
+            self,
+            NotCanonical::EncodedSlash | NotCanonical::Parameters | NotCanonical::NonAscii
+        )
+    }
+}
+
 /// The canonical form of an origin-form path (no query), or why it has none.
 pub fn path(raw: &str) -> Result<String, NotCanonical> {
+    path_with(raw, PathForms::default()).map(|(p, _)| p)
+}
+
+/// A path canonical except for forms a rule may opt into: what is
+/// forwarded, how the most decoding server reads it, and which forms it has.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tolerated {
+    pub forwarded: String,
+    /// `%2F` decoded to `/`, `;` parameters stripped: the policy decides this
+    /// reading too, and both must come to the same rule.
+    pub read_as: String,
+    pub forms: PathForms,
+}
+
+/// The path with `%2F`, `;` parameters and escaped UTF-8 kept (as `%XX`),
+/// provided no reading of it has a dot segment or an empty segment: a
+/// server that decodes `%2F` or strips `;x` must not see `..` where the
+/// policy saw a name (`/..%2Fadmin`, `/..;/admin`).
+pub fn tolerated(raw: &str) -> Result<Tolerated, NotCanonical> {
+    let (forwarded, forms) = path_with(raw, PathForms::all())?;
+    let mut read_as = String::with_capacity(forwarded.len());
+    let decoded = forwarded.replace("%2F", "/").replace("%3B", ";");
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        let name = seg.split(';').next().unwrap_or("");
+        let bad = matches!(name, "." | ".." | "%2E" | "%2E%2E") || (name.is_empty() && i != last);
+        if bad {
+            return Err(if forms.encoded_slash {
+                NotCanonical::EncodedSlash
+            } else {
+                NotCanonical::Parameters
+            });
+        }
+        read_as.push('/');
+        read_as.push_str(name);
+    }
+    Ok(Tolerated {
+        forwarded,
+        read_as,
+        forms,
+    })
+}
+
+/// The canonical path, with the forms `accept` allows kept; which of them
+/// the path has.
+fn path_with(raw: &str, accept: PathForms) -> Result<(String, PathForms), NotCanonical> {
+    let mut used = PathForms::default();
     if raw == "*" {
-        return Ok(raw.to_string());
+        return Ok((raw.to_string(), used));
     }
     if !raw.starts_with('/') {
         return Err(NotCanonical::NotOriginForm);
@@ -98,6 +157,18 @@ pub fn path(raw: &str) -> Result<String, NotCanonical> {
                 };
                 let v = h * 16 + l;
                 match v {
+                    b'/' if accept.encoded_slash => {
+                        used.encoded_slash = true;
+                        decoded.push_str("%2F");
+                    }
+                    b';' if accept.parameters => {
+                        used.parameters = true;
+                        decoded.push_str("%3B");
+                    }
+                    0x80..=0xff if accept.non_ascii => {
+                        used.non_ascii = true;
+                        decoded.push_str(&format!("%{v:02X}"));
+                    }
                     b'/' => return Err(NotCanonical::EncodedSlash),
                     b'\\' => return Err(NotCanonical::Backslash),
                     b';' => return Err(NotCanonical::Parameters),
@@ -109,6 +180,11 @@ pub fn path(raw: &str) -> Result<String, NotCanonical> {
                 i += 3;
             }
             b'\\' => return Err(NotCanonical::Backslash),
+            b';' if accept.parameters => {
+                used.parameters = true;
+                decoded.push(';');
+                i += 1;
+            }
             b';' => return Err(NotCanonical::Parameters),
             0..=0x1f | 0x7f => return Err(NotCanonical::Control),
             0x80..=0xff => return Err(NotCanonical::NonAscii),
@@ -138,22 +214,63 @@ pub fn path(raw: &str) -> Result<String, NotCanonical> {
     if p.is_empty() || (trailing && !p.ends_with('/')) {
         p.push('/');
     }
-    Ok(p)
+    // Escaped bytes outside ASCII must be UTF-8, and shortest-form (an
+    // overlong `%C0%AE` is a '.' to a lax decoder).
+    if used.non_ascii && std::str::from_utf8(&unescape(&p)).is_err() {
+        return Err(NotCanonical::NonAscii);
+    }
+    Ok((p, used))
 }
 
-/// The canonical request target: canonical path, then the query as sent.
-pub fn path_and_query(path_raw: &str, query: Option<&str>) -> Result<String, NotCanonical> {
-    let p = path(path_raw)?;
-    Ok(match query {
-        Some(q) => format!("{p}?{q}"),
-        None => p,
-    })
+fn unescape(p: &str) -> Vec<u8> {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn opted_in_forms_are_kept_when_every_reading_agrees() {
+        let t = tolerated("/files/a%2fb;v=1/c%c3%a9").unwrap();
+        assert_eq!(t.forwarded, "/files/a%2Fb;v=1/c%C3%A9");
+        assert_eq!(t.read_as, "/files/a/b/c%C3%A9");
+        assert!(t.forms.encoded_slash && t.forms.parameters && t.forms.non_ascii);
+        for raw in [
+            "/public/..%2fadmin",
+            "/public/%2e%2e%2fadmin",
+            "/..;/admin",
+            "/a/.;x/b",
+            "/a%2F%2Fb",
+        ] {
+            assert!(tolerated(raw).is_err(), "{raw}");
+        }
+        // Overlong UTF-8 ('.' as %C0%AE) and invalid sequences.
+        assert_eq!(tolerated("/a/%C0%AE%C0%AE/x"), Err(NotCanonical::NonAscii));
+        assert_eq!(tolerated("/a/%FF"), Err(NotCanonical::NonAscii));
+        // Still refused, whatever a rule says.
+        assert!(tolerated("/a%5Cb").is_err() && tolerated("/a%00").is_err());
+    }
 
     #[test]
     fn the_forms_of_the_attack_pass() {

@@ -28,6 +28,7 @@ pub type RespBody = BoxBody<Bytes, BoxError>;
 type InBody = http_body_util::Either<Incoming, Full<Bytes>>;
 
 /// What policy sees of a request besides its headers and body.
+#[derive(Clone, Copy)]
 struct RequestHead<'a> {
     host: &'a str,
     method: &'a str,
@@ -393,9 +394,20 @@ impl HttpConn {
         let method = canonical::method(req.method().as_str())
             .map_err(Refusal::not_canonical)?
             .to_string();
-        let target = canonical::path_and_query(req.uri().path(), req.uri().query())
-            .map_err(Refusal::not_canonical)?;
-        let path = target.split('?').next().unwrap_or("/").to_string();
+        // A form servers read differently is refused, unless the rule that
+        // decides it opts in and decides its decoded reading too (below).
+        let (path, tolerated) = match canonical::path(req.uri().path()) {
+            Ok(p) => (p, None),
+            Err(why) if why.tolerable() => match canonical::tolerated(req.uri().path()) {
+                Ok(t) => (t.forwarded.clone(), Some((why, t))),
+                Err(_) => return Err(Refusal::not_canonical(why)),
+            },
+            Err(why) => return Err(Refusal::not_canonical(why)),
+        };
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
         rec.path = target.clone();
         *req.uri_mut() = target
             .parse()
@@ -410,22 +422,36 @@ impl HttpConn {
             path: &path,
             user: user.as_ref(),
         };
-        // A rule that could match needs the body (body_regex): read it, then
-        // decide for good.
-        let decision = match self.decide(&policy, &head, req.headers(), None) {
-            Verdict::Decided(d) => d,
-            Verdict::NeedsInspection => {
-                let body = InspectedBody::new(
-                    read_for_inspection(req, self.proxy.body_timeout)
-                        .await?
-                        .to_vec(),
-                );
-                match self.decide(&policy, &head, req.headers(), Some(&body)) {
-                    Verdict::Decided(d) => d,
-                    Verdict::NeedsInspection => Decision::default_deny(),
-                }
+        let mut body = None;
+        let mut decision = self.decide_reading(&policy, &head, req, &mut body).await?;
+        if let Some((why, t)) = &tolerated {
+            // Both readings of the path must come to the same rule, and
+            // that rule must accept the form.
+            let read_as = RequestHead {
+                path: &t.read_as,
+                ..head
+            };
+            let other = self
+                .decide_reading(&policy, &read_as, req, &mut body)
+                .await?;
+            let accepted = decision.action != Action::Deny
+                && other.rule == decision.rule
+                && other.action == decision.action
+                && decision.effects.non_canonical.covers(t.forms);
+            if other.action == Action::Deny {
+                decision = other;
+            } else if !accepted {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "non_canonical_request",
+                    &format!(
+                        "{why} (a rule may accept it with non_canonical = [...] when both \
+                         readings, {:?} and {:?}, come to that rule)",
+                        t.forwarded, t.read_as
+                    ),
+                ));
             }
-        };
+        }
         rec.decision = decision.action;
         rec.rule = decision.rule.clone();
         rec.reason = decision.reason.clone();
@@ -477,6 +503,30 @@ impl HttpConn {
             host,
             injected,
         })
+    }
+
+    /// The decision on one request head, reading the body (once, kept in
+    /// `body`) if a rule that could match needs it.
+    async fn decide_reading(
+        &self,
+        policy: &crate::policy::Policy,
+        head: &RequestHead<'_>,
+        req: &mut Request<InBody>,
+        body: &mut Option<InspectedBody>,
+    ) -> Result<Decision, Refusal> {
+        if let Verdict::Decided(d) = self.decide(policy, head, req.headers(), body.as_ref()) {
+            return Ok(d);
+        }
+        if body.is_none() {
+            let read = read_for_inspection(req, self.proxy.body_timeout).await?;
+            *body = Some(InspectedBody::new(read.to_vec()));
+        }
+        Ok(
+            match self.decide(policy, head, req.headers(), body.as_ref()) {
+                Verdict::Decided(d) => d,
+                Verdict::NeedsInspection => Decision::default_deny(),
+            },
+        )
     }
 
     /// The policy's verdict on one request; without its body, rules that
