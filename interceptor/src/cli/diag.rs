@@ -13,6 +13,12 @@ pub enum DiagCmd {
         #[arg(long, default_value_t = 100)]
         mib: usize,
     },
+    /// Cost of the canonical request head (method + path) per request, next
+    /// to copying the raw path (what forwarding it unchanged costs): JSON
+    CanonicalCost {
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: usize,
+    },
     /// Audit records appended per second, durable (group-committed flushes
     /// from concurrent writers, as the proxy does): prints JSON
     AuditRate {
@@ -23,8 +29,40 @@ pub enum DiagCmd {
     },
 }
 
+/// Request targets of real APIs, and a few hostile ones (the canonical
+/// form's work grows with escapes and dot segments).
+const TARGETS: [&str; 6] = [
+    "/v1/messages",
+    "/repos/acme/widgets/pulls/42/comments",
+    "/api/v2/customers/8812/invoices/2026-11",
+    "/storage/v1/b/bucket-name/o/reports%20nov.csv",
+    "/p%75blic//a/./b/../c/%7Euser/",
+    "/v1/projects/acme/locations/eu/datasets/sales/tables/orders/rows",
+];
+
 pub fn run(cmd: DiagCmd) -> Result<()> {
     match cmd {
+        DiagCmd::CanonicalCost { iterations } => {
+            use crate::proxy::canonical;
+            let time = |f: &dyn Fn(&str) -> usize| {
+                let t = Instant::now();
+                let mut n = 0usize;
+                for i in 0..iterations {
+                    n += f(std::hint::black_box(TARGETS[i % TARGETS.len()]));
+                }
+                std::hint::black_box(n);
+                t.elapsed().as_nanos() as f64 / iterations as f64
+            };
+            let canonical_ns = time(&|p| {
+                let m = canonical::method(std::hint::black_box("POST")).map_or(0, str::len);
+                m + canonical::path(p).map_or(0, |c| c.len())
+            });
+            let copy_ns = time(&|p| p.to_string().len());
+            println!(
+                "{}",
+                serde_json::json!({"iterations": iterations, "canonical_ns": canonical_ns, "copy_ns": copy_ns})
+            );
+        }
         DiagCmd::MaskThroughput { mib } => {
             let all: Vec<_> = detectors::builtin_names()
                 .map(|n| detectors::builtin(n).expect("built-in"))
