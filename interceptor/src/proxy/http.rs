@@ -65,9 +65,12 @@ pub struct HttpConn {
     >,
 }
 
-/// A request that passed policy, carrying what the response needs.
+/// A request that passed policy, carrying what the response needs: the
+/// decision and the policy snapshot it was made with (a reload while the
+/// upstream answers does not change the profile its response is masked by).
 struct Admitted {
     decision: Decision,
+    policy: Arc<crate::policy::Policy>,
     host: String,
     /// Forms of the injected secret, masked in the response whatever the policy says.
     injected: Vec<Zeroizing<String>>,
@@ -289,13 +292,14 @@ impl HttpConn {
         parts: &mut http::request::Parts,
         body: ReqBody,
         decision: &Decision,
+        policy: &crate::policy::Policy,
         rec: &mut RequestRecord,
     ) -> Result<ReqBody, Refusal> {
         let profile = decision
             .effects
             .mask
             .as_ref()
-            .and_then(|m| self.proxy.policy().masks.get(m).cloned());
+            .and_then(|m| policy.masks.get(m).cloned());
         let Some(profile) = profile else {
             return Ok(body);
         };
@@ -500,6 +504,7 @@ impl HttpConn {
         }
         Ok(Admitted {
             decision,
+            policy,
             host,
             injected,
         })
@@ -566,6 +571,7 @@ impl HttpConn {
     ) -> Result<Response<RespBody>, Refusal> {
         let Admitted {
             decision,
+            policy,
             host,
             injected,
         } = admitted;
@@ -603,7 +609,7 @@ impl HttpConn {
         let idled = limited.idled.clone();
         let mut body: ReqBody = limited.boxed();
         if decision.effects.mask_request {
-            body = self.mask_request_body(&mut parts, body, &decision, rec)?;
+            body = self.mask_request_body(&mut parts, body, &decision, &policy, rec)?;
         }
         let mut upstream_req = Request::from_parts(parts, body);
         // Origin-form; the pool adds scheme and authority for HTTP/2.
@@ -671,7 +677,7 @@ impl HttpConn {
             .effects
             .mask
             .as_ref()
-            .and_then(|m| self.proxy.policy().masks.get(m).cloned());
+            .and_then(|m| policy.masks.get(m).cloned());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client), Some(key)) = (client_upgrade, &websocket) else {
                 return Err(Refusal::new(
