@@ -223,6 +223,10 @@ with connect("wss://api.test:{port}/ws", sock=sock, ssl=ctx, open_timeout=10,
     assert_eq!(rec["rule"], "ws", "{rec}");
     assert_eq!(rec["messages_up"], 2, "{rec}");
     assert_eq!(rec["messages_down"], 2, "{rec}");
+    assert!(
+        rec["error"].is_null(),
+        "a clean close is not an error: {rec}"
+    );
     let transcript = rec["response_body"].as_str().unwrap_or_default();
     assert!(transcript.contains("> whoami"), "{rec}");
     assert!(!transcript.contains("4111 1111 1111 1111"), "{rec}");

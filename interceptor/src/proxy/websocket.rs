@@ -18,6 +18,9 @@ use zeroize::Zeroizing;
 /// connection (tungstenite's default is 64 MiB, too much to hold per stream).
 const MAX_MESSAGE: usize = 16 << 20;
 
+/// Once one side has closed, the other has this long to finish its close.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the relay did, for the request's record.
 #[derive(Default)]
 pub struct Outcome {
@@ -59,50 +62,77 @@ impl Relay {
         let (mut to_upstream, mut from_upstream) = upstream.split();
         let shared = Arc::new(Mutex::new(Outcome::default()));
         let me = Arc::new(self);
+        // Set when either direction ends: the other gets CLOSE_GRACE.
+        let (ended, _) = tokio::sync::watch::channel(false);
+        let grace = |ended: &tokio::sync::watch::Sender<bool>| {
+            let mut rx = ended.subscribe();
+            async move {
+                let _ = rx.wait_for(|e| *e).await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            }
+        };
 
-        let (up_state, relay) = (shared.clone(), me.clone());
+        let (up_state, relay, up_ended, up_grace) =
+            (shared.clone(), me.clone(), ended.clone(), grace(&ended));
         let up = async move {
-            while let Some(m) = from_client.next().await {
+            tokio::pin!(up_grace);
+            let result = loop {
+                let next = tokio::select! {
+                    m = from_client.next() => m,
+                    _ = &mut up_grace => None,
+                };
+                let Some(m) = next else { break Ok(()) };
                 let m = match m {
                     Ok(m) => m,
-                    Err(e) => return Err(format!("from the client: {e}")),
+                    Err(e) => break Err(format!("from the client: {e}")),
                 };
                 let Some(m) = relay.pass(m, true, &up_state) else {
                     continue;
                 };
+                // A close is passed on as far as the other side still
+                // listens; one that cannot be is not an error.
                 let close = m.is_close();
-                to_upstream
-                    .send(m)
-                    .await
-                    .map_err(|e| format!("to the upstream: {e}"))?;
+                let sent = to_upstream.send(m).await;
                 if close {
-                    break;
+                    break Ok(());
                 }
-            }
+                if let Err(e) = sent {
+                    break Err(format!("to the upstream: {e}"));
+                }
+            };
             let _ = to_upstream.close().await;
-            Ok(())
+            up_ended.send_replace(true);
+            result
         };
-        let (down_state, relay) = (shared.clone(), me.clone());
+        let (down_state, relay, down_ended, down_grace) =
+            (shared.clone(), me.clone(), ended.clone(), grace(&ended));
         let down = async move {
-            while let Some(m) = from_upstream.next().await {
+            tokio::pin!(down_grace);
+            let result = loop {
+                let next = tokio::select! {
+                    m = from_upstream.next() => m,
+                    _ = &mut down_grace => None,
+                };
+                let Some(m) = next else { break Ok(()) };
                 let m = match m {
                     Ok(m) => m,
-                    Err(e) => return Err(format!("from the upstream: {e}")),
+                    Err(e) => break Err(format!("from the upstream: {e}")),
                 };
                 let Some(m) = relay.pass(m, false, &down_state) else {
                     continue;
                 };
                 let close = m.is_close();
-                to_client
-                    .send(m)
-                    .await
-                    .map_err(|e| format!("to the client: {e}"))?;
+                let sent = to_client.send(m).await;
                 if close {
-                    break;
+                    break Ok(());
                 }
-            }
+                if let Err(e) = sent {
+                    break Err(format!("to the client: {e}"));
+                }
+            };
             let _ = to_client.close().await;
-            Ok(())
+            down_ended.send_replace(true);
+            result
         };
         // Either direction failing (a protocol error, a reset) ends both:
         // nothing unparsed is ever passed on.
