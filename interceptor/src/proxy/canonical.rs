@@ -390,5 +390,31 @@ mod tests {
                 prop_assert_eq!(path(&c), Ok(c.clone()));
             }
         }
+
+        /// With every opt-out on (`non_canonical = [...]`), a path a lenient
+        /// server routes under /admin still has a reading under /admin (so
+        /// the rule denying /admin decides), or is refused.
+        #[test]
+        fn opted_in_forms_do_not_reach_admin_either(segs in prop::collection::vec(segment(), 1..6)) {
+            let raw = format!("/{}", segs.join("/"));
+            let routed = lenient_server(&raw).to_ascii_lowercase();
+            let under = |p: &str| {
+                let p = p.to_ascii_lowercase();
+                p == "/admin" || p.starts_with("/admin/")
+            };
+            if under(&routed) {
+                let t = match path(&raw) {
+                    Ok(c) => Tolerated { forwarded: c.clone(), read_as: c, forms: PathForms::default() },
+                    Err(_) => match tolerated(&raw) {
+                        Ok(t) => t,
+                        Err(_) => return Ok(()),
+                    },
+                };
+                prop_assert!(
+                    under(&t.forwarded) || under(&t.read_as),
+                    "{raw} routes to {routed} but decides on {} / {}", t.forwarded, t.read_as
+                );
+            }
+        }
     }
 }
