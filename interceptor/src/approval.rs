@@ -24,6 +24,8 @@ pub enum State {
     Expired,
     /// The daemon stopped while it was pending; its client got an error.
     Interrupted,
+    /// The client went away before a decision: nothing is waiting for it.
+    Withdrawn,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,6 +42,13 @@ pub struct Approval {
     pub method: String,
     pub host: String,
     pub path: String,
+    /// Where the request goes (the address the skill dialled), and whether
+    /// inside TLS verified for `host`; in cleartext `host` is only the
+    /// skill's claim.
+    #[serde(default)]
+    pub destination: String,
+    #[serde(default)]
+    pub tls: bool,
     pub session: u64,
     pub expires_ms: u64,
     pub decided_ms: Option<u64>,
@@ -77,7 +86,26 @@ pub struct Asking<'a> {
     pub user: Option<&'a str>,
     pub rule: &'a str,
     pub method: &'a str,
+    pub host: &'a str,
     pub target: &'a str,
+    pub destination: &'a str,
+    pub tls: bool,
+}
+
+impl Approval {
+    /// What the request is for, as an approver must see it: the scheme (in
+    /// cleartext the host is only the skill's claim) and where it goes.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.destination.is_empty() {
+            format!("{scheme}://{}{}", self.host, self.path)
+        } else {
+            format!(
+                "{scheme}://{}{} (to {})",
+                self.host, self.path, self.destination
+            )
+        }
+    }
 }
 
 /// What a held request learns.
@@ -101,8 +129,9 @@ struct WindowKey {
     uid: u32,
     user: Option<String>,
     rule: String,
-    /// Method and target; `None` for a rule-wide window.
-    request: Option<(String, String)>,
+    /// Method, host, target, destination and TLS; `None` for a rule-wide
+    /// window.
+    request: Option<(String, String, String, String, bool)>,
 }
 
 impl WindowKey {
@@ -112,7 +141,15 @@ impl WindowKey {
             uid: a.uid,
             user: a.user.map(String::from),
             rule: a.rule.into(),
-            request: (scope == WindowScope::Request).then(|| (a.method.into(), a.target.into())),
+            request: (scope == WindowScope::Request).then(|| {
+                (
+                    a.method.into(),
+                    a.host.into(),
+                    a.target.into(),
+                    a.destination.into(),
+                    a.tls,
+                )
+            }),
         }
     }
 }
@@ -145,6 +182,8 @@ pub enum DecideError {
     SelfApproval(String),
     #[error("{0} is not an approver (root or a member of the approvers group)")]
     NotAllowed(String),
+    #[error("approval {0} has expired (its request was denied)")]
+    Expired(u64),
 }
 
 impl Approvals {
@@ -212,6 +251,9 @@ impl Approvals {
         if a.state != State::Pending {
             return Err(DecideError::NotPending(a.id));
         }
+        if a.expires_ms <= now_ms {
+            return Err(DecideError::Expired(a.id));
+        }
         if !approver.allowed {
             return Err(DecideError::NotAllowed(approver.name.clone()));
         }
@@ -235,7 +277,10 @@ impl Approvals {
                     user: a.user.as_deref(),
                     rule: &a.rule,
                     method: &a.method,
+                    host: &a.host,
                     target: &a.path,
+                    destination: &a.destination,
+                    tls: a.tls,
                 };
                 let key = WindowKey::of(&asking, a.window_scope);
                 self.windows.lock().unwrap().insert(key, until);
@@ -342,8 +387,10 @@ mod tests {
             method: "POST".into(),
             host: "api".into(),
             path: "/deploy".into(),
+            destination: "10.0.0.1:443".into(),
+            tls: true,
             session: 1,
-            expires_ms: 1000,
+            expires_ms: 100_000,
             decided_ms: None,
             approver: None,
             reason: None,
@@ -360,7 +407,10 @@ mod tests {
             user,
             rule: "deploy",
             method: "POST",
+            host: "api",
             target,
+            destination: "10.0.0.1:443",
+            tls: true,
         }
     }
 
@@ -393,6 +443,13 @@ mod tests {
         assert!(!a.window_open(&asking(1001, None, "/deploy"), 20));
         assert!(!a.window_open(&asking(1000, None, "/deploy/other"), 20));
         assert!(!a.window_open(&asking(1000, None, "/deploy"), 60_011));
+        // Not the same path to another address, or in cleartext.
+        let mut elsewhere = asking(1000, None, "/deploy");
+        elsewhere.destination = "10.9.9.9:80";
+        assert!(!a.window_open(&elsewhere, 20));
+        let mut clear = asking(1000, None, "/deploy");
+        clear.tls = false;
+        assert!(!a.window_open(&clear, 20));
         // Scope "rule": any target, still the same uid; the rule's own
         // window applies when the approver gives none.
         let mut wide = pending(6, 1000, None);
@@ -401,6 +458,13 @@ mod tests {
         a.decide(wide, &root(), true, None, None, 10).unwrap();
         assert!(a.window_open(&asking(1000, None, "/deploy/other"), 20));
         assert!(!a.window_open(&asking(1001, None, "/deploy/other"), 20));
+        // An expired approval cannot be approved late.
+        let mut late = pending(7, 1000, None);
+        late.expires_ms = 100;
+        assert_eq!(
+            a.decide(late, &root(), true, None, None, 100),
+            Err(DecideError::Expired(7))
+        );
         // Deciding twice is refused.
         assert_eq!(
             a.decide(done, &root(), false, None, None, 30),

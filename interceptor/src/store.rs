@@ -547,6 +547,8 @@ mod tests {
             method: "POST".into(),
             host: "h".into(),
             path: format!("/{id}"),
+            destination: String::new(),
+            tls: false,
             session: 1,
             expires_ms: 0,
             decided_ms: None,

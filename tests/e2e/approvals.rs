@@ -14,6 +14,8 @@ struct Lab {
     cfg: DaemonConfig,
     _d: Daemon,
     up: HttpUpstream,
+    /// A cleartext server elsewhere, to which a skill may claim the same host.
+    plain: HttpUpstream,
     ca: String,
 }
 
@@ -23,6 +25,7 @@ fn lab() -> Lab {
     let mut cfg = DaemonConfig::new(&[&cg, &other], "");
     let pki = TestPki::new(&cfg.dir, "upstream");
     let up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
+    let plain = HttpUpstream::start("127.0.0.1:0", None);
     cfg.extra = format!(
         "upstream_ca_files = [{:?}]\nmax_pending_approvals = 3\n",
         pki.ca_pem
@@ -51,6 +54,7 @@ fn lab() -> Lab {
         cfg,
         _d: d,
         up,
+        plain,
         ca,
     }
 }
@@ -120,6 +124,30 @@ impl Lab {
         assert!(ok, "{out}{err}");
     }
 
+    /// The same path in cleartext to another address, claiming the host.
+    fn skill_elsewhere(&self, path: &str) -> Child {
+        let url = format!("http://127.0.0.1:{}{path}", self.plain.addr.port());
+        let curl = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "40",
+            "-H",
+            "Host: api.test",
+            "-w",
+            "\n%{http_code}",
+            url.as_str(),
+        ];
+        let mut a = vec!["--reuid=65534", "--regid=65534", "--clear-groups"];
+        a.extend_from_slice(&curl);
+        self.cg
+            .command("setpriv", &a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Held: the request waits for an approver; deny it and see the 403.
     fn assert_held(&self, cg: &TestCgroup, path: &str, uid: u32) {
         let child = self.skill(cg, path, uid);
@@ -155,6 +183,34 @@ fn a_window_covers_the_approved_request_and_pending_ones_are_capped() {
     // Not another path under the same rule, not another uid in the cgroup.
     l.assert_held(&l.cg, "/deploy/drop-production-db", nobody);
     l.assert_held(&l.cg, "/deploy/app", 0);
+    // Not the same path to another address in cleartext, claiming the host
+    // the approver saw.
+    let child = l.skill_elsewhere("/deploy/app");
+    let a = l.wait_pending("/deploy/app", nobody);
+    assert_eq!(a["destination"], l.plain.addr.to_string(), "{a}");
+    assert_eq!(a["tls"], false, "{a}");
+    l.decide(&a, "deny");
+    assert_eq!(status(child), "403");
+    assert_eq!(l.plain.requests(), 0);
+
+    // A held request whose client goes away is withdrawn at once: it
+    // neither stays pending (taking the workload's room) nor can be
+    // approved later.
+    for i in 1..=4 {
+        let mut c = l.skill(&l.cg, &format!("/hold/gone{i}"), nobody);
+        l.wait_pending(&format!("/hold/gone{i}"), nobody);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !l.pending().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "abandoned approvals stay pending: {:?}",
+            l.pending()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // approval_window_scope = "rule": any request under the rule, still
     // only for that workload and uid.

@@ -90,17 +90,17 @@ pub fn run(cmd: ApprovalsCmd) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<10} {:<12} {:<28} {:<8} {:<40} {:<18} APPROVER",
+                    "{:<10} {:<12} {:<28} {:<8} {:<60} {:<18} APPROVER",
                     "ID", "STATE", "WORKLOAD", "METHOD", "URL", "RULE"
                 );
                 for a in list {
                     println!(
-                        "{:<10} {:<12} {:<28} {:<8} {:<40} {:<18} {}",
+                        "{:<10} {:<12} {:<28} {:<8} {:<60} {:<18} {}",
                         a.id,
                         format!("{:?}", a.state).to_lowercase(),
                         a.workload,
                         a.method,
-                        format!("{}{}", a.host, a.path),
+                        a.url(),
                         a.rule,
                         a.approver.as_deref().unwrap_or("-")
                     );

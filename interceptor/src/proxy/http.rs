@@ -165,13 +165,17 @@ impl HttpConn {
         let rule = d.rule.clone().unwrap_or_default();
         let store = &self.proxy.store;
         let now = store::now_ms();
+        let destination = self.destination.to_string();
         let asking = Asking {
             workload: &self.workload,
             uid: self.uid,
             user: rec.user.as_deref(),
             rule: &rule,
             method: &rec.method,
+            host: &rec.host,
             target: &rec.path,
+            destination: &destination,
+            tls: self.sni.is_some(),
         };
         if self.proxy.approvals.window_open(&asking, now) {
             rec.reason = format!("approved earlier for rule {rule} (window open)");
@@ -196,6 +200,8 @@ impl HttpConn {
             method: rec.method.clone(),
             host: rec.host.clone(),
             path: rec.path.clone(),
+            destination,
+            tls: self.sni.is_some(),
             session: self.session,
             expires_ms: now + spec.timeout.as_millis() as u64,
             decided_ms: None,
@@ -215,16 +221,23 @@ impl HttpConn {
                 message: e.to_string(),
                 rule: d.rule.clone(),
             })?;
+        // From here the approval is withdrawn if this future is dropped
+        // (the client went away): it must not stay pending, take the
+        // workload's room, or be approved for nobody.
+        let mut held = Held {
+            proxy: self.proxy.clone(),
+            id: a.id,
+            answered: false,
+        };
         store.put_approval(&a).map_err(|_| unavailable())?;
         store.flush_async().await.map_err(|_| unavailable())?;
         let text = format!(
-            "interceptor: approval {} pending: {} wants {} {}{} (rule {rule}{}). \
+            "interceptor: approval {} pending: {} wants {} {} (rule {rule}{}). \
              `interceptor approvals approve {}` or `deny {} --reason ...` within {} s",
             a.id,
             a.workload,
             a.method,
-            a.host,
-            a.path,
+            a.url(),
             a.user
                 .as_deref()
                 .map(|u| format!(", user {u}"))
@@ -241,6 +254,7 @@ impl HttpConn {
             Ok(Ok(o)) => o,
             _ => Outcome::Expired,
         };
+        held.answered = true;
         match outcome {
             Outcome::Approved { by } => {
                 rec.reason = format!("approved by {by} (approval {})", a.id);
@@ -964,6 +978,47 @@ async fn read_for_inspection(
     let bytes = buf.freeze();
     *req.body_mut() = InBody::Right(Full::new(bytes.clone()));
     Ok(bytes)
+}
+
+/// A held request's approval, withdrawn if the request goes away before an
+/// answer (hyper drops the request's future when its client disconnects).
+struct Held {
+    proxy: Arc<super::Proxy>,
+    id: u64,
+    answered: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.proxy.approvals.forget(self.id);
+        let (proxy, id) = (self.proxy.clone(), self.id);
+        let withdraw = async move {
+            use crate::approval::State;
+            let Ok(Some(mut a)) = proxy.store.approval(id) else {
+                return;
+            };
+            if a.state != State::Pending {
+                return;
+            }
+            a.state = State::Withdrawn;
+            a.decided_ms = Some(store::now_ms());
+            a.approver = Some("the client went away".into());
+            let _ = proxy.store.put_approval(&a);
+            let _ = proxy.store.audit(
+                "approval",
+                serde_json::json!({"approval": id, "decision": a.state, "rule": a.rule,
+                                   "workload": a.workload, "reason": "the client went away"}),
+            );
+            let _ = proxy.store.flush_async().await;
+            tracing::info!(approval = id, "approval withdrawn: the client went away");
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(withdraw);
+        }
+    }
 }
 
 /// The client's `Sec-WebSocket-Key` (RFC 6455 4.1), version 13 only.
