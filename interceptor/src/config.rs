@@ -44,6 +44,7 @@ struct File {
     client_header_timeout_ms: Option<u64>,
     client_body_timeout_ms: Option<u64>,
     max_connections_per_workload: Option<usize>,
+    inspect_buffer_mb_per_workload: Option<u64>,
     detach_on_exit: Option<bool>,
     credentials_dir: Option<PathBuf>,
     upstream_ca_files: Option<Vec<PathBuf>>,
@@ -112,6 +113,8 @@ pub struct Config {
     /// Open connections per workload, at most; `None`: a quarter of the
     /// daemon's file descriptor limit.
     pub max_connections_per_workload: Option<usize>,
+    /// Request bodies held for inspection per workload, at most (bytes).
+    pub inspect_buffer_per_workload: u64,
     /// Requests held for an approver per workload, at most (then 429).
     pub max_pending_approvals: usize,
     /// Pending approvals are POSTed here (Slack-compatible JSON).
@@ -154,6 +157,7 @@ impl Default for Config {
             client_header_timeout: Duration::from_secs(10),
             client_body_timeout: Duration::from_secs(30),
             max_connections_per_workload: None,
+            inspect_buffer_per_workload: 64 << 20,
             max_pending_approvals: 16,
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
@@ -258,6 +262,12 @@ impl Config {
                 bail!("config `client_body_timeout_ms` must be at least 100");
             }
             c.client_body_timeout = Duration::from_millis(v);
+        }
+        if let Some(mb) = file.inspect_buffer_mb_per_workload {
+            if mb == 0 {
+                bail!("config `inspect_buffer_mb_per_workload` must be at least 1");
+            }
+            c.inspect_buffer_per_workload = mb << 20;
         }
         if let Some(n) = file.max_connections_per_workload {
             if n == 0 {

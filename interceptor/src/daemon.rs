@@ -171,6 +171,7 @@ async fn serve(cfg: Config) -> Result<()> {
         header_timeout: cfg.client_header_timeout,
         body_timeout: cfg.client_body_timeout,
         limits: crate::proxy::intake::ConnLimits::new(per_workload),
+        body_budget: crate::proxy::intake::BodyBudget::new(cfg.inspect_buffer_per_workload),
         upstreams: Pool::new(
             tls.client.clone(),
             cfg.connect_timeout,
@@ -221,6 +222,7 @@ async fn serve(cfg: Config) -> Result<()> {
         cfg.retention,
         cfg.retention_max_bytes,
     ));
+    tokio::spawn(return_freed_memory());
     tokio::spawn(proxy.clone().serve(v4));
     if let Some(v6) = v6 {
         tokio::spawn(proxy.clone().serve(v6));
@@ -408,6 +410,20 @@ fn watchdog_enabled() -> bool {
 }
 
 /// Retention, while the daemon runs: by age, then by size.
+/// glibc keeps memory freed by its per-thread arenas: after a burst (bodies
+/// read for inspection, a flood) the daemon's RSS would stay at its peak.
+/// Handing it back every 30 s costs a walk of the arenas.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 async fn enforce_retention(proxy: Arc<Proxy>, max_age: Duration, max_bytes: u64) {
     // Checked often enough for short test retentions, rarely enough to cost nothing.
     let every = (max_age / 4).clamp(Duration::from_millis(500), Duration::from_secs(300));

@@ -71,6 +71,8 @@ pub struct HttpConn {
 struct Admitted {
     decision: Decision,
     policy: Arc<crate::policy::Policy>,
+    /// Memory held by a body read for inspection, until it has gone upstream.
+    _lease: super::intake::Lease,
     host: String,
     /// Forms of the injected secret, masked in the response whatever the policy says.
     injected: Vec<Zeroizing<String>>,
@@ -441,7 +443,10 @@ impl HttpConn {
             user: user.as_ref(),
         };
         let mut body = None;
-        let mut decision = self.decide_reading(&policy, &head, req, &mut body).await?;
+        let mut lease = self.proxy.body_budget.lease(&self.workload);
+        let mut decision = self
+            .decide_reading(&policy, &head, req, &mut body, &mut lease)
+            .await?;
         if let Some((why, t)) = &tolerated {
             // Both readings of the path must come to the same rule, and
             // that rule must accept the form.
@@ -450,7 +455,7 @@ impl HttpConn {
                 ..head
             };
             let other = self
-                .decide_reading(&policy, &read_as, req, &mut body)
+                .decide_reading(&policy, &read_as, req, &mut body, &mut lease)
                 .await?;
             let accepted = decision.action != Action::Deny
                 && other.rule == decision.rule
@@ -519,6 +524,7 @@ impl HttpConn {
         Ok(Admitted {
             decision,
             policy,
+            _lease: lease,
             host,
             injected,
         })
@@ -532,12 +538,13 @@ impl HttpConn {
         head: &RequestHead<'_>,
         req: &mut Request<InBody>,
         body: &mut Option<InspectedBody>,
+        lease: &mut super::intake::Lease,
     ) -> Result<Decision, Refusal> {
         if let Verdict::Decided(d) = self.decide(policy, head, req.headers(), body.as_ref()) {
             return Ok(d);
         }
         if body.is_none() {
-            let read = read_for_inspection(req, self.proxy.body_timeout).await?;
+            let read = read_for_inspection(req, self.proxy.body_timeout, lease).await?;
             *body = Some(InspectedBody::new(read.to_vec()));
         }
         Ok(
@@ -586,6 +593,7 @@ impl HttpConn {
         let Admitted {
             decision,
             policy,
+            _lease,
             host,
             injected,
         } = admitted;
@@ -913,6 +921,7 @@ impl HttpConn {
 async fn read_for_inspection(
     req: &mut Request<InBody>,
     idle: std::time::Duration,
+    lease: &mut super::intake::Lease,
 ) -> Result<Bytes, Refusal> {
     let uninspectable = |status, why: String| {
         Refusal::new(
@@ -971,6 +980,17 @@ async fn read_for_inspection(
         if let Ok(data) = frame.into_data() {
             if (buf.len() + data.len()) as u64 > BODY_INSPECT_MAX {
                 return Err(too_large());
+            }
+            if !lease.grow(data.len() as u64) {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "inspection_capacity",
+                    &format!(
+                        "this workload already holds {} MiB of request bodies for inspection \
+                         (inspect_buffer_mb_per_workload); retry later",
+                        lease.limit() >> 20
+                    ),
+                ));
             }
             buf.extend_from_slice(&data);
         }

@@ -97,6 +97,7 @@ pub struct Proxy {
     /// A request body may pause this long.
     pub body_timeout: Duration,
     pub limits: Arc<intake::ConnLimits>,
+    pub body_budget: Arc<intake::BodyBudget>,
     pub tls: Tls,
     pub upstreams: upstream::Pool,
     pub credentials: Credentials,
@@ -460,7 +461,9 @@ where
     b.http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
+    // 100 concurrent streams, as Envoy: each may hold a body being read.
     b.http2()
+        .max_concurrent_streams(100)
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(header_timeout)
         .keep_alive_timeout(header_timeout);
