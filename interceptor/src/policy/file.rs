@@ -262,6 +262,15 @@ pub fn load_dir(dir: &Path) -> Result<Policy, Vec<PolicyError>> {
             errors.push(at);
         }
     }
+    // A misspelt profile would send responses out unmasked: an error, as
+    // for credentials.
+    for (name, mut at) in masks {
+        if !policy.masks.contains_key(&name) {
+            at.message =
+                format!("mask: no masking profile named {name:?} is defined ([mask.{name}])");
+            errors.push(at);
+        }
+    }
     if errors.is_empty() {
         Ok(policy)
     } else {
@@ -1023,6 +1032,13 @@ mod tests {
         );
         assert!(
             e[0].starts_with("5:10: inject: no credential named \"gh\""),
+            "{e:?}"
+        );
+        let e = errors(
+            "[mask.pii]\ndetectors = [\"all\"]\n[[rule]]\nid = \"a\"\naction = \"allow\"\nmask = \"pi\"\n",
+        );
+        assert!(
+            e[0].starts_with("6:8: mask: no masking profile named \"pi\""),
             "{e:?}"
         );
         let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nscheme = \"ftp\"\n");
