@@ -10,6 +10,7 @@ mod harness;
 mod http;
 mod intake;
 mod peers;
+mod responses;
 mod upgrades;
 
 use harness::*;

@@ -35,9 +35,29 @@ pub fn prepare(
     headers: &mut http::HeaderMap,
     profile: &super::Profile,
 ) -> Result<(Decoder, Option<JsonMode>), String> {
-    let encoding = headers
-        .get(http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    // One coding, named once: a second header or a list ("identity, gzip")
+    // leaves what the bytes are open, and a transfer coding other than
+    // chunked (`gzip, chunked`) reaches us still encoded.
+    let mut encodings = headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let encoding = match (encodings.next(), encodings.next()) {
+        (None, _) => None,
+        (Some(v), None) => match v.to_str() {
+            Ok(v) if !v.contains(',') => Some(v),
+            _ => return Err(format!("content-encoding {v:?} cannot be inspected")),
+        },
+        (Some(_), Some(_)) => {
+            return Err("more than one content-encoding header".into());
+        }
+    };
+    let transfer = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|t| !t.eq_ignore_ascii_case("chunked"));
+    if let Some(t) = transfer {
+        return Err(format!("transfer-encoding {t:?} cannot be inspected"));
+    }
     let decoder = decoder_for(encoding)?;
     let is_json = headers
         .get(http::header::CONTENT_TYPE)
@@ -47,6 +67,7 @@ pub fn prepare(
         .then(|| JsonMode::new(profile.json_paths.clone(), profile.max_inspect));
     headers.remove(http::header::CONTENT_LENGTH);
     headers.remove(http::header::CONTENT_ENCODING);
+    headers.remove(http::header::TRANSFER_ENCODING);
     Ok((decoder, json))
 }
 

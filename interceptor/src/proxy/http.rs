@@ -725,11 +725,17 @@ impl HttpConn {
                 body.map_err(|e| Box::new(e) as BoxError).boxed(),
             ));
         }
+        // Transfer-Encoding stays until the masker has seen it (a coding
+        // other than chunked reaches us undecoded).
+        let transfer = resp.headers_mut().remove(header::TRANSFER_ENCODING);
         strip_hop_by_hop(resp.headers_mut());
         let (mut parts, body) = resp.into_parts();
         let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
         if profile.is_none() && injected.is_empty() {
             return Ok(Response::from_parts(parts, body));
+        }
+        if let Some(t) = transfer {
+            parts.headers.insert(header::TRANSFER_ENCODING, t);
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
         let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
@@ -739,6 +745,7 @@ impl HttpConn {
                     && injected.is_empty() =>
             {
                 tracing::warn!(session = self.session, seq = rec.seq, %why, "response passed unmasked (on_uninspectable = \"pass\")");
+                parts.headers.remove(header::TRANSFER_ENCODING);
                 rec.masked.insert("uninspectable_passed".into(), 1);
                 return Ok(Response::from_parts(parts, body));
             }

@@ -1,0 +1,135 @@
+//! Issue 12: nothing secret reaches the skill, in any shape. Responses
+//! from a raw upstream that echoes the injected secret inside encodings the
+//! masker must either decode or refuse.
+use crate::harness::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const SECRET: &str = "sk-RESP-8d3e61aa";
+
+/// Reads a request head; answers with the secret it was sent (from
+/// x-api-key), gzip-compressed, under the headers the path names.
+fn serve(c: TcpStream) {
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut key = String::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("x-api-key:") {
+            key = h[h.len() - v.len()..].trim().to_string();
+        }
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(format!("you sent {key}\n").as_bytes())
+        .unwrap();
+    let body = gz.finish().unwrap();
+    let mut w = c;
+    let head = match path.as_str() {
+        // Two Content-Encoding headers: the first says identity.
+        "/two-encodings" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        // A list: identity, then gzip.
+        "/encoding-list" => format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: identity, gzip\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        // gzip as a transfer coding under chunked.
+        _ => {
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n\
+                 {:x}\r\n",
+                body.len()
+            );
+            let _ = w.write_all(&body);
+            let _ = w.write_all(b"\r\n0\r\n\r\n");
+            return;
+        }
+    };
+    let _ = w.write_all(head.as_bytes());
+    let _ = w.write_all(&body);
+}
+
+#[test]
+fn stacked_or_duplicate_encodings_are_decoded_or_refused() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("stacked");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("api"), SECRET).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let _d = Daemon::start(&cfg);
+    for path in ["/two-encodings", "/encoding-list", "/transfer-gzip"] {
+        let url = format!("http://127.0.0.1:{}{path}", up.addr.port());
+        let (_, out, _) = run(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--compressed",
+                    "-w",
+                    "\n%{http_code}",
+                    &url,
+                ],
+            ),
+            Duration::from_secs(20),
+        );
+        assert!(
+            !out.contains(SECRET),
+            "{path}: the secret got through: {out}"
+        );
+        // The bytes as they arrive: nothing in them decodes to the secret.
+        let file = cfg.dir.join("raw-body");
+        let _ = run(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--raw",
+                    "-o",
+                    file.to_str().unwrap(),
+                    &url,
+                ],
+            ),
+            Duration::from_secs(20),
+        );
+        let raw = std::fs::read(&file).unwrap_or_default();
+        let mut s = String::new();
+        for start in 0..raw.len().min(64) {
+            let mut d = flate2::read::GzDecoder::new(&raw[start..]);
+            let _ = std::io::Read::read_to_string(&mut d, &mut s);
+        }
+        assert!(
+            !s.contains(SECRET),
+            "{path}: gzip bytes with the secret reached the skill"
+        );
+        assert!(
+            out.ends_with("\n502") && out.contains("uninspectable_response"),
+            "{path}: {out}"
+        );
+    }
+}
