@@ -32,6 +32,18 @@ fn serve(c: TcpStream) {
         .unwrap();
     let body = gz.finish().unwrap();
     let mut w = c;
+    if path == "/echo-headers" {
+        // A careless API: the credential back in every kind of header, and
+        // a card number in one.
+        let _ = write!(
+            w,
+            "HTTP/1.1 302 Found\r\nLocation: https://api.test/next?key={key}\r\n\
+             Set-Cookie: session={key}; Path=/\r\nWWW-Authenticate: Bearer realm=\"{key}\"\r\n\
+             Link: <https://api.test/?k={key}>; rel=next\r\nX-Debug: got {key}\r\n\
+             X-Card: 4111 1111 1111 1111\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return;
+    }
     let head = match path.as_str() {
         // Two Content-Encoding headers: the first says identity.
         "/two-encodings" => format!(
@@ -132,4 +144,69 @@ fn stacked_or_duplicate_encodings_are_decoded_or_refused() {
             "{path}: {out}"
         );
     }
+}
+
+#[test]
+fn response_headers_never_carry_the_secret_or_unmasked_data() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("resphdr");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("api"), SECRET).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"card\"]\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    let url = format!("http://127.0.0.1:{}/echo-headers", up.addr.port());
+    let (ok, out, err) = run(
+        cg.command(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "10",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &url,
+            ],
+        ),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 302"), "{out}");
+    assert!(
+        !out.contains(SECRET),
+        "the secret came back in a header: {out}"
+    );
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+    for h in [
+        "location:",
+        "set-cookie:",
+        "www-authenticate:",
+        "link:",
+        "x-debug:",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(h))
+            .unwrap_or_else(|| panic!("{h} is gone: {out}"));
+        assert!(line.contains("REDACTED"), "{line}");
+    }
+    // The record counts the masked headers, never their values.
+    let sess = d.wait_session(|s| s["requests"].as_u64() == Some(1) && s["state"] == "closed");
+    let rec = &d.requests(sess["id"].as_u64().unwrap())[0];
+    assert!(
+        rec["masked"]["header:injected_secret"].as_u64() >= Some(5),
+        "{rec}"
+    );
+    assert!(!rec.to_string().contains(SECRET));
 }

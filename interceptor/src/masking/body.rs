@@ -144,6 +144,9 @@ pub struct MaskedBody<B> {
     /// What the client received (masked), up to the recording cap.
     capture: Option<Capture>,
     ended: bool,
+    /// Trailers that arrived while masked data was still held back: sent
+    /// after it.
+    trailers: Option<http::HeaderMap>,
 }
 
 /// Keeps the first `cap` bytes of the masked body for the session record.
@@ -180,6 +183,7 @@ impl<B> MaskedBody<B> {
             counts,
             capture: None,
             ended: false,
+            trailers: None,
         }
     }
 
@@ -260,7 +264,7 @@ where
         let this = &mut *self;
         loop {
             if this.ended {
-                return Poll::Ready(None);
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -281,8 +285,23 @@ where
                             Err(e) => return Poll::Ready(Some(Err(e))),
                         }
                     }
-                    // Trailers pass as they are.
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers end the body: what is held back goes first,
+                    // then the trailers, masked like headers.
+                    Err(frame) => {
+                        let Ok(mut t) = frame.into_trailers() else {
+                            continue;
+                        };
+                        super::mask_headers(&mut t, &mut this.masker);
+                        this.ended = true;
+                        return match this.end() {
+                            Ok(out) if out.is_empty() => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                            Ok(out) => {
+                                this.trailers = Some(t);
+                                Poll::Ready(Some(Ok(this.out(out))))
+                            }
+                            Err(e) => Poll::Ready(Some(Err(e))),
+                        };
+                    }
                 },
                 Poll::Ready(None) => {
                     this.ended = true;
@@ -338,6 +357,47 @@ mod tests {
             .map_err(|e| e.to_string());
         let c = counts.lock().unwrap().clone();
         (out, c)
+    }
+
+    #[tokio::test]
+    async fn trailers_come_after_the_held_back_data_and_are_masked() {
+        let secret = "sk-TRAILER-77aa";
+        let mut t = http::HeaderMap::new();
+        t.insert("x-echo", format!("got {secret}").parse().unwrap());
+        t.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            // No newline: the masker holds this back until the end.
+            Ok(Frame::data(Bytes::from(format!(
+                "partial {}",
+                &secret[..6]
+            )))),
+            Ok(Frame::data(Bytes::from(secret[6..].to_string()))),
+            Ok(Frame::trailers(t)),
+        ];
+        let counts = Arc::new(Mutex::new(Counts::new()));
+        let mut body = MaskedBody::new(
+            StreamBody::new(futures_stream(frames)),
+            Decoder::Identity,
+            StreamMasker::new(profile(vec![]), &[secret]),
+            None,
+            counts.clone(),
+        );
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(f) = body.frame().await {
+            let f = f.unwrap();
+            assert!(trailers.is_none(), "data after the trailers");
+            match f.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        let data = String::from_utf8(data).unwrap();
+        assert_eq!(data, "partial [REDACTED:injected_secret]");
+        let t = trailers.expect("the trailers arrive");
+        assert_eq!(t["x-echo"], "got [REDACTED:injected_secret]");
+        assert_eq!(t["grpc-status"], "0");
+        assert!(counts.lock().unwrap()["header:injected_secret"] >= 1);
     }
 
     fn futures_stream(

@@ -143,6 +143,55 @@ impl Profile {
 /// How many times each detector fired (never the values).
 pub type Counts = BTreeMap<String, u64>;
 
+/// Headers that carry framing, dates and validators: the profile's
+/// detectors (phone numbers, say) would only corrupt them, and no secret
+/// comes back in them. The injected secret is scrubbed from these too.
+const STRUCTURAL: [http::HeaderName; 9] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+    http::header::TRANSFER_ENCODING,
+    http::header::DATE,
+    http::header::LAST_MODIFIED,
+    http::header::EXPIRES,
+    http::header::AGE,
+    http::header::ETAG,
+];
+
+/// Masks header (or trailer) values in place: the injected secret in every
+/// one, the profile's detectors in all but the structural ones. A value
+/// that no longer makes a header value is replaced whole.
+pub fn mask_headers(h: &mut http::HeaderMap, masker: &mut StreamMasker) {
+    let names: Vec<http::HeaderName> = h.keys().cloned().collect();
+    for name in names {
+        let structural = STRUCTURAL.contains(&name);
+        let values: Vec<http::HeaderValue> = h.get_all(&name).iter().cloned().collect();
+        let mut changed = false;
+        let masked: Vec<http::HeaderValue> = values
+            .iter()
+            .map(|v| {
+                let out = if structural {
+                    masker.scrub_injected(v.as_bytes())
+                } else {
+                    masker.mask_value(v.as_bytes())
+                };
+                if out == v.as_bytes() {
+                    return v.clone();
+                }
+                changed = true;
+                http::HeaderValue::from_bytes(&out)
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("[REDACTED]"))
+            })
+            .collect();
+        if changed {
+            h.remove(&name);
+            for v in masked {
+                h.append(name.clone(), v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,39 @@ impl StreamMasker {
         }
     }
 
+    /// One whole value (a header, a trailer) masked with the same profile
+    /// and injected secrets; the detections are added to `counts`.
+    pub fn mask_value(&mut self, value: &[u8]) -> Vec<u8> {
+        let mut m = StreamMasker {
+            profile: self.profile.clone(),
+            literals: self.literals.clone(),
+            pending: Vec::new(),
+            counts: Counts::new(),
+        };
+        let mut out = m.push(value);
+        out.extend(m.finish());
+        for (k, v) in m.counts {
+            *self.counts.entry(format!("header:{k}")).or_default() += v;
+        }
+        out
+    }
+
+    /// Only the injected secrets (no detectors), for structural headers.
+    pub fn scrub_injected(&mut self, value: &[u8]) -> Vec<u8> {
+        let mut m = StreamMasker {
+            profile: Arc::new(Profile::empty()),
+            literals: self.literals.clone(),
+            pending: Vec::new(),
+            counts: Counts::new(),
+        };
+        let mut out = m.push(value);
+        out.extend(m.finish());
+        for (k, v) in m.counts {
+            *self.counts.entry(format!("header:{k}")).or_default() += v;
+        }
+        out
+    }
+
     /// Masks what can be decided now and returns it; keeps the rest.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(chunk);

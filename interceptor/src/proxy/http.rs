@@ -694,13 +694,28 @@ impl HttpConn {
                 return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));
             }
         };
-        // mask
+        // mask: the headers first (every response with a profile or an
+        // injected secret), then the body as it streams.
         let profile = decision
             .effects
             .mask
             .as_ref()
             .and_then(|m| policy.masks.get(m).cloned());
+        let mut masker = (profile.is_some() || !injected.is_empty()).then(|| {
+            crate::masking::StreamMasker::new(
+                profile
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(crate::masking::Profile::empty())),
+                &injected,
+            )
+        });
+        if let Some(m) = masker.as_mut() {
+            crate::masking::mask_headers(resp.headers_mut(), m);
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(m) = masker.take() {
+                rec.masked.extend(m.counts);
+            }
             let (Some(client), Some(key)) = (client_upgrade, &websocket) else {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
@@ -731,9 +746,9 @@ impl HttpConn {
         strip_hop_by_hop(resp.headers_mut());
         let (mut parts, body) = resp.into_parts();
         let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
-        if profile.is_none() && injected.is_empty() {
+        let Some(masker) = masker else {
             return Ok(Response::from_parts(parts, body));
-        }
+        };
         if let Some(t) = transfer {
             parts.headers.insert(header::TRANSFER_ENCODING, t);
         }
@@ -746,6 +761,7 @@ impl HttpConn {
             {
                 tracing::warn!(session = self.session, seq = rec.seq, %why, "response passed unmasked (on_uninspectable = \"pass\")");
                 parts.headers.remove(header::TRANSFER_ENCODING);
+                rec.masked.extend(masker.counts);
                 rec.masked.insert("uninspectable_passed".into(), 1);
                 return Ok(Response::from_parts(parts, body));
             }
@@ -759,8 +775,6 @@ impl HttpConn {
         };
         // The body changes: its validator no longer holds either.
         parts.headers.remove(header::ETAG);
-        let forms: Vec<&str> = injected.iter().map(|s| s.as_str()).collect();
-        let masker = crate::masking::StreamMasker::new(profile, &forms);
         let counts = Arc::new(std::sync::Mutex::new(crate::masking::Counts::new()));
         self.pending_counts
             .lock()
