@@ -44,6 +44,15 @@ fn serve(c: TcpStream) {
         );
         return;
     }
+    if path == "/echo-encoded" {
+        let body = encoded_echoes(&key).join("\n");
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     let head = match path.as_str() {
         // Two Content-Encoding headers: the first says identity.
         "/two-encodings" => format!(
@@ -209,4 +218,81 @@ fn response_headers_never_carry_the_secret_or_unmasked_data() {
         "{rec}"
     );
     assert!(!rec.to_string().contains(SECRET));
+}
+
+/// The secret as a server might echo it back, encoded.
+fn encoded_echoes(key: &str) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut v = vec![
+        format!("upper {}", key.to_uppercase()),
+        format!("hex {hex}"),
+        format!("HEX {}", hex.to_uppercase()),
+        format!(
+            "json {}",
+            key.chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect::<String>()
+        ),
+        format!(
+            "pct {}",
+            key.bytes().map(|b| format!("%{b:02X}")).collect::<String>()
+        ),
+    ];
+    for prefix in ["", "u:", "user:"] {
+        v.push(format!("b64 {}", STANDARD.encode(format!("{prefix}{key}"))));
+        v.push(format!(
+            "b64url {}",
+            URL_SAFE_NO_PAD.encode(format!("{prefix}{key}"))
+        ));
+    }
+    v
+}
+
+#[test]
+fn encoded_echoes_of_the_secret_are_scrubbed_and_never_recorded() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("respenc");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("api"), SECRET).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"card\"]\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    let url = format!("http://127.0.0.1:{}/echo-encoded", up.addr.port());
+    let (ok, out, err) = run(
+        cg.command("curl", &["-sS", "--max-time", "10", &url]),
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{err}");
+    let echoes = encoded_echoes(SECRET);
+    assert_eq!(out.lines().count(), echoes.len(), "{out}");
+    for (line, echo) in out.lines().zip(&echoes) {
+        let (label, sent) = echo.split_once(' ').unwrap();
+        assert!(line.starts_with(label), "{line}");
+        assert!(
+            line.contains("REDACTED"),
+            "not scrubbed: {line} (was {sent})"
+        );
+        // What is left is the encoded prefix and a padding character or
+        // two, too little to rebuild the secret.
+        let left = line.replace("[REDACTED:injected_secret]", "");
+        assert!(left.len() <= label.len() + 10, "{line}");
+    }
+    // The recorded body is what the skill received.
+    let sess = d.wait_session(|s| s["requests"].as_u64() == Some(1) && s["state"] == "closed");
+    let rec = d.requests(sess["id"].as_u64().unwrap())[0].to_string();
+    for echo in &echoes {
+        let (_, sent) = echo.split_once(' ').unwrap();
+        assert!(!rec.contains(sent), "recorded: {sent}");
+    }
 }

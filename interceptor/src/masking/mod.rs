@@ -11,6 +11,7 @@
 pub mod body;
 pub mod detectors;
 mod json;
+mod secret_forms;
 mod stream;
 
 pub use json::JsonPath;

@@ -8,6 +8,9 @@ pub struct StreamMasker {
     profile: Arc<Profile>,
     /// Secrets injected on this request, always masked (zeroized on drop).
     literals: Vec<Zeroizing<Vec<u8>>>,
+    /// Every form of them (secret_forms), found in one case-insensitive
+    /// pass; `None` without injected secrets.
+    secrets: Option<Arc<aho_corasick::AhoCorasick>>,
     /// Bytes received but not yet emitted.
     pending: Vec<u8>,
     pub counts: Counts,
@@ -22,15 +25,17 @@ struct Hit {
 
 impl StreamMasker {
     pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> Self {
-        let literals = injected
+        let literals: Vec<Zeroizing<Vec<u8>>> = injected
             .iter()
             .map(|s| s.as_ref())
             .filter(|s| !s.is_empty())
             .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
             .collect();
+        let secrets = secret_automaton(&literals);
         Self {
             profile,
             literals,
+            secrets,
             pending: Vec::new(),
             counts: Counts::new(),
         }
@@ -42,6 +47,7 @@ impl StreamMasker {
         let mut m = StreamMasker {
             profile: self.profile.clone(),
             literals: self.literals.clone(),
+            secrets: self.secrets.clone(),
             pending: Vec::new(),
             counts: Counts::new(),
         };
@@ -58,6 +64,7 @@ impl StreamMasker {
         let mut m = StreamMasker {
             profile: Arc::new(Profile::empty()),
             literals: self.literals.clone(),
+            secrets: self.secrets.clone(),
             pending: Vec::new(),
             counts: Counts::new(),
         };
@@ -136,11 +143,11 @@ impl StreamMasker {
     fn hits(&self, boundary: usize) -> Vec<Hit> {
         let text = &self.pending[..];
         let mut all = Vec::new();
-        for secret in &self.literals {
-            for start in memchr::memmem::find_iter(text, &secret[..]).filter(|&s| s < boundary) {
+        if let Some(ac) = &self.secrets {
+            for m in ac.find_iter(text).filter(|m| m.start() < boundary) {
                 all.push(Hit {
-                    start,
-                    end: start + secret.len(),
+                    start: m.start(),
+                    end: m.end(),
                     detector: 0,
                     literal: true,
                 });
@@ -177,6 +184,26 @@ impl StreamMasker {
         }
         out
     }
+}
+
+/// One automaton over every form of every injected secret. The patterns
+/// are built from the secrets and dropped; the automaton keeps its own
+/// copy (not zeroized: the price of a multi-pattern search).
+fn secret_automaton(literals: &[Zeroizing<Vec<u8>>]) -> Option<Arc<aho_corasick::AhoCorasick>> {
+    let patterns: Vec<Zeroizing<Vec<u8>>> = literals
+        .iter()
+        .flat_map(|l| super::secret_forms::forms(l))
+        .map(Zeroizing::new)
+        .collect();
+    if patterns.is_empty() {
+        return None;
+    }
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(patterns.iter().map(|p| &p[..]))
+        .ok()
+        .map(Arc::new)
 }
 
 /// A complete END line ("-----END ... KEY-----") follows the BEGIN at `b`;
