@@ -19,6 +19,10 @@ struct Lab {
 }
 
 fn lab(tag: &str) -> Lab {
+    lab_with(tag, "")
+}
+
+fn lab_with(tag: &str, extra: &str) -> Lab {
     let cg = TestCgroup::new(tag);
     let mut cfg = DaemonConfig::new(&[&cg], "");
     let pki = TestPki::new(&cfg.dir, "upstream");
@@ -27,7 +31,7 @@ fn lab(tag: &str) -> Lab {
     let creds = cfg.credentials_dir();
     std::fs::write(creds.join("gh"), SECRET).unwrap();
     cfg.extra = format!(
-        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n",
+        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n{extra}",
         pki.ca_pem
     );
     cfg.set_policy(&format!(
@@ -276,4 +280,60 @@ fn wait_ws_record(l: &Lab) -> Value {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A frame from the skill is held whole until complete: its size is capped
+/// (1 MiB) and each open WebSocket draws that from the workload's budget,
+/// so unfinished frames cannot grow the daemon.
+#[test]
+fn unfinished_websocket_frames_are_bounded() {
+    if !kernel_ready() {
+        return;
+    }
+    let l = lab_with("wsmem", "inspect_buffer_mb_per_workload = 3\n");
+    let out = py_in(
+        &l,
+        &format!(
+            r#"
+import socket, ssl, struct, time
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.set_alpn_protocols(["http/1.1"])
+def upgrade():
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port}), timeout=10), server_hostname="api.test")
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        c = s.recv(1)
+        if not c:
+            break
+        head += c
+    return s, head.split(b" ")[1].decode() if head else "closed"
+# A frame that declares 2 MiB: refused at its header.
+s, st = upgrade()
+s.sendall(bytes([0x82, 0xFF]) + struct.pack(">Q", 2 << 20) + b"mask" + b"x" * 65536)
+s.settimeout(5)
+state = "open"
+try:
+    while True:
+        if s.recv(4096) == b"":
+            state = "closed"
+            break
+except socket.timeout:
+    pass
+except (ConnectionResetError, ssl.SSLError):
+    state = "closed"
+print("big", st, state)
+s.close()
+# Three open WebSockets fit in 3 MiB; the fourth is refused.
+open_ = [upgrade() for _ in range(4)]
+print(" ".join(st for _, st in open_))
+"#,
+            ca = l.ca,
+            port = l.tls_up.addr.port()
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "big 101 closed", "{out}");
+    assert_eq!(lines[1], "101 101 101 503", "{out}");
 }

@@ -614,7 +614,23 @@ impl HttpConn {
                         rule: decision.rule.clone(),
                     });
                 }
-                Some(websocket_key(req.headers())?)
+                let key = websocket_key(req.headers())?;
+                // A frame from the skill is held whole until complete: the
+                // largest one counts against the workload's budget while
+                // the WebSocket is open.
+                let mut lease = self.proxy.body_budget.lease(&self.workload);
+                if !lease.grow(super::websocket::MAX_CLIENT_MESSAGE as u64) {
+                    return Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "inspection_capacity",
+                        &format!(
+                            "this workload already holds {} MiB for inspection in request \
+                             bodies and WebSockets (inspect_buffer_mb_per_workload)",
+                            lease.limit() >> 20
+                        ),
+                    ));
+                }
+                Some((key, lease))
             }
             Some(p) => {
                 tracing::info!(session = self.session, seq = rec.seq, protocol = ?p, "upgrade ignored");
@@ -716,14 +732,14 @@ impl HttpConn {
             if let Some(m) = masker.take() {
                 rec.masked.extend(m.counts);
             }
-            let (Some(client), Some(key)) = (client_upgrade, &websocket) else {
+            let (Some(client), Some((key, lease))) = (client_upgrade, websocket) else {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     "unexpected_upgrade",
                     "the upstream switched protocols although no upgrade was asked for",
                 ));
             };
-            check_websocket_accept(resp.headers(), key)?;
+            check_websocket_accept(resp.headers(), &key)?;
             let relay = super::websocket::Relay {
                 profile: profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty())),
                 injected,
@@ -732,6 +748,7 @@ impl HttpConn {
                     .record_cap
                     .saturating_sub(self.recorded.load(Ordering::Relaxed))
                     as usize,
+                _lease: lease,
             };
             self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
             let (parts, body) = resp.into_parts();

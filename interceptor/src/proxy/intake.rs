@@ -167,9 +167,11 @@ pub fn raise_nofile() -> u64 {
 }
 
 /// The default cap: a quarter of the descriptors, so at least four
-/// workloads at their cap still leave the daemon room to work.
+/// workloads at their cap still leave the daemon room to work, and at most
+/// 1,024 (each open HTTP/2 connection may hold up to its 1 MiB flow-control
+/// window of unread data in the daemon).
 pub fn default_cap(nofile: u64) -> usize {
-    ((nofile / 4) as usize).clamp(16, 65536)
+    ((nofile / 4) as usize).clamp(16, 1024)
 }
 
 #[cfg(test)]

@@ -14,9 +14,14 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 use zeroize::Zeroizing;
 
-/// Largest message (and frame) either side may send; a bigger one ends the
-/// connection (tungstenite's default is 64 MiB, too much to hold per stream).
-const MAX_MESSAGE: usize = 16 << 20;
+/// Largest message (and frame) the skill may send: a frame is held whole
+/// until it is complete, so each WebSocket draws this much from its
+/// workload's memory budget (`inspect_buffer_mb_per_workload`) for as long
+/// as it is open. A bigger frame ends the connection.
+pub const MAX_CLIENT_MESSAGE: usize = 1 << 20;
+
+/// Largest message the upstream (allowed by policy) may send.
+const MAX_UPSTREAM_MESSAGE: usize = 16 << 20;
 
 /// Once one side has closed, the other has this long to finish its close.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -44,20 +49,30 @@ pub struct Relay {
     pub mask_up: bool,
     /// Bytes of transcript the session's recording cap leaves.
     pub record_room: usize,
+    /// The memory a message from the skill may take, held while open.
+    pub _lease: super::intake::Lease,
 }
 
 impl Relay {
     /// Runs until either side closes or breaks the protocol.
     pub async fn run(self, client: Upgraded, upstream: Upgraded) -> Outcome {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
-        let client =
-            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(config))
-                .await;
-        let upstream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(config))
-                .await;
+        let limit = |n| {
+            WebSocketConfig::default()
+                .max_message_size(Some(n))
+                .max_frame_size(Some(n))
+        };
+        let client = WebSocketStream::from_raw_socket(
+            TokioIo::new(client),
+            Role::Server,
+            Some(limit(MAX_CLIENT_MESSAGE)),
+        )
+        .await;
+        let upstream = WebSocketStream::from_raw_socket(
+            TokioIo::new(upstream),
+            Role::Client,
+            Some(limit(MAX_UPSTREAM_MESSAGE)),
+        )
+        .await;
         let (mut to_client, mut from_client) = client.split();
         let (mut to_upstream, mut from_upstream) = upstream.split();
         let shared = Arc::new(Mutex::new(Outcome::default()));
