@@ -45,6 +45,7 @@ struct File {
     client_body_timeout_ms: Option<u64>,
     max_connections_per_workload: Option<usize>,
     inspect_buffer_mb_per_workload: Option<u64>,
+    inspect_buffer_mb_total: Option<u64>,
     detach_on_exit: Option<bool>,
     credentials_dir: Option<PathBuf>,
     upstream_ca_files: Option<Vec<PathBuf>>,
@@ -115,6 +116,8 @@ pub struct Config {
     pub max_connections_per_workload: Option<usize>,
     /// Request bodies held for inspection per workload, at most (bytes).
     pub inspect_buffer_per_workload: u64,
+    /// The same, for the whole daemon (bytes).
+    pub inspect_buffer_total: u64,
     /// Requests held for an approver per workload, at most (then 429).
     pub max_pending_approvals: usize,
     /// Pending approvals are POSTed here (Slack-compatible JSON).
@@ -158,6 +161,7 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(30),
             max_connections_per_workload: None,
             inspect_buffer_per_workload: 64 << 20,
+            inspect_buffer_total: 512 << 20,
             max_pending_approvals: 16,
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
@@ -268,6 +272,12 @@ impl Config {
                 bail!("config `inspect_buffer_mb_per_workload` must be at least 1");
             }
             c.inspect_buffer_per_workload = mb << 20;
+        }
+        if let Some(mb) = file.inspect_buffer_mb_total {
+            if mb == 0 {
+                bail!("config `inspect_buffer_mb_total` must be at least 1");
+            }
+            c.inspect_buffer_total = mb << 20;
         }
         if let Some(n) = file.max_connections_per_workload {
             if n == 0 {

@@ -171,7 +171,10 @@ async fn serve(cfg: Config) -> Result<()> {
         header_timeout: cfg.client_header_timeout,
         body_timeout: cfg.client_body_timeout,
         limits: crate::proxy::intake::ConnLimits::new(per_workload),
-        body_budget: crate::proxy::intake::BodyBudget::new(cfg.inspect_buffer_per_workload),
+        body_budget: crate::memory_budget::BodyBudget::new(
+            cfg.inspect_buffer_per_workload,
+            cfg.inspect_buffer_total,
+        ),
         upstreams: Pool::new(
             tls.client.clone(),
             cfg.connect_timeout,

@@ -12,6 +12,7 @@ mod hostcheck;
 mod identity;
 mod inbound;
 mod masking;
+mod memory_budget;
 mod policy;
 mod proxy;
 mod reserved_ports;

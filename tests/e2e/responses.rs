@@ -44,6 +44,23 @@ fn serve(c: TcpStream) {
         );
         return;
     }
+    if let Some(body) = bombs(&path) {
+        let (enc, ctype) = if path.contains("json") {
+            ("identity", "application/json")
+        } else if path.ends_with("br") {
+            ("br", "text/plain")
+        } else {
+            ("gzip", "text/plain")
+        };
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Encoding: {enc}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = w.write_all(body);
+        return;
+    }
     if path == "/echo-encoded" {
         let body = encoded_echoes(&key).join("\n");
         let _ = write!(
@@ -295,4 +312,119 @@ fn encoded_echoes_of_the_secret_are_scrubbed_and_never_recorded() {
         let (_, sent) = echo.split_once(' ').unwrap();
         assert!(!rec.contains(sent), "recorded: {sent}");
     }
+}
+
+/// 128 MiB of zeros, compressed (a few hundred bytes of brotli, 250 KiB of
+/// gzip), and a 9 MiB JSON document; made once.
+fn bombs(path: &str) -> Option<&'static [u8]> {
+    use std::sync::OnceLock;
+    static BR: OnceLock<Vec<u8>> = OnceLock::new();
+    static GZ: OnceLock<Vec<u8>> = OnceLock::new();
+    static JSON: OnceLock<Vec<u8>> = OnceLock::new();
+    let zeros = || vec![0u8; 1 << 20];
+    match path {
+        "/bomb-br" => Some(BR.get_or_init(|| {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 1 << 16, 5, 22);
+                let z = zeros();
+                for _ in 0..128 {
+                    w.write_all(&z).unwrap();
+                }
+            }
+            out
+        })),
+        "/bomb-gz" => Some(GZ.get_or_init(|| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let z = zeros();
+            for _ in 0..128 {
+                gz.write_all(&z).unwrap();
+            }
+            gz.finish().unwrap()
+        })),
+        "/big-json" => Some(JSON.get_or_init(|| {
+            let row = r#"{"name":"Ann Lee","ssn":"078-05-1120","note":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"#;
+            let mut doc = String::from("{\"customers\":[");
+            while doc.len() < 9 << 20 {
+                doc.push_str(row);
+            }
+            doc.push_str(r#"{"name":"end"}]}"#);
+            doc.into_bytes()
+        })),
+        _ => None,
+    }
+}
+
+/// VmRSS or VmHWM (peak) of a process, in KiB.
+fn mem_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
+#[test]
+fn compression_bombs_keep_the_daemon_within_its_memory_bound() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("bombs");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    for p in ["/bomb-br", "/bomb-gz"] {
+        bombs(p);
+    }
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("api"), SECRET).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\ninspect_buffer_mb_per_workload = 24\n");
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"ssn\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    let before = mem_kib(d.pid(), "VmRSS");
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", up.addr.port());
+    // The bombs decode as they stream: all 128 MiB arrive, masked.
+    for p in ["/bomb-br", "/bomb-gz"] {
+        let (ok, out, err) = run(
+            cg.command(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "120",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download}",
+                    &url(p),
+                ],
+            ),
+            Duration::from_secs(150),
+        );
+        let records = || {
+            d.sessions()
+                .iter()
+                .flat_map(|s| d.requests(s["id"].as_u64().unwrap()))
+                .map(|r| format!("{} {} {}", r["path"], r["status"], r["error"]))
+                .collect::<Vec<_>>()
+        };
+        assert!(ok, "{p}: {err} {:?}", records());
+        assert_eq!(out, (128u64 << 20).to_string(), "{p}");
+    }
+    let peak = mem_kib(d.pid(), "VmHWM");
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib <= 64,
+        "the daemon's peak RSS grew by {grown_mib} MiB (bound: 64 MiB over idle)"
+    );
 }

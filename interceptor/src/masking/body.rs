@@ -13,17 +13,18 @@ use std::task::{Context, Poll};
 /// Content-Encoding values the masker can look into.
 pub fn decoder_for(encoding: Option<&str>) -> Result<Decoder, String> {
     let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
-    Ok(match enc.as_deref() {
-        None | Some("") | Some("identity") => Decoder::Identity,
+    let kind = match enc.as_deref() {
+        None | Some("") | Some("identity") => Kind::Identity,
         Some("gzip") | Some("x-gzip") => {
-            Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new())))
+            Kind::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new())))
         }
-        Some("deflate") => Decoder::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
-        Some("br") => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(
-            Vec::new(),
-            64 * 1024,
-        ))),
+        Some("deflate") => Kind::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
+        Some("br") => Kind::Brotli(Box::new(BrotliStream::new())),
         Some(other) => return Err(format!("content-encoding {other:?} cannot be inspected")),
+    };
+    Ok(Decoder {
+        kind,
+        input: Vec::new(),
     })
 }
 
@@ -71,48 +72,185 @@ pub fn prepare(
     Ok((decoder, json))
 }
 
-pub enum Decoder {
-    Identity,
-    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
-    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
-    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+/// A streaming decoder whose output is bounded per step: encoded input is
+/// kept until it is decoded, and each step yields at most about `max` bytes
+/// however much the input expands (a few hundred bytes of brotli can stand
+/// for gigabytes). Decoded bytes go on as they come; nothing is held whole.
+pub struct Decoder {
+    kind: Kind,
+    /// Encoded bytes not decoded yet.
+    input: Vec<u8>,
 }
 
+enum Kind {
+    Identity,
+    // flate2's write decoders consume input in steps of at most their 32 KiB
+    // output buffer per `write`, so they can be driven a step at a time.
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+    Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    // brotli's writer decodes all it is given at once: its streaming
+    // function is driven directly, with a bounded output buffer.
+    Brotli(Box<BrotliStream>),
+}
+
+/// Decoded bytes per step of the masker.
+pub const STEP: usize = 64 * 1024;
+
 impl Decoder {
-    /// Feeds encoded bytes, returns the decoded ones available so far.
-    fn feed(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Identity => Ok(data.to_vec()),
-            Decoder::Gzip(d) => {
-                d.write_all(data)?;
+    pub fn push(&mut self, data: &[u8]) {
+        self.input.extend_from_slice(data);
+    }
+
+    /// Input left to decode, or decoded output not drawn yet.
+    pub fn has_input(&self) -> bool {
+        !self.input.is_empty() || matches!(&self.kind, Kind::Brotli(b) if b.more_output)
+    }
+
+    /// Decodes until about `max` bytes are out or the input is used up.
+    pub fn step(&mut self, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match &mut self.kind {
+            Kind::Identity => {
+                let n = self.input.len().min(max.max(1));
+                out.extend(self.input.drain(..n));
+            }
+            Kind::Gzip(d) => step_flate(d.as_mut(), &mut self.input, &mut out, max)?,
+            Kind::Deflate(d) => step_flate(d.as_mut(), &mut self.input, &mut out, max)?,
+            Kind::Brotli(b) => b.step(&mut self.input, &mut out, max)?,
+        }
+        Ok(out)
+    }
+
+    /// The end of the body: the input is used up; what the decoder still
+    /// holds comes out, and a truncated stream is an error.
+    pub fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match &mut self.kind {
+            Kind::Identity => Ok(Vec::new()),
+            Kind::Gzip(d) => {
+                d.try_finish()?;
                 Ok(std::mem::take(d.get_mut()))
             }
-            Decoder::Deflate(d) => {
-                d.write_all(data)?;
+            Kind::Deflate(d) => {
+                d.try_finish()?;
                 Ok(std::mem::take(d.get_mut()))
             }
-            Decoder::Brotli(d) => {
-                d.write_all(data)?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+            Kind::Brotli(b) => b.finish(),
+        }
+    }
+}
+
+/// The flate2 write decoders, as far as a step needs them.
+trait FlateWrite: Write {
+    fn sink(&mut self) -> &mut Vec<u8>;
+}
+
+impl FlateWrite for flate2::write::GzDecoder<Vec<u8>> {
+    fn sink(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+
+impl FlateWrite for flate2::write::ZlibDecoder<Vec<u8>> {
+    fn sink(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+
+fn step_flate(
+    d: &mut dyn FlateWrite,
+    input: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<()> {
+    while !input.is_empty() && out.len() < max {
+        let n = d.write(input)?;
+        out.append(d.sink());
+        if n == 0 {
+            // The stream ended; what follows it is not decoded.
+            input.clear();
+            break;
+        }
+        input.drain(..n);
+    }
+    Ok(())
+}
+
+/// brotli's own streaming decoder state (the `brotli` crate's
+/// `BrotliDecompressStream`), with the output drawn in bounded slices.
+pub struct BrotliStream {
+    state: brotli::BrotliState<
+        brotli::HeapAlloc<u8>,
+        brotli::HeapAlloc<u32>,
+        brotli::HeapAlloc<brotli::HuffmanCode>,
+    >,
+    total_out: usize,
+    done: bool,
+    seen_input: bool,
+    /// The last step stopped with output still to draw.
+    more_output: bool,
+}
+
+impl BrotliStream {
+    fn new() -> BrotliStream {
+        BrotliStream {
+            state: brotli::BrotliState::new(
+                brotli::HeapAlloc::new(0),
+                brotli::HeapAlloc::new(0),
+                brotli::HeapAlloc::new(brotli::HuffmanCode::default()),
+            ),
+            total_out: 0,
+            done: false,
+            seen_input: false,
+            more_output: false,
         }
     }
 
+    fn step(&mut self, input: &mut Vec<u8>, out: &mut Vec<u8>, max: usize) -> std::io::Result<()> {
+        self.seen_input |= !input.is_empty();
+        let mut buf = vec![0u8; STEP.min(max.max(1))];
+        while !self.done && out.len() < max {
+            let (mut avail_in, mut in_off) = (input.len(), 0usize);
+            let (mut avail_out, mut out_off) = (buf.len(), 0usize);
+            let r = brotli::BrotliDecompressStream(
+                &mut avail_in,
+                &mut in_off,
+                input,
+                &mut avail_out,
+                &mut out_off,
+                &mut buf,
+                &mut self.total_out,
+                &mut self.state,
+            );
+            out.extend_from_slice(&buf[..out_off]);
+            input.drain(..in_off);
+            self.more_output = matches!(r, brotli::BrotliResult::NeedsMoreOutput);
+            match r {
+                brotli::BrotliResult::NeedsMoreOutput => continue,
+                brotli::BrotliResult::NeedsMoreInput => break,
+                brotli::BrotliResult::ResultSuccess => {
+                    self.done = true;
+                    input.clear();
+                }
+                brotli::BrotliResult::ResultFailure => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "invalid brotli stream",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn finish(&mut self) -> std::io::Result<Vec<u8>> {
-        match self {
-            Decoder::Identity => Ok(Vec::new()),
-            Decoder::Gzip(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Deflate(d) => {
-                d.try_finish()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
-            Decoder::Brotli(d) => {
-                d.flush()?;
-                Ok(std::mem::take(d.get_mut()))
-            }
+        // An empty body (HEAD, 204) carries no stream at all.
+        if self.done || !self.seen_input {
+            Ok(Vec::new())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the brotli stream is truncated",
+            ))
         }
     }
 }
@@ -143,7 +281,11 @@ pub struct MaskedBody<B> {
     counts: Arc<Mutex<Counts>>,
     /// What the client received (masked), up to the recording cap.
     capture: Option<Capture>,
+    /// Memory a buffered JSON document draws from (per workload and daemon).
+    budget: Option<crate::memory_budget::Lease>,
     ended: bool,
+    /// The upstream's body is over (its input may still be decoding).
+    inner_done: bool,
     /// Trailers that arrived while masked data was still held back: sent
     /// after it.
     trailers: Option<http::HeaderMap>,
@@ -182,13 +324,20 @@ impl<B> MaskedBody<B> {
             json,
             counts,
             capture: None,
+            budget: None,
             ended: false,
+            inner_done: false,
             trailers: None,
         }
     }
 
     pub fn capture(mut self, c: Capture) -> Self {
         self.capture = Some(c);
+        self
+    }
+
+    pub fn budget(mut self, lease: crate::memory_budget::Lease) -> Self {
+        self.budget = Some(lease);
         self
     }
 
@@ -203,6 +352,15 @@ impl<B> MaskedBody<B> {
     fn absorb(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
         match &mut self.json {
             Some(j) => {
+                if let Some(lease) = &mut self.budget
+                    && !lease.grow(decoded.len() as u64)
+                {
+                    return Err(Box::new(Uninspectable(
+                        "the memory for buffering JSON to mask is spent \
+                         (inspect_buffer_mb_per_workload / inspect_buffer_mb_total)"
+                            .into(),
+                    )));
+                }
                 j.buf.extend_from_slice(&decoded);
                 if j.buf.len() as u64 > j.limit {
                     return Err(Box::new(Uninspectable(format!(
@@ -257,6 +415,9 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
+    /// Decoded input first (a step at a time: memory stays bounded however
+    /// much it expands), then the next frame; at the end what is held back,
+    /// then the trailers.
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -266,51 +427,47 @@ where
             if this.ended {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
+            if this.decoder.has_input() {
+                let decoded = match this.decoder.step(STEP) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        return Poll::Ready(Some(Err(Box::new(Uninspectable(format!(
+                            "decoding the response: {e}"
+                        ))))));
+                    }
+                };
+                match this.absorb(decoded) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Poll::Ready(Some(Ok(this.out(out)))),
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
+            if this.inner_done {
+                this.ended = true;
+                return match this.end() {
+                    Ok(out) if out.is_empty() => {
+                        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+                    }
+                    Ok(out) => Poll::Ready(Some(Ok(this.out(out)))),
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                };
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let decoded = match this.decoder.feed(&data) {
-                            Ok(d) => d,
-                            Err(e) => {
-                                return Poll::Ready(Some(Err(Box::new(Uninspectable(format!(
-                                    "decoding the response: {e}"
-                                ))))));
-                            }
-                        };
-                        match this.absorb(decoded) {
-                            Ok(out) if out.is_empty() => continue,
-                            Ok(out) => return Poll::Ready(Some(Ok(this.out(out)))),
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                    // Trailers end the body: what is held back goes first,
-                    // then the trailers, masked like headers.
+                    Ok(data) => this.decoder.push(&data),
+                    // Trailers end the body: masked like headers, sent after
+                    // what is still held back.
                     Err(frame) => {
-                        let Ok(mut t) = frame.into_trailers() else {
-                            continue;
-                        };
-                        super::mask_headers(&mut t, &mut this.masker);
-                        this.ended = true;
-                        return match this.end() {
-                            Ok(out) if out.is_empty() => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                            Ok(out) => {
-                                this.trailers = Some(t);
-                                Poll::Ready(Some(Ok(this.out(out))))
-                            }
-                            Err(e) => Poll::Ready(Some(Err(e))),
-                        };
+                        if let Ok(mut t) = frame.into_trailers() {
+                            super::mask_headers(&mut t, &mut this.masker);
+                            this.trailers = Some(t);
+                        }
+                        this.inner_done = true;
                     }
                 },
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    return match this.end() {
-                        Ok(out) if out.is_empty() => Poll::Ready(None),
-                        Ok(out) => Poll::Ready(Some(Ok(this.out(out)))),
-                        Err(e) => Poll::Ready(Some(Err(e))),
-                    };
-                }
+                Poll::Ready(None) => this.inner_done = true,
             }
         }
     }
@@ -359,6 +516,43 @@ mod tests {
         (out, c)
     }
 
+    #[test]
+    fn a_bomb_decodes_a_bounded_step_at_a_time() {
+        let zeros = vec![0u8; 1 << 20];
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 1 << 16, 5, 22);
+            for _ in 0..32 {
+                w.write_all(&zeros).unwrap();
+            }
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..32 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let gz = gz.finish().unwrap();
+        for (enc, body) in [("br", br), ("gzip", gz)] {
+            let mut d = decoder_for(Some(enc)).unwrap();
+            d.push(&body);
+            let mut total = 0;
+            while d.has_input() {
+                let out = d.step(STEP).unwrap();
+                assert!(out.len() <= 2 * STEP, "{enc}: a step of {}", out.len());
+                assert!(out.iter().all(|&b| b == 0));
+                total += out.len();
+            }
+            total += d.finish().unwrap().len();
+            assert_eq!(total, 32 << 20, "{enc}");
+        }
+        // Truncated: an error at the end, never a silent stop.
+        let mut d = decoder_for(Some("br")).unwrap();
+        d.push(b"\x1b\xff\xff\x7f");
+        while d.has_input() {
+            let _ = d.step(STEP);
+        }
+        assert!(d.finish().is_err());
+    }
+
     #[tokio::test]
     async fn trailers_come_after_the_held_back_data_and_are_masked() {
         let secret = "sk-TRAILER-77aa";
@@ -377,7 +571,7 @@ mod tests {
         let counts = Arc::new(Mutex::new(Counts::new()));
         let mut body = MaskedBody::new(
             StreamBody::new(futures_stream(frames)),
-            Decoder::Identity,
+            decoder_for(None).unwrap(),
             StreamMasker::new(profile(vec![]), &[secret]),
             None,
             counts.clone(),

@@ -72,7 +72,7 @@ struct Admitted {
     decision: Decision,
     policy: Arc<crate::policy::Policy>,
     /// Memory held by a body read for inspection, until it has gone upstream.
-    _lease: super::intake::Lease,
+    _lease: crate::memory_budget::Lease,
     host: String,
     /// Forms of the injected secret, masked in the response whatever the policy says.
     injected: Vec<Zeroizing<String>>,
@@ -338,6 +338,7 @@ impl HttpConn {
         Ok(
             crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
                 .capture(capture)
+                .budget(self.proxy.body_budget.lease(&self.workload))
                 .boxed(),
         )
     }
@@ -538,7 +539,7 @@ impl HttpConn {
         head: &RequestHead<'_>,
         req: &mut Request<InBody>,
         body: &mut Option<InspectedBody>,
-        lease: &mut super::intake::Lease,
+        lease: &mut crate::memory_budget::Lease,
     ) -> Result<Decision, Refusal> {
         if let Verdict::Decided(d) = self.decide(policy, head, req.headers(), body.as_ref()) {
             return Ok(d);
@@ -799,7 +800,8 @@ impl HttpConn {
             .insert(rec.seq, counts.clone());
         // Record what the skill received (masked), within the session's cap.
         let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
-            .capture(self.capture(rec.seq));
+            .capture(self.capture(rec.seq))
+            .budget(self.proxy.body_budget.lease(&self.workload));
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -959,7 +961,7 @@ impl HttpConn {
 async fn read_for_inspection(
     req: &mut Request<InBody>,
     idle: std::time::Duration,
-    lease: &mut super::intake::Lease,
+    lease: &mut crate::memory_budget::Lease,
 ) -> Result<Bytes, Refusal> {
     let uninspectable = |status, why: String| {
         Refusal::new(

@@ -77,73 +77,6 @@ impl Drop for Slot {
     }
 }
 
-/// Request bodies held in memory for inspection (`body_regex` rules read up
-/// to 1 MiB before deciding), per workload: without a bound, a skill that
-/// opens many HTTP/2 streams and never finishes their bodies makes the
-/// daemon hold a MiB for each.
-pub struct BodyBudget {
-    per_workload: u64,
-    used: Mutex<HashMap<String, u64>>,
-}
-
-/// Bytes one request holds; given back when dropped.
-pub struct Lease {
-    budget: Arc<BodyBudget>,
-    workload: String,
-    held: u64,
-}
-
-impl BodyBudget {
-    pub fn new(per_workload: u64) -> Arc<BodyBudget> {
-        Arc::new(BodyBudget {
-            per_workload,
-            used: Mutex::new(HashMap::new()),
-        })
-    }
-
-    pub fn lease(self: &Arc<Self>, workload: &str) -> Lease {
-        Lease {
-            budget: self.clone(),
-            workload: workload.to_string(),
-            held: 0,
-        }
-    }
-}
-
-impl Lease {
-    /// The workload's budget.
-    pub fn limit(&self) -> u64 {
-        self.budget.per_workload
-    }
-
-    /// Takes `n` more bytes; false when the workload's budget is spent.
-    pub fn grow(&mut self, n: u64) -> bool {
-        let mut used = self.budget.used.lock().unwrap();
-        let u = used.entry(self.workload.clone()).or_insert(0);
-        if *u + n > self.budget.per_workload {
-            return false;
-        }
-        *u += n;
-        self.held += n;
-        true
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.held == 0 {
-            return;
-        }
-        let mut used = self.budget.used.lock().unwrap();
-        if let Some(u) = used.get_mut(&self.workload) {
-            *u -= self.held;
-            if *u == 0 {
-                used.remove(&self.workload);
-            }
-        }
-    }
-}
-
 /// Raises the soft RLIMIT_NOFILE to the hard one (the daemon holds two
 /// descriptors per proxied connection) and returns the limit in force.
 pub fn raise_nofile() -> u64 {
@@ -177,18 +110,6 @@ pub fn default_cap(nofile: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn body_budgets_are_per_workload_and_come_back() {
-        let b = BodyBudget::new(10);
-        let mut l1 = b.lease("a");
-        assert!(l1.grow(6));
-        let mut l2 = b.lease("a");
-        assert!(!l2.grow(6));
-        assert!(b.lease("b").grow(10));
-        drop(l1);
-        assert!(l2.grow(6));
-    }
 
     #[test]
     fn slots_are_per_workload_and_come_back() {

@@ -97,7 +97,7 @@ pub struct Proxy {
     /// A request body may pause this long.
     pub body_timeout: Duration,
     pub limits: Arc<intake::ConnLimits>,
-    pub body_budget: Arc<intake::BodyBudget>,
+    pub body_budget: Arc<crate::memory_budget::BodyBudget>,
     pub tls: Tls,
     pub upstreams: upstream::Pool,
     pub credentials: Credentials,

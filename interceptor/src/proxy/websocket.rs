@@ -50,7 +50,7 @@ pub struct Relay {
     /// Bytes of transcript the session's recording cap leaves.
     pub record_room: usize,
     /// The memory a message from the skill may take, held while open.
-    pub _lease: super::intake::Lease,
+    pub _lease: crate::memory_budget::Lease,
 }
 
 impl Relay {
