@@ -579,7 +579,19 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        let store = Store::open(&dir).unwrap();
+        // sled's background flusher may hold the lock a moment after drop.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open(&dir) {
+                Ok(s) => break s,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        };
         assert_eq!(
             store.audit("request", serde_json::json!({"n": 3})).unwrap(),
             4
