@@ -30,9 +30,9 @@ fi
 # Real HTTP clients the end-to-end tests run inside the workload cgroup,
 # (websockets: a real WebSocket client), and Flask/werkzeug as an upstream
 # that normalises paths its own way.
-if ! python3 -c "import requests, httpx, flask, websockets, h2" 2>/dev/null; then
-    echo "==> pip install requests httpx flask websockets h2"
-    python3 -m pip install -q requests httpx flask websockets h2
+if ! python3 -c "import requests, httpx, flask, websockets, h2, anthropic, openai" 2>/dev/null; then
+    echo "==> pip install requests httpx flask websockets h2 anthropic openai"
+    python3 -m pip install -q requests httpx flask websockets h2 anthropic openai
 fi
 if ! command -v node >/dev/null; then
     echo "==> apt-get install nodejs"

@@ -11,6 +11,7 @@ mod http;
 mod intake;
 mod peers;
 mod responses;
+mod streams;
 mod upgrades;
 
 use harness::*;

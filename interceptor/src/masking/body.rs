@@ -277,6 +277,8 @@ pub struct MaskedBody<B> {
     decoder: Decoder,
     masker: StreamMasker,
     json: Option<JsonMode>,
+    /// Server-sent events: masked as the text streams they carry.
+    sse: Option<super::sse::SseMasker>,
     /// Shared with the request record: detector → count.
     counts: Arc<Mutex<Counts>>,
     /// What the client received (masked), up to the recording cap.
@@ -323,6 +325,7 @@ impl<B> MaskedBody<B> {
             masker,
             json,
             counts,
+            sse: None,
             capture: None,
             budget: None,
             ended: false,
@@ -333,6 +336,12 @@ impl<B> MaskedBody<B> {
 
     pub fn capture(mut self, c: Capture) -> Self {
         self.capture = Some(c);
+        self
+    }
+
+    /// `text/event-stream`: events are reassembled and masked as text.
+    pub fn sse(mut self, sse: super::sse::SseMasker) -> Self {
+        self.sse = Some(sse);
         self
     }
 
@@ -370,7 +379,12 @@ impl<B> MaskedBody<B> {
                 }
                 Ok(Vec::new())
             }
-            None => Ok(self.masker.push(&decoded)),
+            None => match &mut self.sse {
+                Some(sse) => sse
+                    .push(&decoded)
+                    .map_err(|e| Box::new(Uninspectable(e.to_string())) as BoxError),
+                None => Ok(self.masker.push(&decoded)),
+            },
         }
     }
 
@@ -398,6 +412,12 @@ impl<B> MaskedBody<B> {
                 Err(_) => j.buf,
             };
             out.extend(self.masker.push(&text));
+        }
+        if let Some(mut sse) = self.sse.take() {
+            out.extend(sse.finish());
+            for (k, v) in std::mem::take(&mut sse.counts) {
+                *self.masker.counts.entry(k).or_default() += v;
+            }
         }
         out.extend(self.masker.finish());
         let mut counts = self.counts.lock().unwrap();

@@ -12,6 +12,7 @@ pub mod body;
 pub mod detectors;
 mod json;
 mod secret_forms;
+pub mod sse;
 mod stream;
 
 pub use json::JsonPath;

@@ -41,6 +41,18 @@ impl StreamMasker {
         }
     }
 
+    /// A fresh masker with the same profile and injected secrets, sharing
+    /// the secrets' automaton (cheap: nothing is rebuilt).
+    pub fn sibling(&self) -> StreamMasker {
+        StreamMasker {
+            profile: self.profile.clone(),
+            literals: self.literals.clone(),
+            secrets: self.secrets.clone(),
+            pending: Vec::new(),
+            counts: Counts::new(),
+        }
+    }
+
     /// One whole value (a header, a trailer) masked with the same profile
     /// and injected secrets; the detections are added to `counts`.
     pub fn mask_value(&mut self, value: &[u8]) -> Vec<u8> {

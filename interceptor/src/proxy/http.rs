@@ -771,6 +771,12 @@ impl HttpConn {
             parts.headers.insert(header::TRANSFER_ENCODING, t);
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
+        let is_event_stream = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let sse_profile = profile.clone();
         let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
             Ok(d) => d,
             Err(why)
@@ -799,9 +805,12 @@ impl HttpConn {
             .unwrap()
             .insert(rec.seq, counts.clone());
         // Record what the skill received (masked), within the session's cap.
-        let body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
+        let mut body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
             .capture(self.capture(rec.seq))
             .budget(self.proxy.body_budget.lease(&self.workload));
+        if is_event_stream {
+            body = body.sse(crate::masking::sse::SseMasker::new(sse_profile, &injected));
+        }
         Ok(Response::from_parts(parts, body.boxed()))
     }
 

@@ -1,0 +1,550 @@
+//! Server-sent events, masked as the text they carry. LLM APIs stream text
+//! a token or a few characters per event (Anthropic `content_block_delta`,
+//! OpenAI `choices[].delta.content` and tool-call `arguments`, Responses
+//! `response.*.delta`): a card number or a key the model emits over several
+//! events is never contiguous in the bytes. Each such text stream is
+//! reassembled across events (one masker per content block, choice, tool
+//! call), and its events are rewritten so that what the client reassembles
+//! is the masked text. Text a masker still holds back (what could be the
+//! start of a secret: the current partial line, at most 8 KiB) goes out in
+//! an event of the same shape when its stream ends (block stop, finish
+//! reason, `[DONE]`, the end of the body). Events keep flowing meanwhile,
+//! with empty deltas.
+//!
+//! Other JSON events have each string value masked whole; non-JSON data is
+//! masked as text. An event that cannot be framed within `MAX_EVENT` bytes
+//! ends the response (fail closed).
+use super::{Counts, Profile, StreamMasker};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Longest event (up to its blank line) held while it arrives.
+pub const MAX_EVENT: usize = 1 << 20;
+
+pub struct SseMasker {
+    /// Cloned (cheaply) for every stream and value.
+    prototype: StreamMasker,
+    /// Bytes of the event still arriving.
+    buf: Vec<u8>,
+    /// Text streams by key, in a stable order.
+    streams: BTreeMap<String, TextStream>,
+    pub counts: Counts,
+}
+
+struct TextStream {
+    masker: StreamMasker,
+    /// The last event that carried this stream, its other texts emptied:
+    /// the shape of the event that flushes it.
+    template: Event,
+    /// Where the text sits in `template.data` (a JSON pointer).
+    pointer: String,
+}
+
+#[derive(Clone)]
+struct Event {
+    /// `event:`, `id:`, `retry:` and comment lines, as sent.
+    fields: Vec<String>,
+    data: Value,
+}
+
+impl Event {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in &self.fields {
+            out.extend_from_slice(f.as_bytes());
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend(serde_json::to_vec(&self.data).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+/// A text field of a known streaming shape: its stream key and pointer.
+struct TextField {
+    key: String,
+    pointer: String,
+    /// The event ends this stream (a final chunk): flush it first.
+    ends: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a server-sent event over {MAX_EVENT} bytes cannot be masked")]
+pub struct EventTooLarge;
+
+impl SseMasker {
+    pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> SseMasker {
+        SseMasker {
+            prototype: StreamMasker::new(profile, injected),
+            buf: Vec::new(),
+            streams: BTreeMap::new(),
+            counts: Counts::new(),
+        }
+    }
+
+    fn masker(&self) -> StreamMasker {
+        self.prototype.sibling()
+    }
+
+    /// Complete events, masked; an incomplete one waits.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventTooLarge> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some((end, next)) = event_end(&self.buf) {
+            let raw: Vec<u8> = self.buf[..end].to_vec();
+            self.buf.drain(..next);
+            out.extend(self.event(&raw));
+        }
+        if self.buf.len() > MAX_EVENT {
+            return Err(EventTooLarge);
+        }
+        Ok(out)
+    }
+
+    /// The end of the body: every held-back text, then what is left.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = self.flush(|_| true);
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            out.extend(self.mask_whole(&rest));
+        }
+        out
+    }
+
+    /// One event: its text fields through their streams, every other
+    /// string masked whole.
+    fn event(&mut self, raw: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        let mut fields = Vec::new();
+        let mut data = Vec::new();
+        for line in text.split('\n') {
+            match line.strip_prefix("data:") {
+                Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
+                None => fields.push(line.to_string()),
+            }
+        }
+        let data = data.join("\n");
+        let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
+            // `[DONE]` and other plain data: the streams end first.
+            let mut out = if data.trim() == "[DONE]" {
+                self.flush(|_| true)
+            } else {
+                Vec::new()
+            };
+            let mut whole = raw.to_vec();
+            whole.extend_from_slice(b"\n\n");
+            out.extend(self.mask_whole(&whole));
+            return out;
+        };
+        let found = text_fields(&value);
+        let mut out = Vec::new();
+        // A final chunk (block stop, finish reason, a `.done` event) ends
+        // its streams: what they hold goes out before it.
+        // (A stream this very event continues is finished in place below,
+        // so a secret split across its last pieces is still caught whole.)
+        let ending: Vec<String> = stream_ends(&value);
+        if !ending.is_empty() {
+            let here: Vec<String> = found.iter().map(|f| f.key.clone()).collect();
+            out.extend(self.flush(|k| {
+                ending.iter().any(|e| k.starts_with(e.as_str())) && !here.iter().any(|h| h == k)
+            }));
+        }
+        let pointers: Vec<String> = found.iter().map(|f| f.pointer.clone()).collect();
+        let changed_other = self.mask_strings(&mut value, "", &pointers);
+        for f in &found {
+            let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
+                continue;
+            };
+            let mut template = Event {
+                fields: fields.clone(),
+                data: value.clone(),
+            };
+            for p in pointers.iter().filter(|p| **p != f.pointer) {
+                if let Some(v) = template.data.pointer_mut(p) {
+                    *v = Value::String(String::new());
+                }
+            }
+            let prototype = &self.prototype;
+            let stream = self
+                .streams
+                .entry(f.key.clone())
+                .or_insert_with(|| TextStream {
+                    masker: prototype.sibling(),
+                    template: template.clone(),
+                    pointer: f.pointer.clone(),
+                });
+            stream.template = template;
+            stream.pointer = f.pointer.clone();
+            let mut emitted = stream.masker.push(piece.as_bytes());
+            if f.ends {
+                emitted.extend(stream.masker.finish());
+            }
+            if let Some(v) = value.pointer_mut(&f.pointer) {
+                *v = Value::String(String::from_utf8_lossy(&emitted).into_owned());
+            }
+            if f.ends
+                && let Some(s) = self.streams.remove(&f.key)
+            {
+                merge(&mut self.counts, &s.masker.counts);
+            }
+        }
+        if found.is_empty() && !changed_other {
+            out.extend_from_slice(raw);
+            out.extend_from_slice(b"\n\n");
+        } else {
+            out.extend(
+                Event {
+                    fields,
+                    data: value,
+                }
+                .to_bytes(),
+            );
+        }
+        out
+    }
+
+    /// Ends the streams `which` selects: each one's held-back text in an
+    /// event of its last shape.
+    fn flush(&mut self, which: impl Fn(&str) -> bool) -> Vec<u8> {
+        let keys: Vec<String> = self.streams.keys().filter(|k| which(k)).cloned().collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let Some(mut s) = self.streams.remove(&k) else {
+                continue;
+            };
+            let rest = s.masker.finish();
+            merge(&mut self.counts, &s.masker.counts);
+            if rest.is_empty() {
+                continue;
+            }
+            if let Some(v) = s.template.data.pointer_mut(&s.pointer) {
+                *v = Value::String(String::from_utf8_lossy(&rest).into_owned());
+            }
+            out.extend(s.template.to_bytes());
+        }
+        out
+    }
+
+    /// Every string in `v` but the stream fields, masked whole (detectors
+    /// and injected secrets). Whether any changed.
+    fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) -> bool {
+        match v {
+            Value::String(s) if !skip.iter().any(|p| p == at) => {
+                let masked = self.mask_whole(s.as_bytes());
+                if masked != s.as_bytes() {
+                    *s = String::from_utf8_lossy(&masked).into_owned();
+                    return true;
+                }
+                false
+            }
+            Value::Array(a) => {
+                let mut changed = false;
+                for (i, x) in a.iter_mut().enumerate() {
+                    changed |= self.mask_strings(x, &format!("{at}/{i}"), skip);
+                }
+                changed
+            }
+            Value::Object(o) => {
+                let mut changed = false;
+                for (k, x) in o.iter_mut() {
+                    let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    changed |= self.mask_strings(x, &p, skip);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    fn mask_whole(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut m = self.masker();
+        let mut out = m.push(bytes);
+        out.extend(m.finish());
+        merge(&mut self.counts, &m.counts);
+        out
+    }
+}
+
+/// The end of the first complete event in `b` (before its blank line) and
+/// where the next one starts.
+fn event_end(b: &[u8]) -> Option<(usize, usize)> {
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = b
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(c)) => Some(if a.0 <= c.0 { a } else { c }),
+        (a, c) => a.or(c),
+    }
+}
+
+/// The text fields of the streaming shapes this module knows.
+fn text_fields(v: &Value) -> Vec<TextField> {
+    let mut out = Vec::new();
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    // Anthropic Messages: content_block_delta.
+    if kind == "content_block_delta" {
+        let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+        let field = match v.pointer("/delta/type").and_then(Value::as_str) {
+            Some("text_delta") => Some("text"),
+            Some("input_json_delta") => Some("partial_json"),
+            Some("thinking_delta") => Some("thinking"),
+            _ => None,
+        };
+        if let Some(f) = field {
+            out.push(TextField {
+                key: format!("block:{index}:{f}"),
+                pointer: format!("/delta/{f}"),
+                ends: false,
+            });
+        }
+    }
+    // OpenAI Responses: response.*.delta with a string delta.
+    if kind.starts_with("response.") && kind.ends_with(".delta") && v["delta"].is_string() {
+        out.push(TextField {
+            key: format!("resp:{}:{}", response_item(v), kind),
+            pointer: "/delta".into(),
+            ends: false,
+        });
+    }
+    // OpenAI Chat Completions: choices[].delta.content / tool arguments.
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        for (i, c) in choices.iter().enumerate() {
+            let idx = c
+                .get("index")
+                .map(|x| x.to_string())
+                .unwrap_or(i.to_string());
+            let ends = c.get("finish_reason").is_some_and(|f| !f.is_null());
+            for f in ["content", "reasoning_content", "refusal"] {
+                if c.pointer(&format!("/delta/{f}"))
+                    .is_some_and(Value::is_string)
+                {
+                    out.push(TextField {
+                        key: format!("choice:{idx}:{f}"),
+                        pointer: format!("/choices/{i}/delta/{f}"),
+                        ends,
+                    });
+                }
+            }
+            if let Some(calls) = c.pointer("/delta/tool_calls").and_then(Value::as_array) {
+                for (j, t) in calls.iter().enumerate() {
+                    let tidx = t
+                        .get("index")
+                        .map(|x| x.to_string())
+                        .unwrap_or(j.to_string());
+                    if t.pointer("/function/arguments")
+                        .is_some_and(Value::is_string)
+                    {
+                        out.push(TextField {
+                            key: format!("choice:{idx}:tool:{tidx}"),
+                            pointer: format!(
+                                "/choices/{i}/delta/tool_calls/{j}/function/arguments"
+                            ),
+                            ends,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Prefixes of the stream keys this event ends (its text is complete).
+fn stream_ends(v: &Value) -> Vec<String> {
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    let mut out = Vec::new();
+    match kind {
+        "content_block_stop" => {
+            let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+            out.push(format!("block:{index}:"));
+        }
+        "message_stop" | "message_delta" => out.push("block:".into()),
+        k if k.starts_with("response.") && k.ends_with(".done") => {
+            out.push(format!("resp:{}:", response_item(v)));
+        }
+        "response.completed" | "response.incomplete" | "response.failed" => {
+            out.push("resp:".into())
+        }
+        _ => {}
+    }
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        for (i, c) in choices.iter().enumerate() {
+            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                let idx = c
+                    .get("index")
+                    .map(|x| x.to_string())
+                    .unwrap_or(i.to_string());
+                out.push(format!("choice:{idx}:"));
+            }
+        }
+    }
+    out
+}
+
+fn response_item(v: &Value) -> String {
+    format!(
+        "{}:{}",
+        v.get("item_id")
+            .or(v.get("output_index"))
+            .map(|x| x.to_string())
+            .unwrap_or_default(),
+        v.get("content_index")
+            .map(|x| x.to_string())
+            .unwrap_or_default()
+    )
+}
+
+fn merge(into: &mut Counts, from: &Counts) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{Uninspectable, detectors};
+    use proptest::prelude::*;
+
+    fn profile() -> Arc<Profile> {
+        let d = vec![detectors::builtin("card").unwrap()];
+        Arc::new(
+            Profile::new(
+                "t",
+                d,
+                Default::default(),
+                vec![],
+                1 << 20,
+                Uninspectable::Block,
+            )
+            .unwrap(),
+        )
+    }
+
+    const SECRET: &str = "sk-SSE-1b2c3d4e5f";
+    const TEXT: &str = "Your card is 4111 1111 1111 1111 and the key sk-SSE-1b2c3d4e5f, done.";
+
+    fn anthropic(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::from(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\"}}\n\n\
+             event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        );
+        for p in pieces {
+            let data = serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}});
+            s.push_str(&format!("event: content_block_delta\ndata: {data}\n\n"));
+        }
+        s.push_str(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+                    event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        s.into_bytes()
+    }
+
+    fn openai(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::new();
+        for p in pieces {
+            let data = serde_json::json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":p},"finish_reason":null}]});
+            s.push_str(&format!("data: {data}\n\n"));
+        }
+        let last = serde_json::json!({"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]});
+        s.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
+        s.into_bytes()
+    }
+
+    /// The text a client reassembles from the events, and whether every
+    /// event's data still parses.
+    fn reassemble(out: &[u8]) -> (String, bool) {
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let mut got = String::new();
+        let mut ok = true;
+        for ev in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
+            let data: String = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if data == "[DONE]" {
+                continue;
+            }
+            match serde_json::from_str::<Value>(&data) {
+                Ok(v) => {
+                    if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+                        got.push_str(t);
+                    }
+                    if let Some(t) = v
+                        .pointer("/choices/0/delta/content")
+                        .and_then(Value::as_str)
+                    {
+                        got.push_str(t);
+                    }
+                }
+                Err(_) => ok = false,
+            }
+        }
+        (got, ok)
+    }
+
+    fn run(body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts {
+            let c = c.clamp(at, body.len());
+            out.extend(m.push(&body[at..c]).unwrap());
+            at = c;
+        }
+        out.extend(m.push(&body[at..]).unwrap());
+        out.extend(m.finish());
+        out
+    }
+
+    fn split(text: &str, sizes: &[usize]) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut out = Vec::new();
+        let (mut at, mut i) = (0, 0);
+        while at < chars.len() {
+            let n = sizes.get(i).copied().unwrap_or(2).clamp(1, 3);
+            out.push(chars[at..(at + n).min(chars.len())].iter().collect());
+            at += n;
+            i += 1;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// However the text is cut into deltas and the bytes into chunks,
+        /// the client reassembles masked text and every event parses.
+        #[test]
+        fn secrets_split_across_events_never_reassemble(
+            sizes in prop::collection::vec(1usize..4, 60),
+            cuts in prop::collection::vec(0usize..4000, 0..20),
+        ) {
+            let pieces = split(TEXT, &sizes);
+            for body in [anthropic(&pieces), openai(&pieces)] {
+                let mut cuts = cuts.clone();
+                cuts.sort();
+                let (got, ok) = reassemble(&run(&body, &cuts));
+                prop_assert!(ok);
+                prop_assert!(!got.contains(SECRET), "{}", got);
+                prop_assert!(!got.contains("4111 1111 1111 1111"), "{}", got);
+                prop_assert!(got.starts_with("Your card is [REDACTED:card]"), "{}", got);
+                prop_assert!(got.ends_with(", done."), "{}", got);
+            }
+        }
+    }
+
+    #[test]
+    fn other_json_strings_are_masked_whole_and_plain_events_pass() {
+        let body = b": ping\n\nevent: x\ndata: {\"note\":\"card 4111 1111 1111 1111\",\"n\":1}\n\n";
+        let out = String::from_utf8(run(body, &[])).unwrap();
+        assert!(out.starts_with(": ping\n\n"), "{out}");
+        assert!(
+            out.contains("[REDACTED:card]") && !out.contains("4111 1111"),
+            "{out}"
+        );
+    }
+}

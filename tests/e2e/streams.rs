@@ -1,0 +1,142 @@
+//! Issue 12, item 1: LLM token streams. A local upstream streams the
+//! injected key and a card number 1-3 characters per event, in the shapes of
+//! the Anthropic Messages API and OpenAI Chat Completions; the official
+//! Python SDKs, inside the workload, hand the skill text without either, and
+//! still parse every event.
+use crate::harness::*;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ANTHROPIC_KEY: &str = "sk-ant-STREAM-7c1e9a";
+const OPENAI_KEY: &str = "sk-oai-STREAM-4d2b8f";
+
+const APP: &str = r#"
+import json, random, sys
+from flask import Flask, Response, request
+app = Flask(__name__)
+rng = random.Random(7)
+
+def pieces(text):
+    i = 0
+    while i < len(text):
+        n = rng.randint(1, 3)
+        yield text[i:i + n]
+        i += n
+
+def say(key):
+    return "Your key is " + key + " and the card 4111 1111 1111 1111. Bye."
+
+@app.post("/v1/messages")
+def messages():
+    text = say(request.headers.get("x-api-key", ""))
+    def gen():
+        yield "event: message_start\ndata: " + json.dumps({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "claude-test", "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1}}}) + "\n\n"
+        yield "event: content_block_start\ndata: " + json.dumps({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}) + "\n\n"
+        for p in pieces(text):
+            yield "event: content_block_delta\ndata: " + json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}) + "\n\n"
+        yield "event: content_block_stop\ndata: " + json.dumps({"type": "content_block_stop", "index": 0}) + "\n\n"
+        yield "event: message_delta\ndata: " + json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 5}}) + "\n\n"
+        yield "event: message_stop\ndata: " + json.dumps({"type": "message_stop"}) + "\n\n"
+    return Response(gen(), mimetype="text/event-stream")
+
+@app.post("/v1/chat/completions")
+def chat():
+    auth = request.headers.get("authorization", "")
+    text = say(auth.removeprefix("Bearer "))
+    def chunk(delta, finish=None):
+        return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+    def gen():
+        yield chunk({"role": "assistant", "content": ""})
+        for p in pieces(text):
+            yield chunk({"content": p})
+        yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"
+    return Response(gen(), mimetype="text/event-stream")
+
+app.run(host="127.0.0.1", port=int(sys.argv[1]))
+"#;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn llm_token_streams_reach_the_sdk_masked() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("llmstream");
+    let port = free_port();
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let app = cfg.dir.join("llm.py");
+    std::fs::write(&app, APP).unwrap();
+    let _server = Server(
+        Command::new("python3")
+            .arg(&app)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with flask"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the LLM upstream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("anthropic"), ANTHROPIC_KEY).unwrap();
+    std::fs::write(creds.join("openai"), OPENAI_KEY).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.set_policy(&format!(
+        "[credential.anthropic]\nsource = \"file:anthropic\"\nheader = \"x-api-key\"\n\n\
+         [credential.openai]\nsource = \"file:openai\"\nheader = \"Authorization\"\nformat = \"Bearer {{secret}}\"\n\n\
+         [mask.pii]\ndetectors = [\"card\"]\n\n\
+         [[rule]]\nid = \"anthropic\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = \"/v1/messages\"\ninject = \"anthropic\"\nmask = \"pii\"\naction = \"allow\"\n\n\
+         [[rule]]\nid = \"openai\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = \"/v1/chat/completions\"\ninject = \"openai\"\nmask = \"pii\"\naction = \"allow\"\n",
+        w = cg.rel
+    ));
+    let _d = Daemon::start(&cfg);
+    let script = format!(
+        r#"
+import anthropic, openai
+a = anthropic.Anthropic(base_url="http://127.0.0.1:{port}", api_key="placeholder", max_retries=0)
+with a.messages.stream(model="claude-test", max_tokens=64, messages=[{{"role": "user", "content": "hi"}}]) as s:
+    text = "".join(s.text_stream)
+print("anthropic:", text)
+o = openai.OpenAI(base_url="http://127.0.0.1:{port}/v1", api_key="placeholder", max_retries=0)
+parts = []
+for chunk in o.chat.completions.create(model="gpt-test", messages=[{{"role": "user", "content": "hi"}}], stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        parts.append(chunk.choices[0].delta.content)
+print("openai:", "".join(parts))
+"#
+    );
+    let (ok, out, err) = run(
+        cg.command("python3", &["-c", &script]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{out}{err}");
+    for sdk in ["anthropic", "openai"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(sdk))
+            .unwrap_or_else(|| panic!("no {sdk} output: {out}"));
+        assert!(
+            !line.contains(ANTHROPIC_KEY) && !line.contains(OPENAI_KEY),
+            "{sdk}: the key reached the skill: {line}"
+        );
+        assert!(!line.contains("4111 1111 1111 1111"), "{sdk}: {line}");
+        assert!(
+            line.contains(
+                "Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
+            ),
+            "{sdk}: {line}"
+        );
+    }
+}
