@@ -38,6 +38,15 @@ if ! command -v node >/dev/null; then
     echo "==> apt-get install nodejs"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs
 fi
+# Node's openai SDK, for the token-stream masking test.
+if ! command -v npm >/dev/null; then
+    echo "==> apt-get install npm"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm
+fi
+if [ ! -d "$(npm root -g 2>/dev/null)/openai" ]; then
+    echo "==> npm install -g openai@4"
+    npm install -g --silent openai@4
+fi
 
 # The VM suite (cargo xtask vm-test): qemu and mmdebstrap from Debian 12.
 # Some machines come with qemu-utils 10 from backports, which breaks Debian

@@ -1,8 +1,8 @@
 //! Issue 12, item 1: LLM token streams. A local upstream streams the
 //! injected key and a card number 1-3 characters per event, in the shapes of
 //! the Anthropic Messages API and OpenAI Chat Completions; the official
-//! Python SDKs, inside the workload, hand the skill text without either, and
-//! still parse every event.
+//! Python SDKs and Node's `openai` package, inside the workload, hand the
+//! skill text without either, and still parse every event.
 use crate::harness::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -122,7 +122,34 @@ print("openai:", "".join(parts))
         Duration::from_secs(60),
     );
     assert!(ok, "{out}{err}");
-    for sdk in ["anthropic", "openai"] {
+    // Node's openai package (installed globally by scripts/setup.sh).
+    let root = run(
+        {
+            let mut c = Command::new("npm");
+            c.args(["root", "-g"]);
+            c
+        },
+        Duration::from_secs(30),
+    )
+    .1;
+    let node = format!(
+        r#"
+const OpenAI = require("openai");
+(async () => {{
+  const o = new OpenAI({{ baseURL: "http://127.0.0.1:{port}/v1", apiKey: "placeholder", maxRetries: 0 }});
+  const stream = await o.chat.completions.create({{ model: "gpt-test", messages: [{{ role: "user", content: "hi" }}], stream: true }});
+  let text = "";
+  for await (const chunk of stream) text += chunk.choices[0]?.delta?.content || "";
+  console.log("node-openai: " + text);
+}})().catch((e) => {{ console.error(e); process.exit(1); }});
+"#
+    );
+    let mut c = cg.command("node", &["-e", &node]);
+    c.env("NODE_PATH", root.trim());
+    let (ok, node_out, err) = run(c, Duration::from_secs(60));
+    assert!(ok, "{node_out}{err}");
+    let out = format!("{out}{node_out}");
+    for sdk in ["anthropic", "openai", "node-openai"] {
         let line = out
             .lines()
             .find(|l| l.starts_with(sdk))
