@@ -108,19 +108,34 @@ pub struct Tolerated {
 /// policy saw a name (`/..%2Fadmin`, `/..;/admin`).
 pub fn tolerated(raw: &str) -> Result<Tolerated, NotCanonical> {
     let (forwarded, forms) = path_with(raw, PathForms::all())?;
+    let refused = || {
+        if forms.encoded_slash {
+            NotCanonical::EncodedSlash
+        } else {
+            NotCanonical::Parameters
+        }
+    };
+    // The path as sent, read by the most decoding server (every escape
+    // decoded, `;x` stripped), must have no dot or empty segment at all:
+    // a `..` the canonical form removed could otherwise undo an encoded
+    // `/` that a server decodes first (`/public/..%2f/../admin`).
+    let decoded = unescape(raw);
+    let segments: Vec<&[u8]> = decoded.split(|&b| b == b'/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        let name = seg.split(|&b| b == b';').next().unwrap_or(&[]);
+        if name == b"." || name == b".." || (name.is_empty() && i != last) {
+            return Err(refused());
+        }
+    }
     let mut read_as = String::with_capacity(forwarded.len());
     let decoded = forwarded.replace("%2F", "/").replace("%3B", ";");
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     for (i, seg) in segments.iter().enumerate() {
         let name = seg.split(';').next().unwrap_or("");
-        let bad = matches!(name, "." | ".." | "%2E" | "%2E%2E") || (name.is_empty() && i != last);
-        if bad {
-            return Err(if forms.encoded_slash {
-                NotCanonical::EncodedSlash
-            } else {
-                NotCanonical::Parameters
-            });
+        if matches!(name, "." | "..") || (name.is_empty() && i != last) {
+            return Err(refused());
         }
         read_as.push('/');
         read_as.push_str(name);
@@ -262,6 +277,8 @@ mod tests {
             "/..;/admin",
             "/a/.;x/b",
             "/a%2F%2Fb",
+            "/public/..%2f/../admin",
+            "/a/./b%2Fc",
         ] {
             assert!(tolerated(raw).is_err(), "{raw}");
         }
