@@ -311,17 +311,19 @@ def upgrade():
     return s, head.split(b" ")[1].decode() if head else "closed"
 # A frame that declares 2 MiB: refused at its header.
 s, st = upgrade()
-s.sendall(bytes([0x82, 0xFF]) + struct.pack(">Q", 2 << 20) + b"mask" + b"x" * 65536)
-s.settimeout(5)
 state = "open"
 try:
-    while True:
+    s.sendall(bytes([0x82, 0xFF]) + struct.pack(">Q", 2 << 20) + b"mask" + b"x" * 65536)
+except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+    state = "closed"
+s.settimeout(5)
+try:
+    while state == "open":
         if s.recv(4096) == b"":
             state = "closed"
-            break
 except socket.timeout:
     pass
-except (ConnectionResetError, ssl.SSLError):
+except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
     state = "closed"
 print("big", st, state)
 s.close()
