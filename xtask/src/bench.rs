@@ -131,6 +131,13 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
             "--iterations",
             if quick { "200000" } else { "2000000" },
         ]))?)?;
+    let sse: serde_json::Value =
+        serde_json::from_str(&lab::output(std::process::Command::new(bin).args([
+            "diag",
+            "sse-cost",
+            "--events",
+            if quick { "50000" } else { "200000" },
+        ]))?)?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     Ok(format!(
         "## Masking and audit\n\n\
@@ -144,9 +151,15 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
          | masking, JSON, all detectors | {:.0} MiB/s per core ({} values masked) |\n\
          | masking, text, all detectors | {:.0} MiB/s per core ({} values masked) |\n\
          | audit records written (durable) | {:.0} records/s (chain verified: {}) |\n\
-         | canonical request head (method + path), per request | {:.3} µs (copying the raw path: {:.3} µs) |\n\n\
+         | canonical request head (method + path), per request | {:.3} µs (copying the raw path: {:.3} µs) |\n\
+         | token-stream (SSE) masking, added per event | {:.2} µs (the byte masker over the same bytes: {:.2} µs) |\n\n\
          The canonical head is computed once per request before the decision\n\
-         (proxy/canonical.rs), over six real and hostile request targets in turn.\n\n\
+         (proxy/canonical.rs), over six real and hostile request targets in turn.\n\
+         The SSE row is the processing each server-sent event of an LLM token\n\
+         stream adds (Anthropic `content_block_delta` events of two characters,\n\
+         reassembled per block and masked with every detector on; one network\n\
+         read per event): the latency the masker adds to each event, next to\n\
+         masking the same bytes without reassembly.\n\n\
          The added latency of a masked vs an unmasked HTTPS request is the\n\
          `interceptor, masked` row of the HTTPS table above.\n",
         audit["writers"],
@@ -158,6 +171,8 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
         audit["chain_ok"],
         f(&canon["canonical_ns"]) / 1000.0,
         f(&canon["copy_ns"]) / 1000.0,
+        f(&sse["sse_ns"]) / 1000.0,
+        f(&sse["bytes_ns"]) / 1000.0,
     ))
 }
 

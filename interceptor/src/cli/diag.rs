@@ -19,6 +19,13 @@ pub enum DiagCmd {
         #[arg(long, default_value_t = 1_000_000)]
         iterations: usize,
     },
+    /// Cost per server-sent event of the token-stream masker (LLM deltas of
+    /// a few characters, reassembled and masked), next to the byte masker
+    /// over the same bytes: JSON
+    SseCost {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+    },
     /// Audit records appended per second, durable (group-committed flushes
     /// from concurrent writers, as the proxy does): prints JSON
     AuditRate {
@@ -42,6 +49,62 @@ const TARGETS: [&str; 6] = [
 
 pub fn run(cmd: DiagCmd) -> Result<()> {
     match cmd {
+        DiagCmd::SseCost { events } => {
+            let all: Vec<_> = detectors::builtin_names()
+                .map(|n| detectors::builtin(n).expect("built-in"))
+                .collect();
+            let profile = Arc::new(
+                Profile::new(
+                    "bench",
+                    all,
+                    BTreeMap::new(),
+                    vec![],
+                    0,
+                    Uninspectable::Block,
+                )
+                .map_err(anyhow::Error::msg)?,
+            );
+            // Anthropic-shaped deltas of 1-3 characters of prose, a newline
+            // every 80 characters or so, as a model streams them.
+            let prose = "The quarterly report shows revenue of 4.2 million, up 7 percent;                          card 4111 1111 1111 1111 was charged twice.\n";
+            let mut body = Vec::new();
+            let chars: Vec<char> = prose.chars().collect();
+            for i in 0..events {
+                let at = (i * 2) % chars.len();
+                let piece: String = chars[at..(at + 2).min(chars.len())].iter().collect();
+                let data = serde_json::json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}});
+                body.extend_from_slice(
+                    format!("event: content_block_delta\ndata: {data}\n\n").as_bytes(),
+                );
+            }
+            let per_event = |f: &mut dyn FnMut(&[u8]) -> usize| {
+                let t = Instant::now();
+                let mut n = 0usize;
+                // One network read per event, as a stream arrives.
+                for ev in body
+                    .split_inclusive(|&b| b == b'\n')
+                    .collect::<Vec<_>>()
+                    .chunks(3)
+                {
+                    let chunk: Vec<u8> = ev.concat();
+                    n += f(&chunk);
+                }
+                std::hint::black_box(n);
+                t.elapsed().as_nanos() as f64 / events as f64
+            };
+            let mut sse = crate::masking::sse::SseMasker::new(
+                profile.clone(),
+                &["injected-secret-value-123"],
+            );
+            let sse_ns = per_event(&mut |c| sse.push(c).map_or(0, |o| o.len()));
+            let mut bytes = StreamMasker::new(profile, &["injected-secret-value-123"]);
+            let bytes_ns = per_event(&mut |c| bytes.push(c).len());
+            println!(
+                "{}",
+                serde_json::json!({"events": events, "sse_ns": sse_ns, "bytes_ns": bytes_ns})
+            );
+        }
         DiagCmd::CanonicalCost { iterations } => {
             use crate::proxy::canonical;
             let time = |f: &dyn Fn(&str) -> usize| {
