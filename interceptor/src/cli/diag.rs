@@ -47,23 +47,27 @@ const TARGETS: [&str; 6] = [
     "/v1/projects/acme/locations/eu/datasets/sales/tables/orders/rows",
 ];
 
+/// A profile with every built-in detector on, as the benchmarks measure.
+fn every_detector() -> Result<Arc<Profile>> {
+    let all: Vec<_> = detectors::builtin_names()
+        .map(|n| detectors::builtin(n).expect("built-in"))
+        .collect();
+    let p = Profile::new(
+        "bench",
+        all,
+        BTreeMap::new(),
+        vec![],
+        0,
+        Uninspectable::Block,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(p))
+}
+
 pub fn run(cmd: DiagCmd) -> Result<()> {
     match cmd {
         DiagCmd::SseCost { events } => {
-            let all: Vec<_> = detectors::builtin_names()
-                .map(|n| detectors::builtin(n).expect("built-in"))
-                .collect();
-            let profile = Arc::new(
-                Profile::new(
-                    "bench",
-                    all,
-                    BTreeMap::new(),
-                    vec![],
-                    0,
-                    Uninspectable::Block,
-                )
-                .map_err(anyhow::Error::msg)?,
-            );
+            let profile = every_detector()?;
             // Anthropic-shaped deltas of 1-3 characters of prose, a newline
             // every 80 characters or so, as a model streams them.
             let prose = "The quarterly report shows revenue of 4.2 million, up 7 percent;                          card 4111 1111 1111 1111 was charged twice.\n";
@@ -127,20 +131,7 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
             );
         }
         DiagCmd::MaskThroughput { mib } => {
-            let all: Vec<_> = detectors::builtin_names()
-                .map(|n| detectors::builtin(n).expect("built-in"))
-                .collect();
-            let profile = Arc::new(
-                Profile::new(
-                    "bench",
-                    all,
-                    BTreeMap::new(),
-                    vec![],
-                    0,
-                    Uninspectable::Block,
-                )
-                .map_err(anyhow::Error::msg)?,
-            );
+            let profile = every_detector()?;
             let json = corpus(mib << 20, true);
             let text = corpus(mib << 20, false);
             let measure = |data: &[u8]| -> (f64, u64) {

@@ -6,10 +6,9 @@ use zeroize::Zeroizing;
 
 pub struct StreamMasker {
     profile: Arc<Profile>,
-    /// Secrets injected on this request, always masked (zeroized on drop).
-    literals: Vec<Zeroizing<Vec<u8>>>,
-    /// Every form of them (secret_forms), found in one case-insensitive
-    /// pass; `None` without injected secrets.
+    /// Every form of the secrets injected on this request (secret_forms),
+    /// always masked, found in one case-insensitive pass; `None` without
+    /// injected secrets.
     secrets: Option<Arc<aho_corasick::AhoCorasick>>,
     /// Bytes received but not yet emitted.
     pending: Vec<u8>,
@@ -31,11 +30,9 @@ impl StreamMasker {
             .filter(|s| !s.is_empty())
             .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
             .collect();
-        let secrets = secret_automaton(&literals);
         Self {
             profile,
-            literals,
-            secrets,
+            secrets: secret_automaton(&literals),
             pending: Vec::new(),
             counts: Counts::new(),
         }
@@ -44,9 +41,12 @@ impl StreamMasker {
     /// A fresh masker with the same profile and injected secrets, sharing
     /// the secrets' automaton (cheap: nothing is rebuilt).
     pub fn sibling(&self) -> StreamMasker {
+        self.with_profile(self.profile.clone())
+    }
+
+    fn with_profile(&self, profile: Arc<Profile>) -> StreamMasker {
         StreamMasker {
-            profile: self.profile.clone(),
-            literals: self.literals.clone(),
+            profile,
             secrets: self.secrets.clone(),
             pending: Vec::new(),
             counts: Counts::new(),
@@ -56,30 +56,15 @@ impl StreamMasker {
     /// One whole value (a header, a trailer) masked with the same profile
     /// and injected secrets; the detections are added to `counts`.
     pub fn mask_value(&mut self, value: &[u8]) -> Vec<u8> {
-        let mut m = StreamMasker {
-            profile: self.profile.clone(),
-            literals: self.literals.clone(),
-            secrets: self.secrets.clone(),
-            pending: Vec::new(),
-            counts: Counts::new(),
-        };
-        let mut out = m.push(value);
-        out.extend(m.finish());
-        for (k, v) in m.counts {
-            *self.counts.entry(format!("header:{k}")).or_default() += v;
-        }
-        out
+        self.whole(self.sibling(), value)
     }
 
     /// Only the injected secrets (no detectors), for structural headers.
     pub fn scrub_injected(&mut self, value: &[u8]) -> Vec<u8> {
-        let mut m = StreamMasker {
-            profile: Arc::new(Profile::empty()),
-            literals: self.literals.clone(),
-            secrets: self.secrets.clone(),
-            pending: Vec::new(),
-            counts: Counts::new(),
-        };
+        self.whole(self.with_profile(Arc::new(Profile::empty())), value)
+    }
+
+    fn whole(&mut self, mut m: StreamMasker, value: &[u8]) -> Vec<u8> {
         let mut out = m.push(value);
         out.extend(m.finish());
         for (k, v) in m.counts {

@@ -741,16 +741,14 @@ impl HttpConn {
                 ));
             };
             check_websocket_accept(resp.headers(), &key)?;
-            let relay = super::websocket::Relay {
-                profile: profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty())),
-                injected,
-                mask_up: decision.effects.mask_request,
-                record_room: self
-                    .record_cap
-                    .saturating_sub(self.recorded.load(Ordering::Relaxed))
-                    as usize,
-                _lease: lease,
-            };
+            let relay = super::websocket::Relay::new(
+                profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty())),
+                &injected,
+                decision.effects.mask_request,
+                self.record_cap
+                    .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize,
+                lease,
+            );
             self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(

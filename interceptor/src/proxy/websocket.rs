@@ -39,21 +39,46 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// How messages are masked and recorded.
+/// How messages are masked and recorded. The maskers are built once per
+/// connection; each message gets a fresh sibling (the injected secrets'
+/// automaton is shared, not rebuilt).
 pub struct Relay {
-    /// The rule's profile (or an empty one: the injected secret is
-    /// scrubbed whatever the policy says).
-    pub profile: Arc<Profile>,
-    pub injected: Vec<Zeroizing<String>>,
+    /// The rule's profile and the injected secrets: text from the upstream.
+    down: StreamMasker,
+    /// The profile alone: text from the skill.
+    up: StreamMasker,
+    /// The injected secrets alone: binary messages from the upstream;
+    /// `None` when nothing was injected.
+    binary: Option<StreamMasker>,
     /// Mask what the skill sends too (`mask_request = true`).
-    pub mask_up: bool,
+    mask_up: bool,
     /// Bytes of transcript the session's recording cap leaves.
-    pub record_room: usize,
+    record_room: usize,
     /// The memory a message from the skill may take, held while open.
-    pub _lease: crate::memory_budget::Lease,
+    _lease: crate::memory_budget::Lease,
 }
 
 impl Relay {
+    /// `profile`: the rule's (or an empty one: the injected secret is
+    /// scrubbed whatever the policy says).
+    pub fn new(
+        profile: Arc<Profile>,
+        injected: &[Zeroizing<String>],
+        mask_up: bool,
+        record_room: usize,
+        lease: crate::memory_budget::Lease,
+    ) -> Relay {
+        Relay {
+            down: StreamMasker::new(profile.clone(), injected),
+            up: StreamMasker::new(profile, &[] as &[&str]),
+            binary: (!injected.is_empty())
+                .then(|| StreamMasker::new(Arc::new(Profile::empty()), injected)),
+            mask_up,
+            record_room,
+            _lease: lease,
+        }
+    }
+
     /// Runs until either side closes or breaks the protocol.
     pub async fn run(self, client: Upgraded, upstream: Upgraded) -> Outcome {
         let limit = |n| {
@@ -189,11 +214,11 @@ impl Relay {
             Message::Binary(b) => {
                 count(st, b.len());
                 self.record(st, up, &format!("[binary, {} bytes]", b.len()));
-                if up || self.injected.is_empty() {
+                let Some(scrub) = self.binary.as_ref().filter(|_| !up) else {
                     return Some(Message::Binary(b));
-                }
+                };
                 // The injected secret is scrubbed from binary messages too.
-                let mut m = StreamMasker::new(Arc::new(Profile::empty()), &self.injected);
+                let mut m = scrub.sibling();
                 let mut out = m.push(&b);
                 out.extend(m.finish());
                 merge(&mut st.masked, &m.counts);
@@ -206,18 +231,18 @@ impl Relay {
 
     /// Text as the other side (and the record) gets it.
     fn mask(&self, text: &[u8], up: bool, counts: &mut Counts) -> Vec<u8> {
-        if up && !self.mask_up {
-            // Recorded masked, forwarded as sent.
-            let mut m = StreamMasker::new(self.profile.clone(), &[] as &[&str]);
-            let mut out = m.push(text);
-            out.extend(m.finish());
-            return out;
-        }
-        let injected: &[Zeroizing<String>] = if up { &[] } else { &self.injected };
-        let mut m = StreamMasker::new(self.profile.clone(), injected);
+        let mut m = if up {
+            self.up.sibling()
+        } else {
+            self.down.sibling()
+        };
         let mut out = m.push(text);
         out.extend(m.finish());
-        merge(counts, &m.counts);
+        // Text from the skill forwarded as sent is only recorded masked: its
+        // detections are not counted as masked.
+        if !up || self.mask_up {
+            merge(counts, &m.counts);
+        }
         out
     }
 
