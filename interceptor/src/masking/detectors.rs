@@ -1,10 +1,17 @@
-//! Built-in detectors: a regex finds candidates, a validator (Luhn, IBAN
-//! mod 97, SSN area rules) drops look-alikes. The stream masker holds back
-//! at most MAX_MATCH bytes of a line, so a secret longer than that (no real
-//! one is) is masked only in part when it is split across chunks. Patterns
-//! use `+`/`*`, not large `{m,n}` bounds: those blow up the regex engine's
-//! DFA and make it fall back to a slow path.
+//! Built-in detectors: a pattern defines what matches, a validator (Luhn,
+//! IBAN mod 97, SSN area rules) drops look-alikes. For speed each built-in
+//! also says where its matches can be (an `Anchor`), so the scanner
+//! (scan.rs) searches only there, with a DFA compiled once per process;
+//! custom detectors are searched with the regex crate over the whole text.
+//!
+//! The stream masker holds back at most MAX_MATCH bytes of a line, so a
+//! secret longer than that (no real one is) is masked only in part when it
+//! is split across chunks. Patterns use `+`/`*`, not large `{m,n}` bounds:
+//! those blow up the DFA. They are ASCII-only (`(?-u)`): a non-ASCII letter
+//! next to a card number does not hide it behind a word boundary.
 use regex::bytes::Regex;
+use regex_automata::dfa::{StartKind, dense, regex::Regex as DfaRegex};
+use std::sync::{Arc, OnceLock};
 
 /// The longest secret caught whole across chunk boundaries (a 4096-bit
 /// PEM private key is about 3.3 KiB).
@@ -12,8 +19,37 @@ pub const MAX_MATCH: usize = 8192;
 
 pub struct Detector {
     pub name: String,
+    /// The definition; custom detectors are searched with it directly.
     pub regex: Regex,
     validate: Option<fn(&[u8]) -> bool>,
+    /// Built-ins: where matches can start or lie, and the pattern as a DFA.
+    pub(super) fast: Option<Fast>,
+}
+
+pub(super) struct Fast {
+    pub anchor: Anchor,
+    pub dfa: Arc<DfaRegex>,
+}
+
+/// Where every match of a built-in detector is, by construction of its
+/// pattern (the differential test in scan.rs holds the two together).
+#[derive(Clone, Copy)]
+pub(super) enum Anchor {
+    /// Starts with one of these literals (lower case: they are looked for
+    /// in a lower-cased copy; the DFA then checks the case).
+    Literals(&'static [&'static str]),
+    /// Lies in a run of `[0-9 .()+-]` holding at least `digits` digits,
+    /// and, if `groups` is not empty, consecutive groups of digits of
+    /// exactly these lengths (an SSN: 3, 2, 4).
+    Numeric {
+        digits: usize,
+        groups: &'static [usize],
+    },
+    /// Starts at two upper-case letters right before a digit and lies in
+    /// a run of `[A-Z0-9 ]` (IBAN).
+    LettersDigits,
+    /// Lies in a run of `[A-Za-z0-9._%+@-]` holding an `@` (e-mail).
+    At,
 }
 
 impl Detector {
@@ -26,6 +62,7 @@ impl Detector {
             name: name.to_string(),
             regex,
             validate: None,
+            fast: None,
         })
     }
 
@@ -34,96 +71,157 @@ impl Detector {
     }
 }
 
-/// (name, pattern, validator). Order matters for overlapping matches of the
-/// same length: the earlier, more specific one names the match.
 type Validator = Option<fn(&[u8]) -> bool>;
 
-const BUILTIN: &[(&str, &str, Validator)] = &[
+/// (name, pattern, anchor, validator). Order matters for overlapping
+/// matches of the same length: the earlier, more specific one names it.
+const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
     (
         "private_key",
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=\s:,-]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+        r"(?-u)-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=\s:,-]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+        Anchor::Literals(&["-----begin "]),
         None,
     ),
     (
         "jwt",
-        r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+        r"(?-u)\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",
+        Anchor::Literals(&["eyj"]),
         None,
     ),
     (
         "aws_access_key",
-        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b",
+        r"(?-u)\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b",
+        Anchor::Literals(&["akia", "asia", "agpa", "aida", "aroa"]),
         None,
     ),
     (
         "github_token",
-        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b",
+        r"(?-u)\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})\b",
+        Anchor::Literals(&["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
         None,
     ),
-    ("gitlab_token", r"\bglpat-[A-Za-z0-9_-]{20,}", None),
-    ("slack_token", r"\bxox[abprse]-[A-Za-z0-9-]{10,}", None),
-    ("anthropic_key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", None),
+    (
+        "gitlab_token",
+        r"(?-u)\bglpat-[A-Za-z0-9_-]{20,}",
+        Anchor::Literals(&["glpat-"]),
+        None,
+    ),
+    (
+        "slack_token",
+        r"(?-u)\bxox[abprse]-[A-Za-z0-9-]{10,}",
+        Anchor::Literals(&["xox"]),
+        None,
+    ),
+    (
+        "anthropic_key",
+        r"(?-u)\bsk-ant-[A-Za-z0-9_-]{20,}",
+        Anchor::Literals(&["sk-ant-"]),
+        None,
+    ),
     (
         "openai_key",
-        r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}",
+        r"(?-u)\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}",
+        Anchor::Literals(&["sk-"]),
         None,
     ),
     // [ \t], not \s: a token never continues on the next line.
     (
         "bearer_token",
-        r"(?i)\bbearer[ \t]+[A-Za-z0-9._~+/=-]{16,}",
+        r"(?i-u)\bbearer[ \t]+[A-Za-z0-9._~+/=-]{16,}",
+        Anchor::Literals(&["bearer"]),
         None,
     ),
-    ("card", r"\b\d(?:[ -]?\d){12,18}\b", Some(luhn)),
+    (
+        "card",
+        r"(?-u)\b\d(?:[ -]?\d){12,18}\b",
+        Anchor::Numeric {
+            digits: 13,
+            groups: &[],
+        },
+        Some(luhn),
+    ),
     (
         "iban",
-        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        r"(?-u)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        Anchor::LettersDigits,
         Some(iban),
     ),
-    ("ssn", r"\b\d{3}-\d{2}-\d{4}\b", Some(ssn)),
+    (
+        "ssn",
+        r"(?-u)\b\d{3}-\d{2}-\d{4}\b",
+        Anchor::Numeric {
+            digits: 9,
+            groups: &[3, 2, 4],
+        },
+        Some(ssn),
+    ),
     (
         "email",
-        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
+        r"(?-u)\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
+        Anchor::At,
         None,
     ),
     (
         "phone",
-        r"(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+        r"(?-u)(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+        Anchor::Numeric {
+            digits: 10,
+            groups: &[3, 3, 4],
+        },
         None,
     ),
 ];
 
 pub fn builtin_names() -> impl Iterator<Item = &'static str> {
-    BUILTIN.iter().map(|(n, _, _)| *n)
+    BUILTIN.iter().map(|(n, ..)| *n)
 }
 
 pub fn builtin(name: &str) -> Option<Detector> {
-    let (n, p, v) = BUILTIN.iter().find(|(n, _, _)| *n == name)?;
+    let i = BUILTIN.iter().position(|(n, ..)| *n == name)?;
+    let (n, p, anchor, v) = BUILTIN[i];
     Some(Detector {
         name: n.to_string(),
         regex: Regex::new(p).expect("built-in pattern"),
-        validate: *v,
+        validate: v,
+        fast: Some(Fast {
+            anchor,
+            dfa: builtin_dfa(i),
+        }),
     })
 }
 
-fn digits(m: &[u8]) -> Vec<u8> {
+/// Each built-in's DFA, determinised once per process (milliseconds each)
+/// and shared by every profile that names it.
+fn builtin_dfa(i: usize) -> Arc<DfaRegex> {
+    static DFAS: [OnceLock<Arc<DfaRegex>>; BUILTIN.len()] =
+        [const { OnceLock::new() }; BUILTIN.len()];
+    DFAS[i]
+        .get_or_init(|| {
+            let dfa = DfaRegex::builder()
+                .dense(dense::Config::new().start_kind(StartKind::Both))
+                .build(BUILTIN[i].1)
+                .expect("built-in pattern as a DFA");
+            Arc::new(dfa)
+        })
+        .clone()
+}
+
+fn digits(m: &[u8]) -> impl DoubleEndedIterator<Item = u32> + '_ {
     m.iter()
         .filter(|c| c.is_ascii_digit())
-        .map(|c| c - b'0')
-        .collect()
+        .map(|c| (c - b'0') as u32)
 }
 
 /// Payment card numbers: 13-19 digits passing the Luhn check.
 fn luhn(m: &[u8]) -> bool {
-    let d = digits(m);
-    if !(13..=19).contains(&d.len()) {
+    let n = digits(m).count();
+    if !(13..=19).contains(&n) {
         return false;
     }
-    let sum: u32 = d
-        .iter()
+    let sum: u32 = digits(m)
         .rev()
         .enumerate()
-        .map(|(i, &x)| {
-            let x = x as u32;
+        .map(|(i, x)| {
             if i % 2 == 1 {
                 let y = x * 2;
                 if y > 9 { y - 9 } else { y }
@@ -137,24 +235,24 @@ fn luhn(m: &[u8]) -> bool {
 
 /// US SSNs: area 000, 666 and 900-999, group 00 and serial 0000 are never issued.
 fn ssn(m: &[u8]) -> bool {
-    let d = digits(m);
-    let area = d[0] as u32 * 100 + d[1] as u32 * 10 + d[2] as u32;
+    let mut d = [0u32; 9];
+    for (slot, x) in d.iter_mut().zip(digits(m)) {
+        *slot = x;
+    }
+    let area = d[0] * 100 + d[1] * 10 + d[2];
     area != 0 && area != 666 && area < 900 && (d[3], d[4]) != (0, 0) && d[5..] != [0, 0, 0, 0]
 }
 
 /// IBAN mod-97 check (ISO 13616).
 fn iban(m: &[u8]) -> bool {
-    let s: Vec<u8> = m
-        .iter()
-        .copied()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    if s.len() < 15 || s.len() > 34 {
+    let s = || m.iter().copied().filter(|c| !c.is_ascii_whitespace());
+    let len = s().count();
+    if !(15..=34).contains(&len) {
         return false;
     }
-    let rotated = s[4..].iter().chain(&s[..4]);
+    let rotated = s().skip(4).chain(s().take(4));
     let mut rem: u32 = 0;
-    for &c in rotated {
+    for c in rotated {
         let v = match c {
             b'0'..=b'9' => (c - b'0') as u32,
             b'A'..=b'Z' => (c - b'A') as u32 + 10,

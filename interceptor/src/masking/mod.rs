@@ -11,6 +11,8 @@
 pub mod body;
 pub mod detectors;
 mod json;
+mod literals;
+mod scan;
 mod secret_forms;
 pub mod sse;
 mod stream;
@@ -82,9 +84,11 @@ pub enum Uninspectable {
 pub struct Profile {
     pub name: String,
     pub detectors: Vec<Detector>,
-    /// Fast path: does anything match at all?
-    set: regex::bytes::RegexSet,
-    pub replace: BTreeMap<String, Replace>,
+    /// Where to look for each detector's matches.
+    scanner: scan::Scanner,
+    /// Per detector: its replacement, and `[REDACTED:name]` made once.
+    replace_by_index: Vec<Replace>,
+    redacted: Vec<Box<[u8]>>,
     pub json_paths: Vec<JsonPath>,
     /// Largest JSON body buffered for field paths.
     pub max_inspect: u64,
@@ -108,13 +112,20 @@ impl Profile {
         max_inspect: u64,
         on_uninspectable: Uninspectable,
     ) -> Result<Profile, String> {
-        let set = regex::bytes::RegexSet::new(detectors.iter().map(|d| d.regex.as_str()))
-            .map_err(|e| e.to_string())?;
+        let replace_by_index = detectors
+            .iter()
+            .map(|d| replace.get(&d.name).copied().unwrap_or(Replace::Redact))
+            .collect();
+        let redacted = detectors
+            .iter()
+            .map(|d| Replace::Redact.apply(&d.name, &[]).into_boxed_slice())
+            .collect();
         Ok(Profile {
             name: name.into(),
+            scanner: scan::Scanner::new(&detectors),
+            replace_by_index,
+            redacted,
             detectors,
-            set,
-            replace,
             json_paths,
             max_inspect,
             on_uninspectable,
@@ -134,11 +145,12 @@ impl Profile {
         .expect("empty set")
     }
 
-    pub fn replacement(&self, detector: &str) -> Replace {
-        self.replace
-            .get(detector)
-            .copied()
-            .unwrap_or(Replace::Redact)
+    /// Appends what replaces `matched`, a match of detector number `i`.
+    fn replace_into(&self, i: usize, matched: &[u8], out: &mut Vec<u8>) {
+        match self.replace_by_index[i] {
+            Replace::Redact => out.extend_from_slice(&self.redacted[i]),
+            r => out.extend(r.apply(&self.detectors[i].name, matched)),
+        }
     }
 }
 

@@ -7,11 +7,16 @@ use zeroize::Zeroizing;
 pub struct StreamMasker {
     profile: Arc<Profile>,
     /// Every form of the secrets injected on this request (secret_forms),
-    /// always masked, found in one case-insensitive pass; `None` without
-    /// injected secrets.
-    secrets: Option<Arc<aho_corasick::AhoCorasick>>,
+    /// in lower case, always masked, found in one pass over `lower`;
+    /// `None` without injected secrets.
+    secrets: Option<Arc<super::literals::Literals>>,
     /// Bytes received but not yet emitted.
     pending: Vec<u8>,
+    /// `pending` in ASCII lower case, for the case-blind literal searches
+    /// (a case-insensitive automaton cannot use the SIMD searcher).
+    lower: Vec<u8>,
+    /// Scratch for the matches of one push.
+    found: Vec<super::scan::Found>,
     pub counts: Counts,
 }
 
@@ -34,6 +39,8 @@ impl StreamMasker {
             profile,
             secrets: secret_automaton(&literals),
             pending: Vec::new(),
+            lower: Vec::new(),
+            found: Vec::new(),
             counts: Counts::new(),
         }
     }
@@ -49,6 +56,8 @@ impl StreamMasker {
             profile,
             secrets: self.secrets.clone(),
             pending: Vec::new(),
+            lower: Vec::new(),
+            found: Vec::new(),
             counts: Counts::new(),
         }
     }
@@ -93,9 +102,10 @@ impl StreamMasker {
     fn safe_boundary(&self) -> usize {
         let p = &self.pending;
         let by_length = p.len().saturating_sub(MAX_MATCH);
-        let by_line = match memrchr(b'\n', p) {
+        let by_line = match memchr::memrchr(b'\n', p) {
             Some(i) => {
-                let open_pem = find_last(p, b"-----BEGIN ").filter(|&b| !pem_closed(p, b));
+                let open_pem =
+                    memchr::memmem::rfind(p, b"-----BEGIN ").filter(|&b| !pem_closed(p, b));
                 open_pem.map_or(i + 1, |b| b.min(i + 1))
             }
             None => 0,
@@ -111,22 +121,20 @@ impl StreamMasker {
         let mut at = 0;
         for h in &hits {
             out.extend_from_slice(&self.pending[at..h.start]);
-            let (name, replacement) = if h.literal {
-                (
-                    "injected_secret",
-                    super::Replace::Redact.apply("injected_secret", &[]),
-                )
+            let name = if h.literal {
+                out.extend_from_slice(b"[REDACTED:injected_secret]");
+                "injected_secret"
             } else {
-                let d = &self.profile.detectors[h.detector];
-                (
-                    d.name.as_str(),
-                    self.profile
-                        .replacement(&d.name)
-                        .apply(&d.name, &self.pending[h.start..h.end]),
-                )
+                let (p, i) = (&self.profile, h.detector);
+                p.replace_into(i, &self.pending[h.start..h.end], &mut out);
+                p.detectors[i].name.as_str()
             };
-            out.extend_from_slice(&replacement);
-            *self.counts.entry(name.to_string()).or_default() += 1;
+            match self.counts.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    self.counts.insert(name.to_string(), 1);
+                }
+            }
             at = h.end;
         }
         let upto = boundary.max(at);
@@ -137,39 +145,45 @@ impl StreamMasker {
 
     /// Non-overlapping validated matches starting before `boundary`: the
     /// earliest wins, then the longest; injected secrets before detectors.
-    fn hits(&self, boundary: usize) -> Vec<Hit> {
+    fn hits(&mut self, boundary: usize) -> Vec<Hit> {
         let text = &self.pending[..];
+        let profile = &self.profile;
+        if self.secrets.is_some() || profile.scanner.needs_lower() {
+            self.lower.clear();
+            self.lower.extend(text.iter().map(u8::to_ascii_lowercase));
+        }
         let mut all = Vec::new();
-        if let Some(ac) = &self.secrets {
-            for m in ac.find_iter(text).filter(|m| m.start() < boundary) {
+        if let Some(secrets) = &self.secrets {
+            let mut from = 0;
+            while let Some(m) = secrets.find_at(&self.lower, from) {
+                if m.start >= boundary {
+                    break;
+                }
                 all.push(Hit {
-                    start: m.start(),
-                    end: m.end(),
+                    start: m.start,
+                    end: m.end,
                     detector: 0,
                     literal: true,
                 });
+                from = m.end;
             }
         }
-        let profile = &self.profile;
-        if !profile.detectors.is_empty() {
-            for i in profile.set.matches(text).iter() {
-                let d = &profile.detectors[i];
-                for m in d
-                    .regex
-                    .find_iter(text)
-                    .filter(|m| m.start() < boundary && d.accepts(m.as_bytes()))
-                {
-                    all.push(Hit {
-                        start: m.start(),
-                        end: m.end(),
-                        detector: i,
-                        literal: false,
-                    });
-                }
-            }
-        }
-        all.sort_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
-        let mut out: Vec<Hit> = Vec::new();
+        self.found.clear();
+        profile.scanner.find(
+            &profile.detectors,
+            text,
+            &self.lower,
+            boundary,
+            &mut self.found,
+        );
+        all.extend(self.found.iter().map(|f| Hit {
+            start: f.start,
+            end: f.end,
+            detector: f.detector,
+            literal: false,
+        }));
+        all.sort_unstable_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
+        let mut out: Vec<Hit> = Vec::with_capacity(all.len());
         for h in all {
             match out.last_mut() {
                 Some(last) if h.start < last.end => {
@@ -186,21 +200,19 @@ impl StreamMasker {
 /// One automaton over every form of every injected secret. The patterns
 /// are built from the secrets and dropped; the automaton keeps its own
 /// copy (not zeroized: the price of a multi-pattern search).
-fn secret_automaton(literals: &[Zeroizing<Vec<u8>>]) -> Option<Arc<aho_corasick::AhoCorasick>> {
+fn secret_automaton(literals: &[Zeroizing<Vec<u8>>]) -> Option<Arc<super::literals::Literals>> {
     let patterns: Vec<Zeroizing<Vec<u8>>> = literals
         .iter()
         .flat_map(|l| super::secret_forms::forms(l))
-        .map(Zeroizing::new)
+        .map(|mut f| {
+            f.make_ascii_lowercase();
+            Zeroizing::new(f)
+        })
         .collect();
     if patterns.is_empty() {
         return None;
     }
-    aho_corasick::AhoCorasick::builder()
-        .ascii_case_insensitive(true)
-        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-        .build(patterns.iter().map(|p| &p[..]))
-        .ok()
-        .map(Arc::new)
+    Some(Arc::new(super::literals::Literals::new(&patterns)))
 }
 
 /// A complete END line ("-----END ... KEY-----") follows the BEGIN at `b`;
@@ -216,19 +228,8 @@ fn pem_closed(p: &[u8], b: usize) -> bool {
     p[e + 9..line_end].windows(5).any(|w| w == b"-----")
 }
 
-fn memrchr(b: u8, s: &[u8]) -> Option<usize> {
-    s.iter().rposition(|&c| c == b)
-}
-
-fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).rposition(|w| w == needle)
-}
-
 fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|i| i + from)
+    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
 }
 
 #[cfg(test)]
