@@ -31,6 +31,14 @@ pub(super) struct Fast {
     pub dfa: Arc<DfaRegex>,
 }
 
+/// Detectors matched on a numeric run's groups of digits (numeric.rs)
+/// instead of with their DFA.
+#[derive(Clone, Copy)]
+pub(super) enum Exact {
+    Card,
+    Ssn,
+}
+
 /// Where every match of a built-in detector is, by construction of its
 /// pattern (the differential test in scan.rs holds the two together).
 #[derive(Clone, Copy)]
@@ -44,6 +52,7 @@ pub(super) enum Anchor {
     Numeric {
         digits: usize,
         groups: &'static [usize],
+        exact: Option<Exact>,
     },
     /// Starts at two upper-case letters right before a digit and lies in
     /// a run of `[A-Z0-9 ]` (IBAN).
@@ -137,6 +146,7 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
         Anchor::Numeric {
             digits: 13,
             groups: &[],
+            exact: Some(Exact::Card),
         },
         Some(luhn),
     ),
@@ -152,6 +162,7 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
         Anchor::Numeric {
             digits: 9,
             groups: &[3, 2, 4],
+            exact: Some(Exact::Ssn),
         },
         Some(ssn),
     ),
@@ -167,6 +178,7 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
         Anchor::Numeric {
             digits: 10,
             groups: &[3, 3, 4],
+            exact: None,
         },
         None,
     ),

@@ -12,6 +12,7 @@ pub mod body;
 pub mod detectors;
 mod json;
 mod literals;
+mod numeric;
 mod scan;
 mod secret_forms;
 pub mod sse;

@@ -9,8 +9,9 @@
 //! Each search is confined to a run of bytes that every match of that
 //! detector is made of, so the result is the regex's own matches: the
 //! differential test below checks that against the regex crate.
-use super::detectors::{Anchor, Detector};
+use super::detectors::{Anchor, Detector, Exact};
 use super::literals::Literals;
+use super::numeric::NumericRun;
 use regex_automata::dfa::{Automaton, regex::Regex as DfaRegex};
 use regex_automata::{Anchored, Input};
 
@@ -28,8 +29,7 @@ pub struct Scanner {
     /// `by_literal[pattern]` lists the detectors that start with it.
     literals: Option<Literals>,
     by_literal: Vec<Vec<usize>>,
-    /// (detector, fewest digits a match has, digit groups it must have).
-    numeric: Vec<(usize, usize, &'static [usize])>,
+    numeric: Vec<Numeric>,
     iban: Vec<usize>,
     at: Vec<usize>,
     /// Custom detectors: their own regex over the whole buffer.
@@ -50,7 +50,16 @@ impl Scanner {
         for (i, d) in detectors.iter().enumerate() {
             match d.fast.as_ref().map(|f| f.anchor) {
                 Some(Anchor::Literals(l)) => literals.extend(l.iter().map(|l| (*l, i))),
-                Some(Anchor::Numeric { digits, groups }) => s.numeric.push((i, digits, groups)),
+                Some(Anchor::Numeric {
+                    digits,
+                    groups,
+                    exact,
+                }) => s.numeric.push(Numeric {
+                    detector: i,
+                    digits,
+                    groups,
+                    exact,
+                }),
                 Some(Anchor::LettersDigits) => s.iban.push(i),
                 Some(Anchor::At) => s.at.push(i),
                 None => s.whole.push(i),
@@ -158,9 +167,19 @@ impl Scanner {
                 break;
             }
             let run = NumericRun::read(text, d);
-            for &(det, digits, groups) in &self.numeric {
-                if run.digits >= digits && run.has_groups(groups) {
-                    sink.find_iter(det, start, run.end);
+            // No built-in number starts with a space, dot, dash or ')'.
+            let first = (start..d)
+                .find(|&i| matches!(text[i], b'+' | b'('))
+                .unwrap_or(d);
+            for n in &self.numeric {
+                if run.digits < n.digits || !run.has_groups(n.groups) {
+                    continue;
+                }
+                let mut found = |s, e| sink.push(n.detector, s, e);
+                match n.exact {
+                    Some(Exact::Card) if run.complete() => run.cards(text, &mut found),
+                    Some(Exact::Ssn) if run.complete() => run.ssns(text, &mut found),
+                    _ => sink.find_iter(n.detector, first, run.end),
                 }
             }
             // An IBAN starts with two capitals, which end a numeric run.
@@ -199,6 +218,16 @@ impl Scanner {
     }
 }
 
+/// A detector found around runs of digits.
+struct Numeric {
+    detector: usize,
+    /// The fewest digits a match has, the digit groups it must have.
+    digits: usize,
+    groups: &'static [usize],
+    /// Matched on the groups directly, not with its DFA.
+    exact: Option<Exact>,
+}
+
 /// Where matches go: validated, and only those starting before the boundary.
 struct Sink<'a> {
     detectors: &'a [Detector],
@@ -228,69 +257,25 @@ impl<'a> Sink<'a> {
     }
 
     /// The detector's matches inside `[start, end)`, with the bytes around
-    /// it as context for `\b`.
+    /// it as context for `\b`. A run usually begins with its match, so
+    /// that is tried first, anchored: one forward pass, no reverse one.
     fn find_iter(&mut self, detector: usize, start: usize, end: usize) {
-        for m in self
-            .dfa(detector)
-            .find_iter(Input::new(self.text).span(start..end))
-        {
-            self.push(detector, m.start(), m.end());
-        }
-    }
-}
-
-/// What a numeric run holds, read in one pass from its first digit.
-struct NumericRun {
-    end: usize,
-    digits: usize,
-    /// Lengths of its groups of digits, the first few (enough for every
-    /// shape a detector asks for: `has_groups` is a necessary condition,
-    /// so when groups run out it answers yes).
-    groups: [u8; 8],
-    n_groups: usize,
-}
-
-impl NumericRun {
-    fn read(text: &[u8], first_digit: usize) -> NumericRun {
-        let mut run = NumericRun {
-            end: first_digit,
-            digits: 0,
-            groups: [0; 8],
-            n_groups: 0,
-        };
-        let mut group = 0usize;
-        let close = |run: &mut NumericRun, group: &mut usize| {
-            if *group > 0 {
-                if run.n_groups < run.groups.len() {
-                    run.groups[run.n_groups] = (*group).min(255) as u8;
-                }
-                run.n_groups += 1;
-                *group = 0;
+        let dfa = self.dfa(detector);
+        let anchored = Input::new(self.text)
+            .span(start..end)
+            .anchored(Anchored::Yes);
+        let rest = match dfa.forward().try_search_fwd(&anchored) {
+            Ok(Some(m)) => {
+                self.push(detector, start, m.offset());
+                m.offset()
             }
+            _ => start + 1,
         };
-        let mut i = first_digit;
-        while i < text.len() && NUMERIC[text[i] as usize] {
-            if text[i].is_ascii_digit() {
-                run.digits += 1;
-                group += 1;
-            } else {
-                close(&mut run, &mut group);
+        if rest < end {
+            for m in dfa.find_iter(Input::new(self.text).span(rest..end)) {
+                self.push(detector, m.start(), m.end());
             }
-            i += 1;
         }
-        close(&mut run, &mut group);
-        run.end = i;
-        run
-    }
-
-    /// Some consecutive groups have exactly the lengths `want`.
-    fn has_groups(&self, want: &[usize]) -> bool {
-        if want.is_empty() || self.n_groups > self.groups.len() {
-            return true;
-        }
-        let have = &self.groups[..self.n_groups];
-        have.windows(want.len())
-            .any(|w| w.iter().zip(want).all(|(&h, &n)| h as usize == n))
     }
 }
 

@@ -119,23 +119,27 @@ impl StreamMasker {
         let hits = self.hits(boundary);
         let mut out = Vec::with_capacity(boundary + 64);
         let mut at = 0;
+        // Per detector, then the injected secrets; names only at the end.
+        let n = self.profile.detectors.len();
+        let mut tally = vec![0u64; n + 1];
         for h in &hits {
             out.extend_from_slice(&self.pending[at..h.start]);
-            let name = if h.literal {
+            if h.literal {
                 out.extend_from_slice(b"[REDACTED:injected_secret]");
-                "injected_secret"
+                tally[n] += 1;
             } else {
-                let (p, i) = (&self.profile, h.detector);
-                p.replace_into(i, &self.pending[h.start..h.end], &mut out);
-                p.detectors[i].name.as_str()
-            };
-            match self.counts.get_mut(name) {
-                Some(n) => *n += 1,
-                None => {
-                    self.counts.insert(name.to_string(), 1);
-                }
+                let matched = &self.pending[h.start..h.end];
+                self.profile.replace_into(h.detector, matched, &mut out);
+                tally[h.detector] += 1;
             }
             at = h.end;
+        }
+        for (i, &k) in tally.iter().enumerate().filter(|(_, k)| **k > 0) {
+            let name = match self.profile.detectors.get(i) {
+                Some(d) => d.name.as_str(),
+                None => "injected_secret",
+            };
+            *self.counts.entry(name.to_string()).or_default() += k;
         }
         let upto = boundary.max(at);
         out.extend_from_slice(&self.pending[at..upto]);
@@ -150,7 +154,8 @@ impl StreamMasker {
         let profile = &self.profile;
         if self.secrets.is_some() || profile.scanner.needs_lower() {
             self.lower.clear();
-            self.lower.extend(text.iter().map(u8::to_ascii_lowercase));
+            self.lower.extend_from_slice(text);
+            self.lower.make_ascii_lowercase();
         }
         let mut all = Vec::new();
         if let Some(secrets) = &self.secrets {
@@ -182,7 +187,8 @@ impl StreamMasker {
             detector: f.detector,
             literal: false,
         }));
-        all.sort_unstable_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
+        // Stable sort: it merges the passes' runs, each already in order.
+        all.sort_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
         let mut out: Vec<Hit> = Vec::with_capacity(all.len());
         for h in all {
             match out.last_mut() {

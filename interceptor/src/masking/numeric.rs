@@ -1,0 +1,157 @@
+//! Runs of digits and separators (`[0-9 .()+-]`), the bytes every card
+//! number, SSN and phone number is made of, read once into their groups of
+//! digits. Cards and SSNs are then matched on the groups directly: their
+//! patterns are fixed shapes of groups, and a DFA pass per candidate cost
+//! more than the rest of the masker together. Each matcher is an exact
+//! reading of its pattern in detectors.rs, held to the regex crate by the
+//! differential tests in scan.rs.
+
+/// More groups than this and a run is left to the DFAs.
+const MAX_GROUPS: usize = 16;
+
+#[derive(Clone, Copy, Default)]
+struct Group {
+    start: usize,
+    end: usize,
+}
+
+pub struct NumericRun {
+    pub end: usize,
+    pub digits: usize,
+    groups: [Group; MAX_GROUPS],
+    n_groups: usize,
+}
+
+impl NumericRun {
+    /// The run from `first_digit` on (what precedes it in the run holds
+    /// no digit).
+    pub fn read(text: &[u8], first_digit: usize) -> NumericRun {
+        let mut run = NumericRun {
+            end: first_digit,
+            digits: 0,
+            groups: [Group::default(); MAX_GROUPS],
+            n_groups: 0,
+        };
+        let mut i = first_digit;
+        loop {
+            let start = i;
+            i += text[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if run.n_groups < MAX_GROUPS {
+                run.groups[run.n_groups] = Group { start, end: i };
+            }
+            run.n_groups += 1;
+            run.digits += i - start;
+            let seps = text[i..]
+                .iter()
+                .take_while(|&&c| matches!(c, b' ' | b'.' | b'(' | b')' | b'+' | b'-'))
+                .count();
+            i += seps;
+            if seps == 0 || !text.get(i).is_some_and(u8::is_ascii_digit) {
+                break;
+            }
+        }
+        run.end = i;
+        run
+    }
+
+    /// The groups are all known (else ask the DFA).
+    pub fn complete(&self) -> bool {
+        self.n_groups <= MAX_GROUPS
+    }
+
+    fn groups(&self) -> &[Group] {
+        &self.groups[..self.n_groups.min(MAX_GROUPS)]
+    }
+
+    /// Some consecutive groups have exactly the lengths `want` (a
+    /// necessary condition; always true when groups were not all kept).
+    pub fn has_groups(&self, want: &[usize]) -> bool {
+        if want.is_empty() || !self.complete() {
+            return true;
+        }
+        self.groups()
+            .windows(want.len())
+            .any(|w| w.iter().zip(want).all(|(g, &n)| g.end - g.start == n))
+    }
+
+    /// `(?-u)\b\d(?:[ -]?\d){12,18}\b`: from a group start (the only
+    /// digits with a boundary before them), groups chained by single
+    /// `[ -]` separators, ending at the group end (the only digits with a
+    /// boundary after them) that gives the most digits up to 19, at least
+    /// 13: greedy, as the regex. Matches in order, non-overlapping.
+    pub fn cards(&self, text: &[u8], out: &mut impl FnMut(usize, usize)) {
+        let g = self.groups();
+        let mut i = 0;
+        while i < g.len() {
+            if !boundary_before(text, g[i].start) {
+                i += 1;
+                continue;
+            }
+            let mut digits = 0;
+            let mut best = None;
+            let mut j = i;
+            loop {
+                digits += g[j].end - g[j].start;
+                if digits > 19 {
+                    // The regex may stop inside this group only where a
+                    // boundary follows a digit: nowhere inside a group.
+                    break;
+                }
+                if digits >= 13 && boundary_after(text, g[j].end) {
+                    best = Some(j);
+                }
+                let chained = j + 1 < g.len()
+                    && g[j + 1].start == g[j].end + 1
+                    && matches!(text[g[j].end], b' ' | b'-');
+                if !chained {
+                    break;
+                }
+                j += 1;
+            }
+            match best {
+                Some(last) => {
+                    out(g[i].start, g[last].end);
+                    i = last + 1;
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// `(?-u)\b\d{3}-\d{2}-\d{4}\b`: groups of exactly 3, 2 and 4 digits
+    /// joined by single dashes, boundaries at both ends.
+    pub fn ssns(&self, text: &[u8], out: &mut impl FnMut(usize, usize)) {
+        let g = self.groups();
+        let mut i = 0;
+        while i + 3 <= g.len() {
+            let w = &g[i..i + 3];
+            let shape = w[0].end - w[0].start == 3
+                && w[1].end - w[1].start == 2
+                && w[2].end - w[2].start == 4
+                && w[1].start == w[0].end + 1
+                && w[2].start == w[1].end + 1
+                && text[w[0].end] == b'-'
+                && text[w[1].end] == b'-';
+            if shape && boundary_before(text, w[0].start) && boundary_after(text, w[2].end) {
+                out(w[0].start, w[2].end);
+                i += 3;
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// `\b` before the digit at `at`.
+fn boundary_before(text: &[u8], at: usize) -> bool {
+    at == 0 || !is_word(text[at - 1])
+}
+
+/// `\b` after the digit before `at`.
+fn boundary_after(text: &[u8], at: usize) -> bool {
+    !text.get(at).copied().is_some_and(is_word)
+}
