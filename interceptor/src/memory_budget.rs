@@ -63,6 +63,23 @@ impl Lease {
         self.held += n;
         true
     }
+
+    /// Gives back `n` of the bytes held (what was freed early).
+    pub fn give_back(&mut self, n: u64) {
+        let n = n.min(self.held);
+        if n == 0 {
+            return;
+        }
+        let mut used = self.budget.used.lock().unwrap();
+        used.total -= n;
+        if let Some(u) = used.by_workload.get_mut(&self.workload) {
+            *u -= n;
+            if *u == 0 {
+                used.by_workload.remove(&self.workload);
+            }
+        }
+        self.held -= n;
+    }
 }
 
 impl Drop for Lease {

@@ -428,3 +428,80 @@ fn compression_bombs_keep_the_daemon_within_its_memory_bound() {
         "the daemon's peak RSS grew by {grown_mib} MiB (bound: 64 MiB over idle)"
     );
 }
+
+#[test]
+fn concurrent_large_json_bodies_keep_the_daemon_within_its_memory_bound() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("bigjson");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    bombs("/big-json");
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("api"), SECRET).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\ninspect_buffer_mb_per_workload = 40\n");
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"email\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    let before = mem_kib(d.pid(), "VmRSS");
+    let url = format!("http://127.0.0.1:{}/big-json", up.addr.port());
+    // Eight 9 MiB documents at once: each is masked in full, or refused
+    // when the budget is spent; none is sent unmasked.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let cmd = cg.command(
+                "curl",
+                &["-sS", "--max-time", "120", "-w", "\n%{http_code}", &url],
+            );
+            std::thread::spawn(move || run(cmd, Duration::from_secs(150)))
+        })
+        .collect();
+    let mut masked = 0;
+    for t in clients {
+        let (ok, out, err) = t.join().unwrap();
+        assert!(ok, "{err}");
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        let records = || {
+            d.sessions()
+                .iter()
+                .flat_map(|s| d.requests(s["id"].as_u64().unwrap()))
+                .map(|r| {
+                    format!(
+                        "{} {} {} {}",
+                        r["path"], r["status"], r["error"], r["masked"]
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            !body.contains("078-05-1120"),
+            "an SSN went out unmasked ({code}): {:?}",
+            records()
+        );
+        match code {
+            "200" => {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(v["customers"][0]["ssn"], "[REDACTED]");
+                masked += 1;
+            }
+            "502" => assert!(body.contains("uninspectable_response"), "{body}"),
+            other => panic!(
+                "unexpected status {other}: {}",
+                &body[..body.len().min(300)]
+            ),
+        }
+    }
+    assert!(masked >= 1, "no document was masked at all");
+    let peak = mem_kib(d.pid(), "VmHWM");
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    eprintln!("{masked} of 8 documents masked; peak RSS +{grown_mib} MiB");
+    assert!(
+        grown_mib <= 64,
+        "the daemon's peak RSS grew by {grown_mib} MiB (bound: 64 MiB over idle; {masked} of 8 masked)"
+    );
+}

@@ -1,7 +1,7 @@
 //! A response body masked as it streams: decoded (gzip, deflate, br) to be
 //! inspected, masked, and sent on as identity. JSON bodies with field paths
 //! are buffered up to the profile's limit (over it: an error, fail closed).
-use super::{Counts, JsonPath, StreamMasker};
+use super::{Counts, StreamMasker};
 use crate::proxy::upstream::BoxError;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
@@ -256,21 +256,7 @@ impl BrotliStream {
 }
 
 /// JSON field-path masking needs the whole document.
-pub struct JsonMode {
-    pub paths: Vec<JsonPath>,
-    pub limit: u64,
-    buf: Vec<u8>,
-}
-
-impl JsonMode {
-    pub fn new(paths: Vec<JsonPath>, limit: u64) -> Self {
-        Self {
-            paths,
-            limit,
-            buf: Vec::new(),
-        }
-    }
-}
+pub use super::json_body::JsonMode;
 
 pub struct MaskedBody<B> {
     inner: B,
@@ -285,6 +271,11 @@ pub struct MaskedBody<B> {
     capture: Option<Capture>,
     /// Memory a buffered JSON document draws from (per workload and daemon).
     budget: Option<crate::memory_budget::Lease>,
+    /// A masked JSON document, a block a frame, each given back to the
+    /// budget as it goes out.
+    queued: std::collections::VecDeque<Vec<u8>>,
+    /// A frame looked at before the response went out, sent first.
+    peeked: Option<Frame<Bytes>>,
     ended: bool,
     /// The upstream's body is over (its input may still be decoding).
     inner_done: bool,
@@ -328,6 +319,8 @@ impl<B> MaskedBody<B> {
             sse: None,
             capture: None,
             budget: None,
+            queued: Default::default(),
+            peeked: None,
             ended: false,
             inner_done: false,
             trailers: None,
@@ -343,6 +336,17 @@ impl<B> MaskedBody<B> {
     pub fn sse(mut self, sse: super::sse::SseMasker) -> Self {
         self.sse = Some(sse);
         self
+    }
+
+    /// Whether the whole body is buffered before any of it goes out
+    /// (JSON field paths): then an error can still become a refusal.
+    pub fn buffers_whole(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// Sends `frame` (taken with `frame()`) first after all.
+    pub fn unread(&mut self, frame: Frame<Bytes>) {
+        self.peeked = Some(frame);
     }
 
     pub fn budget(mut self, lease: crate::memory_budget::Lease) -> Self {
@@ -361,22 +365,8 @@ impl<B> MaskedBody<B> {
     fn absorb(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
         match &mut self.json {
             Some(j) => {
-                if let Some(lease) = &mut self.budget
-                    && !lease.grow(decoded.len() as u64)
-                {
-                    return Err(Box::new(Uninspectable(
-                        "the memory for buffering JSON to mask is spent \
-                         (inspect_buffer_mb_per_workload / inspect_buffer_mb_total)"
-                            .into(),
-                    )));
-                }
-                j.buf.extend_from_slice(&decoded);
-                if j.buf.len() as u64 > j.limit {
-                    return Err(Box::new(Uninspectable(format!(
-                        "JSON body over the masking inspection limit of {} bytes",
-                        j.limit
-                    ))));
-                }
+                j.absorb(decoded, self.budget.as_mut())
+                    .map_err(|why| Box::new(Uninspectable(why)) as BoxError)?;
                 Ok(Vec::new())
             }
             None => match &mut self.sse {
@@ -394,24 +384,17 @@ impl<B> MaskedBody<B> {
         })?;
         let mut out = self.absorb(tail)?;
         if let Some(j) = self.json.take() {
-            // Field paths first; then the detectors over the re-serialised
-            // document. Not JSON after all: the detectors still run.
-            let text = match serde_json::from_slice::<serde_json::Value>(&j.buf) {
-                Ok(mut v) => {
-                    let n: u64 = j.paths.iter().map(|p| p.mask(&mut v)).sum();
-                    if n > 0 {
-                        *self
-                            .counts
-                            .lock()
-                            .unwrap()
-                            .entry("json_path".into())
-                            .or_default() += n;
-                    }
-                    serde_json::to_vec(&v).unwrap_or(j.buf)
-                }
-                Err(_) => j.buf,
-            };
-            out.extend(self.masker.push(&text));
+            let lease = std::cell::RefCell::new(self.budget.take());
+            let done = j.mask(self.masker.sibling(), &lease, &mut self.queued);
+            self.budget = lease.into_inner();
+            let counts = done.map_err(|why| {
+                self.queued.clear();
+                Box::new(Uninspectable(why)) as BoxError
+            })?;
+            let mut mine = self.counts.lock().unwrap();
+            for (k, v) in counts {
+                *mine.entry(k).or_default() += v;
+            }
         }
         if let Some(mut sse) = self.sse.take() {
             out.extend(sse.finish());
@@ -443,8 +426,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(f) = this.peeked.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
         loop {
             if this.ended {
+                if let Some(block) = this.queued.pop_front() {
+                    if let Some(lease) = &mut this.budget {
+                        lease.give_back(block.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(this.out(block))));
+                }
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             if this.decoder.has_input() {
@@ -464,13 +456,12 @@ where
             }
             if this.inner_done {
                 this.ended = true;
-                return match this.end() {
-                    Ok(out) if out.is_empty() => {
-                        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
-                    }
-                    Ok(out) => Poll::Ready(Some(Ok(this.out(out)))),
-                    Err(e) => Poll::Ready(Some(Err(e))),
-                };
+                match this.end() {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => this.queued.push_front(out),
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
+                continue;
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -495,7 +486,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Profile, Uninspectable as Mode, detectors};
+    use super::super::{JsonPath, Profile, Uninspectable as Mode, detectors};
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
     use std::collections::BTreeMap;
@@ -679,6 +670,49 @@ mod tests {
         assert_eq!(v["password"], "[REDACTED]");
         assert_eq!(v["customers"][0]["note"], "mail [REDACTED:email]");
         assert_eq!(counts["json_path"], 2);
+    }
+
+    /// The field paths alone mask (no detector would): a document many
+    /// blocks long, streamed through the re-writer.
+    #[tokio::test]
+    async fn json_paths_mask_large_documents() {
+        let row =
+            r#"{"name":"Ann","ssn":"078-05-1120","note":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"#;
+        let mut doc = String::from("{\"customers\":[");
+        while doc.len() < 300_000 {
+            doc.push_str(row);
+        }
+        doc.push_str(r#"{"name":"end"}]}"#);
+        let paths = vec![JsonPath::parse("$.customers[*].ssn").unwrap()];
+        let p = Arc::new(
+            Profile::new(
+                "t",
+                vec![detectors::builtin("email").unwrap()],
+                BTreeMap::new(),
+                paths.clone(),
+                1 << 20,
+                Mode::Block,
+            )
+            .unwrap(),
+        );
+        let frames = doc
+            .as_bytes()
+            .chunks(10_000)
+            .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = MaskedBody::new(
+            StreamBody::new(futures_stream(frames)),
+            decoder_for(None).unwrap(),
+            StreamMasker::new(p, &[] as &[String]),
+            Some(JsonMode::new(paths, 1 << 20)),
+            Arc::new(Mutex::new(Counts::new())),
+        );
+        let out = body.collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("078-05-1120"));
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["customers"][7]["ssn"], "[REDACTED]");
+        assert_eq!(v["customers"][7]["note"].as_str().unwrap().len(), 32);
     }
 
     #[tokio::test]

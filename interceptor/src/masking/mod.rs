@@ -11,6 +11,7 @@
 pub mod body;
 pub mod detectors;
 mod json;
+mod json_body;
 mod literals;
 mod numeric;
 mod scan;

@@ -809,6 +809,9 @@ impl HttpConn {
         if is_event_stream {
             body = body.sse(crate::masking::sse::SseMasker::new(sse_profile, &injected));
         }
+        if body.buffers_whole() {
+            return buffered(parts, body).await;
+        }
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
@@ -1171,6 +1174,27 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// A body masked whole before any of it goes out (JSON field paths): its
+/// first frame comes only once the document is masked, so an error (not
+/// JSON, over the budget) is still a clean 502, not a cut-off 200.
+async fn buffered(
+    parts: http::response::Parts,
+    mut body: crate::masking::body::MaskedBody<BoxBody<Bytes, BoxError>>,
+) -> Result<Response<RespBody>, Refusal> {
+    match body.frame().await {
+        Some(Err(e)) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "uninspectable_response",
+                &format!("the response cannot be masked: {e}"),
+            ));
+        }
+        Some(Ok(first)) => body.unread(first),
+        None => {}
+    }
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {
