@@ -2,11 +2,9 @@
 //!
 //! A profile (`[mask.NAME]` in a policy file) names detectors, per-detector
 //! replacements, custom regexes and JSON field paths. The stream masker
-//! holds back only what could still be the start of a secret: the current
-//! partial line (no built-in detector but `private_key` spans a newline),
-//! at most `detectors::MAX_MATCH` bytes, so SSE events and line-oriented
-//! streams pass as they arrive while a secret split across chunks is
-//! still caught whole. Secrets the proxy injected on the request are always
+//! holds back only what could still grow into a secret (scan.rs says
+//! where), at most `detectors::MAX_MATCH` bytes, so streams pass as they
+//! arrive while a secret split across chunks is still caught whole. Secrets the proxy injected on the request are always
 //! masked, whatever the profile.
 pub mod body;
 pub mod detectors;

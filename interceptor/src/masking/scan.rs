@@ -9,7 +9,7 @@
 //! Each search is confined to a run of bytes that every match of that
 //! detector is made of, so the result is the regex's own matches: the
 //! differential test below checks that against the regex crate.
-use super::detectors::{Anchor, Detector, Exact};
+use super::detectors::{Anchor, Detector, Exact, MAX_MATCH};
 use super::literals::Literals;
 use super::numeric::NumericRun;
 use regex_automata::dfa::{Automaton, regex::Regex as DfaRegex};
@@ -28,6 +28,7 @@ pub struct Scanner {
     /// Literal prefixes of token detectors, prefix-free and lower case;
     /// `by_literal[pattern]` lists the detectors that start with it.
     literals: Option<Literals>,
+    literal_text: Vec<&'static str>,
     by_literal: Vec<Vec<usize>>,
     numeric: Vec<Numeric>,
     iban: Vec<usize>,
@@ -40,13 +41,14 @@ impl Scanner {
     pub fn new(detectors: &[Detector]) -> Scanner {
         let mut s = Scanner {
             literals: None,
+            literal_text: Vec::new(),
             by_literal: Vec::new(),
             numeric: Vec::new(),
             iban: Vec::new(),
             at: Vec::new(),
             whole: Vec::new(),
         };
-        let mut literals: Vec<(&str, usize)> = Vec::new();
+        let mut literals: Vec<(&'static str, usize)> = Vec::new();
         for (i, d) in detectors.iter().enumerate() {
             match d.fast.as_ref().map(|f| f.anchor) {
                 Some(Anchor::Literals(l)) => literals.extend(l.iter().map(|l| (*l, i))),
@@ -68,7 +70,7 @@ impl Scanner {
         // Prefix-free: a literal that starts with another is found at the
         // same place as the shorter one, which then stands for both.
         literals.sort();
-        let mut kept: Vec<&str> = Vec::new();
+        let mut kept: Vec<&'static str> = Vec::new();
         for (lit, det) in literals {
             let at = match kept.iter().position(|k| lit.starts_with(k)) {
                 Some(k) => k,
@@ -85,7 +87,84 @@ impl Scanner {
         if !kept.is_empty() {
             s.literals = Some(Literals::new(&kept));
         }
+        s.literal_text = kept;
         s
+    }
+
+    /// Where the text that could still grow into a match begins
+    /// (`text.len()` when none can): the stream masker holds it back
+    /// until more arrives. For each kind of anchor, the least that can be
+    /// the start of a match cut off by the end: the trailing run of digits
+    /// and separators, of IBAN or e-mail bytes; a token whose DFA is still
+    /// alive at the end, or a prefix of one cut off; for custom detectors
+    /// (no DFA to ask), the last partial line. Looks back at most
+    /// MAX_MATCH bytes.
+    pub fn hold_from(&self, detectors: &[Detector], text: &[u8], lower: &[u8]) -> usize {
+        let len = text.len();
+        let floor = len.saturating_sub(MAX_MATCH);
+        let mut hold = len;
+        if !self.whole.is_empty() {
+            hold = memchr::memrchr(b'\n', &text[floor..]).map_or(floor, |i| floor + i + 1);
+        }
+        let trailing = |class: &Class, starts: fn(u8) -> bool| {
+            let r = run_back(text, len, floor, class);
+            (r..len).find(|&i| starts(text[i])).unwrap_or(len)
+        };
+        if !self.numeric.is_empty() {
+            hold = hold.min(trailing(&NUMERIC, |c| {
+                c.is_ascii_digit() || c == b'+' || c == b'('
+            }));
+        }
+        if !self.iban.is_empty() {
+            hold = hold.min(trailing(&IBAN, |c| c.is_ascii_uppercase()));
+        }
+        if !self.at.is_empty() {
+            hold = hold.min(trailing(&EMAIL, |c| c.is_ascii_alphanumeric() || c == b'_'));
+        }
+        if let Some(literals) = &self.literals {
+            hold = hold.min(self.literal_hold(literals, detectors, text, lower, floor));
+        }
+        hold
+    }
+
+    fn literal_hold(
+        &self,
+        literals: &Literals,
+        detectors: &[Detector],
+        text: &[u8],
+        lower: &[u8],
+        floor: usize,
+    ) -> usize {
+        let len = text.len();
+        let mut hold = len;
+        // A prefix cut off by the end ("...sk", "-----BEG").
+        for lit in &self.literal_text {
+            for cut in (1..lit.len()).rev() {
+                if len - floor >= cut && lower.ends_with(&lit.as_bytes()[..cut]) {
+                    hold = hold.min(len - cut);
+                    break;
+                }
+            }
+        }
+        // The earliest occurrence whose token could still go on.
+        let mut from = floor;
+        while let Some(m) = literals.find_at(lower, from) {
+            if m.start >= hold {
+                break;
+            }
+            let dfas = self.by_literal[m.pattern].iter().map(|&d| {
+                &detectors[d]
+                    .fast
+                    .as_ref()
+                    .expect("anchored detectors are built-ins")
+                    .dfa
+            });
+            if dfas.into_iter().any(|dfa| alive_at_end(dfa, text, m.start)) {
+                return m.start;
+            }
+            from = m.start + 1;
+        }
+        hold
     }
 
     /// Whether the literal pass needs the lower-cased copy of the buffer.
@@ -277,6 +356,28 @@ impl<'a> Sink<'a> {
             }
         }
     }
+}
+
+/// Whether a match of `dfa` starting at `at` could still go on past the
+/// end of `text`: its DFA, run from there over the rest, is not dead.
+fn alive_at_end(dfa: &DfaRegex, text: &[u8], at: usize) -> bool {
+    let fwd = dfa.forward();
+    let input = Input::new(text)
+        .span(at..text.len())
+        .anchored(Anchored::Yes);
+    let Ok(mut state) = fwd.start_state_forward(&input) else {
+        return true;
+    };
+    for &b in &text[at..] {
+        state = fwd.next_state(state, b);
+        if fwd.is_dead_state(state) {
+            return false;
+        }
+        if fwd.is_quit_state(state) {
+            return true;
+        }
+    }
+    true
 }
 
 /// Byte classes as tables: a run scan is one load per byte.

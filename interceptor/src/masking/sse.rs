@@ -5,11 +5,11 @@
 //! events is never contiguous in the bytes. Each such text stream is
 //! reassembled across events (one masker per content block, choice, tool
 //! call), and its events are rewritten so that what the client reassembles
-//! is the masked text. Text a masker still holds back (what could be the
-//! start of a secret: the current partial line, at most 8 KiB) goes out in
-//! an event of the same shape when its stream ends (block stop, finish
-//! reason, `[DONE]`, the end of the body). Events keep flowing meanwhile,
-//! with empty deltas.
+//! is the masked text. Text a masker still holds back (what could still
+//! grow into a secret: a trailing word or number, an open token; at most
+//! 8 KiB) goes out in an event of the same shape when its stream ends
+//! (block stop, finish reason, `[DONE]`, the end of the body). Events keep
+//! flowing meanwhile, with empty deltas where needed.
 //!
 //! Other JSON events have each string value masked whole; non-JSON data is
 //! masked as text. An event that cannot be framed within `MAX_EVENT` bytes

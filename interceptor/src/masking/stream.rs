@@ -9,7 +9,7 @@ pub struct StreamMasker {
     /// Every form of the secrets injected on this request (secret_forms),
     /// in lower case, always masked, found in one pass over `lower`;
     /// `None` without injected secrets.
-    secrets: Option<Arc<super::literals::Literals>>,
+    secrets: Option<Arc<Secrets>>,
     /// Bytes received but not yet emitted.
     pending: Vec<u8>,
     /// `pending` in ASCII lower case, for the case-blind literal searches
@@ -37,7 +37,7 @@ impl StreamMasker {
             .collect();
         Self {
             profile,
-            secrets: secret_automaton(&literals),
+            secrets: Secrets::new(&literals).map(Arc::new),
             pending: Vec::new(),
             lower: Vec::new(),
             found: Vec::new(),
@@ -85,32 +85,40 @@ impl StreamMasker {
     /// Masks what can be decided now and returns it; keeps the rest.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(chunk);
+        self.lower_case();
         let boundary = self.safe_boundary();
         self.emit(boundary)
     }
 
     /// End of stream: everything left is decided.
     pub fn finish(&mut self) -> Vec<u8> {
+        self.lower_case();
         let len = self.pending.len();
         self.emit(len)
     }
 
-    /// Everything before the returned offset can be emitted once masked: a
-    /// match starting there is complete. That is the end of the last full
-    /// line (only PEM keys span lines; an open one holds the line back), or
-    /// the point MAX_MATCH bytes before the end, whichever is later.
+    fn lower_case(&mut self) {
+        if self.secrets.is_some() || self.profile.scanner.needs_lower() {
+            self.lower.clear();
+            self.lower.extend_from_slice(&self.pending);
+            self.lower.make_ascii_lowercase();
+        }
+    }
+
+    /// Everything before the returned offset can be emitted once masked:
+    /// a match starting there is complete. What follows could still grow
+    /// into a match (scan.rs says where, per detector; or a cut-off form
+    /// of an injected secret), held back at most MAX_MATCH bytes.
     fn safe_boundary(&self) -> usize {
         let p = &self.pending;
-        let by_length = p.len().saturating_sub(MAX_MATCH);
-        let by_line = match memchr::memrchr(b'\n', p) {
-            Some(i) => {
-                let open_pem =
-                    memchr::memmem::rfind(p, b"-----BEGIN ").filter(|&b| !pem_closed(p, b));
-                open_pem.map_or(i + 1, |b| b.min(i + 1))
-            }
-            None => 0,
-        };
-        by_length.max(by_line)
+        let profile = &self.profile;
+        let mut hold = profile
+            .scanner
+            .hold_from(&profile.detectors, p, &self.lower);
+        if let Some(secrets) = &self.secrets {
+            hold = hold.min(secrets.hold_from(&self.lower));
+        }
+        hold.max(p.len().saturating_sub(MAX_MATCH))
     }
 
     /// Masks matches that start before `boundary` and emits up to the later
@@ -152,15 +160,10 @@ impl StreamMasker {
     fn hits(&mut self, boundary: usize) -> Vec<Hit> {
         let text = &self.pending[..];
         let profile = &self.profile;
-        if self.secrets.is_some() || profile.scanner.needs_lower() {
-            self.lower.clear();
-            self.lower.extend_from_slice(text);
-            self.lower.make_ascii_lowercase();
-        }
         let mut all = Vec::new();
         if let Some(secrets) = &self.secrets {
             let mut from = 0;
-            while let Some(m) = secrets.find_at(&self.lower, from) {
+            while let Some(m) = secrets.finder.find_at(&self.lower, from) {
                 if m.start >= boundary {
                     break;
                 }
@@ -203,39 +206,58 @@ impl StreamMasker {
     }
 }
 
-/// One automaton over every form of every injected secret. The patterns
-/// are built from the secrets and dropped; the automaton keeps its own
-/// copy (not zeroized: the price of a multi-pattern search).
-fn secret_automaton(literals: &[Zeroizing<Vec<u8>>]) -> Option<Arc<super::literals::Literals>> {
-    let patterns: Vec<Zeroizing<Vec<u8>>> = literals
-        .iter()
-        .flat_map(|l| super::secret_forms::forms(l))
-        .map(|mut f| {
-            f.make_ascii_lowercase();
-            Zeroizing::new(f)
+/// Every form of every injected secret (secret_forms), lower case, and
+/// one SIMD multi-literal searcher over them. The searcher keeps its own
+/// copy of the patterns (not zeroized: the price of a multi-pattern
+/// search); ours are.
+struct Secrets {
+    finder: super::literals::Literals,
+    forms: Vec<Zeroizing<Vec<u8>>>,
+    /// Bytes a form starts with, to look for cut-off forms quickly.
+    first: [bool; 256],
+    longest: usize,
+}
+
+impl Secrets {
+    fn new(literals: &[Zeroizing<Vec<u8>>]) -> Option<Secrets> {
+        let forms: Vec<Zeroizing<Vec<u8>>> = literals
+            .iter()
+            .flat_map(|l| super::secret_forms::forms(l))
+            .map(|mut f| {
+                f.make_ascii_lowercase();
+                Zeroizing::new(f)
+            })
+            .collect();
+        if forms.is_empty() {
+            return None;
+        }
+        let mut first = [false; 256];
+        for f in &forms {
+            first[f[0] as usize] = true;
+        }
+        Some(Secrets {
+            finder: super::literals::Literals::new(&forms),
+            longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
+            first,
+            forms,
         })
-        .collect();
-    if patterns.is_empty() {
-        return None;
     }
-    Some(Arc::new(super::literals::Literals::new(&patterns)))
-}
 
-/// A complete END line ("-----END ... KEY-----") follows the BEGIN at `b`;
-/// a partial one ("-----END PRI") does not close the block yet.
-fn pem_closed(p: &[u8], b: usize) -> bool {
-    let Some(e) = find_from(p, b"-----END ", b) else {
-        return false;
-    };
-    let line_end = p[e..]
-        .iter()
-        .position(|&c| c == b'\n')
-        .map_or(p.len(), |i| e + i);
-    p[e + 9..line_end].windows(5).any(|w| w == b"-----")
-}
-
-fn find_from(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    memchr::memmem::find(hay.get(from..)?, needle).map(|i| i + from)
+    /// The earliest place the text ends with the start of a form.
+    fn hold_from(&self, lower: &[u8]) -> usize {
+        let len = lower.len();
+        let from = len.saturating_sub(self.longest.saturating_sub(1));
+        (from..len)
+            .find(|&p| {
+                self.first[lower[p] as usize] && {
+                    let tail = &lower[p..];
+                    self.forms
+                        .iter()
+                        .any(|f| f.len() > tail.len() && f.starts_with(tail))
+                }
+            })
+            .unwrap_or(len)
+    }
 }
 
 #[cfg(test)]
@@ -313,16 +335,27 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_released_without_waiting_for_more() {
+    fn only_what_could_still_grow_into_a_secret_is_held() {
         let p = all_detectors(&[]);
-        let mut m = StreamMasker::new(p, &[] as &[&str]);
+        let mut m = StreamMasker::new(p, &["sk-LAB-5f2a9c81d7"]);
         assert_eq!(
             m.push(b"data: {\"email\":\"bob@example.com\"}\n\n"),
             b"data: {\"email\":\"[REDACTED:email]\"}\n\n"
         );
-        // A partial line waits: it could be the start of a secret.
-        assert_eq!(m.push(b"data: 4111 1111"), b"");
-        assert_eq!(m.push(b" 1111 1111\n"), b"data: [REDACTED:card]\n");
+        // Digits could be a card: from them on waits.
+        assert_eq!(m.push(b"data: 4111 1111"), b"data: ");
+        assert_eq!(m.push(b" 1111 1111\n"), b"[REDACTED:card]\n");
+        // Words flow but the last one (an e-mail address could start there).
+        assert_eq!(m.push(b"The answer is to"), b"The answer is ");
+        assert_eq!(m.push(b"day. "), b"today. ");
+        // A token's prefix, a token that could still go on, a cut-off form
+        // of the injected secret: held.
+        assert_eq!(m.push(b"use sk"), b"use ");
+        assert_eq!(m.push(b"-proj-abcdefghijklmnopqrstuvwxyz"), b"");
+        assert_eq!(m.push(b"0123 and "), b"[REDACTED:openai_key] and ");
+        assert_eq!(m.push(b"SK-lab-5F2A"), b"");
+        assert_eq!(m.push(b"9C81D7!"), b"[REDACTED:injected_secret]!");
+        assert_eq!(m.finish(), b"");
     }
 
     #[test]
@@ -368,6 +401,35 @@ mod tests {
             let out = String::from_utf8(out).unwrap();
             prop_assert!(!out.contains(secret), "{name} leaked: {out:?}");
             prop_assert_eq!(counts.get(name), Some(&1), "{}: {:?}", name, counts);
+        }
+    }
+
+    #[test]
+    fn injected_secret_forms_cut_at_every_point() {
+        use base64::Engine;
+        let secret = "sk-LAB-5f2a9c81d7+/?".to_string();
+        let hex: String = secret.bytes().map(|b| format!("{b:02X}")).collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE.encode(format!("x{secret}"));
+        for form in [secret.clone(), secret.to_uppercase(), hex, b64] {
+            let text = format!("echo: {form} done\n");
+            for cut in 0..=text.len() {
+                let (out, counts) = mask_in_chunks(
+                    Arc::new(Profile::empty()),
+                    std::slice::from_ref(&secret),
+                    text.as_bytes(),
+                    &[cut],
+                );
+                let out = String::from_utf8(out).unwrap();
+                assert!(
+                    !out.contains(&form[4..form.len() - 4]),
+                    "cut at {cut}: {out}"
+                );
+                assert_eq!(
+                    counts.get("injected_secret"),
+                    Some(&1),
+                    "cut at {cut}: {out}"
+                );
+            }
         }
     }
 
