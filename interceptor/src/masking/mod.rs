@@ -93,6 +93,9 @@ pub struct Profile {
     /// Largest JSON body buffered for field paths.
     pub max_inspect: u64,
     pub on_uninspectable: Uninspectable,
+    /// Server-sent event fields (JSON pointers, `*` for any key or index)
+    /// that carry streamed text deltas, beyond the built-in LLM shapes.
+    pub sse_text_paths: Vec<Vec<String>>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -129,6 +132,7 @@ impl Profile {
             json_paths,
             max_inspect,
             on_uninspectable,
+            sse_text_paths: Vec::new(),
         })
     }
 
@@ -143,6 +147,23 @@ impl Profile {
             Uninspectable::Block,
         )
         .expect("empty set")
+    }
+
+    /// Adds SSE text fields: each a JSON pointer ("/a/*/text").
+    pub fn with_sse_text_paths(mut self, paths: &[String]) -> Result<Profile, String> {
+        for p in paths {
+            let Some(rest) = p.strip_prefix('/') else {
+                return Err(format!(
+                    "sse_text_paths: {p:?} must be a JSON pointer, starting with /"
+                ));
+            };
+            let segs: Vec<String> = rest.split('/').map(str::to_string).collect();
+            if segs.iter().any(String::is_empty) {
+                return Err(format!("sse_text_paths: {p:?} has an empty segment"));
+            }
+            self.sse_text_paths.push(segs);
+        }
+        Ok(self)
     }
 
     /// Appends what replaces `matched`, a match of detector number `i`.

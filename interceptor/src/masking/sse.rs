@@ -1,7 +1,9 @@
 //! Server-sent events, masked as the text they carry. LLM APIs stream text
 //! a token or a few characters per event (Anthropic `content_block_delta`,
 //! OpenAI `choices[].delta.content` and tool-call `arguments`, Responses
-//! `response.*.delta`): a card number or a key the model emits over several
+//! `response.*.delta`, Gemini `candidates[].content.parts[].text`, Cohere
+//! `content-delta`, and the fields a profile names in `sse_text_paths`):
+//! a card number or a key the model emits over several
 //! events is never contiguous in the bytes. Each such text stream is
 //! reassembled across events (one masker per content block, choice, tool
 //! call), and its events are rewritten so that what the client reassembles
@@ -25,6 +27,8 @@ pub const MAX_EVENT: usize = 1 << 20;
 pub struct SseMasker {
     /// Cloned (cheaply) for every stream and value.
     prototype: StreamMasker,
+    /// The profile's own text fields (`sse_text_paths`).
+    declared: Vec<Vec<String>>,
     /// Bytes of the event still arriving.
     buf: Vec<u8>,
     /// Text streams by key, in a stable order.
@@ -77,6 +81,7 @@ pub struct EventTooLarge;
 impl SseMasker {
     pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> SseMasker {
         SseMasker {
+            declared: profile.sse_text_paths.clone(),
             prototype: StreamMasker::new(profile, injected),
             buf: Vec::new(),
             streams: BTreeMap::new(),
@@ -138,7 +143,10 @@ impl SseMasker {
             out.extend(self.mask_whole(&whole));
             return out;
         };
-        let found = text_fields(&value);
+        let mut found = text_fields(&value);
+        if found.is_empty() {
+            declared_fields(&value, &self.declared, &mut Vec::new(), &mut found);
+        }
         let mut out = Vec::new();
         // A final chunk (block stop, finish reason, a `.done` event) ends
         // its streams: what they hold goes out before it.
@@ -310,6 +318,39 @@ fn text_fields(v: &Value) -> Vec<TextField> {
             ends: false,
         });
     }
+    // Google Gemini: candidates[].content.parts[].text.
+    if let Some(cands) = v.get("candidates").and_then(Value::as_array) {
+        for (i, c) in cands.iter().enumerate() {
+            let idx = c
+                .get("index")
+                .map(|x| x.to_string())
+                .unwrap_or(i.to_string());
+            let ends = c.get("finishReason").is_some_and(|f| !f.is_null());
+            if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
+                for (j, part) in parts.iter().enumerate() {
+                    if part.get("text").is_some_and(Value::is_string) {
+                        out.push(TextField {
+                            key: format!("gemini:{idx}:{j}"),
+                            pointer: format!("/candidates/{i}/content/parts/{j}/text"),
+                            ends,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // Cohere v2 chat: content-delta.
+    if kind == "content-delta"
+        && v.pointer("/delta/message/content/text")
+            .is_some_and(Value::is_string)
+    {
+        let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+        out.push(TextField {
+            key: format!("cohere:{index}:"),
+            pointer: "/delta/message/content/text".into(),
+            ends: false,
+        });
+    }
     // OpenAI Chat Completions: choices[].delta.content / tool arguments.
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for (i, c) in choices.iter().enumerate() {
@@ -353,6 +394,45 @@ fn text_fields(v: &Value) -> Vec<TextField> {
     out
 }
 
+/// String fields at the profile's declared pointers, each its own stream.
+fn declared_fields(
+    v: &Value,
+    declared: &[Vec<String>],
+    at: &mut Vec<String>,
+    out: &mut Vec<TextField>,
+) {
+    match v {
+        Value::String(_) => {
+            let hit = declared.iter().any(|d| {
+                d.len() == at.len() && d.iter().zip(at.iter()).all(|(p, s)| p == "*" || p == s)
+            });
+            if hit {
+                let pointer: String = at.iter().map(|s| format!("/{s}")).collect();
+                out.push(TextField {
+                    key: format!("path:{pointer}"),
+                    pointer,
+                    ends: false,
+                });
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                at.push(i.to_string());
+                declared_fields(x, declared, at, out);
+                at.pop();
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                at.push(k.replace('~', "~0").replace('/', "~1"));
+                declared_fields(x, declared, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Prefixes of the stream keys this event ends (its text is complete).
 fn stream_ends(v: &Value) -> Vec<String> {
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
@@ -363,6 +443,11 @@ fn stream_ends(v: &Value) -> Vec<String> {
             out.push(format!("block:{index}:"));
         }
         "message_stop" | "message_delta" => out.push("block:".into()),
+        "content-end" => {
+            let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+            out.push(format!("cohere:{index}:"));
+        }
+        "message-end" => out.push("cohere:".into()),
         k if k.starts_with("response.") && k.ends_with(".done") => {
             out.push(format!("resp:{}:", response_item(v)));
         }
@@ -370,6 +455,17 @@ fn stream_ends(v: &Value) -> Vec<String> {
             out.push("resp:".into())
         }
         _ => {}
+    }
+    if let Some(cands) = v.get("candidates").and_then(Value::as_array) {
+        for (i, c) in cands.iter().enumerate() {
+            if c.get("finishReason").is_some_and(|f| !f.is_null()) {
+                let idx = c
+                    .get("index")
+                    .map(|x| x.to_string())
+                    .unwrap_or(i.to_string());
+                out.push(format!("gemini:{idx}:"));
+            }
+        }
     }
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for (i, c) in choices.iter().enumerate() {
@@ -421,6 +517,8 @@ mod tests {
                 1 << 20,
                 Uninspectable::Block,
             )
+            .unwrap()
+            .with_sse_text_paths(&["/stream/*/chunk".to_string()])
             .unwrap(),
         )
     }
@@ -455,10 +553,46 @@ mod tests {
         s.into_bytes()
     }
 
+    fn gemini(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::new();
+        for (i, p) in pieces.iter().enumerate() {
+            let finish = if i + 1 == pieces.len() {
+                serde_json::json!("STOP")
+            } else {
+                Value::Null
+            };
+            let data = serde_json::json!({"candidates":[{"content":{"parts":[{"text":p}],"role":"model"},"finishReason":finish,"index":0}]});
+            s.push_str(&format!("data: {data}\r\n\r\n"));
+        }
+        s.into_bytes()
+    }
+
+    fn cohere(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::from("event: message-start\ndata: {\"type\":\"message-start\"}\n\n");
+        for p in pieces {
+            let data = serde_json::json!({"type":"content-delta","index":0,"delta":{"message":{"content":{"text":p}}}});
+            s.push_str(&format!("event: content-delta\ndata: {data}\n\n"));
+        }
+        s.push_str("event: content-end\ndata: {\"type\":\"content-end\",\"index\":0}\n\n");
+        s.into_bytes()
+    }
+
+    /// A shape only the profile's `sse_text_paths` names.
+    fn declared(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::new();
+        for p in pieces {
+            let data = serde_json::json!({"seq":1,"stream":[{"chunk":p,"kind":"text"}]});
+            s.push_str(&format!("data: {data}\n\n"));
+        }
+        s.into_bytes()
+    }
+
     /// The text a client reassembles from the events, and whether every
     /// event's data still parses.
     fn reassemble(out: &[u8]) -> (String, bool) {
-        let text = String::from_utf8(out.to_vec()).unwrap();
+        let text = String::from_utf8(out.to_vec())
+            .unwrap()
+            .replace("\r\n", "\n");
         let mut got = String::new();
         let mut ok = true;
         for ev in text.split("\n\n").filter(|e| !e.trim().is_empty()) {
@@ -474,11 +608,15 @@ mod tests {
                     if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
                         got.push_str(t);
                     }
-                    if let Some(t) = v
-                        .pointer("/choices/0/delta/content")
-                        .and_then(Value::as_str)
-                    {
-                        got.push_str(t);
+                    for p in [
+                        "/choices/0/delta/content",
+                        "/candidates/0/content/parts/0/text",
+                        "/delta/message/content/text",
+                        "/stream/0/chunk",
+                    ] {
+                        if let Some(t) = v.pointer(p).and_then(Value::as_str) {
+                            got.push_str(t);
+                        }
                     }
                 }
                 Err(_) => ok = false,
@@ -524,7 +662,7 @@ mod tests {
             cuts in prop::collection::vec(0usize..4000, 0..20),
         ) {
             let pieces = split(TEXT, &sizes);
-            for body in [anthropic(&pieces), openai(&pieces)] {
+            for body in [anthropic(&pieces), openai(&pieces), gemini(&pieces), cohere(&pieces), declared(&pieces)] {
                 let mut cuts = cuts.clone();
                 cuts.sort();
                 let (got, ok) = reassemble(&run(&body, &cuts));

@@ -84,6 +84,9 @@ struct MaskDoc {
     custom: BTreeMap<String, String>,
     #[serde(default)]
     json_paths: Vec<String>,
+    /// JSON pointers of SSE fields that stream text deltas.
+    #[serde(default)]
+    sse_text_paths: Vec<String>,
     max_inspect: Option<Size>,
     on_uninspectable: Option<String>,
 }
@@ -937,7 +940,8 @@ fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, Strin
         json_paths,
         max_inspect,
         on_uninspectable,
-    )
+    )?
+    .with_sse_text_paths(&m.sse_text_paths)
 }
 
 fn credential(name: &str, c: CredentialDoc) -> Result<Credential, String> {
