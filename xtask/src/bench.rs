@@ -152,6 +152,7 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
          | measure | value |\n|---|---:|\n\
          | masking, JSON, all detectors | {:.0} MiB/s per core ({} values masked) |\n\
          | masking, text, all detectors | {:.0} MiB/s per core ({} values masked) |\n\
+         | masking, the JSON lines with look-alikes and nothing to mask | {:.0} MiB/s per core ({} values masked) |\n\
          | audit records written (durable) | {:.0} records/s (chain verified: {}) |\n\
          | canonical request head (method + path), per request | {:.3} µs (copying the raw path: {:.3} µs) |\n\
          | token-stream (SSE) masking, added per event | {:.2} µs (the byte masker over the same bytes: {:.2} µs) |\n\n\
@@ -169,6 +170,8 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
         mask["json_masked"],
         f(&mask["text_mib_s"]),
         mask["text_masked"],
+        f(&mask["clean_json_mib_s"]),
+        mask["clean_json_masked"],
         f(&audit["per_second"]),
         audit["chain_ok"],
         f(&canon["canonical_ns"]) / 1000.0,
