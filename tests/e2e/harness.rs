@@ -829,6 +829,20 @@ async fn websocket_endpoint(
             };
             if let Message::Text(t) = m {
                 ws.texts.lock().unwrap().push(t.to_string());
+                if t.as_str() == "close-with-key" {
+                    // A server that closes with the credential in its reason.
+                    use tokio_tungstenite::tungstenite::protocol::{
+                        CloseFrame, frame::coding::CloseCode,
+                    };
+                    let reason = format!("bad {auth} card 4111 1111 1111 1111");
+                    let _ = s
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Library(4001),
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    break;
+                }
                 let reply = if t.as_str() == "whoami" {
                     format!("you are {auth}; card on file 4111 1111 1111 1111")
                 } else {

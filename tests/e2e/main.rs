@@ -9,6 +9,7 @@ mod doctor;
 mod harness;
 mod http;
 mod intake;
+mod leaks;
 mod peers;
 mod responses;
 mod streams;

@@ -257,6 +257,28 @@ with connect("wss://api.test:{port}/ws", sock=sock, ssl=ctx, open_timeout=10,
         "raw bytes after the 101 reached the upstream"
     );
     assert_eq!(l.tls_up.ws.texts.lock().unwrap().len(), 2);
+
+    // The reason of the upstream's close frame is masked too.
+    let script = format!(
+        r#"
+import socket, ssl
+from websockets.sync.client import connect
+ctx = ssl.create_default_context(cafile={ca:?})
+sock = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+with connect("wss://api.test:{port}/ws", sock=sock, ssl=ctx, open_timeout=10) as ws:
+    ws.send("close-with-key")
+    try:
+        ws.recv(timeout=10)
+    except Exception as e:
+        print("closed", e.rcvd.code if e.rcvd else None, e.rcvd.reason if e.rcvd else None)
+"#,
+        ca = l.ca,
+        port = l.tls_up.addr.port()
+    );
+    let out = py_in(&l, &script);
+    assert!(out.starts_with("closed 4001 bad "), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
 }
 
 /// The WebSocket request's record, once its relay ended and rewrote it.

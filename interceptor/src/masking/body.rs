@@ -16,7 +16,7 @@ pub fn decoder_for(encoding: Option<&str>) -> Result<Decoder, String> {
     let kind = match enc.as_deref() {
         None | Some("") | Some("identity") => Kind::Identity,
         Some("gzip") | Some("x-gzip") => {
-            Kind::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new())))
+            Kind::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
         }
         Some("deflate") => Kind::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
         Some("br") => Kind::Brotli(Box::new(BrotliStream::new())),
@@ -60,16 +60,97 @@ pub fn prepare(
         return Err(format!("transfer-encoding {t:?} cannot be inspected"));
     }
     let decoder = decoder_for(encoding)?;
-    let is_json = headers
+    let media = media_type(headers);
+    if let Some(why) = media.as_deref().and_then(opaque_media) {
+        return Err(why);
+    }
+    let charset = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.contains("json"));
+        .map(str::to_ascii_lowercase)
+        .and_then(|t| {
+            t.split(';')
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("charset=")
+                        .map(|c| c.trim_matches('"').to_string())
+                })
+                .next()
+        });
+    if let Some(c) = charset.filter(|c| c.starts_with("utf-16") || c.starts_with("utf-32")) {
+        return Err(format!(
+            "text in {c} cannot be inspected (the detectors read ASCII-compatible text)"
+        ));
+    }
+    let is_json = media
+        .as_deref()
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json") || t.contains("json"));
+    let is_event_stream = media.as_deref() == Some("text/event-stream");
+    // Field paths can only be read in JSON: another representation of the
+    // same data (JSONP, text, HTML) is one the paths do not cover.
+    if !profile.json_paths.is_empty()
+        && !is_json
+        && !is_event_stream
+        && profile.on_uninspectable == super::Uninspectable::Block
+    {
+        return Err(format!(
+            "the profile masks JSON field paths and the response is {}, not JSON",
+            media.as_deref().unwrap_or("untyped")
+        ));
+    }
     let json = (is_json && !profile.json_paths.is_empty())
         .then(|| JsonMode::new(profile.json_paths.clone(), profile.max_inspect));
     headers.remove(http::header::CONTENT_LENGTH);
     headers.remove(http::header::CONTENT_ENCODING);
     headers.remove(http::header::TRANSFER_ENCODING);
     Ok((decoder, json))
+}
+
+/// The media type of a response, lower case, without parameters.
+pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let t = v.split(';').next()?.trim().to_ascii_lowercase();
+    (!t.is_empty()).then_some(t)
+}
+
+/// Why a body of this media type cannot be masked: compressed archives
+/// (what is inside is never seen) and text in an encoding the detectors
+/// do not read (UTF-16, UTF-32).
+fn opaque_media(t: &str) -> Option<String> {
+    const ARCHIVES: [&str; 11] = [
+        "application/gzip",
+        "application/x-gzip",
+        "application/zip",
+        "application/x-zip-compressed",
+        "application/x-bzip2",
+        "application/x-xz",
+        "application/zstd",
+        "application/x-7z-compressed",
+        "application/vnd.rar",
+        "application/x-rar-compressed",
+        "application/x-compress",
+    ];
+    ARCHIVES
+        .contains(&t)
+        .then(|| format!("{t} is compressed: what it holds cannot be inspected"))
+}
+
+/// Why a body whose first bytes are these cannot be masked: a compressed
+/// format under another label (the skill could decompress it itself).
+pub fn opaque_start(b: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 7] = [
+        (b"\x1f\x8b", "gzip"),
+        (b"PK\x03\x04", "zip"),
+        (b"BZh", "bzip2"),
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"7z\xbc\xaf\x27\x1c", "7z"),
+        (b"Rar!\x1a\x07", "rar"),
+    ];
+    MAGIC
+        .iter()
+        .find(|(m, _)| b.starts_with(m))
+        .map(|(_, name)| *name)
 }
 
 /// A streaming decoder whose output is bounded per step: encoded input is
@@ -86,7 +167,7 @@ enum Kind {
     Identity,
     // flate2's write decoders consume input in steps of at most their 32 KiB
     // output buffer per `write`, so they can be driven a step at a time.
-    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
     Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
     // brotli's writer decodes all it is given at once: its streaming
     // function is driven directly, with a bounded output buffer.
@@ -144,7 +225,7 @@ trait FlateWrite: Write {
     fn sink(&mut self) -> &mut Vec<u8>;
 }
 
-impl FlateWrite for flate2::write::GzDecoder<Vec<u8>> {
+impl FlateWrite for flate2::write::MultiGzDecoder<Vec<u8>> {
     fn sink(&mut self) -> &mut Vec<u8> {
         self.get_mut()
     }
@@ -276,6 +357,9 @@ pub struct MaskedBody<B> {
     queued: std::collections::VecDeque<Vec<u8>>,
     /// A frame looked at before the response went out, sent first.
     peeked: Option<Frame<Bytes>>,
+    /// The first decoded bytes were looked at for a compressed format
+    /// (or need not be: the profile passes what it cannot inspect).
+    sniffed: bool,
     ended: bool,
     /// The upstream's body is over (its input may still be decoding).
     inner_done: bool,
@@ -321,6 +405,7 @@ impl<B> MaskedBody<B> {
             budget: None,
             queued: Default::default(),
             peeked: None,
+            sniffed: false,
             ended: false,
             inner_done: false,
             trailers: None,
@@ -344,6 +429,13 @@ impl<B> MaskedBody<B> {
         self.json.is_some()
     }
 
+    /// Lets a body in a compressed format through, masked as bytes (the
+    /// profile's `on_uninspectable = "pass"`, no injected secret).
+    pub fn pass_opaque(mut self, yes: bool) -> Self {
+        self.sniffed |= yes;
+        self
+    }
+
     /// Sends `frame` (taken with `frame()`) first after all.
     pub fn unread(&mut self, frame: Frame<Bytes>) {
         self.peeked = Some(frame);
@@ -363,6 +455,15 @@ impl<B> MaskedBody<B> {
     }
 
     fn absorb(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+        if !self.sniffed && !decoded.is_empty() {
+            self.sniffed = true;
+            let utf16 = decoded.starts_with(b"\xff\xfe") || decoded.starts_with(b"\xfe\xff");
+            if let Some(kind) = opaque_start(&decoded).or(utf16.then_some("UTF-16 text")) {
+                return Err(Box::new(Uninspectable(format!(
+                    "the body is {kind}: what it holds cannot be inspected"
+                ))));
+            }
+        }
         match &mut self.json {
             Some(j) => {
                 j.absorb(decoded, self.budget.as_mut())
@@ -638,6 +739,17 @@ mod tests {
         assert!(!out.contains("bob@example.com") && !out.contains("4111 1111"));
         assert_eq!(counts["email"], 50);
         assert_eq!(counts["card"], 50);
+    }
+
+    /// Concatenated gzip members are one body (RFC 1952): all decoded,
+    /// and a value split between two members is still caught.
+    #[tokio::test]
+    async fn every_gzip_member_is_decoded() {
+        let mut z = gzip(b"ssn 078-05");
+        z.extend(gzip(b"-1120 end"));
+        let (out, counts) = run(vec![z], Some("gzip"), None, &[]).await;
+        assert_eq!(out.unwrap(), b"ssn [REDACTED:ssn] end");
+        assert_eq!(counts["ssn"], 1);
     }
 
     #[tokio::test]

@@ -11,7 +11,6 @@
 //! body takes the body and its output, not the ten times more a
 //! `serde_json::Value` of it would.
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-#[cfg(test)]
 use serde_json::Value;
 use std::io::Write;
 
@@ -84,8 +83,8 @@ impl JsonPath {
         })
     }
 
-    /// Replaces every selected value with `[REDACTED]`; returns how many.
-    #[cfg(test)]
+    /// Replaces every selected value of a parsed (small) document with
+    /// `[REDACTED]`; returns how many.
     pub fn mask(&self, v: &mut Value) -> u64 {
         apply(&self.steps, v)
     }
@@ -291,13 +290,11 @@ impl<'de, W: Write> DeserializeSeed<'de> for Field<'_, '_, W> {
     }
 }
 
-#[cfg(test)]
 fn redact(v: &mut Value) -> u64 {
     *v = Value::String("[REDACTED]".into());
     1
 }
 
-#[cfg(test)]
 fn apply(steps: &[Step], v: &mut Value) -> u64 {
     let Some((step, rest)) = steps.split_first() else {
         return redact(v);
@@ -314,7 +311,6 @@ fn apply(steps: &[Step], v: &mut Value) -> u64 {
     }
 }
 
-#[cfg(test)]
 fn descend(name: &str, rest: &[Step], v: &mut Value) -> u64 {
     match v {
         Value::Object(o) => o

@@ -199,6 +199,12 @@ const STRUCTURAL: [http::HeaderName; 9] = [
 pub fn mask_headers(h: &mut http::HeaderMap, masker: &mut StreamMasker) {
     let names: Vec<http::HeaderName> = h.keys().cloned().collect();
     for name in names {
+        // A name is no place for a value: one that holds a secret or a
+        // detector's match is dropped whole.
+        if masker.mask_value(name.as_str().as_bytes()) != name.as_str().as_bytes() {
+            h.remove(&name);
+            continue;
+        }
         let structural = STRUCTURAL.contains(&name);
         let values: Vec<http::HeaderValue> = h.get_all(&name).iter().cloned().collect();
         let mut changed = false;

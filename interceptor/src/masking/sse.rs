@@ -29,8 +29,17 @@ pub struct SseMasker {
     prototype: StreamMasker,
     /// The profile's own text fields (`sse_text_paths`).
     declared: Vec<Vec<String>>,
-    /// Bytes of the event still arriving.
+    /// The profile's JSON field paths, applied to each event's data.
+    paths: Vec<super::JsonPath>,
+    /// Bytes of the event still arriving, line endings made `\n`.
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no blank line.
+    searched: usize,
+    /// The last byte pushed was a CR: a LF right after it is its pair.
+    after_cr: bool,
+    /// Bytes looked at for event ends, all told (the tests check it stays
+    /// linear in what arrives).
+    scanned: usize,
     /// Text streams by key, in a stable order.
     streams: BTreeMap<String, TextStream>,
     pub counts: Counts,
@@ -82,8 +91,12 @@ impl SseMasker {
     pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> SseMasker {
         SseMasker {
             declared: profile.sse_text_paths.clone(),
+            paths: profile.json_paths.clone(),
             prototype: StreamMasker::new(profile, injected),
             buf: Vec::new(),
+            searched: 0,
+            after_cr: false,
+            scanned: 0,
             streams: BTreeMap::new(),
             counts: Counts::new(),
         }
@@ -95,17 +108,44 @@ impl SseMasker {
 
     /// Complete events, masked; an incomplete one waits.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventTooLarge> {
-        self.buf.extend_from_slice(chunk);
+        self.append_lines(chunk);
         let mut out = Vec::new();
-        while let Some((end, next)) = event_end(&self.buf) {
+        loop {
+            let from = self.searched.saturating_sub(1);
+            self.scanned += self.buf.len() - from;
+            let Some(i) = memchr::memmem::find(&self.buf[from..], b"\n\n") else {
+                self.searched = self.buf.len();
+                break;
+            };
+            let end = from + i;
             let raw: Vec<u8> = self.buf[..end].to_vec();
-            self.buf.drain(..next);
+            self.buf.drain(..end + 2);
+            self.searched = 0;
             out.extend(self.event(&raw));
         }
         if self.buf.len() > MAX_EVENT {
             return Err(EventTooLarge);
         }
         Ok(out)
+    }
+
+    /// Appends `chunk` with its line endings as the SSE spec reads them
+    /// (CRLF, LF and a lone CR each end a line) made `\n`, so events are
+    /// framed here exactly where a client frames them.
+    fn append_lines(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            match b {
+                b'\r' => {
+                    self.buf.push(b'\n');
+                    self.after_cr = true;
+                }
+                b'\n' if self.after_cr => self.after_cr = false,
+                _ => {
+                    self.buf.push(b);
+                    self.after_cr = false;
+                }
+            }
+        }
     }
 
     /// The end of the body: every held-back text, then what is left.
@@ -121,13 +161,17 @@ impl SseMasker {
     /// One event: its text fields through their streams, every other
     /// string masked whole.
     fn event(&mut self, raw: &[u8]) -> Vec<u8> {
-        let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        let text = String::from_utf8_lossy(raw).into_owned();
         let mut fields = Vec::new();
         let mut data = Vec::new();
         for line in text.split('\n') {
             match line.strip_prefix("data:") {
                 Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
-                None => fields.push(line.to_string()),
+                // Comments, `id:`, `event:`: masked like any text.
+                None => {
+                    let masked = self.mask_whole(line.as_bytes());
+                    fields.push(String::from_utf8_lossy(&masked).into_owned());
+                }
             }
         }
         let data = data.join("\n");
@@ -143,6 +187,10 @@ impl SseMasker {
             out.extend(self.mask_whole(&whole));
             return out;
         };
+        let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
+        if selected > 0 {
+            *self.counts.entry("json_path".into()).or_default() += selected;
+        }
         let mut found = text_fields(&value);
         if found.is_empty() {
             declared_fields(&value, &self.declared, &mut Vec::new(), &mut found);
@@ -160,7 +208,7 @@ impl SseMasker {
             }));
         }
         let pointers: Vec<String> = found.iter().map(|f| f.pointer.clone()).collect();
-        let changed_other = self.mask_strings(&mut value, "", &pointers);
+        self.mask_strings(&mut value, "", &pointers);
         for f in &found {
             let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
                 continue;
@@ -198,18 +246,15 @@ impl SseMasker {
                 merge(&mut self.counts, &s.masker.counts);
             }
         }
-        if found.is_empty() && !changed_other {
-            out.extend_from_slice(raw);
-            out.extend_from_slice(b"\n\n");
-        } else {
-            out.extend(
-                Event {
-                    fields,
-                    data: value,
-                }
-                .to_bytes(),
-            );
-        }
+        // Always as parsed, never the bytes as sent: a duplicate key's
+        // first value is in those and not in the parsed event.
+        out.extend(
+            Event {
+                fields,
+                data: value,
+            }
+            .to_bytes(),
+        );
         out
     }
 
@@ -236,13 +281,23 @@ impl SseMasker {
     }
 
     /// Every string in `v` but the stream fields, masked whole (detectors
-    /// and injected secrets). Whether any changed.
+    /// and injected secrets), and so are object keys and numbers (a card
+    /// number sent as a number becomes a masked string). Whether any changed.
     fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) -> bool {
         match v {
             Value::String(s) if !skip.iter().any(|p| p == at) => {
                 let masked = self.mask_whole(s.as_bytes());
                 if masked != s.as_bytes() {
                     *s = String::from_utf8_lossy(&masked).into_owned();
+                    return true;
+                }
+                false
+            }
+            Value::Number(n) => {
+                let text = n.to_string();
+                let masked = self.mask_whole(text.as_bytes());
+                if masked != text.as_bytes() {
+                    *v = Value::String(String::from_utf8_lossy(&masked).into_owned());
                     return true;
                 }
                 false
@@ -260,6 +315,16 @@ impl SseMasker {
                     let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
                     changed |= self.mask_strings(x, &p, skip);
                 }
+                let keys: Vec<String> = o.keys().cloned().collect();
+                for k in keys {
+                    let masked = self.mask_whole(k.as_bytes());
+                    if masked != k.as_bytes()
+                        && let Some(x) = o.remove(&k)
+                    {
+                        o.insert(String::from_utf8_lossy(&masked).into_owned(), x);
+                        changed = true;
+                    }
+                }
                 changed
             }
             _ => false,
@@ -272,20 +337,6 @@ impl SseMasker {
         out.extend(m.finish());
         merge(&mut self.counts, &m.counts);
         out
-    }
-}
-
-/// The end of the first complete event in `b` (before its blank line) and
-/// where the next one starts.
-fn event_end(b: &[u8]) -> Option<(usize, usize)> {
-    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
-    let crlf = b
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(c)) => Some(if a.0 <= c.0 { a } else { c }),
-        (a, c) => a.or(c),
     }
 }
 
@@ -673,6 +724,74 @@ mod tests {
                 prop_assert!(got.ends_with(", done."), "{}", got);
             }
         }
+    }
+
+    /// What a client that follows the SSE spec reads: lines end at CRLF,
+    /// LF or CR; a blank line ends an event.
+    fn spec_text(out: &[u8]) -> String {
+        let t = String::from_utf8_lossy(out)
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
+        reassemble(t.as_bytes()).0
+    }
+
+    /// Every line ending the spec allows frames events as the client
+    /// frames them: a split secret never reassembles.
+    #[test]
+    fn every_kind_of_line_ending_frames_events() {
+        let pieces = split(TEXT, &[2; 60]);
+        let lf = String::from_utf8(anthropic(&pieces)).unwrap();
+        for body in [
+            lf.replace('\n', "\r"),
+            lf.replace("\n\n", "\n\r\n"),
+            lf.replace("\n\n", "\r\n\n"),
+            lf.replace(
+                "event: content_block_delta\n",
+                "id: 1\revent: content_block_delta\r\n",
+            ),
+        ] {
+            for cuts in [
+                vec![],
+                vec![1, 2, 3, 50, 51, 400, 401],
+                (0..body.len()).step_by(7).collect(),
+            ] {
+                let got = spec_text(&run(body.as_bytes(), &cuts));
+                assert!(!got.contains(SECRET), "{got}");
+                assert!(!got.contains("4111 1111 1111 1111"), "{got}");
+                assert!(got.ends_with(", done."), "{body:?}: {got}");
+            }
+        }
+    }
+
+    /// Field lines, comments, JSON keys, numbers and duplicate keys are
+    /// masked too: nothing of an event goes out unread.
+    #[test]
+    fn every_part_of_an_event_is_masked() {
+        let body = format!(
+            ": note {SECRET}\nid: {SECRET}\nevent: x\ndata: {{\"{SECRET}\":1,\"n\":4111111111111111,\"a\":\"4111 1111 1111 1111\",\"a\":\"x\"}}\n\n"
+        );
+        let out = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
+        assert!(!out.contains(SECRET), "{out}");
+        assert!(!out.contains("4111111111111111"), "{out}");
+        assert!(!out.contains("4111 1111"), "{out}");
+        let data = out.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        assert!(serde_json::from_str::<Value>(data).is_ok(), "{out}");
+    }
+
+    /// A large event trickling in is scanned once, not once per piece.
+    #[test]
+    fn a_trickled_event_is_scanned_once() {
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        let n = MAX_EVENT / 16 - 8;
+        for _ in 0..n {
+            assert!(m.push(&[b'x'; 16]).unwrap().is_empty());
+        }
+        assert!(
+            m.scanned <= 2 * 16 * n,
+            "{} bytes scanned for {}",
+            m.scanned,
+            16 * n
+        );
     }
 
     #[test]

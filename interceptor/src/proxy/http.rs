@@ -650,6 +650,14 @@ impl HttpConn {
         if decision.effects.mask_request {
             body = self.mask_request_body(&mut parts, body, &decision, &policy, rec)?;
         }
+        // A part of a body cannot be masked as the whole would be: a secret
+        // cut by a range (or split between the parts of a multipart
+        // answer) would pass in pieces. Masked or credentialed requests
+        // ask for whole bodies.
+        if decision.effects.mask.is_some() || !injected.is_empty() {
+            parts.headers.remove(header::RANGE);
+            parts.headers.remove(header::IF_RANGE);
+        }
         let mut upstream_req = Request::from_parts(parts, body);
         // Origin-form; the pool adds scheme and authority for HTTP/2.
         let pq = upstream_req
@@ -729,6 +737,9 @@ impl HttpConn {
         if let Some(m) = masker.as_mut() {
             crate::masking::mask_headers(resp.headers_mut(), m);
         }
+        // The upstream's own reason phrase is text we do not read: the
+        // client gets the standard one for the status.
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(m) = masker.take() {
                 rec.masked.extend(m.counts);
@@ -769,11 +780,8 @@ impl HttpConn {
             parts.headers.insert(header::TRANSFER_ENCODING, t);
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
-        let is_event_stream = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let is_event_stream = crate::masking::body::media_type(&parts.headers)
+            .is_some_and(|t| t == "text/event-stream");
         let sse_profile = profile.clone();
         let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
             Ok(d) => d,
@@ -803,7 +811,10 @@ impl HttpConn {
             .unwrap()
             .insert(rec.seq, counts.clone());
         // Record what the skill received (masked), within the session's cap.
+        let pass =
+            profile.on_uninspectable == crate::masking::Uninspectable::Pass && injected.is_empty();
         let mut body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
+            .pass_opaque(pass)
             .capture(self.capture(rec.seq))
             .budget(self.proxy.body_budget.lease(&self.workload));
         if is_event_stream {

@@ -224,6 +224,17 @@ impl Relay {
                 merge(&mut st.masked, &m.counts);
                 Some(Message::binary(out))
             }
+            // The reason of a close from the upstream is text the skill
+            // reads: masked like a message (within its 123 bytes).
+            Message::Close(Some(mut f)) if !up && !f.reason.is_empty() => {
+                let masked = self.mask(f.reason.as_bytes(), up, &mut st.masked);
+                let mut reason = String::from_utf8_lossy(&masked).into_owned();
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                f.reason = reason.into();
+                Some(Message::Close(Some(f)))
+            }
             Message::Close(f) => Some(Message::Close(f)),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
         }
