@@ -85,12 +85,21 @@ pub fn prepare(
     let is_json = media
         .as_deref()
         .is_some_and(|t| t == "application/json" || t.ends_with("+json") || t.contains("json"));
-    let is_event_stream = media.as_deref() == Some("text/event-stream");
-    // Field paths can only be read in JSON: another representation of the
-    // same data (JSONP, text, HTML) is one the paths do not cover.
+    // JSONP carries the JSON document the paths are for, wrapped so that
+    // it does not parse: refused rather than sent with the fields unmasked.
+    // (Text and HTML get the detectors; see README on json_paths.)
+    let script = media.as_deref().is_some_and(|t| {
+        matches!(
+            t,
+            "application/javascript"
+                | "text/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "text/ecmascript"
+        )
+    });
     if !profile.json_paths.is_empty()
-        && !is_json
-        && !is_event_stream
+        && script
         && profile.on_uninspectable == super::Uninspectable::Block
     {
         return Err(format!(
