@@ -6,13 +6,28 @@
 //! reading of its pattern in detectors.rs, held to the regex crate by the
 //! differential tests in scan.rs.
 
-/// More groups than this and a run is left to the DFAs.
-const MAX_GROUPS: usize = 16;
+/// More groups than this and a run is left to the DFAs (no card, SSN or
+/// phone number of the usual shapes has more).
+const MAX_GROUPS: usize = 8;
 
+/// A group of digits, `[start, end)` in the text (u32: a run is read per
+/// run, many times a line; small groups keep that cheap).
 #[derive(Clone, Copy, Default)]
 struct Group {
-    start: usize,
-    end: usize,
+    start: u32,
+    end: u32,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    fn start(&self) -> usize {
+        self.start as usize
+    }
+    fn end(&self) -> usize {
+        self.end as usize
+    }
 }
 
 pub struct NumericRun {
@@ -37,7 +52,10 @@ impl NumericRun {
             let start = i;
             i += text[i..].iter().take_while(|c| c.is_ascii_digit()).count();
             if run.n_groups < MAX_GROUPS {
-                run.groups[run.n_groups] = Group { start, end: i };
+                run.groups[run.n_groups] = Group {
+                    start: start as u32,
+                    end: i as u32,
+                };
             }
             run.n_groups += 1;
             run.digits += i - start;
@@ -71,7 +89,7 @@ impl NumericRun {
         }
         self.groups()
             .windows(want.len())
-            .any(|w| w.iter().zip(want).all(|(g, &n)| g.end - g.start == n))
+            .any(|w| w.iter().zip(want).all(|(g, &n)| g.len() == n))
     }
 
     /// `(?-u)\b\d(?:[ -]?\d){12,18}\b`: from a group start (the only
@@ -83,7 +101,7 @@ impl NumericRun {
         let g = self.groups();
         let mut i = 0;
         while i < g.len() {
-            if !boundary_before(text, g[i].start) {
+            if !boundary_before(text, g[i].start()) {
                 i += 1;
                 continue;
             }
@@ -91,18 +109,18 @@ impl NumericRun {
             let mut best = None;
             let mut j = i;
             loop {
-                digits += g[j].end - g[j].start;
+                digits += g[j].len();
                 if digits > 19 {
                     // The regex may stop inside this group only where a
                     // boundary follows a digit: nowhere inside a group.
                     break;
                 }
-                if digits >= 13 && boundary_after(text, g[j].end) {
+                if digits >= 13 && boundary_after(text, g[j].end()) {
                     best = Some(j);
                 }
                 let chained = j + 1 < g.len()
-                    && g[j + 1].start == g[j].end + 1
-                    && matches!(text[g[j].end], b' ' | b'-');
+                    && g[j + 1].start() == g[j].end() + 1
+                    && matches!(text[g[j].end()], b' ' | b'-');
                 if !chained {
                     break;
                 }
@@ -110,7 +128,7 @@ impl NumericRun {
             }
             match best {
                 Some(last) => {
-                    out(g[i].start, g[last].end);
+                    out(g[i].start(), g[last].end());
                     i = last + 1;
                 }
                 None => i += 1,
@@ -125,15 +143,15 @@ impl NumericRun {
         let mut i = 0;
         while i + 3 <= g.len() {
             let w = &g[i..i + 3];
-            let shape = w[0].end - w[0].start == 3
-                && w[1].end - w[1].start == 2
-                && w[2].end - w[2].start == 4
+            let shape = w[0].len() == 3
+                && w[1].len() == 2
+                && w[2].len() == 4
                 && w[1].start == w[0].end + 1
                 && w[2].start == w[1].end + 1
-                && text[w[0].end] == b'-'
-                && text[w[1].end] == b'-';
-            if shape && boundary_before(text, w[0].start) && boundary_after(text, w[2].end) {
-                out(w[0].start, w[2].end);
+                && text[w[0].end()] == b'-'
+                && text[w[1].end()] == b'-';
+            if shape && boundary_before(text, w[0].start()) && boundary_after(text, w[2].end()) {
+                out(w[0].start(), w[2].end());
                 i += 3;
             } else {
                 i += 1;
