@@ -137,13 +137,18 @@ impl Scanner {
     ) -> usize {
         let len = text.len();
         let mut hold = len;
-        // A prefix cut off by the end ("...sk", "-----BEG").
-        for lit in &self.literal_text {
-            for cut in (1..lit.len()).rev() {
-                if len - floor >= cut && lower.ends_with(&lit.as_bytes()[..cut]) {
-                    hold = hold.min(len - cut);
-                    break;
-                }
+        // A prefix cut off by the end ("...sk", "-----BEG"): the earliest
+        // place in the last few bytes where one starts.
+        let longest = self.literal_text.iter().map(|l| l.len()).max().unwrap_or(0);
+        for p in len.saturating_sub(longest.saturating_sub(1)).max(floor)..len {
+            let tail = &lower[p..];
+            if self
+                .literal_text
+                .iter()
+                .any(|l| l.len() > tail.len() && l.as_bytes().starts_with(tail))
+            {
+                hold = p;
+                break;
             }
         }
         // The earliest occurrence whose token could still go on.

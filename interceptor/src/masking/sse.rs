@@ -25,8 +25,10 @@ use std::sync::Arc;
 pub const MAX_EVENT: usize = 1 << 20;
 
 pub struct SseMasker {
-    /// Cloned (cheaply) for every stream and value.
+    /// Cloned (cheaply) for every stream.
     prototype: StreamMasker,
+    /// Masks whole values, one after another.
+    whole: StreamMasker,
     /// The profile's own text fields (`sse_text_paths`).
     declared: Vec<Vec<String>>,
     /// The profile's JSON field paths, applied to each event's data.
@@ -89,10 +91,12 @@ pub struct EventTooLarge;
 
 impl SseMasker {
     pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> SseMasker {
+        let prototype = StreamMasker::new(profile.clone(), injected);
         SseMasker {
             declared: profile.sse_text_paths.clone(),
             paths: profile.json_paths.clone(),
-            prototype: StreamMasker::new(profile, injected),
+            whole: prototype.sibling(),
+            prototype,
             buf: Vec::new(),
             searched: 0,
             after_cr: false,
@@ -100,10 +104,6 @@ impl SseMasker {
             streams: BTreeMap::new(),
             counts: Counts::new(),
         }
-    }
-
-    fn masker(&self) -> StreamMasker {
-        self.prototype.sibling()
     }
 
     /// Complete events, masked; an incomplete one waits.
@@ -331,11 +331,15 @@ impl SseMasker {
         }
     }
 
+    /// One whole value (a string, a key, a line), through one masker kept
+    /// for the purpose: `finish` empties it, so it is ready again after.
     fn mask_whole(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut m = self.masker();
-        let mut out = m.push(bytes);
-        out.extend(m.finish());
-        merge(&mut self.counts, &m.counts);
+        let m = &mut self.whole;
+        let out = m.push_all(bytes);
+        if !m.counts.is_empty() {
+            let counts = std::mem::take(&mut m.counts);
+            merge(&mut self.counts, &counts);
+        }
         out
     }
 }

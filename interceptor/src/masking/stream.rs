@@ -74,8 +74,7 @@ impl StreamMasker {
     }
 
     fn whole(&mut self, mut m: StreamMasker, value: &[u8]) -> Vec<u8> {
-        let mut out = m.push(value);
-        out.extend(m.finish());
+        let out = m.push_all(value);
         for (k, v) in m.counts {
             *self.counts.entry(format!("header:{k}")).or_default() += v;
         }
@@ -88,6 +87,13 @@ impl StreamMasker {
         self.lower_case();
         let boundary = self.safe_boundary();
         self.emit(boundary)
+    }
+
+    /// One complete value (`push` then `finish`, without asking what to
+    /// hold back); the masker is empty again after.
+    pub fn push_all(&mut self, value: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(value);
+        self.finish()
     }
 
     /// End of stream: everything left is decided.
