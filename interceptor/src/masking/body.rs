@@ -18,7 +18,7 @@ pub fn decoder_for(encoding: Option<&str>) -> Result<Decoder, String> {
         Some("gzip") | Some("x-gzip") => {
             Kind::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
         }
-        Some("deflate") => Kind::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new()))),
+        Some("deflate") => Kind::DeflateUndecided,
         Some("br") => Kind::Brotli(Box::new(BrotliStream::new())),
         Some(other) => return Err(format!("content-encoding {other:?} cannot be inspected")),
     };
@@ -178,6 +178,10 @@ enum Kind {
     // output buffer per `write`, so they can be driven a step at a time.
     Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
     Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
+    /// `deflate` is zlib (RFC 9110), but servers also send raw deflate, as
+    /// browsers accept: told apart by the zlib header once two bytes are in.
+    DeflateUndecided,
+    DeflateRaw(Box<flate2::write::DeflateDecoder<Vec<u8>>>),
     // brotli's writer decodes all it is given at once: its streaming
     // function is driven directly, with a bounded output buffer.
     Brotli(Box<BrotliStream>),
@@ -193,12 +197,23 @@ impl Decoder {
 
     /// Input left to decode, or decoded output not drawn yet.
     pub fn has_input(&self) -> bool {
-        !self.input.is_empty() || matches!(&self.kind, Kind::Brotli(b) if b.more_output)
+        match &self.kind {
+            // Waits for the two bytes that tell zlib from raw deflate.
+            Kind::DeflateUndecided => self.input.len() >= 2,
+            Kind::Brotli(b) if b.more_output => true,
+            _ => !self.input.is_empty(),
+        }
     }
 
     /// Decodes until about `max` bytes are out or the input is used up.
     pub fn step(&mut self, max: usize) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
+        if matches!(self.kind, Kind::DeflateUndecided) {
+            if self.input.len() < 2 {
+                return Ok(out);
+            }
+            self.decide_deflate();
+        }
         match &mut self.kind {
             Kind::Identity => {
                 let n = self.input.len().min(max.max(1));
@@ -206,14 +221,40 @@ impl Decoder {
             }
             Kind::Gzip(d) => step_flate(d.as_mut(), &mut self.input, &mut out, max)?,
             Kind::Deflate(d) => step_flate(d.as_mut(), &mut self.input, &mut out, max)?,
+            Kind::DeflateRaw(d) => step_flate(d.as_mut(), &mut self.input, &mut out, max)?,
+            Kind::DeflateUndecided => unreachable!("decided above"),
             Kind::Brotli(b) => b.step(&mut self.input, &mut out, max)?,
         }
         Ok(out)
     }
 
+    fn decide_deflate(&mut self) {
+        let zlib = match self.input[..] {
+            [cmf, flg, ..] => cmf & 0x0f == 8 && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0,
+            _ => true,
+        };
+        self.kind = if zlib {
+            Kind::Deflate(Box::new(flate2::write::ZlibDecoder::new(Vec::new())))
+        } else {
+            Kind::DeflateRaw(Box::new(flate2::write::DeflateDecoder::new(Vec::new())))
+        };
+    }
+
     /// The end of the body: the input is used up; what the decoder still
     /// holds comes out, and a truncated stream is an error.
     pub fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        if matches!(self.kind, Kind::DeflateUndecided) {
+            self.decide_deflate();
+            let mut out = Vec::new();
+            if let Kind::Deflate(d) = &mut self.kind {
+                step_flate(d.as_mut(), &mut self.input, &mut out, usize::MAX)?;
+            }
+            if let Kind::DeflateRaw(d) = &mut self.kind {
+                step_flate(d.as_mut(), &mut self.input, &mut out, usize::MAX)?;
+            }
+            out.extend(self.finish()?);
+            return Ok(out);
+        }
         match &mut self.kind {
             Kind::Identity => Ok(Vec::new()),
             Kind::Gzip(d) => {
@@ -224,6 +265,11 @@ impl Decoder {
                 d.try_finish()?;
                 Ok(std::mem::take(d.get_mut()))
             }
+            Kind::DeflateRaw(d) => {
+                d.try_finish()?;
+                Ok(std::mem::take(d.get_mut()))
+            }
+            Kind::DeflateUndecided => Ok(Vec::new()),
             Kind::Brotli(b) => b.finish(),
         }
     }
@@ -235,6 +281,12 @@ trait FlateWrite: Write {
 }
 
 impl FlateWrite for flate2::write::MultiGzDecoder<Vec<u8>> {
+    fn sink(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+
+impl FlateWrite for flate2::write::DeflateDecoder<Vec<u8>> {
     fn sink(&mut self) -> &mut Vec<u8> {
         self.get_mut()
     }
@@ -759,6 +811,17 @@ mod tests {
         let (out, counts) = run(vec![z], Some("gzip"), None, &[]).await;
         assert_eq!(out.unwrap(), b"ssn [REDACTED:ssn] end");
         assert_eq!(counts["ssn"], 1);
+    }
+
+    /// `deflate` as raw deflate (no zlib header), as some servers send it.
+    #[tokio::test]
+    async fn raw_deflate_is_read_too() {
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b"ssn 078-05-1120 end").unwrap();
+        let z = z.finish().unwrap();
+        let chunks: Vec<Vec<u8>> = z.chunks(1).map(|c| c.to_vec()).collect();
+        let (out, _) = run(chunks, Some("deflate"), None, &[]).await;
+        assert_eq!(out.unwrap(), b"ssn [REDACTED:ssn] end");
     }
 
     #[tokio::test]
