@@ -77,6 +77,21 @@ fn serve(c: TcpStream) {
                 .flat_map(|u| u.to_le_bytes())
                 .collect(),
         ),
+        // Labels a client may read as an event stream, and we may not.
+        "/two-types" | "/type-list" | "/type-quoted" => {
+            let mut s = String::new();
+            for p in ["card 4111 ", "1111 1111", " 1111 end"] {
+                let d = serde_json::json!({"type":"content_block_delta","index":0,
+                    "delta":{"type":"text_delta","text":p}});
+                s.push_str(&format!("data: {d}\n\n"));
+            }
+            let t = match path.as_str() {
+                "/two-types" => "text/plain\r\nContent-Type: text/event-stream",
+                "/type-list" => "text/event-stream, text/plain",
+                _ => "\"text/event-stream\"",
+            };
+            ("200 OK", t, s.into_bytes())
+        }
         // What Range the upstream was asked for.
         "/range" => (
             "200 OK",
@@ -172,6 +187,13 @@ fn what_the_masker_cannot_read_never_reaches_the_skill() {
         assert!(
             !out.contains("0\u{0}7\u{0}8"),
             "{path}: UTF-16 text got through"
+        );
+    }
+    for path in ["/two-types", "/type-list", "/type-quoted"] {
+        let out = get(path, &[]);
+        assert!(
+            out.contains("502") && out.contains("uninspectable_response"),
+            "{path}: {out}"
         );
     }
     let out = get("/export.gz", &[]);

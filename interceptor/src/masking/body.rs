@@ -60,7 +60,17 @@ pub fn prepare(
         return Err(format!("transfer-encoding {t:?} cannot be inspected"));
     }
     let decoder = decoder_for(encoding)?;
+    // What the body is must be said once and plainly: a client may read a
+    // second header, a list or a malformed type differently than we would.
+    if headers.get_all(http::header::CONTENT_TYPE).iter().count() > 1 {
+        return Err("more than one content-type header".into());
+    }
     let media = media_type(headers);
+    if let Some(t) = media.as_deref()
+        && !valid_media_type(t)
+    {
+        return Err(format!("content-type {t:?} is not a media type"));
+    }
     if let Some(why) = media.as_deref().and_then(opaque_media) {
         return Err(why);
     }
@@ -120,6 +130,16 @@ pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
     let t = v.split(';').next()?.trim().to_ascii_lowercase();
     (!t.is_empty()).then_some(t)
+}
+
+/// `type/subtype`, both RFC 9110 tokens.
+fn valid_media_type(t: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    };
+    t.split_once('/').is_some_and(|(a, b)| token(a) && token(b))
 }
 
 /// Why a body of this media type cannot be masked: compressed archives

@@ -151,12 +151,19 @@ impl Scanner {
                 break;
             }
         }
-        // The earliest occurrence whose token could still go on.
+        // The earliest occurrence whose token could still go on (after a
+        // few that cannot, the next one is held without asking: bounded
+        // work per push whatever the text).
         let mut from = floor;
+        let mut dead = 0;
         while let Some(m) = literals.find_at(lower, from) {
             if m.start >= hold {
                 break;
             }
+            if dead == MISSES {
+                return m.start;
+            }
+            dead += 1;
             let dfas = self.by_literal[m.pattern].iter().map(|&d| {
                 &detectors[d]
                     .fast
@@ -187,12 +194,13 @@ impl Scanner {
         lower: &[u8],
         boundary: usize,
         out: &mut Vec<Found>,
-    ) {
+    ) -> usize {
         let mut sink = Sink {
             detectors,
             text,
             boundary,
             out,
+            work: 0,
         };
         if let Some(literals) = &self.literals {
             self.literal_pass(literals, &mut sink, lower);
@@ -211,11 +219,14 @@ impl Scanner {
                 sink.push(i, m.start(), m.end());
             }
         }
+        sink.work
     }
 
     /// Token detectors: their DFA anchored at each place a prefix occurs.
     fn literal_pass(&self, literals: &Literals, sink: &mut Sink, lower: &[u8]) {
+        let len = sink.text.len();
         let mut floor = vec![0usize; sink.detectors.len()];
+        let mut misses = vec![0usize; sink.detectors.len()];
         let mut from = 0;
         while let Some(m) = literals.find_at(lower, from) {
             let at = m.start;
@@ -227,12 +238,38 @@ impl Scanner {
                     continue;
                 }
                 let dfa = sink.dfa(d);
-                let input = Input::new(sink.text)
-                    .span(at..sink.text.len())
-                    .anchored(Anchored::Yes);
-                if let Ok(Some(end)) = dfa.forward().try_search_fwd(&input) {
-                    sink.push(d, at, end.offset());
-                    floor[d] = end.offset();
+                if misses[d] < MISSES {
+                    // Anchored here: one forward pass, usually short.
+                    let input = Input::new(sink.text).span(at..len).anchored(Anchored::Yes);
+                    match dfa.forward().try_search_fwd(&input) {
+                        Ok(Some(end)) => {
+                            sink.work += end.offset() - at;
+                            sink.push(d, at, end.offset());
+                            floor[d] = end.offset();
+                        }
+                        _ => {
+                            // Where it gave up is not known: count it all.
+                            sink.work += len - at;
+                            misses[d] += 1;
+                        }
+                    }
+                } else {
+                    // Many prefixes that start nothing (a text of "-----BEGIN"
+                    // lines and no END, each anchored search running to the
+                    // end): the leftmost match from here instead, so each
+                    // byte is searched once for this detector.
+                    let found = dfa.try_search(&Input::new(sink.text).span(at..len));
+                    sink.work += match &found {
+                        Ok(Some(f)) => f.end() - at,
+                        _ => len - at,
+                    };
+                    match found {
+                        Ok(Some(found)) => {
+                            sink.push(d, found.start(), found.end());
+                            floor[d] = found.end();
+                        }
+                        _ => floor[d] = usize::MAX,
+                    }
                 }
             }
             // Every start, not only non-overlapping ones: "xoxsk-..." has two.
@@ -318,6 +355,8 @@ struct Sink<'a> {
     text: &'a [u8],
     boundary: usize,
     out: &'a mut Vec<Found>,
+    /// Bytes handed to token DFAs (at most): the tests hold it linear.
+    work: usize,
 }
 
 impl<'a> Sink<'a> {
@@ -362,6 +401,10 @@ impl<'a> Sink<'a> {
         }
     }
 }
+
+/// Anchored misses per detector and buffer before its search goes on
+/// unanchored (linear however many prefixes start nothing).
+const MISSES: usize = 4;
 
 /// Whether a match of `dfa` starting at `at` could still go on past the
 /// end of `text`: its DFA, run from there over the rest, is not dead.
@@ -513,6 +556,31 @@ mod tests {
         }
         out.sort_by_key(|f| (f.detector, f.start));
         out
+    }
+
+    /// Prefixes that start no match, thousands of them: each byte goes
+    /// through a token's DFA a bounded number of times.
+    #[test]
+    fn many_prefixes_cost_linear_work() {
+        let d = all();
+        let scanner = Scanner::new(d);
+        for unit in [
+            "-----BEGIN PRIVATE KEY-----\n",
+            "sk-",
+            "eyJhbGciOiJIUzI1NiJ9.",
+            "Bearer ",
+        ] {
+            let text = unit.repeat(64 * 1024 / unit.len()).into_bytes();
+            let lower = text.to_ascii_lowercase();
+            let mut out = Vec::new();
+            let work = scanner.find(d, &text, &lower, text.len(), &mut out);
+            assert!(
+                work <= 12 * text.len(),
+                "{unit:?}: {work} for {}",
+                text.len()
+            );
+            assert!(scanner.hold_from(d, &text, &lower) <= text.len());
+        }
     }
 
     #[test]

@@ -86,8 +86,14 @@ struct TextField {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("a server-sent event over {MAX_EVENT} bytes cannot be masked")]
-pub struct EventTooLarge;
+pub enum EventError {
+    #[error("a server-sent event over {MAX_EVENT} bytes cannot be masked")]
+    TooLarge,
+    /// Data that reads as JSON to a lenient client (a lone surrogate, a
+    /// NaN) but not to serde_json: its text could not be reassembled.
+    #[error("a server-sent event's data looks like JSON but does not parse ({0})")]
+    NotJson(String),
+}
 
 impl SseMasker {
     pub fn new(profile: Arc<Profile>, injected: &[impl AsRef<str>]) -> SseMasker {
@@ -107,7 +113,7 @@ impl SseMasker {
     }
 
     /// Complete events, masked; an incomplete one waits.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventTooLarge> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventError> {
         self.append_lines(chunk);
         let mut out = Vec::new();
         loop {
@@ -121,10 +127,10 @@ impl SseMasker {
             let raw: Vec<u8> = self.buf[..end].to_vec();
             self.buf.drain(..end + 2);
             self.searched = 0;
-            out.extend(self.event(&raw));
+            out.extend(self.event(&raw)?);
         }
         if self.buf.len() > MAX_EVENT {
-            return Err(EventTooLarge);
+            return Err(EventError::TooLarge);
         }
         Ok(out)
     }
@@ -160,7 +166,7 @@ impl SseMasker {
 
     /// One event: its text fields through their streams, every other
     /// string masked whole.
-    fn event(&mut self, raw: &[u8]) -> Vec<u8> {
+    fn event(&mut self, raw: &[u8]) -> Result<Vec<u8>, EventError> {
         let text = String::from_utf8_lossy(raw).into_owned();
         let mut fields = Vec::new();
         let mut data = Vec::new();
@@ -175,7 +181,14 @@ impl SseMasker {
             }
         }
         let data = data.join("\n");
-        let Ok(mut value) = serde_json::from_str::<Value>(&data) else {
+        let parsed = serde_json::from_str::<Value>(&data);
+        if let Err(e) = &parsed
+            && data.trim_start().starts_with(['{', '['])
+            && data.trim() != "[DONE]"
+        {
+            return Err(EventError::NotJson(e.to_string()));
+        }
+        let Ok(mut value) = parsed else {
             // `[DONE]` and other plain data: the streams end first.
             let mut out = if data.trim() == "[DONE]" {
                 self.flush(|_| true)
@@ -185,7 +198,7 @@ impl SseMasker {
             let mut whole = raw.to_vec();
             whole.extend_from_slice(b"\n\n");
             out.extend(self.mask_whole(&whole));
-            return out;
+            return Ok(out);
         };
         let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
         if selected > 0 {
@@ -255,7 +268,7 @@ impl SseMasker {
             }
             .to_bytes(),
         );
-        out
+        Ok(out)
     }
 
     /// Ends the streams `which` selects: each one's held-back text in an
@@ -796,6 +809,17 @@ mod tests {
             m.scanned,
             16 * n
         );
+    }
+
+    /// Data a lenient client reads as JSON and serde_json does not (a lone
+    /// surrogate): the response ends rather than pass its text unjoined.
+    #[test]
+    fn json_that_does_not_parse_ends_the_stream() {
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        let ev = "data: {\"type\":\"content_block_delta\",\"index\":0,\"pad\":\"\\ud800\",\"delta\":{\"type\":\"text_delta\",\"text\":\"sk-SSE\"}}\n\n";
+        assert!(matches!(m.push(ev.as_bytes()), Err(EventError::NotJson(_))));
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        assert!(m.push(b"data: not json, fine\n\n").is_ok());
     }
 
     #[test]
