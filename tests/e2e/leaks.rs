@@ -52,6 +52,11 @@ fn serve(c: TcpStream) {
             "Application/JSON",
             format!(r#"{{"password":"PW-{key}"}}"#).into_bytes(),
         ),
+        "/json-as-text" => (
+            "200 OK",
+            "text/plain",
+            b"{\"password\":\"hunter2\"}".to_vec(),
+        ),
         "/jsonp" => (
             "200 OK",
             "application/javascript",
@@ -129,8 +134,8 @@ fn what_the_masker_cannot_read_never_reaches_the_skill() {
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\", \"ssn\"]\n\n\
-         [mask.fields]\ndetectors = [\"card\", \"ssn\"]\njson_paths = [\"$..password\"]\n\n\
-         [[rule]]\nid = \"fields\"\nworkload = {0:?}\ndestination = \"{1}\"\npath = [\"/json-upper\", \"/jsonp\"]\ninject = \"api\"\nmask = \"fields\"\naction = \"allow\"\n\n\
+         [mask.fields]\ndetectors = [\"card\", \"ssn\"]\njson_paths = [\"$..password\"]\ncontent_types = [\"application/json\", \"application/javascript\"]\n\n\
+         [[rule]]\nid = \"fields\"\nworkload = {0:?}\ndestination = \"{1}\"\npath = [\"/json-upper\", \"/jsonp\", \"/json-as-text\"]\ninject = \"api\"\nmask = \"fields\"\naction = \"allow\"\n\n\
          [[rule]]\nid = \"api\"\nworkload = {0:?}\ndestination = \"{1}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
         cg.rel, up.addr
     ));
@@ -171,6 +176,13 @@ fn what_the_masker_cannot_read_never_reaches_the_skill() {
     let out = get("/json-upper", &[]);
     assert!(out.contains(r#""password":"[REDACTED]""#), "{out}");
     // Another representation of the document: the paths cannot apply.
+    // The profile's content_types refuse what it does not list.
+    let out = get("/json-as-text", &[]);
+    assert!(
+        out.contains("502") && out.contains("content_types"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
     let out = get("/jsonp", &[]);
     assert!(
         out.contains("502") && out.contains("uninspectable_response"),

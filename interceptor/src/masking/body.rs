@@ -74,6 +74,13 @@ pub fn prepare(
     if let Some(why) = media.as_deref().and_then(opaque_media) {
         return Err(why);
     }
+    if let Some(t) = media.as_deref()
+        && !profile.allows_type(t)
+    {
+        return Err(format!(
+            "{t} is not among the profile's content_types: it is refused, not masked"
+        ));
+    }
     let charset = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

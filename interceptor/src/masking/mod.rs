@@ -96,6 +96,9 @@ pub struct Profile {
     /// Server-sent event fields (JSON pointers, `*` for any key or index)
     /// that carry streamed text deltas, beyond the built-in LLM shapes.
     pub sse_text_paths: Vec<Vec<String>>,
+    /// Media ranges a response may be (`type/subtype`, `type/*`,
+    /// `type/*+suffix`); empty: any. Others are refused, not masked.
+    pub content_types: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -133,6 +136,7 @@ impl Profile {
             max_inspect,
             on_uninspectable,
             sse_text_paths: Vec::new(),
+            content_types: Vec::new(),
         })
     }
 
@@ -164,6 +168,41 @@ impl Profile {
             self.sse_text_paths.push(segs);
         }
         Ok(self)
+    }
+
+    /// Limits the media types of masked responses to these ranges.
+    pub fn with_content_types(mut self, ranges: &[String]) -> Result<Profile, String> {
+        for r in ranges {
+            let lower = r.trim().to_ascii_lowercase();
+            let Some((t, sub)) = lower.split_once('/') else {
+                return Err(format!(
+                    "content_types: {r:?} is not a media range (type/subtype, type/*, type/*+json)"
+                ));
+            };
+            if t.is_empty() || sub.is_empty() || (t == "*" && sub != "*") {
+                return Err(format!(
+                    "content_types: {r:?} is not a media range (type/subtype, type/*, type/*+json)"
+                ));
+            }
+            self.content_types.push((t.to_string(), sub.to_string()));
+        }
+        Ok(self)
+    }
+
+    /// Whether a response of media type `t` (lower case) may be masked.
+    pub fn allows_type(&self, t: &str) -> bool {
+        if self.content_types.is_empty() {
+            return true;
+        }
+        let (ty, sub) = t.split_once('/').unwrap_or((t, ""));
+        self.content_types.iter().any(|(rt, rs)| {
+            (rt == "*" || rt == ty)
+                && (rs == "*"
+                    || rs == sub
+                    || rs
+                        .strip_prefix('*')
+                        .is_some_and(|suffix| suffix.starts_with('+') && sub.ends_with(suffix)))
+        })
     }
 
     /// Appends what replaces `matched`, a match of detector number `i`.
@@ -236,6 +275,40 @@ pub fn mask_headers(h: &mut http::HeaderMap, masker: &mut StreamMasker) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_are_media_ranges() {
+        let p = Profile::empty()
+            .with_content_types(&[
+                "application/json".into(),
+                "text/*".into(),
+                "application/*+json".into(),
+            ])
+            .unwrap();
+        for t in [
+            "application/json",
+            "text/plain",
+            "text/event-stream",
+            "application/problem+json",
+        ] {
+            assert!(p.allows_type(t), "{t}");
+        }
+        for t in [
+            "application/pdf",
+            "application/jsonp",
+            "image/png",
+            "application/json5",
+        ] {
+            assert!(!p.allows_type(t), "{t}");
+        }
+        assert!(Profile::empty().allows_type("application/pdf"));
+        for bad in ["json", "*/json", "/x", "text/"] {
+            assert!(
+                Profile::empty().with_content_types(&[bad.into()]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn replacements() {

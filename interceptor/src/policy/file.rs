@@ -87,6 +87,9 @@ struct MaskDoc {
     /// JSON pointers of SSE fields that stream text deltas.
     #[serde(default)]
     sse_text_paths: Vec<String>,
+    /// Media ranges a masked response may be; others are refused.
+    #[serde(default)]
+    content_types: Vec<String>,
     max_inspect: Option<Size>,
     on_uninspectable: Option<String>,
 }
@@ -941,7 +944,8 @@ fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, Strin
         max_inspect,
         on_uninspectable,
     )?
-    .with_sse_text_paths(&m.sse_text_paths)
+    .with_sse_text_paths(&m.sse_text_paths)?
+    .with_content_types(&m.content_types)
 }
 
 fn credential(name: &str, c: CredentialDoc) -> Result<Credential, String> {
