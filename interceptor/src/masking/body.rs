@@ -99,9 +99,7 @@ pub fn prepare(
             "text in {c} cannot be inspected (the detectors read ASCII-compatible text)"
         ));
     }
-    let is_json = media
-        .as_deref()
-        .is_some_and(|t| t == "application/json" || t.ends_with("+json") || t.contains("json"));
+    let is_json = media.as_deref().is_some_and(|t| t.contains("json"));
     // JSONP carries the JSON document the paths are for, wrapped so that
     // it does not parse: refused rather than sent with the fields unmasked.
     // (Text and HTML get the detectors; see README on json_paths.)

@@ -6,6 +6,8 @@
 //! reading of its pattern in detectors.rs, held to the regex crate by the
 //! differential tests in scan.rs.
 
+use super::scan::NUMERIC;
+
 /// More groups than this and a run is left to the DFAs (no card, SSN or
 /// phone number of the usual shapes has more).
 const MAX_GROUPS: usize = 8;
@@ -61,7 +63,7 @@ impl NumericRun {
             run.digits += i - start;
             let seps = text[i..]
                 .iter()
-                .take_while(|&&c| matches!(c, b' ' | b'.' | b'(' | b')' | b'+' | b'-'))
+                .take_while(|&&c| NUMERIC[c as usize] && !c.is_ascii_digit())
                 .count();
             i += seps;
             if seps == 0 || !text.get(i).is_some_and(u8::is_ascii_digit) {

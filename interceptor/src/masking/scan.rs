@@ -164,14 +164,10 @@ impl Scanner {
                 return m.start;
             }
             dead += 1;
-            let dfas = self.by_literal[m.pattern].iter().map(|&d| {
-                &detectors[d]
-                    .fast
-                    .as_ref()
-                    .expect("anchored detectors are built-ins")
-                    .dfa
-            });
-            if dfas.into_iter().any(|dfa| alive_at_end(dfa, text, m.start)) {
+            if self.by_literal[m.pattern]
+                .iter()
+                .any(|&d| alive_at_end(dfa_of(detectors, d), text, m.start))
+            {
                 return m.start;
             }
             from = m.start + 1;
@@ -361,12 +357,7 @@ struct Sink<'a> {
 
 impl<'a> Sink<'a> {
     fn dfa(&self, d: usize) -> &'a DfaRegex {
-        let detectors: &'a [Detector] = self.detectors;
-        &detectors[d]
-            .fast
-            .as_ref()
-            .expect("anchored detectors are built-ins")
-            .dfa
+        dfa_of(self.detectors, d)
     }
 
     fn push(&mut self, detector: usize, start: usize, end: usize) {
@@ -400,6 +391,15 @@ impl<'a> Sink<'a> {
             }
         }
     }
+}
+
+/// The DFA of detector `d`, one the scanner anchors (a built-in).
+fn dfa_of(detectors: &[Detector], d: usize) -> &DfaRegex {
+    &detectors[d]
+        .fast
+        .as_ref()
+        .expect("anchored detectors are built-ins")
+        .dfa
 }
 
 /// Anchored misses per detector and buffer before its search goes on
@@ -446,7 +446,7 @@ const fn class(ranges: &[(u8, u8)]) -> Class {
 }
 
 /// Every byte a card, SSN or phone number is made of.
-static NUMERIC: Class = class(&[
+pub(super) static NUMERIC: Class = class(&[
     (b'0', b'9'),
     (b' ', b' '),
     (b'.', b'.'),

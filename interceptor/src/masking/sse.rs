@@ -295,38 +295,31 @@ impl SseMasker {
 
     /// Every string in `v` but the stream fields, masked whole (detectors
     /// and injected secrets), and so are object keys and numbers (a card
-    /// number sent as a number becomes a masked string). Whether any changed.
-    fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) -> bool {
+    /// number sent as a number becomes a masked string).
+    fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) {
         match v {
             Value::String(s) if !skip.iter().any(|p| p == at) => {
                 let masked = self.mask_whole(s.as_bytes());
                 if masked != s.as_bytes() {
                     *s = String::from_utf8_lossy(&masked).into_owned();
-                    return true;
                 }
-                false
             }
             Value::Number(n) => {
                 let text = n.to_string();
                 let masked = self.mask_whole(text.as_bytes());
                 if masked != text.as_bytes() {
                     *v = Value::String(String::from_utf8_lossy(&masked).into_owned());
-                    return true;
                 }
-                false
             }
             Value::Array(a) => {
-                let mut changed = false;
                 for (i, x) in a.iter_mut().enumerate() {
-                    changed |= self.mask_strings(x, &format!("{at}/{i}"), skip);
+                    self.mask_strings(x, &format!("{at}/{i}"), skip);
                 }
-                changed
             }
             Value::Object(o) => {
-                let mut changed = false;
                 for (k, x) in o.iter_mut() {
                     let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
-                    changed |= self.mask_strings(x, &p, skip);
+                    self.mask_strings(x, &p, skip);
                 }
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {
@@ -335,12 +328,10 @@ impl SseMasker {
                         && let Some(x) = o.remove(&k)
                     {
                         o.insert(String::from_utf8_lossy(&masked).into_owned(), x);
-                        changed = true;
                     }
                 }
-                changed
             }
-            _ => false,
+            _ => {}
         }
     }
 
