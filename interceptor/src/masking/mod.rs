@@ -8,6 +8,7 @@
 //! masked, whatever the profile.
 pub mod body;
 pub mod detectors;
+mod digit_map;
 mod json;
 mod json_body;
 mod literals;

@@ -6,6 +6,7 @@
 //! reading of its pattern in detectors.rs, held to the regex crate by the
 //! differential tests in scan.rs.
 
+use super::digit_map::DigitMap;
 use super::scan::NUMERIC;
 
 /// More groups than this and a run is left to the DFAs (no card, SSN or
@@ -42,7 +43,8 @@ pub struct NumericRun {
 impl NumericRun {
     /// The run from `first_digit` on (what precedes it in the run holds
     /// no digit).
-    pub fn read(text: &[u8], first_digit: usize) -> NumericRun {
+    /// `digits` is the map of `text`.
+    pub fn read(text: &[u8], digits: &DigitMap, first_digit: usize) -> NumericRun {
         let mut run = NumericRun {
             end: first_digit,
             digits: 0,
@@ -52,7 +54,7 @@ impl NumericRun {
         let mut i = first_digit;
         loop {
             let start = i;
-            i += text[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+            i = digits.run_end(i);
             if run.n_groups < MAX_GROUPS {
                 run.groups[run.n_groups] = Group {
                     start: start as u32,

@@ -10,6 +10,7 @@
 //! detector is made of, so the result is the regex's own matches: the
 //! differential test below checks that against the regex crate.
 use super::detectors::{Anchor, Detector, Exact, MAX_MATCH};
+use super::digit_map::DigitMap;
 use super::literals::Literals;
 use super::numeric::NumericRun;
 use regex_automata::dfa::{Automaton, regex::Regex as DfaRegex};
@@ -21,6 +22,14 @@ pub struct Found {
     pub start: usize,
     pub end: usize,
     pub detector: usize,
+}
+
+/// A masker's buffers for the scanner, kept between pushes.
+#[derive(Default)]
+pub struct Scratch {
+    /// The matches of the last `find`.
+    pub found: Vec<Found>,
+    digits: DigitMap,
 }
 
 /// A profile's detectors, sorted by the pass that finds them.
@@ -189,20 +198,22 @@ impl Scanner {
         text: &[u8],
         lower: &[u8],
         boundary: usize,
-        out: &mut Vec<Found>,
+        scratch: &mut Scratch,
     ) -> usize {
+        scratch.found.clear();
         let mut sink = Sink {
             detectors,
             text,
             boundary,
-            out,
+            out: &mut scratch.found,
             work: 0,
         };
         if let Some(literals) = &self.literals {
             self.literal_pass(literals, &mut sink, lower);
         }
         if !self.numeric.is_empty() || !self.iban.is_empty() {
-            self.numeric_pass(&mut sink);
+            scratch.digits.build(text);
+            self.numeric_pass(&mut sink, &scratch.digits);
         }
         if !self.at.is_empty() {
             self.at_pass(&mut sink);
@@ -274,16 +285,16 @@ impl Scanner {
     }
 
     /// Cards, SSNs, phone numbers, IBANs: around each run of digits.
-    fn numeric_pass(&self, sink: &mut Sink) {
+    fn numeric_pass(&self, sink: &mut Sink, digits: &DigitMap) {
         let text = sink.text;
         let mut iban_floor = 0;
         let mut from = 0;
-        while let Some(d) = next_digit(text, from) {
+        while let Some(d) = digits.next_digit(from) {
             let start = run_back(text, d, from, &NUMERIC);
             if start >= sink.boundary {
                 break;
             }
-            let run = NumericRun::read(text, d);
+            let run = NumericRun::read(text, digits, d);
             // No built-in number starts with a space, dot, dash or ')'.
             let first = (start..d)
                 .find(|&i| matches!(text[i], b'+' | b'('))
@@ -488,32 +499,6 @@ fn run_forward(text: &[u8], at: usize, class: &Class) -> usize {
     i
 }
 
-/// The first ASCII digit at or after `from`, eight bytes at a time: a word
-/// with no digit (most of any text) costs a few instructions.
-fn next_digit(text: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut i = from;
-    while i + 8 <= text.len() {
-        let w = u64::from_le_bytes(text[i..i + 8].try_into().expect("8 bytes"));
-        // High bit of each byte b in '0'..='9' (b < 0x80): b + (0x80 - '0')
-        // reaches 0x80, b + (0x80 - ':') does not. No carry crosses a byte:
-        // the low seven bits are added separately from the high one.
-        let low = w & !HIGH;
-        let ge0 = low + ONES * (0x80 - b'0' as u64);
-        let gt9 = low + ONES * (0x80 - b':' as u64);
-        let hit = ge0 & !gt9 & !w & HIGH;
-        if hit != 0 {
-            return Some(i + (hit.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    text[i.min(text.len())..]
-        .iter()
-        .position(u8::is_ascii_digit)
-        .map(|p| i + p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::detectors;
@@ -533,8 +518,9 @@ mod tests {
     fn scanned(text: &[u8]) -> Vec<Found> {
         let d = all();
         let scanner = Scanner::new(d);
-        let mut out = Vec::new();
-        scanner.find(d, text, &text.to_ascii_lowercase(), text.len(), &mut out);
+        let mut scratch = Scratch::default();
+        scanner.find(d, text, &text.to_ascii_lowercase(), text.len(), &mut scratch);
+        let mut out = scratch.found;
         out.sort_by_key(|f| (f.detector, f.start));
         out.dedup();
         out
@@ -572,8 +558,7 @@ mod tests {
         ] {
             let text = unit.repeat(64 * 1024 / unit.len()).into_bytes();
             let lower = text.to_ascii_lowercase();
-            let mut out = Vec::new();
-            let work = scanner.find(d, &text, &lower, text.len(), &mut out);
+            let work = scanner.find(d, &text, &lower, text.len(), &mut Scratch::default());
             assert!(
                 work <= 12 * text.len(),
                 "{unit:?}: {work} for {}",
@@ -581,21 +566,6 @@ mod tests {
             );
             assert!(scanner.hold_from(d, &text, &lower) <= text.len());
         }
-    }
-
-    #[test]
-    fn next_digit_finds_each_digit() {
-        let text = b"abc:;<=>?/@ 7 xyz\x80\xb0\xb9 0123456789 ab9";
-        let want: Vec<usize> = (0..text.len())
-            .filter(|&i| text[i].is_ascii_digit())
-            .collect();
-        let mut got = Vec::new();
-        let mut from = 0;
-        while let Some(d) = next_digit(text, from) {
-            got.push(d);
-            from = d + 1;
-        }
-        assert_eq!(got, want);
     }
 
     #[test]

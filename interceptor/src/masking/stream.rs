@@ -15,8 +15,8 @@ pub struct StreamMasker {
     /// `pending` in ASCII lower case, for the case-blind literal searches
     /// (a case-insensitive automaton cannot use the SIMD searcher).
     lower: Vec<u8>,
-    /// Scratch for the matches of one push.
-    found: Vec<super::scan::Found>,
+    /// The scanner's buffers (matches, digit map), reused.
+    scratch: super::scan::Scratch,
     pub counts: Counts,
 }
 
@@ -40,7 +40,7 @@ impl StreamMasker {
             secrets: Secrets::new(&literals).map(Arc::new),
             pending: Vec::new(),
             lower: Vec::new(),
-            found: Vec::new(),
+            scratch: Default::default(),
             counts: Counts::new(),
         }
     }
@@ -57,7 +57,7 @@ impl StreamMasker {
             secrets: self.secrets.clone(),
             pending: Vec::new(),
             lower: Vec::new(),
-            found: Vec::new(),
+            scratch: Default::default(),
             counts: Counts::new(),
         }
     }
@@ -83,8 +83,7 @@ impl StreamMasker {
 
     /// Masks what can be decided now and returns it; keeps the rest.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(chunk);
-        self.lower_case();
+        self.append(chunk);
         let boundary = self.safe_boundary();
         self.emit(boundary)
     }
@@ -92,22 +91,22 @@ impl StreamMasker {
     /// One complete value (`push` then `finish`, without asking what to
     /// hold back); the masker is empty again after.
     pub fn push_all(&mut self, value: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(value);
+        self.append(value);
         self.finish()
     }
 
     /// End of stream: everything left is decided.
     pub fn finish(&mut self) -> Vec<u8> {
-        self.lower_case();
         let len = self.pending.len();
         self.emit(len)
     }
 
-    fn lower_case(&mut self) {
+    /// New bytes go to `pending`, and lower-cased to `lower` when a
+    /// search needs it (only the new bytes: the rest is there already).
+    fn append(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
         if self.secrets.is_some() || self.profile.scanner.needs_lower() {
-            self.lower.clear();
-            self.lower.extend_from_slice(&self.pending);
-            self.lower.make_ascii_lowercase();
+            self.lower.extend(bytes.iter().map(u8::to_ascii_lowercase));
         }
     }
 
@@ -158,6 +157,7 @@ impl StreamMasker {
         let upto = boundary.max(at);
         out.extend_from_slice(&self.pending[at..upto]);
         self.pending.drain(..upto);
+        self.lower.drain(..upto.min(self.lower.len()));
         out
     }
 
@@ -182,15 +182,14 @@ impl StreamMasker {
                 from = m.end;
             }
         }
-        self.found.clear();
         profile.scanner.find(
             &profile.detectors,
             text,
             &self.lower,
             boundary,
-            &mut self.found,
+            &mut self.scratch,
         );
-        all.extend(self.found.iter().map(|f| Hit {
+        all.extend(self.scratch.found.iter().map(|f| Hit {
             start: f.start,
             end: f.end,
             detector: f.detector,
