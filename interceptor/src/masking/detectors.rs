@@ -31,12 +31,13 @@ pub(super) struct Fast {
     pub dfa: Arc<DfaRegex>,
 }
 
-/// Detectors matched on a numeric run's groups of digits (numeric.rs)
-/// instead of with their DFA.
-#[derive(Clone, Copy)]
+/// Detectors read directly, instead of with their DFA: on a numeric
+/// run's groups of digits (numeric.rs), around an `@` (email.rs).
+#[derive(Clone, Copy, PartialEq)]
 pub(super) enum Exact {
     Card,
     Ssn,
+    Email,
 }
 
 /// Where every match of a built-in detector is, by construction of its
@@ -58,7 +59,7 @@ pub(super) enum Anchor {
     /// a run of `[A-Z0-9 ]` (IBAN).
     LettersDigits,
     /// Lies in a run of `[A-Za-z0-9._%+@-]` holding an `@` (e-mail).
-    At,
+    At { exact: Option<Exact> },
 }
 
 impl Detector {
@@ -169,7 +170,9 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
     (
         "email",
         r"(?-u)\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
-        Anchor::At,
+        Anchor::At {
+            exact: Some(Exact::Email),
+        },
         None,
     ),
     (

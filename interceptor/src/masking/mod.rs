@@ -9,6 +9,7 @@
 pub mod body;
 pub mod detectors;
 mod digit_map;
+mod email;
 mod json;
 mod json_body;
 mod literals;

@@ -40,8 +40,11 @@ pub struct Scanner {
     literal_text: Vec<&'static str>,
     by_literal: Vec<Vec<usize>>,
     numeric: Vec<Numeric>,
+    /// The fewest digits any of `numeric` has.
+    fewest_digits: usize,
     iban: Vec<usize>,
-    at: Vec<usize>,
+    /// Detectors around an `@`, and whether one is read directly.
+    at: Vec<(usize, Option<Exact>)>,
     /// Custom detectors: their own regex over the whole buffer.
     whole: Vec<usize>,
 }
@@ -53,6 +56,7 @@ impl Scanner {
             literal_text: Vec::new(),
             by_literal: Vec::new(),
             numeric: Vec::new(),
+            fewest_digits: usize::MAX,
             iban: Vec::new(),
             at: Vec::new(),
             whole: Vec::new(),
@@ -72,10 +76,16 @@ impl Scanner {
                     exact,
                 }),
                 Some(Anchor::LettersDigits) => s.iban.push(i),
-                Some(Anchor::At) => s.at.push(i),
+                Some(Anchor::At { exact }) => s.at.push((i, exact)),
                 None => s.whole.push(i),
             }
         }
+        s.fewest_digits = s
+            .numeric
+            .iter()
+            .map(|n| n.digits)
+            .min()
+            .unwrap_or(usize::MAX);
         // Prefix-free: a literal that starts with another is found at the
         // same place as the shorter one, which then stands for both.
         literals.sort();
@@ -294,21 +304,16 @@ impl Scanner {
             if start >= sink.boundary {
                 break;
             }
-            let run = NumericRun::read(text, digits, d);
-            // No built-in number starts with a space, dot, dash or ')'.
-            let first = (start..d)
-                .find(|&i| matches!(text[i], b'+' | b'('))
-                .unwrap_or(d);
-            for n in &self.numeric {
-                if run.digits < n.digits || !run.has_groups(n.groups) {
-                    continue;
-                }
-                let mut found = |s, e| sink.push(n.detector, s, e);
-                match n.exact {
-                    Some(Exact::Card) if run.complete() => run.cards(text, &mut found),
-                    Some(Exact::Ssn) if run.complete() => run.ssns(text, &mut found),
-                    _ => sink.find_iter(n.detector, first, run.end),
-                }
+            let digits_end = digits.run_end(d);
+            // Most runs are a few digits that nothing continues ("id":42,),
+            // too short for any detector: not read into groups.
+            let short = digits_end - d < self.fewest_digits
+                && !text.get(digits_end).is_some_and(|&c| NUMERIC[c as usize]);
+            let mut end = digits_end;
+            if !short {
+                let run = NumericRun::read(text, digits, d);
+                self.numeric_matches(sink, &run, start, d);
+                end = run.end;
             }
             // An IBAN starts with two capitals, which end a numeric run.
             if start == d && d >= 2 && d - 2 >= iban_floor {
@@ -321,7 +326,28 @@ impl Scanner {
                     iban_floor = iban_end;
                 }
             }
-            from = run.end;
+            from = end;
+        }
+    }
+
+    /// The numeric detectors' matches in one run of digits and separators
+    /// (from `start`, its first digit at `d`).
+    fn numeric_matches(&self, sink: &mut Sink, run: &NumericRun, start: usize, d: usize) {
+        let text = sink.text;
+        // No built-in number starts with a space, dot, dash or ')'.
+        let first = (start..d)
+            .find(|&i| matches!(text[i], b'+' | b'('))
+            .unwrap_or(d);
+        for n in &self.numeric {
+            if run.digits < n.digits || !run.has_groups(n.groups) {
+                continue;
+            }
+            let mut found = |s, e| sink.push(n.detector, s, e);
+            match n.exact {
+                Some(Exact::Card) if run.complete() => run.cards(text, &mut found),
+                Some(Exact::Ssn) if run.complete() => run.ssns(text, &mut found),
+                _ => sink.find_iter(n.detector, first, run.end),
+            }
         }
     }
 
@@ -338,8 +364,15 @@ impl Scanner {
                 break;
             }
             let end = run_forward(text, q, &EMAIL);
-            for &det in &self.at {
-                sink.find_iter(det, start, end);
+            let alone = memchr::memchr(b'@', &text[q + 1..end]).is_none();
+            for &(det, exact) in &self.at {
+                if alone && exact == Some(Exact::Email) {
+                    if let Some((s, e)) = super::email::around_at(text, start, q) {
+                        sink.push(det, s, e);
+                    }
+                } else {
+                    sink.find_iter(det, start, end);
+                }
             }
             floor = end;
         }
@@ -519,7 +552,13 @@ mod tests {
         let d = all();
         let scanner = Scanner::new(d);
         let mut scratch = Scratch::default();
-        scanner.find(d, text, &text.to_ascii_lowercase(), text.len(), &mut scratch);
+        scanner.find(
+            d,
+            text,
+            &text.to_ascii_lowercase(),
+            text.len(),
+            &mut scratch,
+        );
         let mut out = scratch.found;
         out.sort_by_key(|f| (f.detector, f.start));
         out.dedup();
@@ -574,6 +613,8 @@ mod tests {
             "pay 4111 1111 1111 1111 now, ssn 123-45-6789; call +1 (415) 555-0132",
             "IBAN DE89 3704 0044 0532 0130 00 and GB82WEST12345698765432.",
             "mail alice.smith+x@example.co.uk!bob@x.io @@ a@b c@d.e f@g.hi",
+            "a@b.comx-y a@b.c0m a@b.cc.d ..+a@b.io _a@b.io a@b.com_x a@b..com a@b.com. %@b.io a@-b.io",
+            "x@y.abcdefghijklmnopqrstuvwxy x@y.abcdefghijklmnopqrstuvwx éa@b.io a@b.io9 a@b.io-9 a@b-.c-.de",
             "key=AKIAIOSFODNN7EXAMPLE; xoxb-1234567890-abcdefghij sk-ant-api03-abcdefghijklmnopqrstuv",
             "sk-proj-abcdefghijklmnopqrstuvwxyz012345 BEARER abcdefghijklmnop1234 bearer\tx",
             "t=eyJhbGciOi.eyJzdWIiOi.c2ln& ghp_0123456789abcdefghijABCDEFGHIJ012345 glpat-abcdefghij0123456789",
@@ -596,7 +637,8 @@ mod tests {
             Just("+1 415-555-0132".to_string()), Just("(415) 555-0132".to_string()), Just("DE89 3704 0044 0532 0130 00".to_string()),
             Just("alice@example.com".to_string()), Just("@".to_string()), Just(".".to_string()), Just(" ".to_string()), Just("-".to_string()), Just("\n".to_string()),
             Just("AKIAIOSFODNN7EXAMPLE".to_string()), Just("sk-".to_string()), Just("ant-".to_string()), Just("eyJ".to_string()), Just("xox".to_string()),
-            Just("b-".to_string()), Just("Bearer ".to_string()), Just("ghp_".to_string()), Just("glpat-".to_string()), Just("é".to_string()),
+            Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()),
+            Just("Bearer ".to_string()), Just("ghp_".to_string()), Just("glpat-".to_string()), Just("é".to_string()),
             "[0-9]{1,6}", "[A-Za-z]{1,8}", "[A-Z]{2}[0-9]{2}", "[ .()+-]{1,2}",
         ], 0..24)) {
             let text = parts.concat();
