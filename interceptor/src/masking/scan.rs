@@ -305,16 +305,24 @@ impl Scanner {
                 break;
             }
             let digits_end = digits.run_end(d);
-            // Most runs are a few digits that nothing continues ("id":42,),
-            // too short for any detector: not read into groups.
-            let short = digits_end - d < self.fewest_digits
-                && !text.get(digits_end).is_some_and(|&c| NUMERIC[c as usize]);
-            let mut end = digits_end;
-            if !short {
+            let is_numeric = |i: usize| text.get(i).is_some_and(|&c| NUMERIC[c as usize]);
+            // Most runs are a few digits that nothing continues ("id":42,
+            // or "warehouse 42 on"), too short for any detector: not read
+            // into groups. A separator then a byte of no number ends it.
+            let end = if digits_end - d >= self.fewest_digits {
+                None
+            } else if !is_numeric(digits_end) {
+                Some(digits_end)
+            } else if !is_numeric(digits_end + 1) {
+                Some(digits_end + 1)
+            } else {
+                None
+            };
+            let end = end.unwrap_or_else(|| {
                 let run = NumericRun::read(text, digits, d);
                 self.numeric_matches(sink, &run, start, d);
-                end = run.end;
-            }
+                run.end
+            });
             // An IBAN starts with two capitals, which end a numeric run.
             if start == d && d >= 2 && d - 2 >= iban_floor {
                 let (a, b) = (text[d - 2], text[d - 1]);
