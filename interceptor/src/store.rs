@@ -156,6 +156,8 @@ pub struct Store {
     meta: sled::Tree,
     flusher: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushWaiter>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
+    /// FLUSH_TIMEOUT (shorter in tests).
+    flush_timeout: std::time::Duration,
 }
 
 impl Drop for Store {
@@ -172,6 +174,10 @@ impl Drop for Store {
 const AUDIT_HEAD: &[u8] = b"audit_head";
 
 type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// How long a caller waits for its record to be on disk (a flush takes
+/// milliseconds; a disk that takes this long is treated as failed).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One thread flushes for everyone waiting: each waiter asked after its own
 /// write, so the flush that starts after its request covers it.
@@ -237,6 +243,7 @@ impl Store {
             meta,
             flusher: std::sync::Mutex::new(Some(flusher)),
             flusher_thread: Some(flusher_thread),
+            flush_timeout: FLUSH_TIMEOUT,
         })
     }
 
@@ -499,6 +506,10 @@ impl Store {
     /// Durable on disk when it returns. Concurrent callers share one flush
     /// (group commit). sled's own `flush_async` waits for its background
     /// flusher and is far slower under load, hence this.
+    ///
+    /// A flush that does not finish within FLUSH_TIMEOUT (a stalled disk, a
+    /// stuck storage engine) is an error: callers refuse what needed the
+    /// record to be durable, and say so, instead of hanging with it.
     pub async fn flush_async(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.flusher
@@ -507,9 +518,15 @@ impl Store {
             .as_ref()
             .and_then(|f| f.send(tx).ok())
             .ok_or_else(|| anyhow::anyhow!("the store flusher thread is gone"))?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?
-            .map_err(|e| anyhow::anyhow!("flushing the session store: {e}"))
+        match tokio::time::timeout(self.flush_timeout, rx).await {
+            Err(_) => anyhow::bail!(
+                "the session store did not finish a flush in {:?} (disk stalled?)",
+                self.flush_timeout
+            ),
+            Ok(r) => r
+                .map_err(|_| anyhow::anyhow!("the store flusher thread is gone"))?
+                .map_err(|e| anyhow::anyhow!("flushing the session store: {e}")),
+        }
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -528,6 +545,32 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flush that never finishes (a stuck disk or storage engine) is an
+    /// error after the timeout, not a wait forever: the proxy then refuses
+    /// what needed the record, and says why.
+    #[test]
+    fn a_flush_that_never_finishes_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("icpt-stuck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut store = Store::open(&dir).unwrap();
+        store.flush_timeout = std::time::Duration::from_millis(100);
+        // A flusher that takes requests and never answers them.
+        let (tx, stuck) = std::sync::mpsc::channel::<FlushWaiter>();
+        let real = store.flusher.lock().unwrap().replace(tx);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let err = rt.block_on(store.flush_async()).unwrap_err();
+        assert!(err.to_string().contains("did not finish a flush"), "{err}");
+        // With the real flusher back, flushes work again.
+        *store.flusher.lock().unwrap() = real;
+        rt.block_on(store.flush_async()).unwrap();
+        drop(stuck);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn every_pending_approval_is_listed_behind_a_thousand_decided_ones() {
