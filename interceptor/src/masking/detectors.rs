@@ -37,6 +37,7 @@ pub(super) struct Fast {
 pub(super) enum Exact {
     Card,
     Ssn,
+    Phone,
     Email,
 }
 
@@ -181,7 +182,7 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
         Anchor::Numeric {
             digits: 10,
             groups: &[3, 3, 4],
-            exact: None,
+            exact: Some(Exact::Phone),
         },
         None,
     ),

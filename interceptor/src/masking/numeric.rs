@@ -2,7 +2,8 @@
 //! number, SSN and phone number is made of, read once into their groups of
 //! digits. Cards and SSNs are then matched on the groups directly: their
 //! patterns are fixed shapes of groups, and a DFA pass per candidate cost
-//! more than the rest of the masker together. Each matcher is an exact
+//! more than the rest of the masker together. Phone numbers are read
+//! byte by byte from each place one can start. Each matcher is an exact
 //! reading of its pattern in detectors.rs, held to the regex crate by the
 //! differential tests in scan.rs.
 
@@ -162,6 +163,80 @@ impl NumericRun {
             }
         }
     }
+}
+
+/// `(?-u)(?:\+\d{1,3}[ .-]?)?\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b` in
+/// `[from, end)` (a numeric run): its leftmost-first matches, in order,
+/// non-overlapping. Unlike cards and SSNs this reads bytes, not groups: the
+/// optional parts make its matches start inside groups ("+1415" has none).
+pub fn phones(text: &[u8], from: usize, end: usize, out: &mut impl FnMut(usize, usize)) {
+    let mut s = from;
+    while s < end {
+        let m = match text[s] {
+            b'+' => country_code_then_number(text, s),
+            b'(' => number(text, s),
+            c if c.is_ascii_digit() && boundary_before(text, s) => number(text, s),
+            _ => None,
+        };
+        match m {
+            Some(e) => {
+                out(s, e);
+                s = e;
+            }
+            None => s += 1,
+        }
+    }
+}
+
+/// `\+\d{1,3}[ .-]?` then the number, at the `+` at `s`: the regex tries
+/// three digits first, then two, then one, each with the separator first.
+fn country_code_then_number(text: &[u8], s: usize) -> Option<usize> {
+    let digits = text[s + 1..]
+        .iter()
+        .take(3)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    (1..=digits).rev().find_map(|k| {
+        let at = s + 1 + k;
+        let with_sep = is_sep(text, at).then(|| number(text, at + 1)).flatten();
+        with_sep.or_else(|| number(text, at))
+    })
+}
+
+/// `\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b` at `p`, where it ends. Each
+/// optional part is decided by the byte at its place: leaving out a `(` or
+/// `)` that is there leaves a byte nothing else matches.
+fn number(text: &[u8], p: usize) -> Option<usize> {
+    let mut at = p;
+    if text.get(at) == Some(&b'(') {
+        at += 1;
+    } else if !boundary_before(text, at) {
+        return None;
+    }
+    at = digits_then(text, at, 3)?;
+    if text.get(at) == Some(&b')') {
+        at += 1;
+    }
+    if !is_sep(text, at) {
+        return None;
+    }
+    at = digits_then(text, at + 1, 3)?;
+    if !is_sep(text, at) {
+        return None;
+    }
+    at = digits_then(text, at + 1, 4)?;
+    boundary_after(text, at).then_some(at)
+}
+
+/// Exactly `n` digits from `at` (what follows is checked by the caller):
+/// where they end.
+fn digits_then(text: &[u8], at: usize, n: usize) -> Option<usize> {
+    let end = at + n;
+    (text.get(at..end)?.iter().all(u8::is_ascii_digit)).then_some(end)
+}
+
+fn is_sep(text: &[u8], at: usize) -> bool {
+    matches!(text.get(at), Some(b' ' | b'.' | b'-'))
 }
 
 fn is_word(c: u8) -> bool {

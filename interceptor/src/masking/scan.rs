@@ -354,6 +354,7 @@ impl Scanner {
             match n.exact {
                 Some(Exact::Card) if run.complete() => run.cards(text, &mut found),
                 Some(Exact::Ssn) if run.complete() => run.ssns(text, &mut found),
+                Some(Exact::Phone) => super::numeric::phones(text, first, run.end, &mut found),
                 _ => sink.find_iter(n.detector, first, run.end),
             }
         }
@@ -622,6 +623,8 @@ mod tests {
             "IBAN DE89 3704 0044 0532 0130 00 and GB82WEST12345698765432.",
             "mail alice.smith+x@example.co.uk!bob@x.io @@ a@b c@d.e f@g.hi",
             "a@b.comx-y a@b.c0m a@b.cc.d ..+a@b.io _a@b.io a@b.com_x a@b..com a@b.com. %@b.io a@-b.io",
+            "+14155550132 +1 (415) 555-0132 +1-415.555 0132 +1234 415 555 0132 (415 555-0132 415) 555-0132",
+            "a415 555 0132 415 555 01322 +12(415)555-0132 ++1 415 555 0132 +1 +1 415-555-0132 ((415) 555-0132",
             "x@y.abcdefghijklmnopqrstuvwxy x@y.abcdefghijklmnopqrstuvwx éa@b.io a@b.io9 a@b.io-9 a@b-.c-.de",
             "key=AKIAIOSFODNN7EXAMPLE; xoxb-1234567890-abcdefghij sk-ant-api03-abcdefghijklmnopqrstuv",
             "sk-proj-abcdefghijklmnopqrstuvwxyz012345 BEARER abcdefghijklmnop1234 bearer\tx",
@@ -642,7 +645,8 @@ mod tests {
         #[test]
         fn same_matches_as_the_regexes(parts in proptest::collection::vec(prop_oneof![
             Just("4111 1111 1111 1111".to_string()), Just("4111-1111-1111-1111".to_string()), Just("123-45-6789".to_string()),
-            Just("+1 415-555-0132".to_string()), Just("(415) 555-0132".to_string()), Just("DE89 3704 0044 0532 0130 00".to_string()),
+            Just("+1 415-555-0132".to_string()), Just("(415) 555-0132".to_string()), Just("415".to_string()), Just("555-0132".to_string()),
+            Just("+1".to_string()), Just("+123".to_string()), Just("(".to_string()), Just(")".to_string()), Just("DE89 3704 0044 0532 0130 00".to_string()),
             Just("alice@example.com".to_string()), Just("@".to_string()), Just(".".to_string()), Just(" ".to_string()), Just("-".to_string()), Just("\n".to_string()),
             Just("AKIAIOSFODNN7EXAMPLE".to_string()), Just("sk-".to_string()), Just("ant-".to_string()), Just("eyJ".to_string()), Just("xox".to_string()),
             Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()),
