@@ -10,10 +10,9 @@ pub enum Literals {
     Automaton(aho_corasick::AhoCorasick),
 }
 
-/// One occurrence: `[start, end)` of pattern `pattern`.
+/// One occurrence: pattern `pattern` starts at `start`.
 pub struct Hit {
     pub start: usize,
-    pub end: usize,
     pub pattern: usize,
 }
 
@@ -41,21 +40,17 @@ impl Literals {
         if from > hay.len() {
             return None;
         }
-        let (start, end, pattern) = match self {
+        let (start, pattern) = match self {
             Literals::Teddy(t) => {
                 let m = t.find_in(hay, aho_corasick::Span::from(from..hay.len()))?;
-                (m.start(), m.end(), m.pattern().as_usize())
+                (m.start(), m.pattern().as_usize())
             }
             Literals::Automaton(a) => {
                 let m = a.find(aho_corasick::Input::new(hay).span(from..hay.len()))?;
-                (m.start(), m.end(), m.pattern().as_usize())
+                (m.start(), m.pattern().as_usize())
             }
         };
-        Some(Hit {
-            start,
-            end,
-            pattern,
-        })
+        Some(Hit { start, pattern })
     }
 }
 
@@ -68,7 +63,7 @@ mod tests {
         let l = Literals::new(&["sk-", "sk-ant-", "xox", "eyj"]);
         let hay = b"..sk-ant-x xoxsk-";
         let h = l.find_at(hay, 0).unwrap();
-        assert_eq!((h.start, h.end, h.pattern), (2, 9, 1));
+        assert_eq!((h.start, h.pattern), (2, 1));
         let h = l.find_at(hay, 3).unwrap();
         assert_eq!((h.start, h.pattern), (11, 2));
         let h = l.find_at(hay, 12).unwrap();

@@ -16,6 +16,13 @@ use super::numeric::NumericRun;
 use regex_automata::dfa::{Automaton, regex::Regex as DfaRegex};
 use regex_automata::{Anchored, Input};
 
+/// A place where a token prefix starts: `literal` indexes `literal_text`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiteralStart {
+    pub at: usize,
+    pub literal: usize,
+}
+
 /// A candidate match: `[start, end)` of detector `detector`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
@@ -118,7 +125,15 @@ impl Scanner {
     /// alive at the end, or a prefix of one cut off; for custom detectors
     /// (no DFA to ask), the last partial line. Looks back at most
     /// MAX_MATCH bytes.
-    pub fn hold_from(&self, detectors: &[Detector], text: &[u8], lower: &[u8]) -> usize {
+    /// `starts` are the token prefixes' starts in `lower` (all of them,
+    /// in order).
+    pub fn hold_from(
+        &self,
+        detectors: &[Detector],
+        text: &[u8],
+        lower: &[u8],
+        starts: &[LiteralStart],
+    ) -> usize {
         let len = text.len();
         let floor = len.saturating_sub(MAX_MATCH);
         let mut hold = len;
@@ -140,18 +155,18 @@ impl Scanner {
         if !self.at.is_empty() {
             hold = hold.min(trailing(&EMAIL, |c| c.is_ascii_alphanumeric() || c == b'_'));
         }
-        if let Some(literals) = &self.literals {
-            hold = hold.min(self.literal_hold(literals, detectors, text, lower, floor));
+        if !self.literal_text.is_empty() {
+            hold = hold.min(self.literal_hold(detectors, text, lower, starts, floor));
         }
         hold
     }
 
     fn literal_hold(
         &self,
-        literals: &Literals,
         detectors: &[Detector],
         text: &[u8],
         lower: &[u8],
+        starts: &[LiteralStart],
         floor: usize,
     ) -> usize {
         let len = text.len();
@@ -173,41 +188,70 @@ impl Scanner {
         // The earliest occurrence whose token could still go on (after a
         // few that cannot, the next one is held without asking: bounded
         // work per push whatever the text).
-        let mut from = floor;
-        let mut dead = 0;
-        while let Some(m) = literals.find_at(lower, from) {
-            if m.start >= hold {
+        let first = starts.partition_point(|s| s.at < floor);
+        for (dead, s) in starts[first..].iter().enumerate() {
+            if s.at >= hold {
                 break;
             }
             if dead == MISSES {
-                return m.start;
+                return s.at;
             }
-            dead += 1;
-            if self.by_literal[m.pattern]
+            if self.by_literal[s.literal]
                 .iter()
-                .any(|&d| alive_at_end(dfa_of(detectors, d), text, m.start))
+                .any(|&d| alive_at_end(dfa_of(detectors, d), text, s.at))
             {
-                return m.start;
+                return s.at;
             }
-            from = m.start + 1;
         }
         hold
     }
 
+    /// The token prefixes, lower case and prefix-free: a masker that looks
+    /// for other literals too finds these in the same pass.
+    pub fn literal_text(&self) -> &[&'static str] {
+        &self.literal_text
+    }
+
+    /// The prefix that starts at `at` in `lower`, if one does (at most
+    /// one: no prefix starts with another).
+    pub fn literal_at(&self, lower: &[u8], at: usize) -> Option<usize> {
+        self.literal_text
+            .iter()
+            .position(|l| lower[at..].starts_with(l.as_bytes()))
+    }
+
+    /// Every start of a prefix in `lower`, in order, with the scanner's own
+    /// searcher.
+    pub fn literal_starts(&self, lower: &[u8], out: &mut Vec<LiteralStart>) {
+        out.clear();
+        let Some(literals) = &self.literals else {
+            return;
+        };
+        let mut from = 0;
+        // Every start, not only non-overlapping ones: "xoxsk-..." has two.
+        while let Some(m) = literals.find_at(lower, from) {
+            out.push(LiteralStart {
+                at: m.start,
+                literal: m.pattern,
+            });
+            from = m.start + 1;
+        }
+    }
+
     /// Whether the literal pass needs the lower-cased copy of the buffer.
     pub fn needs_lower(&self) -> bool {
-        self.literals.is_some()
+        !self.literal_text.is_empty()
     }
 
     /// Every validated match starting before `boundary` (the rest of the
-    /// buffer is context for them). `lower` is `text` in lower case when
-    /// `needs_lower`, else ignored.
+    /// buffer is context for them). `starts` are the token prefixes' starts
+    /// (`literal_starts`, or a masker's own pass that finds them too).
     pub fn find(
         &self,
         detectors: &[Detector],
         text: &[u8],
-        lower: &[u8],
         boundary: usize,
+        starts: &[LiteralStart],
         scratch: &mut Scratch,
     ) -> usize {
         scratch.found.clear();
@@ -218,9 +262,7 @@ impl Scanner {
             out: &mut scratch.found,
             work: 0,
         };
-        if let Some(literals) = &self.literals {
-            self.literal_pass(literals, &mut sink, lower);
-        }
+        self.literal_pass(&mut sink, starts);
         if !self.numeric.is_empty() || !self.iban.is_empty() {
             scratch.digits.build(text);
             self.numeric_pass(&mut sink, &scratch.digits);
@@ -240,17 +282,19 @@ impl Scanner {
     }
 
     /// Token detectors: their DFA anchored at each place a prefix occurs.
-    fn literal_pass(&self, literals: &Literals, sink: &mut Sink, lower: &[u8]) {
+    fn literal_pass(&self, sink: &mut Sink, starts: &[LiteralStart]) {
+        if starts.is_empty() {
+            return;
+        }
         let len = sink.text.len();
         let mut floor = vec![0usize; sink.detectors.len()];
         let mut misses = vec![0usize; sink.detectors.len()];
-        let mut from = 0;
-        while let Some(m) = literals.find_at(lower, from) {
-            let at = m.start;
+        for s in starts {
+            let at = s.at;
             if at >= sink.boundary {
                 break;
             }
-            for &d in &self.by_literal[m.pattern] {
+            for &d in &self.by_literal[s.literal] {
                 if at < floor[d] {
                     continue;
                 }
@@ -289,8 +333,6 @@ impl Scanner {
                     }
                 }
             }
-            // Every start, not only non-overlapping ones: "xoxsk-..." has two.
-            from = at + 1;
         }
     }
 
@@ -561,13 +603,9 @@ mod tests {
         let d = all();
         let scanner = Scanner::new(d);
         let mut scratch = Scratch::default();
-        scanner.find(
-            d,
-            text,
-            &text.to_ascii_lowercase(),
-            text.len(),
-            &mut scratch,
-        );
+        let mut starts = Vec::new();
+        scanner.literal_starts(&text.to_ascii_lowercase(), &mut starts);
+        scanner.find(d, text, text.len(), &starts, &mut scratch);
         let mut out = scratch.found;
         out.sort_by_key(|f| (f.detector, f.start));
         out.dedup();
@@ -606,13 +644,15 @@ mod tests {
         ] {
             let text = unit.repeat(64 * 1024 / unit.len()).into_bytes();
             let lower = text.to_ascii_lowercase();
-            let work = scanner.find(d, &text, &lower, text.len(), &mut Scratch::default());
+            let mut starts = Vec::new();
+            scanner.literal_starts(&lower, &mut starts);
+            let work = scanner.find(d, &text, text.len(), &starts, &mut Scratch::default());
             assert!(
                 work <= 12 * text.len(),
                 "{unit:?}: {work} for {}",
                 text.len()
             );
-            assert!(scanner.hold_from(d, &text, &lower) <= text.len());
+            assert!(scanner.hold_from(d, &text, &lower, &starts) <= text.len());
         }
     }
 

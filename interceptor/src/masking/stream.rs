@@ -1,5 +1,6 @@
 //! The streaming masker: push chunks, get back what is safe to send.
 use super::detectors::MAX_MATCH;
+use super::scan::LiteralStart;
 use super::{Counts, Profile};
 use std::sync::Arc;
 use zeroize::Zeroizing;
@@ -7,8 +8,8 @@ use zeroize::Zeroizing;
 pub struct StreamMasker {
     profile: Arc<Profile>,
     /// Every form of the secrets injected on this request (secret_forms),
-    /// in lower case, always masked, found in one pass over `lower`;
-    /// `None` without injected secrets.
+    /// in lower case, always masked, found in the same pass over `lower`
+    /// as the profile's token prefixes; `None` without injected secrets.
     secrets: Option<Arc<Secrets>>,
     /// Bytes received but not yet emitted.
     pending: Vec<u8>,
@@ -17,6 +18,11 @@ pub struct StreamMasker {
     lower: Vec<u8>,
     /// The scanner's buffers (matches, digit map), reused.
     scratch: super::scan::Scratch,
+    /// What the literal pass over `pending` found: where the profile's
+    /// token prefixes start, and the injected secrets' forms (leftmost,
+    /// longest, not overlapping).
+    starts: Vec<LiteralStart>,
+    secret_hits: Vec<(usize, usize)>,
     pub counts: Counts,
 }
 
@@ -35,12 +41,19 @@ impl StreamMasker {
             .filter(|s| !s.is_empty())
             .map(|s| Zeroizing::new(s.as_bytes().to_vec()))
             .collect();
+        let secrets = Secrets::new(&literals, profile.scanner.literal_text()).map(Arc::new);
+        Self::with(profile, secrets)
+    }
+
+    fn with(profile: Arc<Profile>, secrets: Option<Arc<Secrets>>) -> Self {
         Self {
             profile,
-            secrets: Secrets::new(&literals).map(Arc::new),
+            secrets,
             pending: Vec::new(),
             lower: Vec::new(),
             scratch: Default::default(),
+            starts: Vec::new(),
+            secret_hits: Vec::new(),
             counts: Counts::new(),
         }
     }
@@ -51,15 +64,17 @@ impl StreamMasker {
         self.with_profile(self.profile.clone())
     }
 
+    /// The secrets' searcher finds the token prefixes of the profile it
+    /// was built with; another profile's need one that finds its own.
     fn with_profile(&self, profile: Arc<Profile>) -> StreamMasker {
-        StreamMasker {
-            profile,
-            secrets: self.secrets.clone(),
-            pending: Vec::new(),
-            lower: Vec::new(),
-            scratch: Default::default(),
-            counts: Counts::new(),
-        }
+        let secrets = self.secrets.as_ref().map(|s| {
+            if s.finds_prefixes_of(&profile) {
+                s.clone()
+            } else {
+                Arc::new(s.for_prefixes(profile.scanner.literal_text()))
+            }
+        });
+        Self::with(profile, secrets)
     }
 
     /// One whole value (a header, a trailer) masked with the same profile
@@ -84,6 +99,7 @@ impl StreamMasker {
     /// Masks what can be decided now and returns it; keeps the rest.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.append(chunk);
+        self.search_literals();
         let boundary = self.safe_boundary();
         self.emit(boundary)
     }
@@ -97,8 +113,39 @@ impl StreamMasker {
 
     /// End of stream: everything left is decided.
     pub fn finish(&mut self) -> Vec<u8> {
+        self.search_literals();
         let len = self.pending.len();
         self.emit(len)
+    }
+
+    /// One pass over `lower` for every literal: the profile's token
+    /// prefixes and, with injected secrets, their forms. The searcher
+    /// reports each place where any of them starts; what starts there is
+    /// then asked of each set directly.
+    fn search_literals(&mut self) {
+        self.secret_hits.clear();
+        let scanner = &self.profile.scanner;
+        let Some(secrets) = &self.secrets else {
+            scanner.literal_starts(&self.lower, &mut self.starts);
+            return;
+        };
+        self.starts.clear();
+        let lower = &self.lower[..];
+        let mut secret_floor = 0;
+        let mut from = 0;
+        while let Some(m) = secrets.finder.find_at(lower, from) {
+            let at = m.start;
+            if let Some(literal) = scanner.literal_at(lower, at) {
+                self.starts.push(LiteralStart { at, literal });
+            }
+            if at >= secret_floor
+                && let Some(len) = secrets.longest_form_at(lower, at)
+            {
+                self.secret_hits.push((at, at + len));
+                secret_floor = at + len;
+            }
+            from = at + 1;
+        }
     }
 
     /// New bytes go to `pending`, and lower-cased to `lower` when a
@@ -119,7 +166,7 @@ impl StreamMasker {
         let profile = &self.profile;
         let mut hold = profile
             .scanner
-            .hold_from(&profile.detectors, p, &self.lower);
+            .hold_from(&profile.detectors, p, &self.lower, &self.starts);
         if let Some(secrets) = &self.secrets {
             hold = hold.min(secrets.hold_from(&self.lower));
         }
@@ -166,27 +213,22 @@ impl StreamMasker {
     fn hits(&mut self, boundary: usize) -> Vec<Hit> {
         let text = &self.pending[..];
         let profile = &self.profile;
-        let mut all = Vec::new();
-        if let Some(secrets) = &self.secrets {
-            let mut from = 0;
-            while let Some(m) = secrets.finder.find_at(&self.lower, from) {
-                if m.start >= boundary {
-                    break;
-                }
-                all.push(Hit {
-                    start: m.start,
-                    end: m.end,
-                    detector: 0,
-                    literal: true,
-                });
-                from = m.end;
-            }
-        }
+        let mut all: Vec<Hit> = self
+            .secret_hits
+            .iter()
+            .take_while(|&&(start, _)| start < boundary)
+            .map(|&(start, end)| Hit {
+                start,
+                end,
+                detector: 0,
+                literal: true,
+            })
+            .collect();
         profile.scanner.find(
             &profile.detectors,
             text,
-            &self.lower,
             boundary,
+            &self.starts,
             &mut self.scratch,
         );
         all.extend(self.scratch.found.iter().map(|f| Hit {
@@ -212,19 +254,22 @@ impl StreamMasker {
 }
 
 /// Every form of every injected secret (secret_forms), lower case, and
-/// one SIMD multi-literal searcher over them. The searcher keeps its own
+/// one SIMD multi-literal searcher over them and the token prefixes of the
+/// profile it serves (one pass finds both). The searcher keeps its own
 /// copy of the patterns (not zeroized: the price of a multi-pattern
 /// search); ours are.
 struct Secrets {
     finder: super::literals::Literals,
     forms: Vec<Zeroizing<Vec<u8>>>,
+    /// The token prefixes `finder` also finds.
+    prefixes: Vec<&'static str>,
     /// Bytes a form starts with, to look for cut-off forms quickly.
     first: [bool; 256],
     longest: usize,
 }
 
 impl Secrets {
-    fn new(literals: &[Zeroizing<Vec<u8>>]) -> Option<Secrets> {
+    fn new(literals: &[Zeroizing<Vec<u8>>], prefixes: &[&'static str]) -> Option<Secrets> {
         let forms: Vec<Zeroizing<Vec<u8>>> = literals
             .iter()
             .flat_map(|l| super::secret_forms::forms(l))
@@ -236,16 +281,47 @@ impl Secrets {
         if forms.is_empty() {
             return None;
         }
+        Some(Self::build(forms, prefixes))
+    }
+
+    fn build(forms: Vec<Zeroizing<Vec<u8>>>, prefixes: &[&'static str]) -> Secrets {
         let mut first = [false; 256];
         for f in &forms {
             first[f[0] as usize] = true;
         }
-        Some(Secrets {
-            finder: super::literals::Literals::new(&forms),
+        let patterns: Vec<&[u8]> = prefixes
+            .iter()
+            .map(|p| p.as_bytes())
+            .chain(forms.iter().map(|f| &f[..]))
+            .collect();
+        Secrets {
+            finder: super::literals::Literals::new(&patterns),
             longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
+            prefixes: prefixes.to_vec(),
             first,
             forms,
-        })
+        }
+    }
+
+    /// Whether the searcher finds every token prefix of `profile`.
+    fn finds_prefixes_of(&self, profile: &Profile) -> bool {
+        let theirs = profile.scanner.literal_text();
+        theirs.iter().all(|p| self.prefixes.contains(p))
+    }
+
+    /// The same forms with a searcher for other token prefixes.
+    fn for_prefixes(&self, prefixes: &[&'static str]) -> Secrets {
+        Self::build(self.forms.clone(), prefixes)
+    }
+
+    /// The length of the longest form that starts at `at`.
+    fn longest_form_at(&self, lower: &[u8], at: usize) -> Option<usize> {
+        let rest = &lower[at..];
+        self.forms
+            .iter()
+            .filter(|f| rest.starts_with(f))
+            .map(|f| f.len())
+            .max()
     }
 
     /// The earliest place the text ends with the start of a form.
@@ -435,6 +511,35 @@ mod tests {
                     "cut at {cut}: {out}"
                 );
             }
+        }
+    }
+
+    /// With injected secrets, the token prefixes are found in the same
+    /// pass as the secret's forms: every token and every form is masked
+    /// wherever the text is cut, also where a form starts with a prefix,
+    /// and the cut changes nothing.
+    #[test]
+    fn tokens_and_injected_forms_in_one_pass() {
+        let p = all_detectors(&[]);
+        let secret = "sk-LAB-5f2a9c81d7abcdefghijk".to_string();
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        let text = format!(
+            "a {secret} b ghp_0123456789abcdefghijABCDEFGHIJ012345 c {hex} d \
+             xoxb-1234567890-abcdefghij Bearer {}x e sk-sk-{secret}\n",
+            secret.to_uppercase()
+        );
+        let injected = std::slice::from_ref(&secret);
+        let (whole, counts) = mask_in_chunks(p.clone(), injected, text.as_bytes(), &[]);
+        let shown = String::from_utf8(whole.clone()).unwrap();
+        for leak in ["5f2a9c81d7", "5F2A9C81D7", "ghp_0123", "xoxb-123", &hex[8..30]] {
+            assert!(!shown.contains(leak), "{leak} in {shown}");
+        }
+        assert!(counts["injected_secret"] >= 2, "{counts:?}");
+        assert_eq!(counts.get("github_token"), Some(&1), "{counts:?}");
+        assert_eq!(counts.get("slack_token"), Some(&1), "{counts:?}");
+        for cut in 0..=text.len() {
+            let (out, _) = mask_in_chunks(p.clone(), injected, text.as_bytes(), &[cut]);
+            assert_eq!(String::from_utf8(out).unwrap(), shown, "cut at {cut}");
         }
     }
 
