@@ -531,7 +531,13 @@ mod tests {
         let injected = std::slice::from_ref(&secret);
         let (whole, counts) = mask_in_chunks(p.clone(), injected, text.as_bytes(), &[]);
         let shown = String::from_utf8(whole.clone()).unwrap();
-        for leak in ["5f2a9c81d7", "5F2A9C81D7", "ghp_0123", "xoxb-123", &hex[8..30]] {
+        for leak in [
+            "5f2a9c81d7",
+            "5F2A9C81D7",
+            "ghp_0123",
+            "xoxb-123",
+            &hex[8..30],
+        ] {
             assert!(!shown.contains(leak), "{leak} in {shown}");
         }
         assert!(counts["injected_secret"] >= 2, "{counts:?}");
