@@ -8,7 +8,8 @@ use std::time::Instant;
 
 #[derive(clap::Subcommand)]
 pub enum DiagCmd {
-    /// Masking throughput, one core, all detectors: prints JSON
+    /// Masking throughput, one core, all detectors (the median of three
+    /// passes over each corpus): prints JSON
     MaskThroughput {
         #[arg(long, default_value_t = 100)]
         mib: usize,
@@ -135,20 +136,29 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
             let json = corpus(mib << 20, Corpus::Json);
             let text = corpus(mib << 20, Corpus::Text);
             let clean = corpus(mib << 20, Corpus::CleanJson);
+            // The median of three passes: one pass on a shared 2-core
+            // machine varies by about 8%.
             let measure = |data: &[u8]| -> (f64, u64) {
-                let mut m = StreamMasker::new(profile.clone(), &["injected-secret-value-123"]);
-                let t = Instant::now();
-                let mut out = 0usize;
-                for chunk in data.chunks(64 << 10) {
-                    out += m.push(chunk).len();
-                }
-                out += m.finish().len();
-                std::hint::black_box(out);
-                let hits: u64 = m.counts.values().sum();
-                (
-                    data.len() as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64(),
-                    hits,
-                )
+                let mut runs: Vec<(f64, u64)> = (0..3)
+                    .map(|_| {
+                        let mut m =
+                            StreamMasker::new(profile.clone(), &["injected-secret-value-123"]);
+                        let t = Instant::now();
+                        let mut out = 0usize;
+                        for chunk in data.chunks(64 << 10) {
+                            out += m.push(chunk).len();
+                        }
+                        out += m.finish().len();
+                        std::hint::black_box(out);
+                        let hits: u64 = m.counts.values().sum();
+                        (
+                            data.len() as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64(),
+                            hits,
+                        )
+                    })
+                    .collect();
+                runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                runs[1]
             };
             let (json_mbs, json_hits) = measure(&json);
             let (text_mbs, text_hits) = measure(&text);
