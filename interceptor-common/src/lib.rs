@@ -257,14 +257,22 @@ pub mod counters {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all types are #[repr(C)], Copy, with explicit padding and no
-    // pointers, so any byte pattern the kernel writes is a valid value.
+    // SAFETY (each impl below): all types are #[repr(C)], Copy, with
+    // explicit padding and no pointers, so any byte pattern the kernel
+    // writes is a valid value.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Heartbeat {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnRecord {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::InboundKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::InboundTuple {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::InboundEvent {}
 }
 

@@ -48,9 +48,11 @@ pub fn bind_socket(path: &Path, approvers_group: Option<&str>) -> Result<UnixLis
 fn group_id(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0 as libc::c_char; 65536];
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid, empty value.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::group = std::ptr::null_mut();
     let rc =
+        // SAFETY: every pointer is to a live local of its type, and `buf` is as long as the length passed.
         unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }

@@ -322,13 +322,16 @@ impl Approver {
 /// The user name of a uid (NSS via libc, so LDAP/sssd users work too).
 fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid, empty value.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of its type, and `buf` is as long as the length passed.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
     if rc != 0 || out.is_null() {
         return None;
     }
     Some(
+        // SAFETY: the lookup succeeded: pw_name is a NUL-terminated string in `buf`, alive here.
         unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }
             .to_string_lossy()
             .into_owned(),
@@ -341,8 +344,10 @@ fn in_group(user: &str, uid: u32, group: &str) -> bool {
         return false;
     };
     let mut buf = vec![0 as libc::c_char; 65536];
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid, empty value.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of its type, and `buf` is as long as the length passed.
     let rc = unsafe {
         libc::getgrnam_r(
             cgroup.as_ptr(),
@@ -356,16 +361,21 @@ fn in_group(user: &str, uid: u32, group: &str) -> bool {
         return false;
     }
     let mut p = grp.gr_mem;
+    // SAFETY: the lookup succeeded: gr_mem is a NULL-terminated array of NUL-terminated strings in `buf`; `p` stops at the NULL.
     while !p.is_null() && !unsafe { *p }.is_null() {
+        // SAFETY: the lookup succeeded: gr_mem is a NULL-terminated array of NUL-terminated strings in `buf`; `p` stops at the NULL.
         if unsafe { std::ffi::CStr::from_ptr(*p) }.to_string_lossy() == user {
             return true;
         }
+        // SAFETY: the lookup succeeded: gr_mem is a NULL-terminated array of NUL-terminated strings in `buf`; `p` stops at the NULL.
         p = unsafe { p.add(1) };
     }
     // Primary group.
     let mut pbuf = vec![0 as libc::c_char; 4096];
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid, empty value.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut pout: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of its type, and `buf` is as long as the length passed.
     let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, pbuf.as_mut_ptr(), pbuf.len(), &mut pout) };
     rc == 0 && !pout.is_null() && pwd.pw_gid == grp.gr_gid
 }

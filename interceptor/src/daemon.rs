@@ -22,6 +22,7 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 pub fn run(o: Overrides) -> Result<()> {
     // Everything the daemon creates (store, CA key, logs) is root's alone,
     // whatever umask it was started with.
+    // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o077) };
     let cfg = Config::load(&o)?;
     init_logging(cfg.log_format);
@@ -48,6 +49,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "interceptor run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup programs)"
@@ -421,6 +423,7 @@ async fn return_freed_memory() {
     loop {
         tick.tick().await;
         #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only hands free memory back to the system; no live allocation is touched.
         unsafe {
             libc::malloc_trim(0);
         }

@@ -1009,6 +1009,7 @@ mod tests {
 
     #[test]
     fn pin_tree_components() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root (a trusted pin tree is root-owned)");
             return;

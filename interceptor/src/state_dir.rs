@@ -20,6 +20,7 @@ pub fn secure(dir: &Path) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("stat {}", dir.display())),
         Ok(m) => {
+            // SAFETY: geteuid has no preconditions and cannot fail.
             let me = unsafe { libc::geteuid() };
             if !m.is_dir() {
                 bail!(

@@ -17,6 +17,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_interceptor");
 /// True when the kernel tests can run. Otherwise fails loudly, unless
 /// INTERCEPTOR_SKIP_KERNEL_TESTS=1 asks to skip (CI never sets it).
 pub fn kernel_ready() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let problem = if unsafe { libc::geteuid() } != 0 {
         Some("the kernel tests need root (they load BPF programs and create cgroups)".to_string())
     } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -373,6 +374,7 @@ impl Daemon {
     }
 
     pub fn signal(&mut self, sig: i32) {
+        // SAFETY: kill takes no pointers; the pid is our own child's, not yet reaped.
         unsafe { libc::kill(self.pid() as i32, sig) };
         let _ = self.child.as_mut().unwrap().wait();
         self.child = None;

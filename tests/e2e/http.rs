@@ -547,6 +547,7 @@ print(first.decode(), "|", " ".join(x.decode() for x in rest))
         assert!(std::time::Instant::now() < deadline, "no first event");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // SAFETY: kill takes no pointers; the pid is the test's daemon child.
     unsafe { libc::kill(s.d.pid() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
     // Released from outside the cgroup (new connects from it are refused now).

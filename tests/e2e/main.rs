@@ -432,6 +432,7 @@ fn ipv6_and_v4_mapped_destinations() {
     // curl over IPv6.
     let web = Upstream::http("[::1]:0");
     cfg.set_policy(&allow_policy(&cg, &[web.addr.to_string()]));
+    // SAFETY: kill takes no pointers; the pid is the test's daemon child.
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !d.log_text().contains("policy reloaded") {
@@ -552,6 +553,7 @@ fn invalid_policy_reload_keeps_the_previous_policy() {
     cfg.set_policy(
         "[[rule]]\nid = \"broken\"\naction = \"allow\"\ndestination = [\"300.0.0.1\"]\n",
     );
+    // SAFETY: kill takes no pointers; the pid is the test's daemon child.
     unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
     // A wait, not a timing check: the suite runs many daemons at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

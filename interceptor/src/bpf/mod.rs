@@ -598,6 +598,7 @@ pub fn detach_all(bpffs_dir: &Path) -> Result<usize> {
 }
 
 fn check_kernel() -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "interceptor run needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load and attach cgroup programs)"
@@ -626,6 +627,7 @@ fn lsm_usable(bpf: &mut Ebpf) -> Result<(), String> {
 pub fn lsm_active() -> bool {
     let read = || std::fs::read_to_string("/sys/kernel/security/lsm");
     let list = read().or_else(|_| {
+        // SAFETY: static NUL-terminated strings and a null data pointer, which mount(2) accepts.
         let rc = unsafe {
             libc::mount(
                 c"securityfs".as_ptr(),
@@ -760,6 +762,7 @@ pub fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `ts` is a live timespec and CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -80,6 +80,7 @@ fn cstr(name: &str) -> std::io::Result<CString> {
 
 fn unlinkat(dir: &OwnedFd, name: &str, flags: i32) -> std::io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: the fds are open (borrowed from owners alive here), the names are NUL-terminated CStrings alive for the call, and out-pointers point to live locals.
     if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -87,6 +88,7 @@ fn unlinkat(dir: &OwnedFd, name: &str, flags: i32) -> std::io::Result<()> {
 }
 
 fn openat_dir(dir: libc::c_int, name: &CString) -> std::io::Result<OwnedFd> {
+    // SAFETY: the fds are open (borrowed from owners alive here), the names are NUL-terminated CStrings alive for the call, and out-pointers point to live locals.
     let fd = unsafe {
         libc::openat(
             dir,
@@ -97,11 +99,14 @@ fn openat_dir(dir: libc::c_int, name: &CString) -> std::io::Result<OwnedFd> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: the kernel just returned this fd, open and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
+    // SAFETY: a C struct of integers and pointers: all zeroes is a valid, empty value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the fds are open (borrowed from owners alive here), the names are NUL-terminated CStrings alive for the call, and out-pointers point to live locals.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -115,6 +120,7 @@ fn open_checked(parent: &OwnedFd, path: &Path, name: &str, create: bool) -> Resu
     let fd = match openat_dir(parent.as_raw_fd(), &c) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+            // SAFETY: the fds are open (borrowed from owners alive here), the names are NUL-terminated CStrings alive for the call, and out-pointers point to live locals.
             if unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -144,6 +150,7 @@ fn open_checked(parent: &OwnedFd, path: &Path, name: &str, create: bool) -> Resu
         );
     }
     // Tightened only by the daemon (which creates); readers change nothing.
+    // SAFETY: the fds are open (borrowed from owners alive here), the names are NUL-terminated CStrings alive for the call, and out-pointers point to live locals.
     if create && st.st_mode & 0o077 != 0 && unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) } != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("chmod 0700 {}", path.display()));
@@ -378,6 +385,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(default)?;
     // mode=0700: a bpffs root of 1777 lets any user plant directories.
+    // SAFETY: static NUL-terminated strings and a null data pointer, which mount(2) accepts.
     let rc = unsafe {
         libc::mount(
             c"bpf".as_ptr(),

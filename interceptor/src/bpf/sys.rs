@@ -37,6 +37,7 @@ impl Attr {
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live buffer of the size passed, laid out as the kernel's bpf_attr for `cmd`.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -60,6 +61,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let mut a = Attr::new();
     a.u64(0, c.as_ptr() as u64);
     let fd = bpf(BPF_OBJ_GET, &mut a)?;
+    // SAFETY: the kernel just returned this fd, open and owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

@@ -19,6 +19,7 @@ pub struct Doctor {
 }
 
 pub fn run(d: Doctor) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         cannot_check(
             "doctor needs root: it reads every process's /proc entries and the pinned hooks",

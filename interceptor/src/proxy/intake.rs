@@ -84,6 +84,7 @@ pub fn raise_nofile() -> u64 {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: the rlimit argument is a live local of its type.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
         return 1024;
     }
@@ -92,6 +93,7 @@ pub fn raise_nofile() -> u64 {
             rlim_cur: r.rlim_max,
             rlim_max: r.rlim_max,
         };
+        // SAFETY: the rlimit argument is a live local of its type.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
             r.rlim_cur = r.rlim_max;
         }

@@ -475,6 +475,7 @@ where
 /// SO_MARK (needs CAP_NET_ADMIN, which the daemon has and workloads lack).
 pub fn set_mark(sock: &tokio::net::TcpSocket, mark: u32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
+    // SAFETY: the socket's fd is open for the call, and the value points to a live u32 of the length passed.
     let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
