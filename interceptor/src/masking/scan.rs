@@ -414,19 +414,17 @@ impl Scanner {
             if start >= sink.boundary {
                 break;
             }
-            let end = run_forward(text, q, &EMAIL);
-            // A few bytes: a plain loop (memchr's call costs more here).
-            let alone = !text[q + 1..end].contains(&b'@');
+            let run = super::email::around_at(text, start, q);
             for &(det, exact) in &self.at {
-                if alone && exact == Some(Exact::Email) {
-                    if let Some((s, e)) = super::email::around_at(text, start, q) {
+                if run.alone && exact == Some(Exact::Email) {
+                    if let Some((s, e)) = run.found {
                         sink.push(det, s, e);
                     }
                 } else {
-                    sink.find_iter(det, start, end);
+                    sink.find_iter(det, start, run.end);
                 }
             }
-            floor = end;
+            floor = run.end;
         }
     }
 }
@@ -553,7 +551,7 @@ pub(super) static NUMERIC: Class = class(&[
 /// Every byte of an IBAN.
 static IBAN: Class = class(&[(b'0', b'9'), (b'A', b'Z'), (b' ', b' ')]);
 /// Every byte of an e-mail address.
-static EMAIL: Class = class(&[
+pub(super) static EMAIL: Class = class(&[
     (b'0', b'9'),
     (b'A', b'Z'),
     (b'a', b'z'),
