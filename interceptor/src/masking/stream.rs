@@ -23,9 +23,12 @@ pub struct StreamMasker {
     /// longest, not overlapping).
     starts: Vec<LiteralStart>,
     secret_hits: Vec<(usize, usize)>,
+    /// The matches of one push, kept for the next.
+    hits: Vec<Hit>,
     pub counts: Counts,
 }
 
+#[derive(Clone, Copy)]
 struct Hit {
     start: usize,
     end: usize,
@@ -54,6 +57,7 @@ impl StreamMasker {
             scratch: Default::default(),
             starts: Vec::new(),
             secret_hits: Vec::new(),
+            hits: Vec::new(),
             counts: Counts::new(),
         }
     }
@@ -176,7 +180,8 @@ impl StreamMasker {
     /// Masks matches that start before `boundary` and emits up to the later
     /// of `boundary` and their ends.
     fn emit(&mut self, boundary: usize) -> Vec<u8> {
-        let hits = self.hits(boundary);
+        let mut hits = std::mem::take(&mut self.hits);
+        self.find_hits(boundary, &mut hits);
         let mut out = Vec::with_capacity(boundary + 64);
         let mut at = 0;
         // Per detector, then the injected secrets; names only at the end.
@@ -201,6 +206,7 @@ impl StreamMasker {
             };
             *self.counts.entry(name.to_string()).or_default() += k;
         }
+        self.hits = hits;
         let upto = boundary.max(at);
         out.extend_from_slice(&self.pending[at..upto]);
         self.pending.drain(..upto);
@@ -210,20 +216,21 @@ impl StreamMasker {
 
     /// Non-overlapping validated matches starting before `boundary`: the
     /// earliest wins, then the longest; injected secrets before detectors.
-    fn hits(&mut self, boundary: usize) -> Vec<Hit> {
+    fn find_hits(&mut self, boundary: usize, all: &mut Vec<Hit>) {
         let text = &self.pending[..];
         let profile = &self.profile;
-        let mut all: Vec<Hit> = self
-            .secret_hits
-            .iter()
-            .take_while(|&&(start, _)| start < boundary)
-            .map(|&(start, end)| Hit {
-                start,
-                end,
-                detector: 0,
-                literal: true,
-            })
-            .collect();
+        all.clear();
+        all.extend(
+            self.secret_hits
+                .iter()
+                .take_while(|&&(start, _)| start < boundary)
+                .map(|&(start, end)| Hit {
+                    start,
+                    end,
+                    detector: 0,
+                    literal: true,
+                }),
+        );
         profile.scanner.find(
             &profile.detectors,
             text,
@@ -239,17 +246,19 @@ impl StreamMasker {
         }));
         // Stable sort: it merges the passes' runs, each already in order.
         all.sort_by_key(|h| (h.start, !h.literal, std::cmp::Reverse(h.end), h.detector));
-        let mut out: Vec<Hit> = Vec::with_capacity(all.len());
-        for h in all {
-            match out.last_mut() {
-                Some(last) if h.start < last.end => {
-                    // Overlap: widen to cover both, so no part of either leaks.
-                    last.end = last.end.max(h.end);
-                }
-                _ => out.push(h),
+        // In place: each kept hit moves down to `kept`.
+        let mut kept = 0;
+        for i in 0..all.len() {
+            let h = all[i];
+            if kept > 0 && h.start < all[kept - 1].end {
+                // Overlap: widen to cover both, so no part of either leaks.
+                all[kept - 1].end = all[kept - 1].end.max(h.end);
+            } else {
+                all[kept] = h;
+                kept += 1;
             }
         }
-        out
+        all.truncate(kept);
     }
 }
 
