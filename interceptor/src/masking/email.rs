@@ -19,8 +19,8 @@ pub struct AtRun {
 }
 
 /// The run and match around the `@` at `q`, in a run of e-mail bytes that
-/// starts at `start` and follows a byte that is not one (or the start of
-/// `text`).
+/// starts at `start` (matches start there or later; what is before it is
+/// only context).
 pub fn around_at(text: &[u8], start: usize, q: usize) -> AtRun {
     // The domain: labels joined by single dots. The star takes every
     // further label and gives them back one at a time until the label
@@ -50,9 +50,9 @@ pub fn around_at(text: &[u8], start: usize, q: usize) -> AtRun {
         end += 1;
     }
     // The regex tries starts from the left, and any local part up to the
-    // `@` will do: the first start with a word boundary. What precedes the
-    // run is no word byte, so that is the run's first word byte.
-    let found = tld_end.and_then(|e| Some(((start..q).find(|&i| is_word(text[i]))?, e)));
+    // `@` will do: the first start with a word boundary.
+    let boundary = |i: usize| is_word(text[i]) != (i > 0 && is_word(text[i - 1]));
+    let found = tld_end.and_then(|e| Some(((start..q).find(|&i| boundary(i))?, e)));
     AtRun {
         end,
         alone,

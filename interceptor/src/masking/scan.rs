@@ -144,10 +144,19 @@ impl Scanner {
             let r = run_back(text, len, floor, class);
             (r..len).find(|&i| starts(text[i])).unwrap_or(len)
         };
-        if !self.numeric.is_empty() {
-            hold = hold.min(trailing(&NUMERIC, |c| {
-                c.is_ascii_digit() || c == b'+' || c == b'('
-            }));
+        if !self.numeric.is_empty() || !self.iban.is_empty() {
+            let mut run = trailing(&NUMERIC, |c| c.is_ascii_digit() || c == b'+' || c == b'(');
+            // The two capitals an IBAN starts with end the numeric run
+            // before its digits, and are held with them.
+            let capital = |i: Option<usize>| i.is_some_and(|i| text[i].is_ascii_uppercase());
+            if !self.iban.is_empty()
+                && run < len
+                && capital(run.checked_sub(1))
+                && capital(run.checked_sub(2))
+            {
+                run -= 2;
+            }
+            hold = hold.min(run);
         }
         if !self.iban.is_empty() {
             hold = hold.min(trailing(&IBAN, |c| c.is_ascii_uppercase()));
@@ -243,21 +252,24 @@ impl Scanner {
         !self.literal_text.is_empty()
     }
 
-    /// Every validated match starting before `boundary` (the rest of the
-    /// buffer is context for them). `starts` are the token prefixes' starts
-    /// (`literal_starts`, or a masker's own pass that finds them too).
+    /// Every validated match starting in `decide` (the rest of the buffer
+    /// is context for them: what was decided before, what could still
+    /// grow). `starts` are the token prefixes' starts (`literal_starts`, or
+    /// a masker's own pass that finds them too).
     pub fn find(
         &self,
         detectors: &[Detector],
         text: &[u8],
-        boundary: usize,
+        decide: std::ops::Range<usize>,
         starts: &[LiteralStart],
         scratch: &mut Scratch,
     ) -> usize {
         scratch.found.clear();
+        let boundary = decide.end;
         let mut sink = Sink {
             detectors,
             text,
+            from: decide.start,
             boundary,
             out: &mut scratch.found,
             work: 0,
@@ -293,6 +305,9 @@ impl Scanner {
             let at = s.at;
             if at >= sink.boundary {
                 break;
+            }
+            if at < sink.from {
+                continue;
             }
             for &d in &self.by_literal[s.literal] {
                 if at < floor[d] {
@@ -410,7 +425,8 @@ impl Scanner {
             if q < floor {
                 continue;
             }
-            let start = run_back(text, q, floor, &EMAIL);
+            // Not before `from`: what is there was decided already.
+            let start = run_back(text, q, floor.max(sink.from), &EMAIL);
             if start >= sink.boundary {
                 break;
             }
@@ -443,6 +459,8 @@ struct Numeric {
 struct Sink<'a> {
     detectors: &'a [Detector],
     text: &'a [u8],
+    /// Matches start in `from..boundary`.
+    from: usize,
     boundary: usize,
     out: &'a mut Vec<Found>,
     /// Bytes handed to token DFAs (at most): the tests hold it linear.
@@ -455,7 +473,9 @@ impl<'a> Sink<'a> {
     }
 
     fn push(&mut self, detector: usize, start: usize, end: usize) {
-        if start < self.boundary && self.detectors[detector].accepts(&self.text[start..end]) {
+        if (self.from..self.boundary).contains(&start)
+            && self.detectors[detector].accepts(&self.text[start..end])
+        {
             self.out.push(Found {
                 start,
                 end,
@@ -604,7 +624,7 @@ mod tests {
         let mut scratch = Scratch::default();
         let mut starts = Vec::new();
         scanner.literal_starts(&text.to_ascii_lowercase(), &mut starts);
-        scanner.find(d, text, text.len(), &starts, &mut scratch);
+        scanner.find(d, text, 0..text.len(), &starts, &mut scratch);
         let mut out = scratch.found;
         out.sort_by_key(|f| (f.detector, f.start));
         out.dedup();
@@ -645,7 +665,7 @@ mod tests {
             let lower = text.to_ascii_lowercase();
             let mut starts = Vec::new();
             scanner.literal_starts(&lower, &mut starts);
-            let work = scanner.find(d, &text, text.len(), &starts, &mut Scratch::default());
+            let work = scanner.find(d, &text, 0..text.len(), &starts, &mut Scratch::default());
             assert!(
                 work <= 12 * text.len(),
                 "{unit:?}: {work} for {}",
