@@ -51,8 +51,16 @@ pub fn around_at(text: &[u8], start: usize, q: usize) -> AtRun {
     }
     // The regex tries starts from the left, and any local part up to the
     // `@` will do: the first start with a word boundary.
-    let boundary = |i: usize| is_word(text[i]) != (i > 0 && is_word(text[i - 1]));
-    let found = tld_end.and_then(|e| Some(((start..q).find(|&i| boundary(i))?, e)));
+    let found = tld_end.and_then(|e| {
+        let s = if start > 0 && is_word(text[start - 1]) {
+            // After a word byte (only the byte before a masker's buffer,
+            // kept as context): the first change from word to not.
+            (start..q).find(|&i| !is_word(text[i]))
+        } else {
+            (start..q).find(|&i| is_word(text[i]))
+        };
+        Some((s?, e))
+    });
     AtRun {
         end,
         alone,
