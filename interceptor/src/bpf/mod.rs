@@ -814,6 +814,91 @@ pub fn original_destination(rec: &ConnRecord) -> SocketAddr {
 mod tests {
     use super::*;
 
+    /// The object the binary embeds declares every map and program the
+    /// daemon asks for by name, of the kind it attaches it as, and nothing
+    /// the daemon does not know (a rename on either side fails here, not
+    /// at load time on a host).
+    #[test]
+    fn the_embedded_object_has_every_map_and_program_by_name() {
+        use aya_obj::ProgramSection as S;
+        use aya_obj::programs::CgroupSockAddrAttachType as Addr;
+        let obj = aya_obj::Object::parse(OBJECT).expect("the embedded eBPF object parses");
+        let expected_maps = [
+            maps::CONFIG,
+            maps::HEARTBEAT,
+            maps::BY_COOKIE,
+            maps::BY_TUPLE,
+            maps::COUNTERS,
+            maps::INBOUND_RULES,
+            maps::INBOUND_CGROUPS,
+            maps::INBOUND_CONNS,
+            maps::EVENTS,
+            maps::WORKLOAD_PEERS,
+        ];
+        for m in expected_maps {
+            assert!(
+                obj.maps.contains_key(m),
+                "map {m} missing: {:?}",
+                obj.maps.keys()
+            );
+        }
+        let mut expected_programs: Vec<&str> = programs::ATTACHED.to_vec();
+        expected_programs.push(programs::LSM_SOCKET_CREATE);
+        for p in &expected_programs {
+            assert!(
+                obj.programs.contains_key(*p),
+                "program {p} missing: {:?}",
+                obj.programs.keys()
+            );
+        }
+        for name in obj.programs.keys() {
+            assert!(
+                expected_programs.contains(&name.as_str()),
+                "program {name} is unknown to the daemon"
+            );
+        }
+        let kind = |p: &str| &obj.programs[p].section;
+        assert!(matches!(
+            kind(programs::CONNECT4),
+            S::CgroupSockAddr {
+                attach_type: Addr::Connect4
+            }
+        ));
+        assert!(matches!(
+            kind(programs::CONNECT6),
+            S::CgroupSockAddr {
+                attach_type: Addr::Connect6
+            }
+        ));
+        assert!(matches!(
+            kind(programs::SENDMSG4),
+            S::CgroupSockAddr {
+                attach_type: Addr::UDPSendMsg4
+            }
+        ));
+        assert!(matches!(
+            kind(programs::SENDMSG6),
+            S::CgroupSockAddr {
+                attach_type: Addr::UDPSendMsg6
+            }
+        ));
+        assert!(matches!(
+            kind(programs::GETPEERNAME4),
+            S::CgroupSockAddr {
+                attach_type: Addr::GetPeerName4
+            }
+        ));
+        assert!(matches!(
+            kind(programs::GETPEERNAME6),
+            S::CgroupSockAddr {
+                attach_type: Addr::GetPeerName6
+            }
+        ));
+        assert!(matches!(kind(programs::SOCK_OPS), S::SockOps));
+        assert!(matches!(kind(programs::INGRESS), S::CgroupSkb { .. }));
+        assert!(matches!(kind(programs::LSM_SOCKET_CREATE), S::LsmCgroup));
+    }
+
     #[test]
     fn tuple_keys_normalise_v4_mapped() {
         let a = tuple_key("127.0.0.1:4000".parse().unwrap());
