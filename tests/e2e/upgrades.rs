@@ -199,6 +199,9 @@ fn websocket_only_where_a_rule_allows_it_and_then_frame_by_frame() {
         r#"
 import socket, ssl
 from websockets.sync.client import connect
+# A client stuck past its own timeouts prints where each thread is, and
+# exits, instead of hanging until the harness's limit.
+import faulthandler; faulthandler.dump_traceback_later(40, exit=True)
 ctx = ssl.create_default_context(cafile={ca:?})
 # api.test is not in DNS: the socket goes to 127.0.0.1, the name is kept.
 sock = socket.create_connection(("127.0.0.1", {port}), timeout=10)
@@ -263,6 +266,9 @@ with connect("wss://api.test:{port}/ws", sock=sock, ssl=ctx, open_timeout=10,
         r#"
 import socket, ssl
 from websockets.sync.client import connect
+# A client stuck past its own timeouts prints where each thread is, and
+# exits, instead of hanging until the harness's limit.
+import faulthandler; faulthandler.dump_traceback_later(40, exit=True)
 ctx = ssl.create_default_context(cafile={ca:?})
 sock = socket.create_connection(("127.0.0.1", {port}), timeout=10)
 with connect("wss://api.test:{port}/ws", sock=sock, ssl=ctx, open_timeout=10) as ws:

@@ -379,6 +379,11 @@ impl Proxy {
         session.requests = ctx.seq.load(Ordering::Relaxed);
         session.bytes_up = ctx.bytes_up.load(Ordering::Relaxed);
         session.bytes_down = ctx.bytes_down.load(Ordering::Relaxed);
+        if let Err(e) = &result {
+            // Also what a client that never finished its TLS handshake or
+            // its request looks like from here.
+            tracing::info!(session = session.id, error = %e, "connection ended with an error");
+        }
         session.error = result.err();
         self.finish(session).await;
     }
