@@ -5,7 +5,7 @@
 //! `@` once, for the match and for the end of the run. An exact reading of
 //! the regex's leftmost-first match, held to the regex crate by the
 //! differential tests in scan.rs.
-use super::scan::EMAIL;
+use super::scan::{EMAIL, boundary_after, boundary_before, is_word};
 
 /// What follows an `@`.
 pub struct AtRun {
@@ -37,8 +37,7 @@ pub fn around_at(text: &[u8], start: usize, q: usize) -> AtRun {
                 .iter()
                 .take_while(|c| c.is_ascii_alphabetic())
                 .count();
-            if (2..=24).contains(&letters) && !text.get(tld + letters).is_some_and(|&c| is_word(c))
-            {
+            if (2..=24).contains(&letters) && boundary_after(text, tld + letters) {
                 tld_end = Some(tld + letters);
             }
         }
@@ -52,7 +51,7 @@ pub fn around_at(text: &[u8], start: usize, q: usize) -> AtRun {
     // The regex tries starts from the left, and any local part up to the
     // `@` will do: the first start with a word boundary.
     let found = tld_end.and_then(|e| {
-        let s = if start > 0 && is_word(text[start - 1]) {
+        let s = if !boundary_before(text, start) {
             // After a word byte (only the byte before a masker's buffer,
             // kept as context): the first change from word to not.
             (start..q).find(|&i| !is_word(text[i]))
@@ -74,8 +73,4 @@ fn label_end(text: &[u8], from: usize) -> usize {
 
 fn is_label(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'-'
-}
-
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
 }

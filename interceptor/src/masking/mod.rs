@@ -176,16 +176,14 @@ impl Profile {
     pub fn with_content_types(mut self, ranges: &[String]) -> Result<Profile, String> {
         for r in ranges {
             let lower = r.trim().to_ascii_lowercase();
-            let Some((t, sub)) = lower.split_once('/') else {
+            let range = lower
+                .split_once('/')
+                .filter(|(t, sub)| !t.is_empty() && !sub.is_empty() && (*t != "*" || *sub == "*"));
+            let Some((t, sub)) = range else {
                 return Err(format!(
                     "content_types: {r:?} is not a media range (type/subtype, type/*, type/*+json)"
                 ));
             };
-            if t.is_empty() || sub.is_empty() || (t == "*" && sub != "*") {
-                return Err(format!(
-                    "content_types: {r:?} is not a media range (type/subtype, type/*, type/*+json)"
-                ));
-            }
             self.content_types.push((t.to_string(), sub.to_string()));
         }
         Ok(self)

@@ -8,7 +8,7 @@
 //! differential tests in scan.rs.
 
 use super::digit_map::DigitMap;
-use super::scan::NUMERIC;
+use super::scan::{NUMERIC, boundary_after, boundary_before};
 
 /// More groups than this and a run is left to the DFAs (no card, SSN or
 /// phone number of the usual shapes has more).
@@ -175,7 +175,7 @@ pub fn phones(text: &[u8], from: usize, end: usize, out: &mut impl FnMut(usize, 
         let m = match text[s] {
             b'+' => country_code_then_number(text, s),
             b'(' => number(text, s),
-            c if c.is_ascii_digit() && boundary_before(text, s) => number(text, s),
+            c if c.is_ascii_digit() => number(text, s),
             _ => None,
         };
         match m {
@@ -237,18 +237,4 @@ fn digits_then(text: &[u8], at: usize, n: usize) -> Option<usize> {
 
 fn is_sep(text: &[u8], at: usize) -> bool {
     matches!(text.get(at), Some(b' ' | b'.' | b'-'))
-}
-
-fn is_word(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// `\b` before the digit at `at`.
-fn boundary_before(text: &[u8], at: usize) -> bool {
-    at == 0 || !is_word(text[at - 1])
-}
-
-/// `\b` after the digit before `at`.
-fn boundary_after(text: &[u8], at: usize) -> bool {
-    !text.get(at).copied().is_some_and(is_word)
 }

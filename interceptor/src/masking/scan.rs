@@ -583,6 +583,21 @@ pub(super) static EMAIL: Class = class(&[
     (b'@', b'@'),
 ]);
 
+/// A byte `\b` counts as part of a word (ASCII: the patterns are `(?-u)`).
+pub(super) fn is_word(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// `\b` before the word byte at `at`.
+pub(super) fn boundary_before(text: &[u8], at: usize) -> bool {
+    at == 0 || !is_word(text[at - 1])
+}
+
+/// `\b` after the word byte before `at`.
+pub(super) fn boundary_after(text: &[u8], at: usize) -> bool {
+    !text.get(at).copied().is_some_and(is_word)
+}
+
 /// The start of the run of `class` bytes that ends at `at`, not before
 /// `floor` (where the previous run ended: each byte is looked at once).
 fn run_back(text: &[u8], at: usize, floor: usize, class: &Class) -> usize {

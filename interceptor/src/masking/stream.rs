@@ -183,7 +183,15 @@ impl StreamMasker {
         if let Some(secrets) = &self.secrets {
             hold = hold.min(secrets.hold_from(&self.lower));
         }
-        hold.max(p.len().saturating_sub(MAX_MATCH))
+        hold.max(self.floor())
+    }
+
+    /// What must go out now whatever follows: all but the last MAX_MATCH
+    /// bytes, and never the context byte again.
+    fn floor(&self) -> usize {
+        self.pending
+            .len()
+            .saturating_sub(MAX_MATCH)
             .max(self.context)
     }
 
@@ -197,14 +205,9 @@ impl StreamMasker {
         // which the whole text would mask with it): it waits too, unless
         // the buffer is full.
         let mut boundary = boundary;
-        let floor = self
-            .pending
-            .len()
-            .saturating_sub(MAX_MATCH)
-            .max(self.context);
         if let Some(last) = hits.last()
             && last.end > boundary
-            && last.start >= floor
+            && last.start >= self.floor()
         {
             boundary = last.start;
             hits.pop();
