@@ -170,6 +170,39 @@ impl Scanner {
         hold
     }
 
+    /// `at`, or an earlier place when `at` falls inside a run a detector
+    /// reads whole (digits and separators, an IBAN, an e-mail address):
+    /// the start of that run, so the rest is scanned from where the whole
+    /// text's scan starts it, with the same result. Not before `floor`.
+    pub fn settle(&self, text: &[u8], at: usize, floor: usize) -> usize {
+        let mut classes: Vec<&Class> = Vec::with_capacity(3);
+        if !self.numeric.is_empty() || !self.iban.is_empty() {
+            classes.push(&NUMERIC);
+        }
+        if !self.iban.is_empty() {
+            classes.push(&IBAN);
+        }
+        if !self.at.is_empty() {
+            classes.push(&EMAIL);
+        }
+        let mut at = at;
+        loop {
+            let before = at;
+            for class in &classes {
+                let inside = at > floor
+                    && at < text.len()
+                    && class[text[at - 1] as usize]
+                    && class[text[at] as usize];
+                if inside {
+                    at = run_back(text, at, floor, class);
+                }
+            }
+            if at == before {
+                return at;
+            }
+        }
+    }
+
     fn literal_hold(
         &self,
         detectors: &[Detector],
