@@ -452,6 +452,9 @@ pub struct MaskedBody<B> {
     /// Trailers that arrived while masked data was still held back: sent
     /// after it.
     trailers: Option<http::HeaderMap>,
+    /// Wakes the body when held events must go out though the upstream
+    /// sends nothing more (SSE fields that could still continue).
+    wake: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Keeps the first `cap` bytes of the masked body for the session record.
@@ -495,6 +498,7 @@ impl<B> MaskedBody<B> {
             ended: false,
             inner_done: false,
             trailers: None,
+            wake: None,
         }
     }
 
@@ -598,6 +602,30 @@ impl<B> MaskedBody<B> {
     }
 }
 
+impl<B> MaskedBody<B> {
+    /// While the upstream is quiet: the SSE events whose time to wait is
+    /// up (`None` while there are none, with a wake-up set for when there
+    /// will be).
+    fn held_until(&mut self, cx: &mut Context<'_>) -> Option<Vec<u8>> {
+        let sse = self.sse.as_mut()?;
+        let Some(deadline) = sse.deadline() else {
+            self.wake = None;
+            return None;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let wake = self
+            .wake
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if wake.deadline() != deadline {
+            wake.as_mut().reset(deadline);
+        }
+        match wake.as_mut().poll(cx) {
+            Poll::Ready(()) => Some(sse.expire(std::time::Instant::now())),
+            Poll::Pending => None,
+        }
+    }
+}
+
 impl<B> Body for MaskedBody<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
@@ -651,7 +679,11 @@ where
                 continue;
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => match this.held_until(cx) {
+                    Some(out) if !out.is_empty() => return Poll::Ready(Some(Ok(this.out(out)))),
+                    Some(_) => continue,
+                    None => return Poll::Pending,
+                },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => this.decoder.push(&data),
@@ -749,6 +781,44 @@ mod tests {
             let _ = d.step(STEP);
         }
         assert!(d.finish().is_err());
+    }
+
+    /// An SSE event held for its field's next piece goes out when the
+    /// upstream goes quiet, without anything more arriving.
+    #[tokio::test]
+    async fn a_held_event_goes_out_while_the_upstream_is_quiet() {
+        struct Quiet(Option<Bytes>);
+        impl Body for Quiet {
+            type Data = Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+                match self.0.take() {
+                    Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                    // Never wakes: only the masker's own timer can.
+                    None => Poll::Pending,
+                }
+            }
+        }
+        let event = b"data: {\"n\":\"card 4111\",\"status\":\"running\"}\n\n";
+        let p = profile(vec![]);
+        let masker = StreamMasker::new(p.clone(), &[] as &[String]);
+        let mut body = MaskedBody::new(
+            Quiet(Some(Bytes::from_static(event))),
+            decoder_for(None).unwrap(),
+            masker,
+            None,
+            Arc::new(Mutex::new(Counts::new())),
+        )
+        .sse(crate::masking::sse::SseMasker::new(p, &[] as &[String]));
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("the held event never went out")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), &event[..]);
     }
 
     #[tokio::test]

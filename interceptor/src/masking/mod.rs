@@ -17,6 +17,7 @@ mod numeric;
 mod scan;
 mod secret_forms;
 pub mod sse;
+mod sse_fields;
 mod stream;
 
 pub use json::JsonPath;

@@ -16,10 +16,12 @@
 //! Other JSON events have each string value masked whole; non-JSON data is
 //! masked as text. An event that cannot be framed within `MAX_EVENT` bytes
 //! ends the response (fail closed).
+use super::sse_fields::{Data, FieldStreams};
 use super::{Counts, Profile, StreamMasker};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Longest event (up to its blank line) held while it arrives.
 pub const MAX_EVENT: usize = 1 << 20;
@@ -44,6 +46,9 @@ pub struct SseMasker {
     scanned: usize,
     /// Text streams by key, in a stable order.
     streams: BTreeMap<String, TextStream>,
+    /// Events of other shapes, their strings reassembled per field; every
+    /// event goes out through it, in order.
+    fields: FieldStreams,
     pub counts: Counts,
 }
 
@@ -102,6 +107,7 @@ impl SseMasker {
             declared: profile.sse_text_paths.clone(),
             paths: profile.json_paths.clone(),
             whole: prototype.sibling(),
+            fields: FieldStreams::new(prototype.sibling()),
             prototype,
             buf: Vec::new(),
             searched: 0,
@@ -112,8 +118,13 @@ impl SseMasker {
         }
     }
 
-    /// Complete events, masked; an incomplete one waits.
+    /// Complete events, masked; an incomplete one waits, and so does one
+    /// whose fields could still continue in the next (at most `HOLD`).
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventError> {
+        self.push_at(chunk, Instant::now())
+    }
+
+    pub fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
         self.append_lines(chunk);
         let mut out = Vec::new();
         loop {
@@ -127,12 +138,23 @@ impl SseMasker {
             let raw: Vec<u8> = self.buf[..end].to_vec();
             self.buf.drain(..end + 2);
             self.searched = 0;
-            out.extend(self.event(&raw)?);
+            out.extend(self.event(&raw, now)?);
         }
         if self.buf.len() > MAX_EVENT {
             return Err(EventError::TooLarge);
         }
+        out.extend(self.fields.release(now));
         Ok(out)
+    }
+
+    /// When a held event must go out if nothing more arrives.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.fields.deadline()
+    }
+
+    /// The held events whose time is up (the stream stalled).
+    pub fn expire(&mut self, now: Instant) -> Vec<u8> {
+        self.fields.release(now)
     }
 
     /// Appends `chunk` with its line endings as the SSE spec reads them
@@ -156,7 +178,10 @@ impl SseMasker {
 
     /// The end of the body: every held-back text, then what is left.
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = self.flush(|_| true);
+        let mut out = self.fields.finish();
+        let counts = std::mem::take(&mut self.fields.counts);
+        merge(&mut self.counts, &counts);
+        out.extend(self.flush(|_| true));
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf);
             out.extend(self.mask_whole(&rest));
@@ -166,7 +191,7 @@ impl SseMasker {
 
     /// One event: its text fields through their streams, every other
     /// string masked whole.
-    fn event(&mut self, raw: &[u8]) -> Result<Vec<u8>, EventError> {
+    fn event(&mut self, raw: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
         let text = String::from_utf8_lossy(raw).into_owned();
         let mut fields = Vec::new();
         let mut data = Vec::new();
@@ -180,6 +205,7 @@ impl SseMasker {
                 }
             }
         }
+        let has_data = !data.is_empty();
         let data = data.join("\n");
         let parsed = serde_json::from_str::<Value>(&data);
         if let Err(e) = &parsed
@@ -188,17 +214,30 @@ impl SseMasker {
         {
             return Err(EventError::NotJson(e.to_string()));
         }
-        let Ok(mut value) = parsed else {
-            // `[DONE]` and other plain data: the streams end first.
-            let mut out = if data.trim() == "[DONE]" {
-                self.flush(|_| true)
-            } else {
-                Vec::new()
-            };
+        // Data that is one JSON scalar (`4`, `true`) is text a client may
+        // read as such: kept as sent, not re-serialized.
+        let structured = match parsed {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => Some(v),
+            _ => None,
+        };
+        let Some(mut value) = structured else {
+            if data.trim() == "[DONE]" {
+                // Every stream ends first.
+                let mut out = self.fields.finish();
+                out.extend(self.flush(|_| true));
+                let mut whole = raw.to_vec();
+                whole.extend_from_slice(b"\n\n");
+                out.extend(self.mask_whole(&whole));
+                return Ok(out);
+            }
+            if has_data {
+                // Plain text, reassembled like a field.
+                return Ok(self.fields.event(fields, Data::Plain(data), now));
+            }
             let mut whole = raw.to_vec();
             whole.extend_from_slice(b"\n\n");
-            out.extend(self.mask_whole(&whole));
-            return Ok(out);
+            let masked = self.mask_whole(&whole);
+            return Ok(self.fields.ready(masked));
         };
         let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
         if selected > 0 {
@@ -207,6 +246,12 @@ impl SseMasker {
         let mut found = text_fields(&value);
         if found.is_empty() {
             declared_fields(&value, &self.declared, &mut Vec::new(), &mut found);
+        }
+        if found.is_empty() {
+            // A shape not known: every string and number reassembled per
+            // field; keys masked here.
+            self.mask_parts(&mut value, "", &[], false);
+            return Ok(self.fields.event(fields, Data::Json(value), now));
         }
         let mut out = Vec::new();
         // A final chunk (block stop, finish reason, a `.done` event) ends
@@ -221,7 +266,7 @@ impl SseMasker {
             }));
         }
         let pointers: Vec<String> = found.iter().map(|f| f.pointer.clone()).collect();
-        self.mask_strings(&mut value, "", &pointers);
+        self.mask_parts(&mut value, "", &pointers, true);
         for f in &found {
             let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
                 continue;
@@ -268,7 +313,7 @@ impl SseMasker {
             }
             .to_bytes(),
         );
-        Ok(out)
+        Ok(self.fields.ready(out))
     }
 
     /// Ends the streams `which` selects: each one's held-back text in an
@@ -293,18 +338,18 @@ impl SseMasker {
         out
     }
 
-    /// Every string in `v` but the stream fields, masked whole (detectors
-    /// and injected secrets), and so are object keys and numbers (a card
-    /// number sent as a number becomes a masked string).
-    fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) {
+    /// Object keys in `v` masked whole (detectors and injected secrets),
+    /// and with `values`, every string but the stream fields and every
+    /// number (a card number sent as a number becomes a masked string).
+    fn mask_parts(&mut self, v: &mut Value, at: &str, skip: &[String], values: bool) {
         match v {
-            Value::String(s) if !skip.iter().any(|p| p == at) => {
+            Value::String(s) if values && !skip.iter().any(|p| p == at) => {
                 let masked = self.mask_whole(s.as_bytes());
                 if masked != s.as_bytes() {
                     *s = String::from_utf8_lossy(&masked).into_owned();
                 }
             }
-            Value::Number(n) => {
+            Value::Number(n) if values => {
                 let text = n.to_string();
                 let masked = self.mask_whole(text.as_bytes());
                 if masked != text.as_bytes() {
@@ -313,13 +358,13 @@ impl SseMasker {
             }
             Value::Array(a) => {
                 for (i, x) in a.iter_mut().enumerate() {
-                    self.mask_strings(x, &format!("{at}/{i}"), skip);
+                    self.mask_parts(x, &format!("{at}/{i}"), skip, values);
                 }
             }
             Value::Object(o) => {
                 for (k, x) in o.iter_mut() {
                     let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
-                    self.mask_strings(x, &p, skip);
+                    self.mask_parts(x, &p, skip, values);
                 }
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {
@@ -646,6 +691,27 @@ mod tests {
         s.into_bytes()
     }
 
+    /// A shape nothing names: a delta field among whole ones (a status
+    /// repeated in every event, a sequence number).
+    fn unknown(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::new();
+        for (i, p) in pieces.iter().enumerate() {
+            let data =
+                serde_json::json!({"kind":"part","seq":i,"body":{"piece":p,"status":"streaming"}});
+            s.push_str(&format!("event: part\ndata: {data}\n\n"));
+        }
+        s.into_bytes()
+    }
+
+    /// Plain text in `data:` lines, a piece an event.
+    fn plain(pieces: &[String]) -> Vec<u8> {
+        let mut s = String::new();
+        for p in pieces {
+            s.push_str(&format!("data: {p}\n\n"));
+        }
+        s.into_bytes()
+    }
+
     /// The text a client reassembles from the events, and whether every
     /// event's data still parses.
     fn reassemble(out: &[u8]) -> (String, bool) {
@@ -732,6 +798,104 @@ mod tests {
                 prop_assert!(got.ends_with(", done."), "{}", got);
             }
         }
+    }
+
+    /// Each event of `out`: its data as JSON.
+    fn events(out: &[u8]) -> Vec<Value> {
+        String::from_utf8(out.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                let data: String = e.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+                serde_json::from_str(&data).unwrap_or(Value::String(data))
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A shape nothing names: every string field is reassembled with
+        /// the same field before it, so a value split across events is
+        /// masked in what a client joins; and nothing moves between
+        /// events, so the fields that are whole values read as sent.
+        #[test]
+        fn unknown_shapes_are_reassembled_per_field(
+            sizes in prop::collection::vec(1usize..4, 60),
+            cuts in prop::collection::vec(0usize..6000, 0..20),
+        ) {
+            let pieces = split(TEXT, &sizes);
+            let mut cuts = cuts;
+            cuts.sort();
+            let out = run(&unknown(&pieces), &cuts);
+            let evs = events(&out);
+            prop_assert_eq!(evs.len(), pieces.len());
+            let mut got = String::new();
+            for (i, ev) in evs.iter().enumerate() {
+                prop_assert_eq!(&ev["seq"], &serde_json::json!(i));
+                prop_assert_eq!(&ev["kind"], "part");
+                prop_assert_eq!(&ev["body"]["status"], "streaming");
+                got.push_str(ev["body"]["piece"].as_str().unwrap());
+            }
+            prop_assert!(!got.contains(SECRET), "{}", got);
+            prop_assert!(!got.contains("4111 1111 1111 1111"), "{}", got);
+            prop_assert!(got.starts_with("Your card is [REDACTED:card]"), "{}", got);
+            prop_assert!(got.ends_with(", done."), "{}", got);
+
+            let out = run(&plain(&pieces), &cuts);
+            let got: String = String::from_utf8(out).unwrap().lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            prop_assert!(!got.contains(SECRET), "{}", got);
+            prop_assert!(!got.contains("4111 1111 1111 1111"), "{}", got);
+            prop_assert!(got.ends_with(", done."), "{}", got);
+        }
+    }
+
+    /// An event whose field could still continue waits for the next one,
+    /// at most `HOLD`; events keep their order behind it.
+    #[test]
+    fn a_held_event_waits_at_most_its_time_and_keeps_order() {
+        let t0 = Instant::now();
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        let held = m.push_at(b"data: {\"v\":\"card 4111\"}\n\n", t0).unwrap();
+        assert!(held.is_empty(), "{}", String::from_utf8_lossy(&held));
+        let after = m.push_at(b": ping\n\n", t0).unwrap();
+        assert!(after.is_empty(), "an event overtook a held one");
+        assert_eq!(m.deadline(), Some(t0 + super::super::sse_fields::HOLD));
+        assert!(m.expire(t0 + super::super::sse_fields::HOLD / 2).is_empty());
+        let out = m.expire(t0 + super::super::sse_fields::HOLD);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: {\"v\":\"card 4111\"}\n\n: ping\n\n"
+        );
+        assert_eq!(m.deadline(), None);
+        // The field is still reassembled after the stall.
+        let mut out = Vec::new();
+        for piece in [" and 4111 11", "11 1111", " 1111 ok"] {
+            let ev = format!("data: {{\"v\":\"{piece}\"}}\n\n");
+            out.extend(m.push_at(ev.as_bytes(), t0).unwrap());
+        }
+        out.extend(m.finish());
+        let joined: String = events(&out)
+            .iter()
+            .map(|e| e["v"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(joined, " and [REDACTED:card] ok");
+    }
+
+    /// However many events wait and however many fields they name,
+    /// what is held stays bounded.
+    #[test]
+    fn held_events_and_fields_are_bounded() {
+        let t0 = Instant::now();
+        let mut m = SseMasker::new(profile(), &[SECRET]);
+        let mut out = 0;
+        for i in 0..5000 {
+            let ev = format!("data: {{\"k{i}\":\"{i}\"}}\n\n");
+            out += m.push_at(ev.as_bytes(), t0).unwrap().len();
+            assert!(m.fields.held() <= 1025, "{} held", m.fields.held());
+        }
+        assert!(out > 0);
+        assert!(!m.finish().is_empty());
     }
 
     /// What a client that follows the SSE spec reads: lines end at CRLF,

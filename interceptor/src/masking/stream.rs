@@ -16,6 +16,8 @@ pub struct StreamMasker {
     /// of the rest is judged as in the whole text).
     pending: Vec<u8>,
     context: usize,
+    /// Where `pending` starts in all the text pushed since `new`.
+    base: usize,
     /// `pending` in ASCII lower case, for the case-blind literal searches
     /// (a case-insensitive automaton cannot use the SIMD searcher).
     lower: Vec<u8>,
@@ -29,6 +31,15 @@ pub struct StreamMasker {
     /// The matches of one push, kept for the next.
     hits: Vec<Hit>,
     pub counts: Counts,
+}
+
+/// A match found by `push_marks`: `start..end` of the text pushed so far
+/// reads `with` once masked.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Edit {
+    pub start: usize,
+    pub end: usize,
+    pub with: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -57,6 +68,7 @@ impl StreamMasker {
             secrets,
             pending: Vec::new(),
             context: 0,
+            base: 0,
             lower: Vec::new(),
             scratch: Default::default(),
             starts: Vec::new(),
@@ -124,11 +136,61 @@ impl StreamMasker {
         self.search_literals();
         let len = self.pending.len();
         let out = self.emit(len);
-        // The next value starts afresh.
+        self.start_afresh();
+        out
+    }
+
+    /// The next value starts afresh: no context from this one.
+    fn start_afresh(&mut self) {
+        self.base += self.pending.len();
         self.pending.clear();
         self.lower.clear();
         self.context = 0;
-        out
+    }
+
+    /// Like `push`, but what is decided is told, not rewritten: the
+    /// matches as edits of the text pushed so far (offsets since `new`),
+    /// and the offset before which everything is decided. For a caller
+    /// that puts the masked text back in pieces of its own (an SSE field
+    /// reassembled across events).
+    pub fn push_marks(&mut self, chunk: &[u8], edits: &mut Vec<Edit>) -> usize {
+        self.append(chunk);
+        self.search_literals();
+        let boundary = self.safe_boundary();
+        let floor = self.floor();
+        self.mark(boundary, floor, edits)
+    }
+
+    /// Decides everything before `upto` (an offset since `new`) with what
+    /// has arrived, as if the text ended there for what starts before it
+    /// (a match that runs on past it is still taken whole).
+    pub fn force_marks(&mut self, upto: usize, edits: &mut Vec<Edit>) -> usize {
+        let boundary = upto
+            .saturating_sub(self.base)
+            .clamp(self.context, self.pending.len());
+        if boundary <= self.context {
+            return self.base + self.context;
+        }
+        self.search_literals();
+        self.mark(boundary, boundary, edits)
+    }
+
+    fn mark(&mut self, boundary: usize, floor: usize, edits: &mut Vec<Edit>) -> usize {
+        let (upto, hits) = self.decide(boundary, floor);
+        let base = self.base;
+        for h in &hits {
+            let mut with = Vec::new();
+            self.replacement(h, &mut with);
+            edits.push(Edit {
+                start: base + h.start,
+                end: base + h.end,
+                with,
+            });
+        }
+        self.tally(&hits);
+        self.hits = hits;
+        self.consume(upto);
+        base + upto
     }
 
     /// One pass over `lower` for every literal: the profile's token
@@ -199,14 +261,31 @@ impl StreamMasker {
     /// Masks matches that start before `boundary` and emits up to the later
     /// of `boundary` and their ends.
     fn emit(&mut self, boundary: usize) -> Vec<u8> {
+        let floor = self.floor();
+        let (upto, hits) = self.decide(boundary, floor);
+        let mut out = Vec::with_capacity(upto + 64);
+        let mut at = self.context;
+        for h in &hits {
+            out.extend_from_slice(&self.pending[at..h.start]);
+            self.replacement(h, &mut out);
+            at = h.end;
+        }
+        out.extend_from_slice(&self.pending[at..upto]);
+        self.tally(&hits);
+        self.hits = hits;
+        self.consume(upto);
+        out
+    }
+
+    /// The matches to mask now and the end of what goes out with them.
+    /// A match that runs past the boundary would swallow the start of
+    /// what could still grow there (a token whose rest has not arrived,
+    /// which the whole text would mask with it): it waits too, unless it
+    /// starts before `floor` (what must go out now).
+    fn decide(&mut self, boundary: usize, floor: usize) -> (usize, Vec<Hit>) {
         let mut hits = std::mem::take(&mut self.hits);
         self.find_hits(boundary, &mut hits);
-        // A match that runs past the boundary would swallow the start of
-        // what could still grow there (a token whose rest has not arrived,
-        // which the whole text would mask with it): it waits too, unless
-        // the buffer is full.
         let mut boundary = boundary;
-        let floor = self.floor();
         while let Some(last) = hits.last()
             && last.end > boundary
             && last.start >= floor
@@ -219,22 +298,25 @@ impl StreamMasker {
                 hits.pop();
             }
         }
-        let mut out = Vec::with_capacity(boundary + 64);
-        let mut at = self.context;
-        // Per detector, then the injected secrets; names only at the end.
+        let upto = hits.last().map_or(boundary, |h| h.end.max(boundary));
+        (upto, hits)
+    }
+
+    fn replacement(&self, h: &Hit, out: &mut Vec<u8>) {
+        if h.literal {
+            out.extend_from_slice(b"[REDACTED:injected_secret]");
+        } else {
+            let matched = &self.pending[h.start..h.end];
+            self.profile.replace_into(h.detector, matched, out);
+        }
+    }
+
+    /// Per detector, then the injected secrets; names only at the end.
+    fn tally(&mut self, hits: &[Hit]) {
         let n = self.profile.detectors.len();
         let mut tally = vec![0u64; n + 1];
-        for h in &hits {
-            out.extend_from_slice(&self.pending[at..h.start]);
-            if h.literal {
-                out.extend_from_slice(b"[REDACTED:injected_secret]");
-                tally[n] += 1;
-            } else {
-                let matched = &self.pending[h.start..h.end];
-                self.profile.replace_into(h.detector, matched, &mut out);
-                tally[h.detector] += 1;
-            }
-            at = h.end;
+        for h in hits {
+            tally[if h.literal { n } else { h.detector }] += 1;
         }
         for (i, &k) in tally.iter().enumerate().filter(|(_, k)| **k > 0) {
             let name = match self.profile.detectors.get(i) {
@@ -243,16 +325,17 @@ impl StreamMasker {
             };
             *self.counts.entry(name.to_string()).or_default() += k;
         }
-        self.hits = hits;
-        let upto = boundary.max(at);
-        out.extend_from_slice(&self.pending[at..upto]);
+    }
+
+    /// Everything before `upto` went out: the last byte of it stays, as
+    /// context.
+    fn consume(&mut self, upto: usize) {
         if upto > self.context {
-            // The last byte emitted stays, as context.
             self.pending.drain(..upto - 1);
             self.lower.drain(..(upto - 1).min(self.lower.len()));
+            self.base += upto - 1;
             self.context = 1;
         }
-        out
     }
 
     /// Non-overlapping validated matches starting before `boundary`: the

@@ -1,0 +1,366 @@
+//! Events of shapes the SSE masker does not know (no built-in text field,
+//! none the profile declares): every string and number is reassembled
+//! with the same field of the events before it (one text per JSON
+//! pointer; plain `data:` text is one more), and detection runs on that
+//! text, so a value an API streams a few characters per event is still
+//! found whole.
+//!
+//! Unlike the known shapes, whose deltas a client joins, nothing here says
+//! a field is a delta: a status or a name repeated in every event is a
+//! whole value. So no byte moves between events. Each event waits, in
+//! order, until what its fields hold is decided (a match that starts in
+//! it is complete, or nothing there can still grow into one); the masked
+//! text then goes back in the same places, a match's replacement in the
+//! event where the match starts. A client that joins the field reads the
+//! masked text, and one that reads each event whole reads each value as
+//! sent unless a secret touches it. An event waits at most `HOLD`: a
+//! stream that stalls longer decides its held text with what has arrived.
+use super::stream::Edit;
+use super::{Counts, StreamMasker};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Longest an event waits for the rest of a value its fields could hold.
+pub const HOLD: Duration = Duration::from_millis(250);
+/// Events and bytes held at most: past either, the oldest goes out decided
+/// with what has arrived (memory stays bounded whatever the stream).
+const MAX_HELD_EVENTS: usize = 1024;
+const MAX_HELD_BYTES: usize = 1 << 20;
+/// Field texts kept at most; those no held event uses are dropped first.
+const MAX_FIELDS: usize = 1024;
+
+/// The text of a plain (not JSON) `data:` field, as a field of its own.
+const PLAIN: &str = "data:";
+
+pub struct FieldStreams {
+    prototype: StreamMasker,
+    fields: HashMap<String, FieldText>,
+    queue: VecDeque<Waiting>,
+    held_bytes: usize,
+    pub counts: Counts,
+}
+
+/// One field's text across events: what was pushed, what is decided, and
+/// the matches found in it not yet put back.
+struct FieldText {
+    masker: StreamMasker,
+    pushed: usize,
+    decided: usize,
+    edits: VecDeque<Edit>,
+    /// Held events with a slot in this text.
+    slots: usize,
+}
+
+enum Waiting {
+    /// An event already masked: out in its turn.
+    Ready(Vec<u8>),
+    Held(Held),
+}
+
+struct Held {
+    /// `event:`, `id:` and comment lines, masked already.
+    lines: Vec<String>,
+    data: Data,
+    slots: Vec<Slot>,
+    arrived: Instant,
+    size: usize,
+}
+
+pub enum Data {
+    Json(Value),
+    Plain(String),
+}
+
+/// Where a string of a held event sits in its field's text.
+struct Slot {
+    field: String,
+    /// The string's JSON pointer in the event (`PLAIN`: the data).
+    pointer: String,
+    start: usize,
+    end: usize,
+    original: String,
+}
+
+impl FieldStreams {
+    pub fn new(prototype: StreamMasker) -> FieldStreams {
+        FieldStreams {
+            prototype,
+            fields: HashMap::new(),
+            queue: VecDeque::new(),
+            held_bytes: 0,
+            counts: Counts::new(),
+        }
+    }
+
+    /// An event masked otherwise: out now, or after those held before it.
+    pub fn ready(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        if self.queue.is_empty() {
+            return bytes;
+        }
+        if !bytes.is_empty() {
+            self.held_bytes += bytes.len();
+            self.queue.push_back(Waiting::Ready(bytes));
+        }
+        Vec::new()
+    }
+
+    /// An event whose strings are reassembled per field (its keys and
+    /// numbers are masked already); returns what can go out now.
+    pub fn event(&mut self, lines: Vec<String>, data: Data, now: Instant) -> Vec<u8> {
+        let mut strings = Vec::new();
+        match &data {
+            Data::Json(v) => strings_of(v, &mut String::new(), &mut strings),
+            Data::Plain(s) => strings.push((PLAIN.to_string(), s.clone())),
+        }
+        let mut slots = Vec::with_capacity(strings.len());
+        let mut size = 64;
+        for (pointer, original) in strings {
+            let field = pointer_field(&pointer);
+            let prototype = &self.prototype;
+            let text = self
+                .fields
+                .entry(field.clone())
+                .or_insert_with(|| FieldText {
+                    masker: prototype.sibling(),
+                    pushed: 0,
+                    decided: 0,
+                    edits: VecDeque::new(),
+                    slots: 0,
+                });
+            let start = text.pushed;
+            text.pushed += original.len();
+            let mut edits = Vec::new();
+            text.decided = text.masker.push_marks(original.as_bytes(), &mut edits);
+            text.edits.extend(edits);
+            text.slots += 1;
+            take_counts(&mut self.counts, &mut text.masker);
+            size += original.len() + pointer.len();
+            slots.push(Slot {
+                field,
+                pointer,
+                start,
+                end: start + original.len(),
+                original,
+            });
+        }
+        self.held_bytes += size;
+        self.queue.push_back(Waiting::Held(Held {
+            lines,
+            data,
+            slots,
+            arrived: now,
+            size,
+        }));
+        self.release(now)
+    }
+
+    /// Events waiting and field texts kept.
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.queue.len().max(self.fields.len())
+    }
+
+    /// When the oldest held event must go out, if one is held.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.queue.iter().find_map(|w| match w {
+            Waiting::Held(h) => Some(h.arrived + HOLD),
+            Waiting::Ready(_) => None,
+        })
+    }
+
+    /// Every event that is decided, or has waited its time, or must go to
+    /// keep memory bounded; in order.
+    pub fn release(&mut self, now: Instant) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(head) = self.queue.front() {
+            if let Waiting::Held(h) = head
+                && !self.overdue(h, now)
+                && !self.is_decided(h)
+            {
+                break;
+            }
+            let head = self.queue.pop_front().expect("looked at above");
+            out.extend(self.render(head));
+        }
+        self.forget_idle_fields();
+        out
+    }
+
+    /// The end of the stream: every field's text is decided; all goes out.
+    pub fn finish(&mut self) -> Vec<u8> {
+        for text in self.fields.values_mut() {
+            let mut edits = Vec::new();
+            text.decided = text.masker.force_marks(text.pushed, &mut edits);
+            text.edits.extend(edits);
+            take_counts(&mut self.counts, &mut text.masker);
+        }
+        let mut out = Vec::new();
+        while let Some(head) = self.queue.pop_front() {
+            out.extend(self.render(head));
+        }
+        self.fields.clear();
+        out
+    }
+
+    fn overdue(&self, h: &Held, now: Instant) -> bool {
+        now >= h.arrived + HOLD
+            || self.queue.len() > MAX_HELD_EVENTS
+            || self.held_bytes > MAX_HELD_BYTES
+            || self.fields.len() > MAX_FIELDS
+    }
+
+    fn is_decided(&self, h: &Held) -> bool {
+        h.slots.iter().all(|s| {
+            self.fields
+                .get(&s.field)
+                .is_some_and(|t| t.decided >= s.end)
+        })
+    }
+
+    /// The event with its strings masked; held text of its fields decided
+    /// first with what has arrived, when it goes out before it was.
+    fn render(&mut self, w: Waiting) -> Vec<u8> {
+        let h = match w {
+            Waiting::Ready(bytes) => {
+                self.held_bytes -= bytes.len();
+                return bytes;
+            }
+            Waiting::Held(h) => h,
+        };
+        self.held_bytes -= h.size;
+        let Held {
+            lines,
+            mut data,
+            slots,
+            ..
+        } = h;
+        for slot in &slots {
+            let Some(text) = self.fields.get_mut(&slot.field) else {
+                continue;
+            };
+            if text.decided < slot.end {
+                let mut edits = Vec::new();
+                text.decided = text.masker.force_marks(slot.end, &mut edits);
+                text.edits.extend(edits);
+                take_counts(&mut self.counts, &mut text.masker);
+            }
+            let masked = put_back(&mut text.edits, slot);
+            text.slots -= 1;
+            match &mut data {
+                // A number stays one unless a match touches it.
+                Data::Json(v) => {
+                    if let Some(x) = v.pointer_mut(&slot.pointer)
+                        && (x.is_string() || masked != slot.original)
+                    {
+                        *x = Value::String(masked);
+                    }
+                }
+                Data::Plain(s) => *s = masked,
+            }
+        }
+        to_bytes(&lines, &data)
+    }
+
+    /// Field texts no held event uses and with nothing held back, dropped
+    /// when there are too many (an API with a new key in every event).
+    fn forget_idle_fields(&mut self) {
+        if self.fields.len() > MAX_FIELDS {
+            self.fields
+                .retain(|_, t| t.slots > 0 || t.decided < t.pushed || !t.edits.is_empty());
+        }
+    }
+}
+
+/// A slot's string with the matches that start in it replaced, and the
+/// bytes of a match that started in an earlier slot left out.
+fn put_back(edits: &mut VecDeque<Edit>, slot: &Slot) -> String {
+    while edits.front().is_some_and(|e| e.end <= slot.start) {
+        edits.pop_front();
+    }
+    let original = slot.original.as_bytes();
+    let mut out = Vec::with_capacity(original.len());
+    let mut at = slot.start;
+    for e in edits.iter() {
+        if e.start >= slot.end {
+            break;
+        }
+        if e.start >= at {
+            out.extend_from_slice(&original[at - slot.start..e.start - slot.start]);
+            out.extend_from_slice(&e.with);
+        }
+        at = at.max(e.end.min(slot.end));
+    }
+    out.extend_from_slice(&original[at - slot.start..]);
+    while edits.front().is_some_and(|e| e.end <= slot.end) {
+        edits.pop_front();
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every string and number in `v` (as text) with its JSON pointer, in
+/// document order.
+fn strings_of(v: &Value, at: &mut String, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::String(s) => out.push((at.clone(), s.clone())),
+        Value::Number(n) => out.push((at.clone(), n.to_string())),
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&i.to_string());
+                strings_of(x, at, out);
+                at.truncate(len);
+            }
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                strings_of(x, at, out);
+                at.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The field a string belongs to: its pointer (plain data has its own).
+fn pointer_field(pointer: &str) -> String {
+    if pointer == PLAIN {
+        PLAIN.to_string()
+    } else {
+        format!("json:{pointer}")
+    }
+}
+
+fn to_bytes(lines: &[String], data: &Data) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l.as_bytes());
+        out.push(b'\n');
+    }
+    match data {
+        Data::Json(v) => {
+            out.extend_from_slice(b"data: ");
+            out.extend(serde_json::to_vec(v).unwrap_or_default());
+            out.push(b'\n');
+        }
+        Data::Plain(s) => {
+            for line in s.split('\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+    out.push(b'\n');
+    out
+}
+
+fn take_counts(into: &mut Counts, masker: &mut StreamMasker) {
+    for (k, v) in std::mem::take(&mut masker.counts) {
+        *into.entry(k).or_default() += v;
+    }
+}
