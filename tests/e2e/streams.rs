@@ -2,7 +2,8 @@
 //! injected key and a card number 1-3 characters per event, in the shapes of
 //! the Anthropic Messages API and OpenAI Chat Completions; the official
 //! Python SDKs and Node's `openai` package, inside the workload, hand the
-//! skill text without either, and still parse every event.
+//! skill text without either, and still parse every event. And in a shape
+//! nothing names, read with `requests`: the same, per field.
 use crate::harness::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ const ANTHROPIC_KEY: &str = "sk-ant-STREAM-7c1e9a";
 const OPENAI_KEY: &str = "sk-oai-STREAM-4d2b8f";
 
 const APP: &str = r#"
-import json, random, sys
+import json, random, sys, threading
 from flask import Flask, Response, request
 app = Flask(__name__)
 rng = random.Random(7)
@@ -53,7 +54,27 @@ def chat():
         yield "data: [DONE]\n\n"
     return Response(gen(), mimetype="text/event-stream")
 
-app.run(host="127.0.0.1", port=int(sys.argv[1]))
+# A shape no SDK knows: a delta field among whole ones. The last event
+# waits for the client to say it read the ones before it, so a proxy
+# that held them for a next event would never deliver them.
+released = threading.Event()
+
+@app.get("/v1/jobs/stream")
+def jobs():
+    text = say(request.headers.get("x-api-key", ""))
+    def gen():
+        for i, p in enumerate(pieces(text)):
+            yield "event: progress\ndata: " + json.dumps({"seq": i, "status": "running", "out": {"chunk": p}}) + "\n\n"
+        released.wait(30)
+        yield "event: done\ndata: " + json.dumps({"status": "done"}) + "\n\n"
+    return Response(gen(), mimetype="text/event-stream")
+
+@app.post("/v1/jobs/release")
+def release():
+    released.set()
+    return "ok"
+
+app.run(host="127.0.0.1", port=int(sys.argv[1]), threaded=True)
 "#;
 
 struct Server(Child);
@@ -65,17 +86,12 @@ impl Drop for Server {
     }
 }
 
-#[test]
-fn llm_token_streams_reach_the_sdk_masked() {
-    if !kernel_ready() {
-        return;
-    }
-    let cg = TestCgroup::new("llmstream");
+/// The upstream, started; its port.
+fn upstream(cfg: &DaemonConfig) -> (Server, u16) {
     let port = free_port();
-    let mut cfg = DaemonConfig::new(&[&cg], "");
     let app = cfg.dir.join("llm.py");
     std::fs::write(&app, APP).unwrap();
-    let _server = Server(
+    let server = Server(
         Command::new("python3")
             .arg(&app)
             .arg(port.to_string())
@@ -89,6 +105,17 @@ fn llm_token_streams_reach_the_sdk_masked() {
         assert!(Instant::now() < deadline, "the LLM upstream did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, port)
+}
+
+#[test]
+fn llm_token_streams_reach_the_sdk_masked() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("llmstream");
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let (_server, port) = upstream(&cfg);
     let creds = cfg.credentials_dir();
     std::fs::write(creds.join("anthropic"), ANTHROPIC_KEY).unwrap();
     std::fs::write(creds.join("openai"), OPENAI_KEY).unwrap();
@@ -166,4 +193,69 @@ const OpenAI = require("openai");
             "{sdk}: {line}"
         );
     }
+}
+
+#[test]
+fn event_streams_of_unknown_shapes_are_masked_per_field() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("jobstream");
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    let (_server, port) = upstream(&cfg);
+    let creds = cfg.credentials_dir();
+    std::fs::write(creds.join("jobs"), ANTHROPIC_KEY).unwrap();
+    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.set_policy(&format!(
+        "[credential.jobs]\nsource = \"file:jobs\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"card\"]\n\n\
+         [[rule]]\nid = \"jobs\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = \"/v1/jobs/*\"\ninject = \"jobs\"\nmask = \"pii\"\naction = \"allow\"\n",
+        w = cg.rel
+    ));
+    let _d = Daemon::start(&cfg);
+    // Reads every event up to the one ending the text, then lets the
+    // upstream send its last: held events must come without it.
+    let script = format!(
+        r#"
+import json, requests
+base = "http://127.0.0.1:{port}/v1/jobs"
+r = requests.get(base + "/stream", stream=True, timeout=20)
+text, statuses, seqs, event = "", set(), [], []
+for line in r.iter_lines(decode_unicode=True):
+    if line:
+        event.append(line)
+        continue
+    data = json.loads("".join(l[6:] for l in event if l.startswith("data: ")))
+    event = []
+    statuses.add(data["status"])
+    if data["status"] == "done":
+        break
+    seqs.append(data["seq"])
+    text += data["out"]["chunk"]
+    if text.endswith("Bye."):
+        requests.post(base + "/release", timeout=20)
+print("statuses:", sorted(statuses), "in order:", seqs == list(range(len(seqs))))
+print("text:", text)
+"#
+    );
+    let (ok, out, err) = run(
+        cg.command("python3", &["-c", &script]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("statuses: ['done', 'running'] in order: True"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(ANTHROPIC_KEY),
+        "the key reached the skill: {out}"
+    );
+    assert!(!out.contains("4111 1111 1111 1111"), "{out}");
+    assert!(
+        out.contains(
+            "text: Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
+        ),
+        "{out}"
+    );
 }

@@ -850,6 +850,32 @@ mod tests {
         }
     }
 
+    /// A value complete in its event is masked though the same field of
+    /// the next event continues its last word (the joined text has no
+    /// boundary there).
+    #[test]
+    fn a_value_whole_in_its_event_is_masked_whole_too() {
+        let body =
+            b"data: event 2 key AKIAIOSFODNN7EXAMPLE\n\ndata: event 3 key AKIAIOSFODNN7EXAMPLE\n\n";
+        let p = Arc::new(
+            Profile::new(
+                "t",
+                vec![detectors::builtin("aws_access_key").unwrap()],
+                Default::default(),
+                vec![],
+                1 << 20,
+                Uninspectable::Block,
+            )
+            .unwrap(),
+        );
+        let mut m = SseMasker::new(p, &[SECRET]);
+        let out = [m.push(body).unwrap(), m.finish()].concat();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: event 2 key [REDACTED:aws_access_key]\n\ndata: event 3 key [REDACTED:aws_access_key]\n\n"
+        );
+    }
+
     /// An event whose field could still continue waits for the next one,
     /// at most `HOLD`; events keep their order behind it.
     #[test]

@@ -3,7 +3,7 @@
 //! with the same field of the events before it (one text per JSON
 //! pointer; plain `data:` text is one more), and detection runs on that
 //! text, so a value an API streams a few characters per event is still
-//! found whole.
+//! found whole. Each value is also masked on its own, as a whole value.
 //!
 //! Unlike the known shapes, whose deltas a client joins, nothing here says
 //! a field is a delta: a status or a name repeated in every event is a
@@ -35,6 +35,10 @@ const PLAIN: &str = "data:";
 
 pub struct FieldStreams {
     prototype: StreamMasker,
+    /// Each value is masked whole as well: joined with the next event's,
+    /// a value complete in its own (`... AKIA...EXAMPLE`, then `event 3`)
+    /// would lose the boundary that ends it.
+    whole: StreamMasker,
     fields: HashMap<String, FieldText>,
     queue: VecDeque<Waiting>,
     held_bytes: usize,
@@ -85,6 +89,7 @@ struct Slot {
 impl FieldStreams {
     pub fn new(prototype: StreamMasker) -> FieldStreams {
         FieldStreams {
+            whole: prototype.sibling(),
             prototype,
             fields: HashMap::new(),
             queue: VecDeque::new(),
@@ -245,8 +250,11 @@ impl FieldStreams {
                 text.edits.extend(edits);
                 take_counts(&mut self.counts, &mut text.masker);
             }
-            let masked = put_back(&mut text.edits, slot);
+            let joined = put_back(&mut text.edits, slot);
             text.slots -= 1;
+            let masked =
+                String::from_utf8_lossy(&self.whole.push_all(joined.as_bytes())).into_owned();
+            take_counts(&mut self.counts, &mut self.whole);
             match &mut data {
                 // A number stays one unless a match touches it.
                 Data::Json(v) => {
