@@ -3,7 +3,8 @@
 //! the Anthropic Messages API and OpenAI Chat Completions; the official
 //! Python SDKs and Node's `openai` package, inside the workload, hand the
 //! skill text without either, and still parse every event. And in a shape
-//! nothing names, read with `requests`: the same, per field.
+//! nothing names and in Ollama's JSON lines, read with `requests`: the
+//! same, per field.
 use crate::harness::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,6 +69,16 @@ def jobs():
         released.wait(30)
         yield "event: done\ndata: " + json.dumps({"status": "done"}) + "\n\n"
     return Response(gen(), mimetype="text/event-stream")
+
+# Ollama's /api/generate: JSON lines, the text a few characters a line.
+@app.post("/api/generate")
+def generate():
+    text = say(request.headers.get("x-api-key", ""))
+    def gen():
+        for p in pieces(text):
+            yield json.dumps({"model": "llama3", "response": p, "done": False}) + "\n"
+        yield json.dumps({"model": "llama3", "response": "", "done": True}) + "\n"
+    return Response(gen(), mimetype="application/x-ndjson")
 
 @app.post("/v1/jobs/release")
 def release():
@@ -209,7 +220,7 @@ fn event_streams_of_unknown_shapes_are_masked_per_field() {
     cfg.set_policy(&format!(
         "[credential.jobs]\nsource = \"file:jobs\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\"]\n\n\
-         [[rule]]\nid = \"jobs\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = \"/v1/jobs/*\"\ninject = \"jobs\"\nmask = \"pii\"\naction = \"allow\"\n",
+         [[rule]]\nid = \"jobs\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = [\"/v1/jobs/*\", \"/api/generate\"]\ninject = \"jobs\"\nmask = \"pii\"\naction = \"allow\"\n",
         w = cg.rel
     ));
     let _d = Daemon::start(&cfg);
@@ -236,6 +247,11 @@ for line in r.iter_lines(decode_unicode=True):
         requests.post(base + "/release", timeout=20)
 print("statuses:", sorted(statuses), "in order:", seqs == list(range(len(seqs))))
 print("text:", text)
+# Ollama's JSON lines, read as its client library does: line by line.
+r = requests.post("http://127.0.0.1:{port}/api/generate", json={{"model": "llama3", "prompt": "hi"}}, stream=True, timeout=20)
+lines = [json.loads(l) for l in r.iter_lines() if l]
+print("ndjson done:", lines[-1]["done"], "models:", {{l["model"] for l in lines}})
+print("ndjson:", "".join(l["response"] for l in lines))
 "#
     );
     let (ok, out, err) = run(
@@ -255,6 +271,16 @@ print("text:", text)
     assert!(
         out.contains(
             "text: Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("ndjson done: True models: {'llama3'}"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "ndjson: Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
         ),
         "{out}"
     );

@@ -137,6 +137,22 @@ pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
     (!t.is_empty()).then_some(t)
 }
 
+/// Media types whose bodies are streams of events, each masked as the
+/// texts it carries: server-sent events, and newline-delimited JSON
+/// (what Ollama and other APIs stream).
+pub fn event_framing(media: Option<&str>) -> Option<super::sse_fields::Framing> {
+    use super::sse_fields::Framing;
+    match media? {
+        "text/event-stream" => Some(Framing::Sse),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Some(Framing::Lines),
+        _ => None,
+    }
+}
+
 /// `type/subtype`, both RFC 9110 tokens.
 fn valid_media_type(t: &str) -> bool {
     let token = |s: &str| {
@@ -422,6 +438,66 @@ impl BrotliStream {
     }
 }
 
+/// A stream of events masked as the texts they carry, events held while
+/// a field could still continue (sse.rs, ndjson.rs).
+pub trait Events: Send + Sync {
+    fn push_at(
+        &mut self,
+        chunk: &[u8],
+        now: std::time::Instant,
+    ) -> Result<Vec<u8>, super::sse::EventError>;
+    fn finish(&mut self) -> Vec<u8>;
+    /// When a held event must go out if nothing more arrives.
+    fn deadline(&self) -> Option<std::time::Instant>;
+    /// The held events whose time is up.
+    fn expire(&mut self, now: std::time::Instant) -> Vec<u8>;
+    fn take_counts(&mut self) -> Counts;
+}
+
+impl Events for super::sse::SseMasker {
+    fn push_at(
+        &mut self,
+        chunk: &[u8],
+        now: std::time::Instant,
+    ) -> Result<Vec<u8>, super::sse::EventError> {
+        super::sse::SseMasker::push_at(self, chunk, now)
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        super::sse::SseMasker::finish(self)
+    }
+    fn deadline(&self) -> Option<std::time::Instant> {
+        super::sse::SseMasker::deadline(self)
+    }
+    fn expire(&mut self, now: std::time::Instant) -> Vec<u8> {
+        super::sse::SseMasker::expire(self, now)
+    }
+    fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+}
+
+impl Events for super::ndjson::NdjsonMasker {
+    fn push_at(
+        &mut self,
+        chunk: &[u8],
+        now: std::time::Instant,
+    ) -> Result<Vec<u8>, super::sse::EventError> {
+        super::ndjson::NdjsonMasker::push_at(self, chunk, now)
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        super::ndjson::NdjsonMasker::finish(self)
+    }
+    fn deadline(&self) -> Option<std::time::Instant> {
+        super::ndjson::NdjsonMasker::deadline(self)
+    }
+    fn expire(&mut self, now: std::time::Instant) -> Vec<u8> {
+        super::ndjson::NdjsonMasker::expire(self, now)
+    }
+    fn take_counts(&mut self) -> Counts {
+        super::ndjson::NdjsonMasker::take_counts(self)
+    }
+}
+
 /// JSON field-path masking needs the whole document.
 pub use super::json_body::JsonMode;
 
@@ -430,8 +506,9 @@ pub struct MaskedBody<B> {
     decoder: Decoder,
     masker: StreamMasker,
     json: Option<JsonMode>,
-    /// Server-sent events: masked as the text streams they carry.
-    sse: Option<super::sse::SseMasker>,
+    /// Server-sent events and JSON lines: masked as the text streams
+    /// they carry.
+    events: Option<Box<dyn Events>>,
     /// Shared with the request record: detector → count.
     counts: Arc<Mutex<Counts>>,
     /// What the client received (masked), up to the recording cap.
@@ -489,7 +566,7 @@ impl<B> MaskedBody<B> {
             masker,
             json,
             counts,
-            sse: None,
+            events: None,
             capture: None,
             budget: None,
             queued: Default::default(),
@@ -507,9 +584,10 @@ impl<B> MaskedBody<B> {
         self
     }
 
-    /// `text/event-stream`: events are reassembled and masked as text.
-    pub fn sse(mut self, sse: super::sse::SseMasker) -> Self {
-        self.sse = Some(sse);
+    /// `text/event-stream`, JSON lines: events are reassembled and masked
+    /// as text.
+    pub fn events(mut self, events: Box<dyn Events>) -> Self {
+        self.events = Some(events);
         self
     }
 
@@ -560,9 +638,9 @@ impl<B> MaskedBody<B> {
                     .map_err(|why| Box::new(Uninspectable(why)) as BoxError)?;
                 Ok(Vec::new())
             }
-            None => match &mut self.sse {
-                Some(sse) => sse
-                    .push(&decoded)
+            None => match &mut self.events {
+                Some(events) => events
+                    .push_at(&decoded, std::time::Instant::now())
                     .map_err(|e| Box::new(Uninspectable(e.to_string())) as BoxError),
                 None => Ok(self.masker.push(&decoded)),
             },
@@ -587,9 +665,9 @@ impl<B> MaskedBody<B> {
                 *mine.entry(k).or_default() += v;
             }
         }
-        if let Some(mut sse) = self.sse.take() {
-            out.extend(sse.finish());
-            for (k, v) in std::mem::take(&mut sse.counts) {
+        if let Some(mut events) = self.events.take() {
+            out.extend(events.finish());
+            for (k, v) in events.take_counts() {
                 *self.masker.counts.entry(k).or_default() += v;
             }
         }
@@ -607,8 +685,8 @@ impl<B> MaskedBody<B> {
     /// up (`None` while there are none, with a wake-up set for when there
     /// will be).
     fn held_until(&mut self, cx: &mut Context<'_>) -> Option<Vec<u8>> {
-        let sse = self.sse.as_mut()?;
-        let Some(deadline) = sse.deadline() else {
+        let events = self.events.as_mut()?;
+        let Some(deadline) = events.deadline() else {
             self.wake = None;
             return None;
         };
@@ -620,7 +698,7 @@ impl<B> MaskedBody<B> {
             wake.as_mut().reset(deadline);
         }
         match wake.as_mut().poll(cx) {
-            Poll::Ready(()) => Some(sse.expire(std::time::Instant::now())),
+            Poll::Ready(()) => Some(events.expire(std::time::Instant::now())),
             Poll::Pending => None,
         }
     }
@@ -812,7 +890,10 @@ mod tests {
             None,
             Arc::new(Mutex::new(Counts::new())),
         )
-        .sse(crate::masking::sse::SseMasker::new(p, &[] as &[String]));
+        .events(Box::new(crate::masking::sse::SseMasker::new(
+            p,
+            &[] as &[String],
+        )));
         let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
             .await
             .expect("the held event never went out")

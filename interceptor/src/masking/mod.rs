@@ -13,11 +13,12 @@ mod email;
 mod json;
 mod json_body;
 mod literals;
+pub mod ndjson;
 mod numeric;
 mod scan;
 mod secret_forms;
 pub mod sse;
-mod sse_fields;
+pub mod sse_fields;
 mod stream;
 
 pub use json::JsonPath;

@@ -16,7 +16,7 @@
 //! Other JSON events have each string value masked whole; non-JSON data is
 //! masked as text. An event that cannot be framed within `MAX_EVENT` bytes
 //! ends the response (fail closed).
-use super::sse_fields::{Data, FieldStreams};
+use super::sse_fields::{Data, FieldStreams, Framing};
 use super::{Counts, Profile, StreamMasker};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -94,6 +94,11 @@ struct TextField {
 pub enum EventError {
     #[error("a server-sent event over {MAX_EVENT} bytes cannot be masked")]
     TooLarge,
+    #[error(
+        "a line over {} bytes of a JSON lines stream cannot be masked",
+        super::ndjson::MAX_LINE
+    )]
+    LineTooLarge,
     /// Data that reads as JSON to a lenient client (a lone surrogate, a
     /// NaN) but not to serde_json: its text could not be reassembled.
     #[error("a server-sent event's data looks like JSON but does not parse ({0})")]
@@ -107,7 +112,7 @@ impl SseMasker {
             declared: profile.sse_text_paths.clone(),
             paths: profile.json_paths.clone(),
             whole: prototype.sibling(),
-            fields: FieldStreams::new(prototype.sibling()),
+            fields: FieldStreams::new(prototype.sibling(), Framing::Sse),
             prototype,
             buf: Vec::new(),
             searched: 0,
@@ -249,8 +254,7 @@ impl SseMasker {
         }
         if found.is_empty() {
             // A shape not known: every string and number reassembled per
-            // field; keys masked here.
-            self.mask_parts(&mut value, "", &[], false);
+            // field.
             return Ok(self.fields.event(fields, Data::Json(value), now));
         }
         let mut out = Vec::new();
@@ -266,7 +270,7 @@ impl SseMasker {
             }));
         }
         let pointers: Vec<String> = found.iter().map(|f| f.pointer.clone()).collect();
-        self.mask_parts(&mut value, "", &pointers, true);
+        self.mask_strings(&mut value, "", &pointers);
         for f in &found {
             let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
                 continue;
@@ -338,18 +342,18 @@ impl SseMasker {
         out
     }
 
-    /// Object keys in `v` masked whole (detectors and injected secrets),
-    /// and with `values`, every string but the stream fields and every
-    /// number (a card number sent as a number becomes a masked string).
-    fn mask_parts(&mut self, v: &mut Value, at: &str, skip: &[String], values: bool) {
+    /// Every string in `v` but the stream fields, masked whole (detectors
+    /// and injected secrets), and so are object keys and numbers (a card
+    /// number sent as a number becomes a masked string).
+    fn mask_strings(&mut self, v: &mut Value, at: &str, skip: &[String]) {
         match v {
-            Value::String(s) if values && !skip.iter().any(|p| p == at) => {
+            Value::String(s) if !skip.iter().any(|p| p == at) => {
                 let masked = self.mask_whole(s.as_bytes());
                 if masked != s.as_bytes() {
                     *s = String::from_utf8_lossy(&masked).into_owned();
                 }
             }
-            Value::Number(n) if values => {
+            Value::Number(n) => {
                 let text = n.to_string();
                 let masked = self.mask_whole(text.as_bytes());
                 if masked != text.as_bytes() {
@@ -358,13 +362,13 @@ impl SseMasker {
             }
             Value::Array(a) => {
                 for (i, x) in a.iter_mut().enumerate() {
-                    self.mask_parts(x, &format!("{at}/{i}"), skip, values);
+                    self.mask_strings(x, &format!("{at}/{i}"), skip);
                 }
             }
             Value::Object(o) => {
                 for (k, x) in o.iter_mut() {
                     let p = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
-                    self.mask_parts(x, &p, skip, values);
+                    self.mask_strings(x, &p, skip);
                 }
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {

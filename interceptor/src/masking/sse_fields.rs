@@ -33,7 +33,15 @@ const MAX_FIELDS: usize = 1024;
 /// The text of a plain (not JSON) `data:` field, as a field of its own.
 const PLAIN: &str = "data:";
 
+/// How events are written: as server-sent events, or one JSON value a line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Sse,
+    Lines,
+}
+
 pub struct FieldStreams {
+    framing: Framing,
     prototype: StreamMasker,
     /// Each value is masked whole as well: joined with the next event's,
     /// a value complete in its own (`... AKIA...EXAMPLE`, then `event 3`)
@@ -87,8 +95,9 @@ struct Slot {
 }
 
 impl FieldStreams {
-    pub fn new(prototype: StreamMasker) -> FieldStreams {
+    pub fn new(prototype: StreamMasker, framing: Framing) -> FieldStreams {
         FieldStreams {
+            framing,
             whole: prototype.sibling(),
             prototype,
             fields: HashMap::new(),
@@ -110,9 +119,12 @@ impl FieldStreams {
         Vec::new()
     }
 
-    /// An event whose strings are reassembled per field (its keys and
-    /// numbers are masked already); returns what can go out now.
-    pub fn event(&mut self, lines: Vec<String>, data: Data, now: Instant) -> Vec<u8> {
+    /// An event whose strings and numbers are reassembled per field (its
+    /// object keys are masked whole); returns what can go out now.
+    pub fn event(&mut self, lines: Vec<String>, mut data: Data, now: Instant) -> Vec<u8> {
+        if let Data::Json(v) = &mut data {
+            self.mask_keys(v);
+        }
         let mut strings = Vec::new();
         match &data {
             Data::Json(v) => strings_of(v, &mut String::new(), &mut strings),
@@ -267,7 +279,37 @@ impl FieldStreams {
                 Data::Plain(s) => *s = masked,
             }
         }
-        to_bytes(&lines, &data)
+        match self.framing {
+            Framing::Sse => to_bytes(&lines, &data),
+            Framing::Lines => {
+                let mut out = match &data {
+                    Data::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
+                    Data::Plain(s) => s.clone().into_bytes(),
+                };
+                out.push(b'\n');
+                out
+            }
+        }
+    }
+
+    fn mask_keys(&mut self, v: &mut Value) {
+        match v {
+            Value::Array(a) => a.iter_mut().for_each(|x| self.mask_keys(x)),
+            Value::Object(o) => {
+                o.values_mut().for_each(|x| self.mask_keys(x));
+                let keys: Vec<String> = o.keys().cloned().collect();
+                for k in keys {
+                    let masked = self.whole.push_all(k.as_bytes());
+                    if masked != k.as_bytes()
+                        && let Some(x) = o.remove(&k)
+                    {
+                        o.insert(String::from_utf8_lossy(&masked).into_owned(), x);
+                    }
+                }
+                take_counts(&mut self.counts, &mut self.whole);
+            }
+            _ => {}
+        }
     }
 
     /// Field texts no held event uses and with nothing held back, dropped

@@ -6,6 +6,7 @@ use super::canonical;
 use super::upstream::{BoxError, Key, ReqBody};
 use crate::credentials::Secret;
 use crate::identity::oidc::User;
+use crate::masking::sse_fields::Framing;
 use crate::policy::{
     Action, BODY_INSPECT_MAX, Credential, Decision, InspectedBody, Placement, RequestInfo, Subject,
     Verdict,
@@ -780,8 +781,8 @@ impl HttpConn {
             parts.headers.insert(header::TRANSFER_ENCODING, t);
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
-        let is_event_stream = crate::masking::body::media_type(&parts.headers)
-            .is_some_and(|t| t == "text/event-stream");
+        let media = crate::masking::body::media_type(&parts.headers);
+        let events = crate::masking::body::event_framing(media.as_deref());
         let sse_profile = profile.clone();
         let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
             Ok(d) => d,
@@ -817,8 +818,21 @@ impl HttpConn {
             .pass_opaque(pass)
             .capture(self.capture(rec.seq))
             .budget(self.proxy.body_budget.lease(&self.workload));
-        if is_event_stream {
-            body = body.sse(crate::masking::sse::SseMasker::new(sse_profile, &injected));
+        match events {
+            Some(Framing::Sse) => {
+                body = body.events(Box::new(crate::masking::sse::SseMasker::new(
+                    sse_profile,
+                    &injected,
+                )));
+            }
+            Some(Framing::Lines) => {
+                let paths = sse_profile.json_paths.clone();
+                let prototype = crate::masking::StreamMasker::new(sse_profile, &injected);
+                body = body.events(Box::new(crate::masking::ndjson::NdjsonMasker::new(
+                    prototype, paths,
+                )));
+            }
+            None => {}
         }
         if body.buffers_whole() {
             return buffered(parts, body).await;

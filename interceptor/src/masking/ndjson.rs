@@ -1,0 +1,174 @@
+//! Newline-delimited JSON streams (`application/x-ndjson`, JSON Lines):
+//! Ollama's API and others stream a model's text a few characters per
+//! line, so a value is no more contiguous in the bytes than in an SSE
+//! stream. Each line is an event: its strings and numbers are reassembled
+//! per field with the lines before it (sse_fields.rs), and a line that is
+//! not JSON is one more field of text.
+use super::sse::EventError;
+use super::sse_fields::{Data, FieldStreams, Framing};
+use super::{Counts, StreamMasker};
+use serde_json::Value;
+use std::time::Instant;
+
+/// Longest line held while it arrives.
+pub const MAX_LINE: usize = 1 << 20;
+
+pub struct NdjsonMasker {
+    fields: FieldStreams,
+    /// The profile's JSON field paths, applied to each line.
+    paths: Vec<super::JsonPath>,
+    /// Bytes of the line still arriving.
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline.
+    searched: usize,
+}
+
+impl NdjsonMasker {
+    pub fn new(prototype: StreamMasker, paths: Vec<super::JsonPath>) -> NdjsonMasker {
+        NdjsonMasker {
+            paths,
+            fields: FieldStreams::new(prototype, Framing::Lines),
+            buf: Vec::new(),
+            searched: 0,
+        }
+    }
+
+    pub fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let (mut from, mut search) = (0, self.searched);
+        while let Some(i) = memchr::memchr(b'\n', &self.buf[search..]) {
+            let end = search + i;
+            let line = String::from_utf8_lossy(&self.buf[from..end]).into_owned();
+            out.extend(self.line(line, now));
+            from = end + 1;
+            search = from;
+        }
+        self.buf.drain(..from);
+        self.searched = self.buf.len();
+        if self.buf.len() > MAX_LINE {
+            return Err(EventError::LineTooLarge);
+        }
+        out.extend(self.fields.release(now));
+        Ok(out)
+    }
+
+    /// The end of the body: a last line without its newline goes out
+    /// without one too.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.buf);
+        let mut out = Vec::new();
+        if !rest.is_empty() {
+            out.extend(self.line(String::from_utf8_lossy(&rest).into_owned(), Instant::now()));
+        }
+        out.extend(self.fields.finish());
+        if !rest.is_empty() && out.last() == Some(&b'\n') {
+            out.pop();
+        }
+        out
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.fields.deadline()
+    }
+
+    pub fn expire(&mut self, now: Instant) -> Vec<u8> {
+        self.fields.release(now)
+    }
+
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.fields.counts)
+    }
+
+    fn line(&mut self, line: String, now: Instant) -> Vec<u8> {
+        if line.trim().is_empty() {
+            return self.fields.ready(format!("{line}\n").into_bytes());
+        }
+        let data = match serde_json::from_str::<Value>(&line) {
+            Ok(mut v @ (Value::Object(_) | Value::Array(_))) => {
+                let selected: u64 = self.paths.iter().map(|p| p.mask(&mut v)).sum();
+                if selected > 0 {
+                    *self.fields.counts.entry("json_path".into()).or_default() += selected;
+                }
+                Data::Json(v)
+            }
+            // A scalar or not JSON: the line as text, kept as sent.
+            _ => Data::Plain(line),
+        };
+        self.fields.event(Vec::new(), data, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::{Profile, Uninspectable, detectors};
+    use std::sync::Arc;
+
+    const SECRET: &str = "sk-NDJ-9f8e7d6c5b";
+
+    fn masker() -> NdjsonMasker {
+        let d = vec![detectors::builtin("card").unwrap()];
+        let p = Profile::new(
+            "t",
+            d,
+            Default::default(),
+            vec![],
+            1 << 20,
+            Uninspectable::Block,
+        )
+        .unwrap();
+        NdjsonMasker::new(StreamMasker::new(Arc::new(p), &[SECRET]), vec![])
+    }
+
+    /// Ollama's /api/generate stream, the text a few characters a line,
+    /// cut into chunks anywhere: the joined `response` is masked, and
+    /// every line still parses with its other fields as sent.
+    #[test]
+    fn a_value_split_across_lines_is_masked() {
+        let text = format!("key {SECRET} card 4111 1111 1111 1111 end");
+        let chars: Vec<char> = text.chars().collect();
+        let mut body = String::new();
+        for (i, piece) in chars.chunks(2).enumerate() {
+            let piece: String = piece.iter().collect();
+            let line = serde_json::json!({"model":"llama3","response":piece,"done":false,"n":i});
+            body.push_str(&format!("{line}\n"));
+        }
+        body.push_str("{\"model\":\"llama3\",\"response\":\"\",\"done\":true}");
+        for step in [1, 7, 64, body.len()] {
+            let mut m = masker();
+            let now = Instant::now();
+            let mut out = Vec::new();
+            for chunk in body.as_bytes().chunks(step) {
+                out.extend(m.push_at(chunk, now).unwrap());
+            }
+            out.extend(m.finish());
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.ends_with('\n'), "a newline was added");
+            let mut joined = String::new();
+            for (i, line) in out.lines().enumerate() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["model"], "llama3");
+                if v["done"] == false {
+                    assert_eq!(v["n"], i);
+                }
+                joined.push_str(v["response"].as_str().unwrap());
+            }
+            assert_eq!(
+                joined, "key [REDACTED:injected_secret] card [REDACTED:card] end",
+                "chunks of {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_too_long_ends_the_stream() {
+        let mut m = masker();
+        let now = Instant::now();
+        assert!(m.push_at(&vec![b'x'; MAX_LINE], now).is_ok());
+        assert!(matches!(
+            m.push_at(b"x", now),
+            Err(EventError::LineTooLarge)
+        ));
+    }
+}
