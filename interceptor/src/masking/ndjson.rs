@@ -40,7 +40,7 @@ impl NdjsonMasker {
         while let Some(i) = memchr::memchr(b'\n', &self.buf[search..]) {
             let end = search + i;
             let line = String::from_utf8_lossy(&self.buf[from..end]).into_owned();
-            out.extend(self.line(line, now));
+            out.extend(self.line(line, now)?);
             from = end + 1;
             search = from;
         }
@@ -59,7 +59,9 @@ impl NdjsonMasker {
         let rest = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
         if !rest.is_empty() {
-            out.extend(self.line(String::from_utf8_lossy(&rest).into_owned(), Instant::now()));
+            // Past the bounds, the end of the body decides it all anyway.
+            let last = String::from_utf8_lossy(&rest).into_owned();
+            out.extend(self.line(last, Instant::now()).unwrap_or_default());
         }
         out.extend(self.fields.finish());
         if !rest.is_empty() && out.last() == Some(&b'\n') {
@@ -80,11 +82,12 @@ impl NdjsonMasker {
         std::mem::take(&mut self.fields.counts)
     }
 
-    fn line(&mut self, line: String, now: Instant) -> Vec<u8> {
+    fn line(&mut self, line: String, now: Instant) -> Result<Vec<u8>, EventError> {
         if line.trim().is_empty() {
             return self.fields.ready(format!("{line}\n").into_bytes());
         }
         let data = match serde_json::from_str::<Value>(&line) {
+            Ok(v @ Value::String(_)) => Data::Json(v),
             Ok(mut v @ (Value::Object(_) | Value::Array(_))) => {
                 let selected: u64 = self.paths.iter().map(|p| p.mask(&mut v)).sum();
                 if selected > 0 {
@@ -92,7 +95,7 @@ impl NdjsonMasker {
                 }
                 Data::Json(v)
             }
-            // A scalar or not JSON: the line as text, kept as sent.
+            // A number, a literal or not JSON: the line as text, as sent.
             _ => Data::Plain(line),
         };
         self.fields.event(Vec::new(), data, now)

@@ -99,6 +99,13 @@ pub enum EventError {
         super::ndjson::MAX_LINE
     )]
     LineTooLarge,
+    #[error(
+        "more than {} events, {} bytes or {} fields held while their text could still continue",
+        super::sse_fields::MAX_HELD_EVENTS,
+        super::sse_fields::MAX_HELD_BYTES,
+        super::sse_fields::MAX_FIELDS
+    )]
+    TooMuchHeld,
     /// Data that reads as JSON to a lenient client (a lone surrogate, a
     /// NaN) but not to serde_json: its text could not be reassembled.
     #[error("a server-sent event's data looks like JSON but does not parse ({0})")]
@@ -221,8 +228,11 @@ impl SseMasker {
         }
         // Data that is one JSON scalar (`4`, `true`) is text a client may
         // read as such: kept as sent, not re-serialized.
+        // A JSON string is decoded and reassembled as one (its escapes
+        // read as the client reads them).
         let structured = match parsed {
             Ok(v @ (Value::Object(_) | Value::Array(_))) => Some(v),
+            Ok(v @ Value::String(_)) => return self.fields.event(fields, Data::Json(v), now),
             _ => None,
         };
         let Some(mut value) = structured else {
@@ -237,12 +247,12 @@ impl SseMasker {
             }
             if has_data {
                 // Plain text, reassembled like a field.
-                return Ok(self.fields.event(fields, Data::Plain(data), now));
+                return self.fields.event(fields, Data::Plain(data), now);
             }
             let mut whole = raw.to_vec();
             whole.extend_from_slice(b"\n\n");
             let masked = self.mask_whole(&whole);
-            return Ok(self.fields.ready(masked));
+            return self.fields.ready(masked);
         };
         let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
         if selected > 0 {
@@ -252,10 +262,11 @@ impl SseMasker {
         if found.is_empty() {
             declared_fields(&value, &self.declared, &mut Vec::new(), &mut found);
         }
-        if found.is_empty() {
+        if found.is_empty() && !known_shape(&value) {
             // A shape not known: every string and number reassembled per
-            // field.
-            return Ok(self.fields.event(fields, Data::Json(value), now));
+            // field. (The other events of a known API, `message_start` or
+            // a finish chunk, are masked whole below, without waiting.)
+            return self.fields.event(fields, Data::Json(value), now);
         }
         let mut out = Vec::new();
         // A final chunk (block stop, finish reason, a `.done` event) ends
@@ -317,7 +328,7 @@ impl SseMasker {
             }
             .to_bytes(),
         );
-        Ok(self.fields.ready(out))
+        self.fields.ready(out)
     }
 
     /// Ends the streams `which` selects: each one's held-back text in an
@@ -403,7 +414,7 @@ fn text_fields(v: &Value) -> Vec<TextField> {
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
     // Anthropic Messages: content_block_delta.
     if kind == "content_block_delta" {
-        let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+        let index = key_of(v.get("index"));
         let field = match v.pointer("/delta/type").and_then(Value::as_str) {
             Some("text_delta") => Some("text"),
             Some("input_json_delta") => Some("partial_json"),
@@ -431,7 +442,7 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         for (i, c) in cands.iter().enumerate() {
             let idx = c
                 .get("index")
-                .map(|x| x.to_string())
+                .map(|x| key_of(Some(x)))
                 .unwrap_or(i.to_string());
             let ends = c.get("finishReason").is_some_and(|f| !f.is_null());
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
@@ -452,7 +463,7 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         && v.pointer("/delta/message/content/text")
             .is_some_and(Value::is_string)
     {
-        let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+        let index = key_of(v.get("index"));
         out.push(TextField {
             key: format!("cohere:{index}:"),
             pointer: "/delta/message/content/text".into(),
@@ -464,7 +475,7 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         for (i, c) in choices.iter().enumerate() {
             let idx = c
                 .get("index")
-                .map(|x| x.to_string())
+                .map(|x| key_of(Some(x)))
                 .unwrap_or(i.to_string());
             let ends = c.get("finish_reason").is_some_and(|f| !f.is_null());
             for f in ["content", "reasoning_content", "refusal"] {
@@ -482,7 +493,7 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 for (j, t) in calls.iter().enumerate() {
                     let tidx = t
                         .get("index")
-                        .map(|x| x.to_string())
+                        .map(|x| key_of(Some(x)))
                         .unwrap_or(j.to_string());
                     if t.pointer("/function/arguments")
                         .is_some_and(Value::is_string)
@@ -500,6 +511,29 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         }
     }
     out
+}
+
+/// An event of an API whose text fields `text_fields` knows, though this
+/// one has none (its start, a ping, a finish chunk, a stop).
+fn known_shape(v: &Value) -> bool {
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    matches!(
+        kind,
+        "message_start"
+            | "content_block_start"
+            | "content_block_stop"
+            | "message_delta"
+            | "message_stop"
+            | "ping"
+            | "error"
+            | "message-start"
+            | "content-start"
+            | "content-end"
+            | "message-end"
+    ) || kind.starts_with("response.")
+        || v.get("object").and_then(Value::as_str) == Some("chat.completion.chunk")
+        || v.get("candidates").is_some()
+        || v.get("choices").is_some()
 }
 
 /// String fields at the profile's declared pointers, each its own stream.
@@ -547,12 +581,12 @@ fn stream_ends(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match kind {
         "content_block_stop" => {
-            let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+            let index = key_of(v.get("index"));
             out.push(format!("block:{index}:"));
         }
         "message_stop" | "message_delta" => out.push("block:".into()),
         "content-end" => {
-            let index = v.get("index").map(|i| i.to_string()).unwrap_or_default();
+            let index = key_of(v.get("index"));
             out.push(format!("cohere:{index}:"));
         }
         "message-end" => out.push("cohere:".into()),
@@ -569,7 +603,7 @@ fn stream_ends(v: &Value) -> Vec<String> {
             if c.get("finishReason").is_some_and(|f| !f.is_null()) {
                 let idx = c
                     .get("index")
-                    .map(|x| x.to_string())
+                    .map(|x| key_of(Some(x)))
                     .unwrap_or(i.to_string());
                 out.push(format!("gemini:{idx}:"));
             }
@@ -580,7 +614,7 @@ fn stream_ends(v: &Value) -> Vec<String> {
             if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
                 let idx = c
                     .get("index")
-                    .map(|x| x.to_string())
+                    .map(|x| key_of(Some(x)))
                     .unwrap_or(i.to_string());
                 out.push(format!("choice:{idx}:"));
             }
@@ -589,17 +623,29 @@ fn stream_ends(v: &Value) -> Vec<String> {
     out
 }
 
+/// The item a Responses event belongs to, as the SDKs join them: by
+/// output and content index (the item id only without an index).
 fn response_item(v: &Value) -> String {
     format!(
         "{}:{}",
-        v.get("item_id")
-            .or(v.get("output_index"))
-            .map(|x| x.to_string())
-            .unwrap_or_default(),
-        v.get("content_index")
-            .map(|x| x.to_string())
-            .unwrap_or_default()
+        key_of(v.get("output_index").or(v.get("item_id"))),
+        key_of(v.get("content_index"))
     )
+}
+
+/// An index as a stream key: equal for every spelling a client reads as
+/// the same number (`0`, `0.0`, `-0`, `0e0`), so one stream cannot be
+/// split in two that the client joins (found by an attack pass).
+fn key_of(v: Option<&Value>) -> String {
+    match v {
+        None => String::new(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+            _ => n.to_string(),
+        },
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
 }
 
 fn merge(into: &mut Counts, from: &Counts) {
@@ -912,20 +958,101 @@ mod tests {
         assert_eq!(joined, " and [REDACTED:card] ok");
     }
 
-    /// However many events wait and however many fields they name,
-    /// what is held stays bounded.
+    /// Data that is one JSON string is read as a client reads it, escapes
+    /// decoded, and joined with the next (found by an attack pass).
     #[test]
-    fn held_events_and_fields_are_bounded() {
-        let t0 = Instant::now();
+    fn json_string_data_is_decoded_and_joined() {
+        let escaped = format!("\\u0073{}", &SECRET[1..]);
+        let body = format!(
+            "data: \"{escaped}\"\n\ndata: \"{}\"\n\ndata: \"{}\"\n\n",
+            &SECRET[..6],
+            &SECRET[6..]
+        );
+        let out = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
+        let joined: String = events(out.as_bytes())
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            joined, "[REDACTED:injected_secret][REDACTED:injected_secret]",
+            "{out}"
+        );
+    }
+
+    /// The other events of a known API go out as they come: a stream's
+    /// first token is not made to wait.
+    #[test]
+    fn events_of_known_apis_are_not_held() {
         let mut m = SseMasker::new(profile(), &[SECRET]);
-        let mut out = 0;
-        for i in 0..5000 {
-            let ev = format!("data: {{\"k{i}\":\"{i}\"}}\n\n");
-            out += m.push_at(ev.as_bytes(), t0).unwrap().len();
-            assert!(m.fields.held() <= 1025, "{} held", m.fields.held());
+        let start = b"event: message_start\ndata: {\"message\":{\"id\":\"msg_1\"},\"type\":\"message_start\"}\n\n";
+        assert_eq!(m.push(start).unwrap(), start);
+        let done = b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\",\"index\":0}],\"object\":\"chat.completion.chunk\"}\n\n";
+        assert_eq!(m.push(done).unwrap(), done);
+        assert_eq!(m.deadline(), None);
+    }
+
+    /// One stream spelled with two indexes a client reads as the same
+    /// (`0` and `0.0`; Responses items with one index and two ids) is one
+    /// stream here too (found by an attack pass).
+    #[test]
+    fn an_index_spelled_twice_is_one_stream() {
+        let (a, b) = SECRET.split_at(8);
+        let chat = |p: &str, idx: &str| {
+            format!(
+                "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":{idx},\"delta\":{{\"content\":\"{p}\"}},\"finish_reason\":null}}]}}\n\n"
+            )
+        };
+        let resp = |p: &str, id: &str| {
+            format!(
+                "data: {{\"type\":\"response.output_text.delta\",\"item_id\":\"{id}\",\"output_index\":0,\"content_index\":0,\"delta\":\"{p}\"}}\n\n"
+            )
+        };
+        for body in [
+            format!("{}{}data: [DONE]\n\n", chat(a, "0"), chat(b, "0.0")),
+            format!("{}{}", resp(a, "msg_1"), resp(b, "msg_2")),
+        ] {
+            let out = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
+            assert!(!out.contains(a) && !out.contains(b), "{out}");
         }
-        assert!(out > 0);
-        assert!(!m.finish().is_empty());
+    }
+
+    /// Filler sent to push a held half of a secret out undecided: within
+    /// the bounds the halves still meet; past them the response ends
+    /// (found by an attack pass: 1024 events released the first half).
+    #[test]
+    fn filler_cannot_push_a_held_value_out() {
+        let t0 = Instant::now();
+        let (first, second) = SECRET.split_at(8);
+        for (filler, n) in [("same", 2000), ("same", 20_000), ("keys", 5000)] {
+            let mut m = SseMasker::new(profile(), &[SECRET]);
+            let ev = |v: &str| format!("data: {{\"v\":\"{v}\"}}\n\n");
+            let mut out = m.push_at(ev(first).as_bytes(), t0).unwrap();
+            let mut ended = false;
+            for i in 0..n {
+                let f = match filler {
+                    "same" => "data: {\"f\":\"x\"}\n\n".to_string(),
+                    _ => format!("data: {{\"f{i}\":\"x\"}}\n\n"),
+                };
+                match m.push_at(f.as_bytes(), t0) {
+                    Ok(o) => out.extend(o),
+                    Err(EventError::TooMuchHeld) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if !ended {
+                out.extend(m.push_at(ev(second).as_bytes(), t0).unwrap());
+                out.extend(m.finish());
+            }
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(ended, n > 2000, "{filler} x {n}");
+            assert!(
+                !out.contains(first),
+                "{filler} x {n}: the first half went out"
+            );
+        }
     }
 
     /// What a client that follows the SSE spec reads: lines end at CRLF,

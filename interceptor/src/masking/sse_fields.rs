@@ -15,6 +15,8 @@
 //! masked text, and one that reads each event whole reads each value as
 //! sent unless a secret touches it. An event waits at most `HOLD`: a
 //! stream that stalls longer decides its held text with what has arrived.
+//! What is held is bounded; past the bounds the response ends.
+use super::sse::EventError;
 use super::stream::Edit;
 use super::{Counts, StreamMasker};
 use serde_json::Value;
@@ -23,12 +25,13 @@ use std::time::{Duration, Instant};
 
 /// Longest an event waits for the rest of a value its fields could hold.
 pub const HOLD: Duration = Duration::from_millis(250);
-/// Events and bytes held at most: past either, the oldest goes out decided
-/// with what has arrived (memory stays bounded whatever the stream).
-const MAX_HELD_EVENTS: usize = 1024;
-const MAX_HELD_BYTES: usize = 1 << 20;
-/// Field texts kept at most; those no held event uses are dropped first.
-const MAX_FIELDS: usize = 1024;
+/// Events, bytes and field texts held at most: past any, the response
+/// ends (fail closed). Letting the oldest go undecided instead would let
+/// an upstream release the first half of a secret by sending filler.
+pub const MAX_HELD_EVENTS: usize = 16 << 10;
+pub const MAX_HELD_BYTES: usize = 1 << 20;
+/// Those no held event uses are dropped first.
+pub const MAX_FIELDS: usize = 4 << 10;
 
 /// The text of a plain (not JSON) `data:` field, as a field of its own.
 const PLAIN: &str = "data:";
@@ -108,20 +111,37 @@ impl FieldStreams {
     }
 
     /// An event masked otherwise: out now, or after those held before it.
-    pub fn ready(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+    pub fn ready(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, EventError> {
         if self.queue.is_empty() {
-            return bytes;
+            return Ok(bytes);
         }
         if !bytes.is_empty() {
             self.held_bytes += bytes.len();
             self.queue.push_back(Waiting::Ready(bytes));
         }
-        Vec::new()
+        self.within_bounds()?;
+        Ok(Vec::new())
+    }
+
+    fn within_bounds(&mut self) -> Result<(), EventError> {
+        self.forget_idle_fields();
+        if self.queue.len() > MAX_HELD_EVENTS
+            || self.held_bytes > MAX_HELD_BYTES
+            || self.fields.len() > MAX_FIELDS
+        {
+            return Err(EventError::TooMuchHeld);
+        }
+        Ok(())
     }
 
     /// An event whose strings and numbers are reassembled per field (its
     /// object keys are masked whole); returns what can go out now.
-    pub fn event(&mut self, lines: Vec<String>, mut data: Data, now: Instant) -> Vec<u8> {
+    pub fn event(
+        &mut self,
+        lines: Vec<String>,
+        mut data: Data,
+        now: Instant,
+    ) -> Result<Vec<u8>, EventError> {
         if let Data::Json(v) = &mut data {
             self.mask_keys(v);
         }
@@ -169,13 +189,9 @@ impl FieldStreams {
             arrived: now,
             size,
         }));
-        self.release(now)
-    }
-
-    /// Events waiting and field texts kept.
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.queue.len().max(self.fields.len())
+        let out = self.release(now);
+        self.within_bounds()?;
+        Ok(out)
     }
 
     /// When the oldest held event must go out, if one is held.
@@ -222,9 +238,6 @@ impl FieldStreams {
 
     fn overdue(&self, h: &Held, now: Instant) -> bool {
         now >= h.arrived + HOLD
-            || self.queue.len() > MAX_HELD_EVENTS
-            || self.held_bytes > MAX_HELD_BYTES
-            || self.fields.len() > MAX_FIELDS
     }
 
     fn is_decided(&self, h: &Held) -> bool {
@@ -315,7 +328,7 @@ impl FieldStreams {
     /// Field texts no held event uses and with nothing held back, dropped
     /// when there are too many (an API with a new key in every event).
     fn forget_idle_fields(&mut self) {
-        if self.fields.len() > MAX_FIELDS {
+        if self.fields.len() > MAX_FIELDS / 2 {
             self.fields
                 .retain(|_, t| t.slots > 0 || t.decided < t.pushed || !t.edits.is_empty());
         }
