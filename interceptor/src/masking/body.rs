@@ -81,24 +81,7 @@ pub fn prepare(
             "{t} is not among the profile's content_types: it is refused, not masked"
         ));
     }
-    let charset = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .and_then(|t| {
-            t.split(';')
-                .filter_map(|p| {
-                    p.trim()
-                        .strip_prefix("charset=")
-                        .map(|c| c.trim_matches('"').to_string())
-                })
-                .next()
-        });
-    if let Some(c) = charset.filter(|c| c.starts_with("utf-16") || c.starts_with("utf-32")) {
-        return Err(format!(
-            "text in {c} cannot be inspected (the detectors read ASCII-compatible text)"
-        ));
-    }
+    charset_is_readable(headers)?;
     let is_json = media.as_deref().is_some_and(|t| t.contains("json"));
     // JSONP carries the JSON document the paths are for, wrapped so that
     // it does not parse: refused rather than sent with the fields unmasked.
@@ -128,6 +111,62 @@ pub fn prepare(
     headers.remove(http::header::CONTENT_ENCODING);
     headers.remove(http::header::TRANSFER_ENCODING);
     Ok((decoder, json))
+}
+
+/// The body's charset, if it names one, must keep ASCII as ASCII bytes:
+/// the detectors and the injected secret's forms are ASCII. Checked
+/// against a list of such charsets, not a list of bad ones: UTF-16 alone
+/// has a dozen labels a client decodes (`ucs-2`, `unicode`, `x-utf-16le`),
+/// and UTF-7 spells ASCII in base64. The parameter is read as leniently as
+/// a client would (spaces, quotes, case); more than one is refused.
+fn charset_is_readable(headers: &http::HeaderMap) -> Result<(), String> {
+    let Some(t) = headers.get(http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let t = String::from_utf8_lossy(t.as_bytes()).to_ascii_lowercase();
+    let mut charsets = t.split(';').skip(1).filter_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        (name.trim() == "charset").then(|| value.trim().trim_matches(['"', '\'', ' ']).to_string())
+    });
+    let Some(c) = charsets.next() else {
+        return Ok(());
+    };
+    if charsets.next().is_some() {
+        return Err("more than one charset in content-type".into());
+    }
+    let ascii_compatible = matches!(
+        c.as_str(),
+        "utf-8"
+            | "utf8"
+            | "us-ascii"
+            | "ascii"
+            | "iso-646-us"
+            | "latin1"
+            | "latin-1"
+            | "l1"
+            | "koi8-r"
+            | "koi8-u"
+            | "shift_jis"
+            | "sjis"
+            | "euc-jp"
+            | "euc-kr"
+            | "gbk"
+            | "gb2312"
+            | "gb18030"
+            | "big5"
+    ) || ["iso-8859-", "iso8859-", "windows-125", "cp125"]
+        .iter()
+        .any(|p| {
+            c.strip_prefix(p)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if ascii_compatible {
+        Ok(())
+    } else {
+        Err(format!(
+            "text in charset {c:?} cannot be inspected (the detectors read ASCII-compatible text)"
+        ))
+    }
 }
 
 /// The media type of a response, lower case, without parameters.
@@ -859,6 +898,44 @@ mod tests {
             let _ = d.step(STEP);
         }
         assert!(d.finish().is_err());
+    }
+
+    /// Charsets that keep ASCII as ASCII pass; every label of UTF-16/32
+    /// and UTF-7, however spelled, is refused (an attack pass found
+    /// `ucs-2`, `unicode`, `x-utf-16le` and others let through).
+    #[test]
+    fn only_ascii_compatible_charsets_are_read() {
+        let check = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            charset_is_readable(&h)
+        };
+        for ok in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "text/html; charset=ISO-8859-1",
+            "text/plain; charset=windows-1252",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain; charset=utf-16",
+            "text/plain; charset=ucs-2",
+            "text/plain; charset=unicode",
+            "text/plain; charset=csunicode",
+            "text/plain; charset=iso-10646-ucs-2",
+            "text/plain; charset=x-utf-16le",
+            "text/plain; charset=unicodefffe",
+            "text/plain; charset=utf16",
+            "text/plain; charset=ucs-4",
+            "text/plain; charset=utf-7",
+            "text/plain; charset = \"utf-32be\"",
+            "text/plain; charset=utf-8; charset=utf-16le",
+            "text/plain; charset=iso-8859-",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
     }
 
     /// An SSE event held for its field's next piece goes out when the

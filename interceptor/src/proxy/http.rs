@@ -654,10 +654,13 @@ impl HttpConn {
         // A part of a body cannot be masked as the whole would be: a secret
         // cut by a range (or split between the parts of a multipart
         // answer) would pass in pieces. Masked or credentialed requests
-        // ask for whole bodies.
+        // ask for whole bodies, in the server's default charset (a server
+        // that honours `Accept-Charset: utf-16` would send text the
+        // detectors cannot read; such a body is refused, see body.rs).
         if decision.effects.mask.is_some() || !injected.is_empty() {
             parts.headers.remove(header::RANGE);
             parts.headers.remove(header::IF_RANGE);
+            parts.headers.remove(header::ACCEPT_CHARSET);
         }
         let mut upstream_req = Request::from_parts(parts, body);
         // Origin-form; the pool adds scheme and authority for HTTP/2.
