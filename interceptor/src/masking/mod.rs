@@ -10,6 +10,7 @@ pub mod body;
 pub mod detectors;
 mod digit_map;
 mod email;
+mod escaped;
 mod json;
 mod json_body;
 mod literals;

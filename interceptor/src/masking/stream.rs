@@ -221,6 +221,13 @@ impl StreamMasker {
             }
             from = at + 1;
         }
+        let found = self.secret_hits.len();
+        for e in secrets.escaped.iter() {
+            e.find(lower, 0, &mut self.secret_hits);
+        }
+        if self.secret_hits.len() > found {
+            self.secret_hits.sort_unstable();
+        }
     }
 
     /// New bytes go to `pending`, and lower-cased to `lower` when a
@@ -401,6 +408,8 @@ struct Secrets {
     /// Bytes a form starts with, to look for cut-off forms quickly.
     first: [bool; 256],
     longest: usize,
+    /// Each secret with some of its bytes escaped (escaped.rs).
+    escaped: Arc<Vec<super::escaped::Escaped>>,
 }
 
 impl Secrets {
@@ -416,10 +425,18 @@ impl Secrets {
         if forms.is_empty() {
             return None;
         }
-        Some(Self::build(forms, prefixes))
+        let escaped = literals
+            .iter()
+            .filter_map(|l| super::escaped::Escaped::new(l))
+            .collect();
+        Some(Self::build(forms, Arc::new(escaped), prefixes))
     }
 
-    fn build(forms: Vec<Zeroizing<Vec<u8>>>, prefixes: &[&'static str]) -> Secrets {
+    fn build(
+        forms: Vec<Zeroizing<Vec<u8>>>,
+        escaped: Arc<Vec<super::escaped::Escaped>>,
+        prefixes: &[&'static str],
+    ) -> Secrets {
         let mut first = [false; 256];
         for f in &forms {
             first[f[0] as usize] = true;
@@ -435,6 +452,7 @@ impl Secrets {
             prefixes: prefixes.to_vec(),
             first,
             forms,
+            escaped,
         }
     }
 
@@ -446,7 +464,7 @@ impl Secrets {
 
     /// The same forms with a searcher for other token prefixes.
     fn for_prefixes(&self, prefixes: &[&'static str]) -> Secrets {
-        Self::build(self.forms.clone(), prefixes)
+        Self::build(self.forms.clone(), self.escaped.clone(), prefixes)
     }
 
     /// The length of the longest form that starts at `at`.
@@ -463,7 +481,13 @@ impl Secrets {
     fn hold_from(&self, lower: &[u8]) -> usize {
         let len = lower.len();
         let from = len.saturating_sub(self.longest.saturating_sub(1));
-        (from..len)
+        let escaped = self
+            .escaped
+            .iter()
+            .map(|e| e.hold_from(lower))
+            .min()
+            .unwrap_or(len);
+        let literal = (from..len)
             .find(|&p| {
                 self.first[lower[p] as usize] && {
                     let tail = &lower[p..];
@@ -472,7 +496,8 @@ impl Secrets {
                         .any(|f| f.len() > tail.len() && f.starts_with(tail))
                 }
             })
-            .unwrap_or(len)
+            .unwrap_or(len);
+        literal.min(escaped)
     }
 }
 
@@ -637,6 +662,7 @@ mod tests {
                 Just("xoxb-"), Just("Bearer "), Just("ghp_"), Just("-----BEGIN "), Just("PRIVATE KEY-----"),
                 Just("-----END "), Just("sk-LAB-5f2a9c81d7"), Just("736b2d4c41422d"), Just("c2stTEFCLTVm"),
                 Just("x@y.io"), Just("415"), Just("0132"), Just("é"), Just("abcdefghij"), Just("0123456789"),
+                Just("%2D"), Just("\\u0073"), Just("k-LAB-5f2a9c81d7"), Just("&amp;"),
             ], 0..40),
             cuts in proptest::collection::vec(0usize..400, 0..8),
         ) {
@@ -706,7 +732,9 @@ mod tests {
         let secret = "sk-LAB-5f2a9c81d7+/?".to_string();
         let hex: String = secret.bytes().map(|b| format!("{b:02X}")).collect();
         let b64 = base64::engine::general_purpose::URL_SAFE.encode(format!("x{secret}"));
-        for form in [secret.clone(), secret.to_uppercase(), hex, b64] {
+        let partial = "sk-LAB-5f2a9c81d7%2B%2f?".to_string();
+        let json = "\\u0073k-LAB-5f2a9c81d7+\\/?".to_string();
+        for form in [secret.clone(), secret.to_uppercase(), hex, b64, partial, json] {
             let text = format!("echo: {form} done\n");
             for cut in 0..=text.len() {
                 let (out, counts) = mask_in_chunks(

@@ -1,0 +1,197 @@
+//! The injected secret with some of its bytes escaped, each its own way.
+//! Encoders escape only what their syntax needs: `quote()` and
+//! `encodeURIComponent` turn `/ + &` into `%2F %2B %26` and leave the rest,
+//! Go's JSON writes `&` as `\u0026`, PHP's writes `/` as `\/`, HTML writes
+//! `&amp;`. The literal and fully escaped forms (secret_forms.rs) miss all
+//! of these, so the secret is also matched a byte at a time, each byte
+//! as itself or as any escape of it: percent, `\u00XX`, `\xXX`, a
+//! backslash before it, an HTML character reference. Case-blind, as the
+//! other forms are (the text is given in lower case).
+//!
+//! A match with no escape in it is the literal, found by the literal pass;
+//! so this one looks only around escape characters (`%`, `\`, `&`).
+use zeroize::Zeroizing;
+
+pub struct Escaped {
+    /// For each byte of the secret, the spellings that stand for it, in
+    /// lower case.
+    units: Vec<Vec<Zeroizing<Vec<u8>>>>,
+    /// Bytes a spelling of the first byte starts with.
+    first: [bool; 256],
+    /// The longest the escaped secret can be.
+    longest: usize,
+}
+
+enum Outcome {
+    /// The secret ends there.
+    Full(usize),
+    /// The text ends inside what could still be it.
+    Partial,
+    No,
+}
+
+impl Escaped {
+    pub fn new(secret: &[u8]) -> Option<Escaped> {
+        if secret.is_empty() {
+            return None;
+        }
+        let units: Vec<Vec<Zeroizing<Vec<u8>>>> = secret.iter().map(|&b| spellings(b)).collect();
+        let mut first = [false; 256];
+        for s in &units[0] {
+            first[s[0] as usize] = true;
+        }
+        let longest = units
+            .iter()
+            .map(|u| u.iter().map(|s| s.len()).max().unwrap_or(1))
+            .sum();
+        Some(Escaped {
+            units,
+            first,
+            longest,
+        })
+    }
+
+    /// Matches in `lower` from `from` on, leftmost first, not overlapping;
+    /// only those with an escape in them, and starting before `before`.
+    pub fn find(&self, lower: &[u8], from: usize, out: &mut Vec<(usize, usize)>) {
+        let n = self.units.len();
+        let mut floor = from;
+        let mut at = from;
+        while let Some(i) = memchr::memchr3(b'%', b'\\', b'&', &lower[at..]) {
+            let e = at + i;
+            at = e + 1;
+            if e < floor {
+                continue;
+            }
+            // The match starts at most a secret's length of literal bytes
+            // before its first escape.
+            for s in e.saturating_sub(n).max(floor)..=e {
+                if !self.first[lower[s] as usize] {
+                    continue;
+                }
+                // (One that ends before the escape is the literal's.)
+                if let Outcome::Full(end) = self.at(lower, s, 0)
+                    && end > e
+                {
+                    out.push((s, end));
+                    floor = end;
+                    at = end;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The earliest place the text ends inside what could still be the
+    /// escaped secret (`lower.len()` when nowhere).
+    pub fn hold_from(&self, lower: &[u8]) -> usize {
+        let len = lower.len();
+        (len.saturating_sub(self.longest)..len)
+            .find(|&p| {
+                self.first[lower[p] as usize] && matches!(self.at(lower, p, 0), Outcome::Partial)
+            })
+            .unwrap_or(len)
+    }
+
+    /// Whether the secret from its `i`th byte on is spelled at `at`.
+    fn at(&self, text: &[u8], at: usize, i: usize) -> Outcome {
+        if i == self.units.len() {
+            return Outcome::Full(at);
+        }
+        if at == text.len() {
+            return Outcome::Partial;
+        }
+        let rest = &text[at..];
+        let mut partial = false;
+        for s in &self.units[i] {
+            if rest.starts_with(s) {
+                match self.at(text, at + s.len(), i + 1) {
+                    Outcome::Full(end) => return Outcome::Full(end),
+                    Outcome::Partial => partial = true,
+                    Outcome::No => {}
+                }
+            } else if s.len() > rest.len() && s.starts_with(rest) {
+                partial = true;
+            }
+        }
+        if partial {
+            Outcome::Partial
+        } else {
+            Outcome::No
+        }
+    }
+}
+
+/// Every spelling of byte `b`, lower case: itself, and the escapes of it
+/// and of its other case.
+fn spellings(b: u8) -> Vec<Zeroizing<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = vec![vec![b.to_ascii_lowercase()]];
+    let mut cases = vec![b, b.to_ascii_lowercase(), b.to_ascii_uppercase()];
+    cases.dedup();
+    for c in cases {
+        out.push(format!("%{c:02x}").into_bytes());
+        out.push(format!("\\u{c:04x}").into_bytes());
+        out.push(format!("\\x{c:02x}").into_bytes());
+        out.push(format!("&#{c};").into_bytes());
+        out.push(format!("&#x{c:x};").into_bytes());
+    }
+    match b {
+        b'/' | b'"' | b'\\' | b'\'' => out.push(vec![b'\\', b]),
+        _ => {}
+    }
+    let named: &[&str] = match b {
+        b'&' => &["&amp;"],
+        b'<' => &["&lt;"],
+        b'>' => &["&gt;"],
+        b'"' => &["&quot;"],
+        b'\'' => &["&apos;"],
+        _ => &[],
+    };
+    out.extend(named.iter().map(|n| n.as_bytes().to_vec()));
+    out.sort();
+    out.dedup();
+    out.into_iter().map(Zeroizing::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(secret: &str, text: &str) -> Vec<(usize, usize)> {
+        let e = Escaped::new(secret.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        e.find(text.to_ascii_lowercase().as_bytes(), 0, &mut out);
+        out
+    }
+
+    /// What encoders of the field write (found leaking by an attack pass).
+    #[test]
+    fn partial_escapes_are_found() {
+        let s = "wJalrXUtnFEMI/K7MDENG+bPxRfi&CYEXAMPLEKEY";
+        for spelled in [
+            "wJalrXUtnFEMI%2FK7MDENG%2BbPxRfi%26CYEXAMPLEKEY",
+            "wJalrXUtnFEMI\\/K7MDENG+bPxRfi&CYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfi\\u0026CYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfi&amp;CYEXAMPLEKEY",
+            "\\u0077JalrXUtnFEMI/K7MDENG+bPxRfi&#38;CYEXAMPLEKE%59",
+            "WJALRXUTNFEMI%2fK7MDENG%2BBPXRFI%26CYEXAMPLEKEY",
+        ] {
+            let text = format!("token={spelled}&x=1");
+            assert_eq!(found(s, &text), vec![(6, 6 + spelled.len())], "{spelled}");
+        }
+        // The literal is the literal pass's; other text is nothing.
+        assert!(found("sk-live-Zq8X", "a sk-live-Zq8X b %20").is_empty());
+        assert!(found(s, "100% \\n &amp; nothing").is_empty());
+    }
+
+    #[test]
+    fn a_cut_off_spelling_is_held() {
+        let s = "sk-live-Zq8X";
+        let e = Escaped::new(s.as_bytes()).unwrap();
+        for text in ["x \\u0073k-li", "x %73", "x %7", "x \\", "x sk-live-zq8"] {
+            assert_eq!(e.hold_from(text.as_bytes()), 2, "{text}");
+        }
+        assert_eq!(e.hold_from(b"x sk-live-zq8x"), 14);
+        assert_eq!(e.hold_from(b"x %41"), 5);
+    }
+}
