@@ -734,7 +734,14 @@ mod tests {
         let b64 = base64::engine::general_purpose::URL_SAFE.encode(format!("x{secret}"));
         let partial = "sk-LAB-5f2a9c81d7%2B%2f?".to_string();
         let json = "\\u0073k-LAB-5f2a9c81d7+\\/?".to_string();
-        for form in [secret.clone(), secret.to_uppercase(), hex, b64, partial, json] {
+        for form in [
+            secret.clone(),
+            secret.to_uppercase(),
+            hex,
+            b64,
+            partial,
+            json,
+        ] {
             let text = format!("echo: {form} done\n");
             for cut in 0..=text.len() {
                 let (out, counts) = mask_in_chunks(
