@@ -126,11 +126,24 @@ fn charset_is_readable(headers: &http::HeaderMap) -> Result<(), String> {
     let t = String::from_utf8_lossy(t.as_bytes()).to_ascii_lowercase();
     let mut charsets = t.split(';').skip(1).filter_map(|p| {
         let (name, value) = p.split_once('=')?;
-        (name.trim() == "charset").then(|| value.trim().trim_matches(['"', '\'', ' ']).to_string())
+        let name = name.trim();
+        (name == "charset" || name.starts_with("charset*")).then(|| {
+            (
+                name.to_string(),
+                value.trim().trim_matches(['"', '\'', ' ']).to_string(),
+            )
+        })
     });
-    let Some(c) = charsets.next() else {
+    let Some((name, c)) = charsets.next() else {
         return Ok(());
     };
+    // RFC 2231 (`charset*=''utf-16le`, `charset*0=...`): a client that
+    // reads it decodes as it says; no API needs it, so it is refused.
+    if name != "charset" {
+        return Err(format!(
+            "an RFC 2231 charset parameter ({name}) is not read"
+        ));
+    }
     if charsets.next().is_some() {
         return Err("more than one charset in content-type".into());
     }
@@ -933,6 +946,9 @@ mod tests {
             "text/plain; charset = \"utf-32be\"",
             "text/plain; charset=utf-8; charset=utf-16le",
             "text/plain; charset=iso-8859-",
+            "text/plain; charset*=''utf-16le",
+            "text/plain; charset*0=utf-1; charset*1=6le",
+            "text/plain; charset*=utf-8''utf-16le",
         ] {
             assert!(check(bad).is_err(), "{bad}");
         }

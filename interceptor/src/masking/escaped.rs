@@ -123,34 +123,84 @@ impl Escaped {
 }
 
 /// Every spelling of byte `b`, lower case: itself, and the escapes of it
-/// and of its other case.
+/// and of its other case, as the encoders of URLs, JSON, string literals
+/// (C, Python, JavaScript, shells) and HTML write them.
 fn spellings(b: u8) -> Vec<Zeroizing<Vec<u8>>> {
-    let mut out: Vec<Vec<u8>> = vec![vec![b.to_ascii_lowercase()]];
+    let mut out: Vec<String> = vec![];
     let mut cases = vec![b, b.to_ascii_lowercase(), b.to_ascii_uppercase()];
     cases.dedup();
     for c in cases {
-        out.push(format!("%{c:02x}").into_bytes());
-        out.push(format!("\\u{c:04x}").into_bytes());
-        out.push(format!("\\x{c:02x}").into_bytes());
-        out.push(format!("&#{c};").into_bytes());
-        out.push(format!("&#x{c:x};").into_bytes());
+        out.extend([
+            format!("%{c:02x}"),
+            format!("%25{c:02x}"),
+            format!("%u{c:04x}"),
+            format!("\\u{c:04x}"),
+            format!("\\u{{{c:x}}}"),
+            format!("\\u{{{c:02x}}}"),
+            format!("\\u{c:08x}"),
+            format!("\\x{c:02x}"),
+            format!("\\{c:03o}"),
+        ]);
+        // HTML character references: decimal or hex, leading zeros, with
+        // or without the semicolon.
+        for zeros in 0..4 {
+            let z = "0".repeat(zeros);
+            for semi in ["", ";"] {
+                out.push(format!("&#{z}{c}{semi}"));
+                out.push(format!("&#x{z}{c:x}{semi}"));
+            }
+        }
     }
-    match b {
-        b'/' | b'"' | b'\\' | b'\'' => out.push(vec![b'\\', b]),
-        _ => {}
+    if b.is_ascii_punctuation() {
+        out.push(format!("\\{}", b as char));
     }
-    let named: &[&str] = match b {
-        b'&' => &["&amp;"],
-        b'<' => &["&lt;"],
-        b'>' => &["&gt;"],
-        b'"' => &["&quot;"],
-        b'\'' => &["&apos;"],
-        _ => &[],
-    };
-    out.extend(named.iter().map(|n| n.as_bytes().to_vec()));
+    out.extend(
+        named_references(b)
+            .iter()
+            .flat_map(|n| [format!("&{n};"), format!("&{n}")]),
+    );
+    let mut out: Vec<Vec<u8>> = out.into_iter().map(String::into_bytes).collect();
+    out.push(vec![b.to_ascii_lowercase()]);
     out.sort();
     out.dedup();
     out.into_iter().map(Zeroizing::new).collect()
+}
+
+/// HTML's named references for ASCII punctuation (lower case).
+fn named_references(b: u8) -> &'static [&'static str] {
+    match b {
+        b'&' => &["amp"],
+        b'<' => &["lt"],
+        b'>' => &["gt"],
+        b'"' => &["quot"],
+        b'\'' => &["apos"],
+        b'/' => &["sol"],
+        b'+' => &["plus"],
+        b'=' => &["equals"],
+        b'?' => &["quest"],
+        b'#' => &["num"],
+        b'%' => &["percnt"],
+        b'!' => &["excl"],
+        b'@' => &["commat"],
+        b'_' => &["lowbar"],
+        b':' => &["colon"],
+        b';' => &["semi"],
+        b',' => &["comma"],
+        b'.' => &["period"],
+        b'(' => &["lpar"],
+        b')' => &["rpar"],
+        b'[' => &["lsqb", "lbrack"],
+        b']' => &["rsqb", "rbrack"],
+        b'{' => &["lcub", "lbrace"],
+        b'}' => &["rcub", "rbrace"],
+        b'*' => &["ast", "midast"],
+        b'$' => &["dollar"],
+        b'^' => &["hat"],
+        b'`' => &["grave"],
+        b'|' => &["verbar", "vert"],
+        b'\\' => &["bsol"],
+        _ => &[],
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +225,14 @@ mod tests {
             "wJalrXUtnFEMI/K7MDENG+bPxRfi&amp;CYEXAMPLEKEY",
             "\\u0077JalrXUtnFEMI/K7MDENG+bPxRfi&#38;CYEXAMPLEKE%59",
             "WJALRXUTNFEMI%2fK7MDENG%2BBPXRFI%26CYEXAMPLEKEY",
+            // What a second attack pass found missed.
+            "wJalrXUtnFEMI/K7MDENG+bPxRfi&#038;CYEXAMPLEKEY",
+            "wJalrXUtnFEMI%252FK7MDENG%252BbPxRfi%2526CYEXAMPLEKEY",
+            "wJalrXUtnFEMI/K7MDENG\\+bPxRfi\\&CYEXAMPLEKEY",
+            "wJalrXUtnFEMI&#047;K7MDENG+bPxRfi&#x0026;CYEXAMPLEKEY",
+            "wJalrXUtnFEMI&sol;K7MDENG&plus;bPxRfi&ampCYEXAMPLEKEY",
+            "wJalrXUtnFEMI\\057K7MDENG\\u{2b}bPxRfi\\U00000026CYEXAMPLEKEY",
+            "wJalrXUtnFEMI%u002FK7MDENG+bPxRfi&#38CYEXAMPLEKEY",
         ] {
             let text = format!("token={spelled}&x=1");
             assert_eq!(found(s, &text), vec![(6, 6 + spelled.len())], "{spelled}");

@@ -41,6 +41,10 @@ pub struct SseMasker {
     searched: usize,
     /// The last byte pushed was a CR: a LF right after it is its pair.
     after_cr: bool,
+    /// Whether the first bytes were looked at for a byte-order mark, and
+    /// what of them is kept until there are enough to tell.
+    started: bool,
+    head: Vec<u8>,
     /// Bytes looked at for event ends, all told (the tests check it stays
     /// linear in what arrives).
     scanned: usize,
@@ -124,6 +128,8 @@ impl SseMasker {
             buf: Vec::new(),
             searched: 0,
             after_cr: false,
+            started: false,
+            head: Vec::new(),
             scanned: 0,
             streams: BTreeMap::new(),
             counts: Counts::new(),
@@ -173,6 +179,23 @@ impl SseMasker {
     /// (CRLF, LF and a lone CR each end a line) made `\n`, so events are
     /// framed here exactly where a client frames them.
     fn append_lines(&mut self, chunk: &[u8]) {
+        // One leading byte-order mark is not part of the stream (the spec
+        // drops it, and so do clients that decode with TextDecoder).
+        if !self.started {
+            self.head.extend_from_slice(chunk);
+            if self.head.len() < 3 && b"\xef\xbb\xbf".starts_with(&self.head) {
+                return;
+            }
+            self.started = true;
+            let head = std::mem::take(&mut self.head);
+            let rest = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&head);
+            self.append_framed(rest);
+        } else {
+            self.append_framed(chunk);
+        }
+    }
+
+    fn append_framed(&mut self, chunk: &[u8]) {
         for &b in chunk {
             match b {
                 b'\r' => {
@@ -190,6 +213,12 @@ impl SseMasker {
 
     /// The end of the body: every held-back text, then what is left.
     pub fn finish(&mut self) -> Vec<u8> {
+        if !self.started {
+            // A body shorter than a byte-order mark.
+            self.started = true;
+            let head = std::mem::take(&mut self.head);
+            self.append_framed(&head);
+        }
         let mut out = self.fields.finish();
         let counts = std::mem::take(&mut self.fields.counts);
         merge(&mut self.counts, &counts);
@@ -956,6 +985,22 @@ mod tests {
             .map(|e| e["v"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(joined, " and [REDACTED:card] ok");
+    }
+
+    /// A leading byte-order mark is dropped, not read into the first
+    /// field's name (found by an attack pass: the first event was masked
+    /// alone, and a client that strips the mark joined both halves).
+    #[test]
+    fn a_leading_bom_is_not_part_of_the_stream() {
+        let pieces = split(TEXT, &[2; 60]);
+        let mut body = b"\xef\xbb\xbf".to_vec();
+        body.extend(openai(&pieces));
+        for cuts in [vec![], vec![1], vec![2], vec![1, 2, 3]] {
+            let out = run(&body, &cuts);
+            assert!(!out.starts_with(b"\xef\xbb\xbf"));
+            let (got, ok) = reassemble(&out);
+            assert!(ok && !got.contains(SECRET), "{got}");
+        }
     }
 
     /// Data that is one JSON string is read as a client reads it, escapes
