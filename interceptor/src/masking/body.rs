@@ -506,50 +506,6 @@ pub trait Events: Send + Sync {
     fn take_counts(&mut self) -> Counts;
 }
 
-impl Events for super::sse::SseMasker {
-    fn push_at(
-        &mut self,
-        chunk: &[u8],
-        now: std::time::Instant,
-    ) -> Result<Vec<u8>, super::sse::EventError> {
-        super::sse::SseMasker::push_at(self, chunk, now)
-    }
-    fn finish(&mut self) -> Vec<u8> {
-        super::sse::SseMasker::finish(self)
-    }
-    fn deadline(&self) -> Option<std::time::Instant> {
-        super::sse::SseMasker::deadline(self)
-    }
-    fn expire(&mut self, now: std::time::Instant) -> Vec<u8> {
-        super::sse::SseMasker::expire(self, now)
-    }
-    fn take_counts(&mut self) -> Counts {
-        std::mem::take(&mut self.counts)
-    }
-}
-
-impl Events for super::ndjson::NdjsonMasker {
-    fn push_at(
-        &mut self,
-        chunk: &[u8],
-        now: std::time::Instant,
-    ) -> Result<Vec<u8>, super::sse::EventError> {
-        super::ndjson::NdjsonMasker::push_at(self, chunk, now)
-    }
-    fn finish(&mut self) -> Vec<u8> {
-        super::ndjson::NdjsonMasker::finish(self)
-    }
-    fn deadline(&self) -> Option<std::time::Instant> {
-        super::ndjson::NdjsonMasker::deadline(self)
-    }
-    fn expire(&mut self, now: std::time::Instant) -> Vec<u8> {
-        super::ndjson::NdjsonMasker::expire(self, now)
-    }
-    fn take_counts(&mut self) -> Counts {
-        super::ndjson::NdjsonMasker::take_counts(self)
-    }
-}
-
 /// JSON field-path masking needs the whole document.
 pub use super::json_body::JsonMode;
 

@@ -13,6 +13,7 @@ mod email;
 mod escaped;
 mod json;
 mod json_body;
+mod line_ends;
 mod literals;
 pub mod ndjson;
 mod numeric;

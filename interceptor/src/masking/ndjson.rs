@@ -4,6 +4,8 @@
 //! stream. Each line is an event: its strings and numbers are reassembled
 //! per field with the lines before it (sse_fields.rs), and a line that is
 //! not JSON is one more field of text.
+use super::body::Events;
+use super::line_ends::LineEnds;
 use super::sse::EventError;
 use super::sse_fields::{Data, FieldStreams, Framing};
 use super::{Counts, StreamMasker};
@@ -21,10 +23,9 @@ pub struct NdjsonMasker {
     buf: Vec<u8>,
     /// How much of `buf` is known to hold no newline.
     searched: usize,
-    /// The last byte pushed was a CR: a LF right after it is its pair.
-    after_cr: bool,
-    /// Nothing pushed yet: a leading byte-order mark is dropped.
-    started: bool,
+    /// Lines end at LF, CRLF or a lone CR, as clients split them; a
+    /// leading byte-order mark is dropped.
+    lines: LineEnds,
 }
 
 impl NdjsonMasker {
@@ -34,36 +35,33 @@ impl NdjsonMasker {
             fields: FieldStreams::new(prototype, Framing::Lines),
             buf: Vec::new(),
             searched: 0,
-            after_cr: false,
-            started: false,
+            lines: LineEnds::default(),
         }
     }
 
-    pub fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
-        // Lines end at LF, CRLF or a lone CR, as clients split them
-        // (`splitlines`, httpx's `iter_lines`): each made `\n` here.
-        for &b in chunk {
-            match b {
-                b'\r' => {
-                    self.buf.push(b'\n');
-                    self.after_cr = true;
-                }
-                b'\n' if self.after_cr => self.after_cr = false,
-                _ => {
-                    self.buf.push(b);
-                    self.after_cr = false;
-                }
-            }
+    fn line(&mut self, line: String, now: Instant) -> Result<Vec<u8>, EventError> {
+        if line.trim().is_empty() {
+            return self.fields.ready(format!("{line}\n").into_bytes());
         }
-        if !self.started {
-            if self.buf.len() < 3 && b"\xef\xbb\xbf".starts_with(&self.buf) {
-                return Ok(Vec::new());
+        let data = match serde_json::from_str::<Value>(&line) {
+            Ok(v @ Value::String(_)) => Data::Json(v),
+            Ok(mut v @ (Value::Object(_) | Value::Array(_))) => {
+                let selected: u64 = self.paths.iter().map(|p| p.mask(&mut v)).sum();
+                if selected > 0 {
+                    *self.fields.counts.entry("json_path".into()).or_default() += selected;
+                }
+                Data::Json(v)
             }
-            self.started = true;
-            if self.buf.starts_with(b"\xef\xbb\xbf") {
-                self.buf.drain(..3);
-            }
-        }
+            // A number, a literal or not JSON: the line as text, as sent.
+            _ => Data::Plain(line),
+        };
+        self.fields.event(Vec::new(), data, now)
+    }
+}
+
+impl Events for NdjsonMasker {
+    fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
+        self.lines.push(chunk, &mut self.buf);
         let mut out = Vec::new();
         let (mut from, mut search) = (0, self.searched);
         while let Some(i) = memchr::memchr(b'\n', &self.buf[search..]) {
@@ -84,7 +82,8 @@ impl NdjsonMasker {
 
     /// The end of the body: a last line without its newline goes out
     /// without one too.
-    pub fn finish(&mut self) -> Vec<u8> {
+    fn finish(&mut self) -> Vec<u8> {
+        self.lines.finish(&mut self.buf);
         let rest = std::mem::take(&mut self.buf);
         let mut out = Vec::new();
         if !rest.is_empty() {
@@ -99,35 +98,16 @@ impl NdjsonMasker {
         out
     }
 
-    pub fn deadline(&self) -> Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
         self.fields.deadline()
     }
 
-    pub fn expire(&mut self, now: Instant) -> Vec<u8> {
+    fn expire(&mut self, now: Instant) -> Vec<u8> {
         self.fields.release(now)
     }
 
-    pub fn take_counts(&mut self) -> Counts {
+    fn take_counts(&mut self) -> Counts {
         std::mem::take(&mut self.fields.counts)
-    }
-
-    fn line(&mut self, line: String, now: Instant) -> Result<Vec<u8>, EventError> {
-        if line.trim().is_empty() {
-            return self.fields.ready(format!("{line}\n").into_bytes());
-        }
-        let data = match serde_json::from_str::<Value>(&line) {
-            Ok(v @ Value::String(_)) => Data::Json(v),
-            Ok(mut v @ (Value::Object(_) | Value::Array(_))) => {
-                let selected: u64 = self.paths.iter().map(|p| p.mask(&mut v)).sum();
-                if selected > 0 {
-                    *self.fields.counts.entry("json_path".into()).or_default() += selected;
-                }
-                Data::Json(v)
-            }
-            // A number, a literal or not JSON: the line as text, as sent.
-            _ => Data::Plain(line),
-        };
-        self.fields.event(Vec::new(), data, now)
     }
 }
 

@@ -175,20 +175,15 @@ impl Scanner {
     /// the start of that run, so the rest is scanned from where the whole
     /// text's scan starts it, with the same result. Not before `floor`.
     pub fn settle(&self, text: &[u8], at: usize, floor: usize) -> usize {
-        let mut classes: Vec<&Class> = Vec::with_capacity(3);
-        if !self.numeric.is_empty() || !self.iban.is_empty() {
-            classes.push(&NUMERIC);
-        }
-        if !self.iban.is_empty() {
-            classes.push(&IBAN);
-        }
-        if !self.at.is_empty() {
-            classes.push(&EMAIL);
-        }
+        let classes = [
+            (!self.numeric.is_empty() || !self.iban.is_empty(), &NUMERIC),
+            (!self.iban.is_empty(), &IBAN),
+            (!self.at.is_empty(), &EMAIL),
+        ];
         let mut at = at;
         loop {
             let before = at;
-            for class in &classes {
+            for (_, class) in classes.iter().filter(|(used, _)| *used) {
                 let inside = at > floor
                     && at < text.len()
                     && class[text[at - 1] as usize]

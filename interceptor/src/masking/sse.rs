@@ -16,6 +16,8 @@
 //! Other JSON events have each string value masked whole; non-JSON data is
 //! masked as text. An event that cannot be framed within `MAX_EVENT` bytes
 //! ends the response (fail closed).
+use super::body::Events;
+use super::line_ends::LineEnds;
 use super::sse_fields::{Data, FieldStreams, Framing};
 use super::{Counts, Profile, StreamMasker};
 use serde_json::Value;
@@ -39,12 +41,8 @@ pub struct SseMasker {
     buf: Vec<u8>,
     /// How much of `buf` is known to hold no blank line.
     searched: usize,
-    /// The last byte pushed was a CR: a LF right after it is its pair.
-    after_cr: bool,
-    /// Whether the first bytes were looked at for a byte-order mark, and
-    /// what of them is kept until there are enough to tell.
-    started: bool,
-    head: Vec<u8>,
+    /// Line endings and a byte-order mark, read as the spec reads them.
+    lines: LineEnds,
     /// Bytes looked at for event ends, all told (the tests check it stays
     /// linear in what arrives).
     scanned: usize,
@@ -127,9 +125,7 @@ impl SseMasker {
             prototype,
             buf: Vec::new(),
             searched: 0,
-            after_cr: false,
-            started: false,
-            head: Vec::new(),
+            lines: LineEnds::default(),
             scanned: 0,
             streams: BTreeMap::new(),
             counts: Counts::new(),
@@ -139,95 +135,7 @@ impl SseMasker {
     /// Complete events, masked; an incomplete one waits, and so does one
     /// whose fields could still continue in the next (at most `HOLD`).
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, EventError> {
-        self.push_at(chunk, Instant::now())
-    }
-
-    pub fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
-        self.append_lines(chunk);
-        let mut out = Vec::new();
-        loop {
-            let from = self.searched.saturating_sub(1);
-            self.scanned += self.buf.len() - from;
-            let Some(i) = memchr::memmem::find(&self.buf[from..], b"\n\n") else {
-                self.searched = self.buf.len();
-                break;
-            };
-            let end = from + i;
-            let raw: Vec<u8> = self.buf[..end].to_vec();
-            self.buf.drain(..end + 2);
-            self.searched = 0;
-            out.extend(self.event(&raw, now)?);
-        }
-        if self.buf.len() > MAX_EVENT {
-            return Err(EventError::TooLarge);
-        }
-        out.extend(self.fields.release(now));
-        Ok(out)
-    }
-
-    /// When a held event must go out if nothing more arrives.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.fields.deadline()
-    }
-
-    /// The held events whose time is up (the stream stalled).
-    pub fn expire(&mut self, now: Instant) -> Vec<u8> {
-        self.fields.release(now)
-    }
-
-    /// Appends `chunk` with its line endings as the SSE spec reads them
-    /// (CRLF, LF and a lone CR each end a line) made `\n`, so events are
-    /// framed here exactly where a client frames them.
-    fn append_lines(&mut self, chunk: &[u8]) {
-        // One leading byte-order mark is not part of the stream (the spec
-        // drops it, and so do clients that decode with TextDecoder).
-        if !self.started {
-            self.head.extend_from_slice(chunk);
-            if self.head.len() < 3 && b"\xef\xbb\xbf".starts_with(&self.head) {
-                return;
-            }
-            self.started = true;
-            let head = std::mem::take(&mut self.head);
-            let rest = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&head);
-            self.append_framed(rest);
-        } else {
-            self.append_framed(chunk);
-        }
-    }
-
-    fn append_framed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
-            match b {
-                b'\r' => {
-                    self.buf.push(b'\n');
-                    self.after_cr = true;
-                }
-                b'\n' if self.after_cr => self.after_cr = false,
-                _ => {
-                    self.buf.push(b);
-                    self.after_cr = false;
-                }
-            }
-        }
-    }
-
-    /// The end of the body: every held-back text, then what is left.
-    pub fn finish(&mut self) -> Vec<u8> {
-        if !self.started {
-            // A body shorter than a byte-order mark.
-            self.started = true;
-            let head = std::mem::take(&mut self.head);
-            self.append_framed(&head);
-        }
-        let mut out = self.fields.finish();
-        let counts = std::mem::take(&mut self.fields.counts);
-        merge(&mut self.counts, &counts);
-        out.extend(self.flush(|_| true));
-        if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            out.extend(self.mask_whole(&rest));
-        }
-        out
+        Events::push_at(self, chunk, Instant::now())
     }
 
     /// One event: its text fields through their streams, every other
@@ -434,6 +342,59 @@ impl SseMasker {
             merge(&mut self.counts, &counts);
         }
         out
+    }
+}
+
+impl Events for SseMasker {
+    fn push_at(&mut self, chunk: &[u8], now: Instant) -> Result<Vec<u8>, EventError> {
+        self.lines.push(chunk, &mut self.buf);
+        let mut out = Vec::new();
+        loop {
+            let from = self.searched.saturating_sub(1);
+            self.scanned += self.buf.len() - from;
+            let Some(i) = memchr::memmem::find(&self.buf[from..], b"\n\n") else {
+                self.searched = self.buf.len();
+                break;
+            };
+            let end = from + i;
+            let raw: Vec<u8> = self.buf[..end].to_vec();
+            self.buf.drain(..end + 2);
+            self.searched = 0;
+            out.extend(self.event(&raw, now)?);
+        }
+        if self.buf.len() > MAX_EVENT {
+            return Err(EventError::TooLarge);
+        }
+        out.extend(self.fields.release(now));
+        Ok(out)
+    }
+
+    /// When a held event must go out if nothing more arrives.
+    fn deadline(&self) -> Option<Instant> {
+        self.fields.deadline()
+    }
+
+    /// The held events whose time is up (the stream stalled).
+    fn expire(&mut self, now: Instant) -> Vec<u8> {
+        self.fields.release(now)
+    }
+
+    /// The end of the body: every held-back text, then what is left.
+    fn finish(&mut self) -> Vec<u8> {
+        self.lines.finish(&mut self.buf);
+        let mut out = self.fields.finish();
+        let counts = std::mem::take(&mut self.fields.counts);
+        merge(&mut self.counts, &counts);
+        out.extend(self.flush(|_| true));
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            out.extend(self.mask_whole(&rest));
+        }
+        out
+    }
+
+    fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
     }
 }
 

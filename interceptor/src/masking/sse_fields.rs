@@ -89,8 +89,8 @@ pub enum Data {
 
 /// Where a string of a held event sits in its field's text.
 struct Slot {
-    field: String,
-    /// The string's JSON pointer in the event (`PLAIN`: the data).
+    /// The string's JSON pointer in the event, which names its field
+    /// (`PLAIN`, which no pointer can be: the data).
     pointer: String,
     start: usize,
     end: usize,
@@ -153,11 +153,10 @@ impl FieldStreams {
         let mut slots = Vec::with_capacity(strings.len());
         let mut size = 64;
         for (pointer, original) in strings {
-            let field = pointer_field(&pointer);
             let prototype = &self.prototype;
             let text = self
                 .fields
-                .entry(field.clone())
+                .entry(pointer.clone())
                 .or_insert_with(|| FieldText {
                     masker: prototype.sibling(),
                     pushed: 0,
@@ -174,7 +173,6 @@ impl FieldStreams {
             take_counts(&mut self.counts, &mut text.masker);
             size += original.len() + pointer.len();
             slots.push(Slot {
-                field,
                 pointer,
                 start,
                 end: start + original.len(),
@@ -243,7 +241,7 @@ impl FieldStreams {
     fn is_decided(&self, h: &Held) -> bool {
         h.slots.iter().all(|s| {
             self.fields
-                .get(&s.field)
+                .get(&s.pointer)
                 .is_some_and(|t| t.decided >= s.end)
         })
     }
@@ -266,7 +264,7 @@ impl FieldStreams {
             ..
         } = h;
         for slot in &slots {
-            let Some(text) = self.fields.get_mut(&slot.field) else {
+            let Some(text) = self.fields.get_mut(&slot.pointer) else {
                 continue;
             };
             if text.decided < slot.end {
@@ -386,15 +384,6 @@ fn strings_of(v: &Value, at: &mut String, out: &mut Vec<(String, String)>) {
             }
         }
         _ => {}
-    }
-}
-
-/// The field a string belongs to: its pointer (plain data has its own).
-fn pointer_field(pointer: &str) -> String {
-    if pointer == PLAIN {
-        PLAIN.to_string()
-    } else {
-        format!("json:{pointer}")
     }
 }
 
