@@ -385,16 +385,12 @@ impl Scanner {
         let mut iban_floor = 0;
         let mut from = 0;
         while let Some(d) = digits.next_digit(from) {
-            let start = run_back(text, d, from, &NUMERIC);
-            if start >= sink.boundary {
-                break;
-            }
             let digits_end = digits.run_end(d);
             let is_numeric = |i: usize| text.get(i).is_some_and(|&c| NUMERIC[c as usize]);
             // Most runs are a few digits that nothing continues ("id":42,
             // or "warehouse 42 on"), too short for any detector: not read
             // into groups. A separator then a byte of no number ends it.
-            let end = if digits_end - d >= self.fewest_digits {
+            let short = if digits_end - d >= self.fewest_digits {
                 None
             } else if !is_numeric(digits_end) {
                 Some(digits_end)
@@ -403,13 +399,25 @@ impl Scanner {
             } else {
                 None
             };
-            let end = end.unwrap_or_else(|| {
-                let run = NumericRun::read(text, digits, d);
-                self.numeric_matches(sink, &run, start, d);
-                run.end
-            });
+            let end = match short {
+                // Where a short run starts does not matter (looking back
+                // for it was a tenth of the masker's time, in mispredicted
+                // loop exits): it starts before `boundary` if its digits
+                // do, and if they do not, no later run does.
+                Some(_) if d >= sink.boundary => break,
+                Some(end) => end,
+                None => {
+                    let start = run_back(text, d, from, &NUMERIC);
+                    if start >= sink.boundary {
+                        break;
+                    }
+                    let run = NumericRun::read(text, digits, d);
+                    self.numeric_matches(sink, &run, start, d);
+                    run.end
+                }
+            };
             // An IBAN starts with two capitals, which end a numeric run.
-            if start == d && d >= 2 && d - 2 >= iban_floor {
+            if d >= 2 && d - 2 >= iban_floor && !NUMERIC[text[d - 1] as usize] {
                 let (a, b) = (text[d - 2], text[d - 1]);
                 if a.is_ascii_uppercase() && b.is_ascii_uppercase() {
                     let iban_end = run_forward(text, d, &IBAN);
