@@ -36,7 +36,9 @@ action = "allow"
 /// wrk's shape: one thread, keep-alive connections, closed loop: one
 /// connection for latency, a few for throughput.
 const LATENCY_CONNECTIONS: &str = "1";
-const LOAD_CONNECTIONS: &str = "4";
+/// Two loads: a few clients, and as many as a busy agent host opens
+/// (where an upstream pool smaller than the clients would show).
+const LOAD_CONNECTIONS: [&str; 2] = ["4", "32"];
 const BODY_BYTES: usize = 1024;
 
 pub struct Plan {
@@ -379,7 +381,7 @@ fn start_nginx(tools: &Tools, dir: &Path, name: &'static str, server: &str) -> R
 /// proxy talks HTTP/1.1 to it).
 fn nginx_upstream(tools: &Tools, dir: &Path, c: &Certs, port: u16) -> Result<Bg> {
     let server = format!(
-        "  access_log off;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    \
+        "  access_log off;\n  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n    ssl_certificate {};\n    \
          ssl_certificate_key {};\n    location / {{ default_type text/plain; return 200 \"{}\"; }}\n  }}\n",
         c.leaf.display(),
         c.key.display(),
@@ -394,15 +396,16 @@ fn nginx_upstream(tools: &Tools, dir: &Path, c: &Certs, port: u16) -> Result<Bg>
 /// interceptor's per-request record.
 fn nginx_proxy(tools: &Tools, dir: &Path, c: &Certs, port: u16, up: u16) -> Result<Bg> {
     let server = format!(
-        "  access_log {dir}/access.log;\n  upstream bench {{ server 127.0.0.1:{up}; keepalive 16; keepalive_requests 10000000; }}\n  \
-         server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {leaf};\n    \
-         ssl_certificate_key {key};\n    location / {{\n      proxy_pass https://bench;\n      \
+        "  access_log {dir}/access.log;\n  upstream bench {{ server 127.0.0.1:{up}; keepalive {pool}; keepalive_requests 10000000; }}\n  \
+         server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n    ssl_certificate {leaf};\n    \
+         ssl_certificate_key {key};\n    location / {{\n      proxy_ssl_protocols TLSv1.3;\n      proxy_pass https://bench;\n      \
          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
          proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {ca};\n      \
          # nginx checks the name with X509_check_host (DNS names only), so the\n      \
          # upstream is verified as `localhost`, also in its certificate\n      \
          proxy_ssl_name localhost;\n      proxy_ssl_session_reuse on;\n    }}\n  }}\n",
         dir = dir.display(),
+        pool = LOAD_CONNECTIONS[1],
         leaf = c.leaf.display(),
         key = c.key.display(),
         ca = c.ca.display(),
@@ -481,18 +484,24 @@ impl Setup {
     /// throughput and proxy CPU from several.
     fn measure(&self, lab: &Lab, wrk: &Path, secs: u64) -> Result<Sample> {
         let latency = self.wrk(lab, wrk, LATENCY_CONNECTIONS, secs)?;
-        let cpu0 = self.proxy_pid.map(cpu_seconds);
-        let t = Instant::now();
-        let load = self.wrk(lab, wrk, LOAD_CONNECTIONS, secs)?;
-        let wall = t.elapsed().as_secs_f64();
+        let mut loads = [Load::default(); 2];
+        for (load, conns) in loads.iter_mut().zip(LOAD_CONNECTIONS) {
+            let cpu0 = self.proxy_pid.map(cpu_seconds);
+            let t = Instant::now();
+            let run = self.wrk(lab, wrk, conns, secs)?;
+            let wall = t.elapsed().as_secs_f64();
+            *load = Load {
+                rps: run.loads[0].rps,
+                proxy_cores: self
+                    .proxy_pid
+                    .zip(cpu0)
+                    .map(|(pid, c0)| (cpu_seconds(pid) - c0) / wall),
+            };
+        }
         Ok(Sample {
-            rps: load.rps,
             p50_us: latency.p50_us,
             p99_us: latency.p99_us,
-            proxy_cores: self
-                .proxy_pid
-                .zip(cpu0)
-                .map(|(pid, c0)| (cpu_seconds(pid) - c0) / wall),
+            loads,
         })
     }
 
@@ -514,27 +523,49 @@ impl Setup {
 
 #[derive(Clone, Copy, Default)]
 struct Sample {
-    rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// At each of LOAD_CONNECTIONS.
+    loads: [Load; 2],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Load {
+    rps: f64,
     /// Average cores the proxy kept busy (CPU seconds / wall seconds).
     proxy_cores: Option<f64>,
 }
 
+impl Load {
+    /// Proxy CPU per request, µs.
+    fn cpu_us(&self) -> Option<f64> {
+        self.proxy_cores
+            .filter(|_| self.rps > 0.0)
+            .map(|c| c / self.rps * 1e6)
+    }
+}
+
 impl Sample {
     fn summary(&self) -> String {
+        let loads: Vec<String> = self
+            .loads
+            .iter()
+            .zip(LOAD_CONNECTIONS)
+            .map(|(l, c)| {
+                format!(
+                    "{c} conns: {:.0} requests/s, proxy CPU {}",
+                    l.rps,
+                    l.cpu_us()
+                        .map_or("–".into(), |u| format!("{u:.0} µs/request"))
+                )
+            })
+            .collect();
         format!(
-            "p50 {:.0} µs, p99 {:.0} µs, {:.0} requests/s, proxy CPU {}",
+            "p50 {:.0} µs, p99 {:.0} µs; {}",
             self.p50_us,
             self.p99_us,
-            self.rps,
-            self.proxy_cores
-                .map_or("–".into(), |c| format!("{c:.2} cores")),
+            loads.join("; ")
         )
-    }
-
-    fn rps_per_core(&self) -> Option<f64> {
-        self.proxy_cores.filter(|c| *c > 0.0).map(|c| self.rps / c)
     }
 }
 
@@ -546,12 +577,12 @@ fn parse_wrk(out: &str) -> Result<Sample> {
         match (w.next(), w.next()) {
             (Some("50%"), Some(v)) => s.p50_us = wrk_duration_us(v)?,
             (Some("99%"), Some(v)) => s.p99_us = wrk_duration_us(v)?,
-            (Some("Requests/sec:"), Some(v)) => s.rps = v.parse()?,
+            (Some("Requests/sec:"), Some(v)) => s.loads[0].rps = v.parse()?,
             (Some("Socket"), _) | (Some("Non-2xx"), _) => bail!("wrk saw failures: {line}"),
             _ => {}
         }
     }
-    if s.rps <= 0.0 || s.p50_us <= 0.0 || s.p99_us <= 0.0 {
+    if s.loads[0].rps <= 0.0 || s.p50_us <= 0.0 || s.p99_us <= 0.0 {
         bail!("no latency distribution or request rate in wrk's output");
     }
     Ok(s)
@@ -579,13 +610,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The median of each metric over the rounds.
 fn combine(samples: &[Sample]) -> Sample {
     let m = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    let load = |i: usize| Load {
+        rps: m(&|s| s.loads[i].rps),
+        proxy_cores: samples[0].loads[i]
+            .proxy_cores
+            .map(|_| m(&|s| s.loads[i].proxy_cores.unwrap_or(0.0))),
+    };
     Sample {
-        rps: m(&|s| s.rps),
         p50_us: m(&|s| s.p50_us),
         p99_us: m(&|s| s.p99_us),
-        proxy_cores: samples[0]
-            .proxy_cores
-            .map(|_| m(&|s| s.proxy_cores.unwrap_or(0.0))),
+        loads: [load(0), load(1)],
     }
 }
 
@@ -649,13 +683,13 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
     for s in &setups {
         s.check(&lab)?;
         // Warm-up: leaf certificates minted, upstream pools filled.
-        s.wrk(&lab, &tools.wrk, LOAD_CONNECTIONS, 1)?;
+        s.wrk(&lab, &tools.wrk, LOAD_CONNECTIONS[1], 1)?;
     }
     let mut samples = vec![Vec::new(); setups.len()];
     for round in 1..=plan.rounds {
         for (s, out) in setups.iter().zip(&mut samples) {
             eprintln!(
-                "HTTPS round {round}/{}: {} (2 x {} s of wrk)...",
+                "HTTPS round {round}/{}: {} (3 x {} s of wrk)...",
                 plan.rounds, s.name, plan.secs
             );
             let sample = s.measure(&lab, &tools.wrk, plan.secs)?;
@@ -674,25 +708,35 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
 
 /// Every round's numbers, so a reader can see how noisy the medians are.
 fn render_rounds(setups: &[Setup], samples: &[Vec<Sample>]) -> String {
-    let mut out = String::from(
+    let [few, many] = LOAD_CONNECTIONS;
+    let mut out = format!(
         "\n<details><summary>Every round</summary>\n\n\
-         | setup | round | p50 | p99 | requests/s | proxy CPU |\n|---|---:|---:|---:|---:|---:|\n",
+         | setup | round | p50 | p99 | requests/s, {few} conns | requests/s, {many} conns | proxy CPU per request, {few} / {many} conns |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (s, rounds) in setups.iter().zip(samples) {
         for (i, r) in rounds.iter().enumerate() {
             out += &format!(
-                "| {} | {} | {:.0} µs | {:.0} µs | {:.0} | {} |\n",
+                "| {} | {} | {:.0} µs | {:.0} µs | {:.0} | {:.0} | {} |\n",
                 s.name,
                 i + 1,
                 r.p50_us,
                 r.p99_us,
-                r.rps,
-                r.proxy_cores
-                    .map_or("–".into(), |c| format!("{c:.2} cores")),
+                r.loads[0].rps,
+                r.loads[1].rps,
+                cpu_pair(r),
             );
         }
     }
     out + "\n</details>\n"
+}
+
+/// "48 / 52 µs", or "–" for the direct setup.
+fn cpu_pair(s: &Sample) -> String {
+    match (s.loads[0].cpu_us(), s.loads[1].cpu_us()) {
+        (Some(a), Some(b)) => format!("{a:.0} / {b:.0} µs"),
+        _ => "–".into(),
+    }
 }
 
 fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
@@ -712,7 +756,8 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
          (group commit; most of the added latency), upstream TLS verified against\n  \
          the test CA, upstream connections pooled;\n\
          - **nginx** as a TLS-terminating reverse proxy: `worker_processes 1`,\n  \
-         upstream `keepalive 16`, `proxy_ssl_verify on` with the test CA, its\n  \
+         upstream `keepalive {}` (a pool as large as the most clients), TLS 1.3\n  \
+         on both hops, `proxy_ssl_verify on` with the test CA, its\n  \
          default access log on (its per-request record);\n\
          - **mitmproxy**: `mitmdump --mode reverse:https://... -q` with\n  \
          `ssl_verify_upstream_trusted_ca` = the test CA.\n\n\
@@ -721,15 +766,18 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
          terminated there). Latency (p50/p99) is from {LATENCY_CONNECTIONS} connection, one request in\n\
          flight, so it is what the proxy adds to a request and not queueing on the\n\
          2 shared cores; added = proxied - direct, ratio = proxied / direct.\n\
-         Requests/s is from {LOAD_CONNECTIONS} connections; proxy CPU is utime + stime of the\n\
-         proxy's processes (/proc) during that run, in cores, and requests/s per\n\
-         proxy core = requests/s / proxy CPU. wrk and the upstream (`worker_processes\n\
+         Requests/s is from {} and from {} connections; proxy CPU per request is\n\
+         utime + stime of the proxy's processes (/proc) during that run divided by\n\
+         the requests served. wrk and the upstream (`worker_processes\n\
          1`) share the 2 cores with the proxy, so requests/s is bounded by the\n\
-         machine, not only by the proxy. Each setup ran {} round(s) of 2 x {} s,\n\
+         machine, not only by the proxy. Each setup ran {} round(s) of 3 x {} s,\n\
          interleaved; each number is the median over the rounds. Tools: {}.\n\n\
          {table}\n\
          The interceptor's numbers divided by each other proxy's: above 1.00 it\n\
          serves more requests/s, or adds more latency, than that proxy.\n\n{ratios}",
+        LOAD_CONNECTIONS[1],
+        LOAD_CONNECTIONS[0],
+        LOAD_CONNECTIONS[1],
         plan.rounds,
         plan.secs,
         tools.versions(),
@@ -738,28 +786,28 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
 
 fn render(results: &[(&str, Sample)]) -> String {
     let direct = results[0].1;
-    let mut out = String::from(
-        "| setup | p50 | p99 | added p50 | added p99 | requests/s | proxy CPU | requests/s per proxy core |\n\
+    let [few, many] = LOAD_CONNECTIONS;
+    let mut out = format!(
+        "| setup | p50 | p99 | added p50 | added p99 | requests/s, {few} conns | requests/s, {many} conns | proxy CPU per request, {few} / {many} conns |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (name, s) in results {
         let added = |v: f64, d: f64| {
-            if s.proxy_cores.is_none() {
+            if s.loads[0].proxy_cores.is_none() {
                 "–".to_string()
             } else {
                 format!("{:+.0} µs ({:.2}x)", v - d, v / d)
             }
         };
         out += &format!(
-            "| {name} | {:.0} µs | {:.0} µs | {} | {} | {:.0} | {} | {} |\n",
+            "| {name} | {:.0} µs | {:.0} µs | {} | {} | {:.0} | {:.0} | {} |\n",
             s.p50_us,
             s.p99_us,
             added(s.p50_us, direct.p50_us),
             added(s.p99_us, direct.p99_us),
-            s.rps,
-            s.proxy_cores
-                .map_or("–".into(), |c| format!("{c:.2} cores")),
-            s.rps_per_core().map_or("–".into(), |r| format!("{r:.0}")),
+            s.loads[0].rps,
+            s.loads[1].rps,
+            cpu_pair(s),
         );
     }
     out
@@ -793,15 +841,39 @@ fn render_ratios(results: &[(&str, Sample)]) -> String {
         }
     };
     type Metric<'a> = &'a dyn Fn(&Sample) -> f64;
-    let rows: [(&str, Metric); 4] = [
-        ("requests/s (higher is better)", &|s| s.rps),
-        ("requests/s per proxy core (higher is better)", &|s| {
-            s.rps_per_core().unwrap_or(0.0)
-        }),
-        ("added p50 latency (lower is better)", &|s| {
+    let rows: [(String, Metric); 6] = [
+        (
+            format!(
+                "requests/s, {} conns (higher is better)",
+                LOAD_CONNECTIONS[0]
+            ),
+            &|s| s.loads[0].rps,
+        ),
+        (
+            format!(
+                "requests/s, {} conns (higher is better)",
+                LOAD_CONNECTIONS[1]
+            ),
+            &|s| s.loads[1].rps,
+        ),
+        (
+            format!(
+                "proxy CPU per request, {} conns (lower is better)",
+                LOAD_CONNECTIONS[0]
+            ),
+            &|s| s.loads[0].cpu_us().unwrap_or(0.0),
+        ),
+        (
+            format!(
+                "proxy CPU per request, {} conns (lower is better)",
+                LOAD_CONNECTIONS[1]
+            ),
+            &|s| s.loads[1].cpu_us().unwrap_or(0.0),
+        ),
+        ("added p50 latency (lower is better)".into(), &|s| {
             s.p50_us - direct.p50_us
         }),
-        ("added p99 latency (lower is better)", &|s| {
+        ("added p99 latency (lower is better)".into(), &|s| {
             s.p99_us - direct.p99_us
         }),
     ];
