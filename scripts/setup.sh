@@ -11,6 +11,8 @@ APT_PACKAGES=(rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev
               curl python3 iproute2 ca-certificates systemd util-linux binutils dpkg
               nginx)
 BPF_LINKER_VERSION=0.13.0
+# The dependency gate in scripts/test.sh (licenses, bans, sources).
+CARGO_DENY_VERSION=0.20.2
 
 if [ "$(id -u)" != 0 ]; then
     echo "scripts/setup.sh: run as root (it installs Debian packages)" >&2
@@ -71,5 +73,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
         cargo install bpf-linker --version "$BPF_LINKER_VERSION" \
         --no-default-features --features llvm-22
+fi
+if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+    echo "==> cargo install cargo-deny $CARGO_DENY_VERSION (about 3 minutes)"
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked
 fi
 echo "==> toolchain ready: $(cargo --version), $(/usr/bin/rustc --version) for eBPF, $(bpf-linker --version)"

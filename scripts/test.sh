@@ -37,6 +37,11 @@ echo "==> cargo fmt --check, cargo clippy -D warnings"
 cargo fmt --all --check
 rustfmt --edition 2024 --check interceptor-ebpf/src/main.rs
 cargo clippy --workspace --all-targets -- -D warnings
+# Dependencies: permissive licenses, one TLS stack, crates.io only
+# (deny.toml; both workspaces).
+echo "==> cargo deny check licenses bans sources"
+cargo deny check licenses bans sources
+cargo deny --manifest-path interceptor-ebpf/Cargo.toml check licenses bans sources
 
 echo "==> cargo test --workspace"
 log=$(mktemp)
