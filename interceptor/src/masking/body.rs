@@ -499,9 +499,10 @@ pub trait Events: Send + Sync {
         now: std::time::Instant,
     ) -> Result<Vec<u8>, super::sse::EventError>;
     fn finish(&mut self) -> Vec<u8>;
-    /// When a held event must go out if nothing more arrives.
+    /// When held events can go out if nothing more arrives (QUIET after
+    /// the last value of the fields they wait for).
     fn deadline(&self) -> Option<std::time::Instant>;
-    /// The held events whose time is up.
+    /// The upstream has been quiet: what that decides.
     fn expire(&mut self, now: std::time::Instant) -> Vec<u8>;
     fn take_counts(&mut self) -> Counts;
 }
@@ -537,9 +538,13 @@ pub struct MaskedBody<B> {
     /// Trailers that arrived while masked data was still held back: sent
     /// after it.
     trailers: Option<http::HeaderMap>,
-    /// Wakes the body when held events must go out though the upstream
+    /// Wakes the body when held events can go out though the upstream
     /// sends nothing more (SSE fields that could still continue).
     wake: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the masker last finished with what the upstream sent: the
+    /// upstream is quiet only counting from there (time spent masking a
+    /// large event is not a pause of the stream; found by an attack pass).
+    last_input: std::time::Instant,
 }
 
 /// Keeps the first `cap` bytes of the masked body for the session record.
@@ -584,6 +589,7 @@ impl<B> MaskedBody<B> {
             inner_done: false,
             trailers: None,
             wake: None,
+            last_input: std::time::Instant::now(),
         }
     }
 
@@ -647,9 +653,13 @@ impl<B> MaskedBody<B> {
                 Ok(Vec::new())
             }
             None => match &mut self.events {
-                Some(events) => events
-                    .push_at(&decoded, std::time::Instant::now())
-                    .map_err(|e| Box::new(Uninspectable(e.to_string())) as BoxError),
+                Some(events) => {
+                    let out = events
+                        .push_at(&decoded, std::time::Instant::now())
+                        .map_err(|e| Box::new(Uninspectable(e.to_string())) as BoxError);
+                    self.last_input = std::time::Instant::now();
+                    out
+                }
                 None => Ok(self.masker.push(&decoded)),
             },
         }
@@ -689,8 +699,8 @@ impl<B> MaskedBody<B> {
 }
 
 impl<B> MaskedBody<B> {
-    /// While the upstream is quiet: the SSE events whose time to wait is
-    /// up (`None` while there are none, with a wake-up set for when there
+    /// While the upstream is quiet: the SSE events that its quiet decides
+    /// (`None` while there are none, with a wake-up set for when there
     /// will be).
     fn held_until(&mut self, cx: &mut Context<'_>) -> Option<Vec<u8>> {
         let events = self.events.as_mut()?;
@@ -698,6 +708,7 @@ impl<B> MaskedBody<B> {
             self.wake = None;
             return None;
         };
+        let deadline = deadline.max(self.last_input + super::sse_fields::QUIET);
         let deadline = tokio::time::Instant::from_std(deadline);
         let wake = self
             .wake

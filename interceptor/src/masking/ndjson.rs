@@ -76,7 +76,6 @@ impl Events for NdjsonMasker {
         if self.buf.len() > MAX_LINE {
             return Err(EventError::LineTooLarge);
         }
-        out.extend(self.fields.release(now));
         Ok(out)
     }
 
@@ -103,7 +102,7 @@ impl Events for NdjsonMasker {
     }
 
     fn expire(&mut self, now: Instant) -> Vec<u8> {
-        self.fields.release(now)
+        self.fields.expire(now)
     }
 
     fn take_counts(&mut self) -> Counts {

@@ -1,5 +1,5 @@
 //! Events of shapes the SSE masker does not know (no built-in text field,
-//! none the profile declares): every string and number is reassembled
+//! none the profile declares): every string is reassembled
 //! with the same field of the events before it (one text per JSON
 //! pointer; plain `data:` text is one more), and detection runs on that
 //! text, so a value an API streams a few characters per event is still
@@ -13,9 +13,16 @@
 //! text then goes back in the same places, a match's replacement in the
 //! event where the match starts. A client that joins the field reads the
 //! masked text, and one that reads each event whole reads each value as
-//! sent unless a secret touches it. An event waits at most `HOLD`: a
-//! stream that stalls longer decides its held text with what has arrived.
-//! What is held is bounded; past the bounds the response ends.
+//! sent unless a secret touches it.
+//!
+//! Time alone never lets undecided text go: a value an API streams at a
+//! few characters an event may take seconds, and the masker's own work
+//! is not the upstream pausing. A field is taken as ended (its held text
+//! decided with what has arrived) only when nothing continues it: after
+//! `STALE_AFTER_EVENTS` events without it (a field a stream sends once),
+//! or when the upstream has been quiet for `QUIET` since its last value
+//! (the body's timer; see `expire`). What is held is bounded; past the
+//! bounds the response ends.
 use super::sse::EventError;
 use super::stream::Edit;
 use super::{Counts, StreamMasker};
@@ -23,8 +30,14 @@ use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// Longest an event waits for the rest of a value its fields could hold.
-pub const HOLD: Duration = Duration::from_millis(250);
+/// How long the upstream must be quiet after a field's last value before
+/// the field is taken as ended. Longer than a slow model's pause between
+/// two tokens; a stream that goes quiet mid-value waits this long.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// Events without a field after which it is taken as ended: an API's
+/// stream carries its text field in (nearly) every event, so only a field
+/// it sent once goes this long without a value.
+pub const STALE_AFTER_EVENTS: usize = 32;
 /// Events, bytes and field texts held at most: past any, the response
 /// ends (fail closed). Letting the oldest go undecided instead would let
 /// an upstream release the first half of a secret by sending filler.
@@ -53,6 +66,8 @@ pub struct FieldStreams {
     fields: HashMap<String, FieldText>,
     queue: VecDeque<Waiting>,
     held_bytes: usize,
+    /// Events seen, for `STALE_AFTER_EVENTS`.
+    events: u64,
     pub counts: Counts,
 }
 
@@ -65,6 +80,9 @@ struct FieldText {
     edits: VecDeque<Edit>,
     /// Held events with a slot in this text.
     slots: usize,
+    /// The event that brought its last value, and when.
+    last_event: u64,
+    last_at: Instant,
 }
 
 enum Waiting {
@@ -78,7 +96,6 @@ struct Held {
     lines: Vec<String>,
     data: Data,
     slots: Vec<Slot>,
-    arrived: Instant,
     size: usize,
 }
 
@@ -106,12 +123,14 @@ impl FieldStreams {
             fields: HashMap::new(),
             queue: VecDeque::new(),
             held_bytes: 0,
+            events: 0,
             counts: Counts::new(),
         }
     }
 
     /// An event masked otherwise: out now, or after those held before it.
     pub fn ready(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, EventError> {
+        self.events += 1;
         if self.queue.is_empty() {
             return Ok(bytes);
         }
@@ -134,8 +153,11 @@ impl FieldStreams {
         Ok(())
     }
 
-    /// An event whose strings and numbers are reassembled per field (its
-    /// object keys are masked whole); returns what can go out now.
+    /// An event whose strings are reassembled per field (its object keys
+    /// and numbers are masked whole: a client reads a number as a value,
+    /// never as a piece of text to join, and joined counters such as a
+    /// sequence number would read as one ever-growing run of digits);
+    /// returns what can go out now.
     pub fn event(
         &mut self,
         lines: Vec<String>,
@@ -143,13 +165,14 @@ impl FieldStreams {
         now: Instant,
     ) -> Result<Vec<u8>, EventError> {
         if let Data::Json(v) = &mut data {
-            self.mask_keys(v);
+            self.mask_keys_and_numbers(v);
         }
         let mut strings = Vec::new();
         match &data {
             Data::Json(v) => strings_of(v, &mut String::new(), &mut strings),
             Data::Plain(s) => strings.push((PLAIN.to_string(), s.clone())),
         }
+        self.events += 1;
         let mut slots = Vec::with_capacity(strings.len());
         let mut size = 64;
         for (pointer, original) in strings {
@@ -163,7 +186,11 @@ impl FieldStreams {
                     decided: 0,
                     edits: VecDeque::new(),
                     slots: 0,
+                    last_event: 0,
+                    last_at: now,
                 });
+            text.last_event = self.events;
+            text.last_at = now;
             let start = text.pushed;
             text.pushed += original.len();
             let mut edits = Vec::new();
@@ -184,38 +211,90 @@ impl FieldStreams {
             lines,
             data,
             slots,
-            arrived: now,
             size,
         }));
-        let out = self.release(now);
+        let out = self.release(None);
         self.within_bounds()?;
         Ok(out)
     }
 
-    /// When the oldest held event must go out, if one is held.
+    /// When the oldest held event can go out if the upstream stays quiet
+    /// (`expire` then), if one is held: QUIET after the last value of the
+    /// latest of its undecided fields.
     pub fn deadline(&self) -> Option<Instant> {
-        self.queue.iter().find_map(|w| match w {
-            Waiting::Held(h) => Some(h.arrived + HOLD),
-            Waiting::Ready(_) => None,
-        })
+        let Some(Waiting::Held(h)) = self.queue.front() else {
+            return None;
+        };
+        self.undecided(h).map(|t| t.last_at + QUIET).max()
     }
 
-    /// Every event that is decided, or has waited its time, or must go to
-    /// keep memory bounded; in order.
-    pub fn release(&mut self, now: Instant) -> Vec<u8> {
+    /// The upstream is quiet: fields whose last value came QUIET ago or
+    /// more are taken as ended, and what that decides goes out.
+    pub fn expire(&mut self, now: Instant) -> Vec<u8> {
+        self.release(Some(now))
+    }
+
+    /// Every event at the head that is decided, in order, after taking as
+    /// ended the fields nothing continues (and, when the upstream is quiet
+    /// at `quiet`, those whose last value is QUIET old).
+    fn release(&mut self, quiet: Option<Instant>) -> Vec<u8> {
         let mut out = Vec::new();
-        while let Some(head) = self.queue.front() {
-            if let Waiting::Held(h) = head
-                && !self.overdue(h, now)
-                && !self.is_decided(h)
-            {
-                break;
+        loop {
+            match self.queue.front() {
+                None => break,
+                Some(Waiting::Ready(_)) => {}
+                Some(Waiting::Held(h)) if self.is_decided(h) => {}
+                Some(Waiting::Held(h)) => {
+                    let ended = self.ended_fields(h, quiet);
+                    if ended.is_empty() {
+                        break;
+                    }
+                    for pointer in ended {
+                        self.take_as_ended(&pointer);
+                    }
+                    continue;
+                }
             }
             let head = self.queue.pop_front().expect("looked at above");
             out.extend(self.render(head));
         }
         self.forget_idle_fields();
         out
+    }
+
+    /// The undecided fields of `h` that nothing continues.
+    fn ended_fields(&self, h: &Held, quiet: Option<Instant>) -> Vec<String> {
+        let ended = |t: &FieldText| {
+            self.events - t.last_event >= STALE_AFTER_EVENTS as u64
+                || quiet.is_some_and(|now| now >= t.last_at + QUIET)
+        };
+        h.slots
+            .iter()
+            .filter(|s| {
+                self.fields
+                    .get(&s.pointer)
+                    .is_some_and(|t| t.decided < s.end && ended(t))
+            })
+            .map(|s| s.pointer.clone())
+            .collect()
+    }
+
+    /// A field's held text decided with what has arrived, as if it ended
+    /// (a cut-off start of a secret masked: StreamMasker::end_marks).
+    fn take_as_ended(&mut self, pointer: &str) {
+        if let Some(text) = self.fields.get_mut(pointer) {
+            let mut edits = Vec::new();
+            text.decided = text.masker.end_marks(&mut edits);
+            text.edits.extend(edits);
+            take_counts(&mut self.counts, &mut text.masker);
+        }
+    }
+
+    /// The fields of a held event that are not yet decided as far as it.
+    fn undecided<'a>(&'a self, h: &'a Held) -> impl Iterator<Item = &'a FieldText> + 'a {
+        h.slots
+            .iter()
+            .filter_map(|s| self.fields.get(&s.pointer).filter(|t| t.decided < s.end))
     }
 
     /// The end of the stream: every field's text is decided; all goes out.
@@ -232,10 +311,6 @@ impl FieldStreams {
         }
         self.fields.clear();
         out
-    }
-
-    fn overdue(&self, h: &Held, now: Instant) -> bool {
-        now >= h.arrived + HOLD
     }
 
     fn is_decided(&self, h: &Held) -> bool {
@@ -279,11 +354,8 @@ impl FieldStreams {
                 String::from_utf8_lossy(&self.whole.push_all(joined.as_bytes())).into_owned();
             take_counts(&mut self.counts, &mut self.whole);
             match &mut data {
-                // A number stays one unless a match touches it.
                 Data::Json(v) => {
-                    if let Some(x) = v.pointer_mut(&slot.pointer)
-                        && (x.is_string() || masked != slot.original)
-                    {
+                    if let Some(x) = v.pointer_mut(&slot.pointer) {
                         *x = Value::String(masked);
                     }
                 }
@@ -303,11 +375,11 @@ impl FieldStreams {
         }
     }
 
-    fn mask_keys(&mut self, v: &mut Value) {
+    fn mask_keys_and_numbers(&mut self, v: &mut Value) {
         match v {
-            Value::Array(a) => a.iter_mut().for_each(|x| self.mask_keys(x)),
+            Value::Array(a) => a.iter_mut().for_each(|x| self.mask_keys_and_numbers(x)),
             Value::Object(o) => {
-                o.values_mut().for_each(|x| self.mask_keys(x));
+                o.values_mut().for_each(|x| self.mask_keys_and_numbers(x));
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {
                     let masked = self.whole.push_all(k.as_bytes());
@@ -316,6 +388,15 @@ impl FieldStreams {
                     {
                         o.insert(String::from_utf8_lossy(&masked).into_owned(), x);
                     }
+                }
+                take_counts(&mut self.counts, &mut self.whole);
+            }
+            // A number stays one unless a match touches it.
+            Value::Number(n) => {
+                let text = n.to_string();
+                let masked = self.whole.push_all(text.as_bytes());
+                if masked != text.as_bytes() {
+                    *v = Value::String(String::from_utf8_lossy(&masked).into_owned());
                 }
                 take_counts(&mut self.counts, &mut self.whole);
             }
@@ -359,12 +440,10 @@ fn put_back(edits: &mut VecDeque<Edit>, slot: &Slot) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Every string and number in `v` (as text) with its JSON pointer, in
-/// document order.
+/// Every string in `v` with its JSON pointer, in document order.
 fn strings_of(v: &Value, at: &mut String, out: &mut Vec<(String, String)>) {
     match v {
         Value::String(s) => out.push((at.clone(), s.clone())),
-        Value::Number(n) => out.push((at.clone(), n.to_string())),
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 let len = at.len();

@@ -175,6 +175,62 @@ impl StreamMasker {
         self.mark(boundary, boundary, edits)
     }
 
+    /// Everything pushed decided as if the text ended there, for a text
+    /// nothing may continue (an SSE field no later event carries). What
+    /// was still undecided at its end and looks like the cut-off start of
+    /// a secret (four bytes or more of an injected secret's form, a token
+    /// prefix, six digits or more, an address with its `@`) is masked
+    /// whole as `[REDACTED:cut_off]`: an upstream that never sends the
+    /// rest, or sends it later, must not get the first part out.
+    pub fn end_marks(&mut self, edits: &mut Vec<Edit>) -> usize {
+        self.search_literals();
+        let len = self.pending.len();
+        let hold = self.safe_boundary().max(self.context);
+        let suspicious = self.cut_off_at(hold);
+        let base = self.base;
+        let first = edits.len();
+        let decided = self.force_marks(base + len, edits);
+        if let Some(from) = suspicious {
+            // Not over a match the forced decision found in the tail.
+            let covered = edits[first..]
+                .last()
+                .map_or(base + from, |e| e.end.max(base + from));
+            if covered < base + len {
+                edits.push(Edit {
+                    start: covered,
+                    end: base + len,
+                    with: b"[REDACTED:cut_off]".to_vec(),
+                });
+                *self.counts.entry("cut_off".to_string()).or_default() += 1;
+            }
+        }
+        decided
+    }
+
+    /// Where the undecided tail from `hold` starts to look like a secret
+    /// cut off, if it does.
+    fn cut_off_at(&self, hold: usize) -> Option<usize> {
+        let len = self.pending.len();
+        if hold >= len {
+            return None;
+        }
+        let tail = &self.pending[hold..];
+        if let Some(secrets) = &self.secrets {
+            let p = secrets.hold_from(&self.lower);
+            if p >= hold && p + 4 <= len {
+                return Some(p);
+            }
+        }
+        if let Some(s) = self.starts.iter().find(|s| s.at >= hold) {
+            return Some(s.at);
+        }
+        let digits = tail.iter().filter(|c| c.is_ascii_digit()).count();
+        if digits >= 6 || tail.contains(&b'@') {
+            return Some(hold);
+        }
+        None
+    }
+
     fn mark(&mut self, boundary: usize, floor: usize, edits: &mut Vec<Edit>) -> usize {
         let (upto, hits) = self.decide(boundary, floor);
         let base = self.base;
