@@ -991,13 +991,17 @@ mod tests {
         let t0 = Instant::now();
         let mut m = SseMasker::new(profile(), &[SECRET]);
         let mut out = Vec::new();
-        let halves = ["value: 4111 1111", " 1111 1111 ok", " end"];
-        for (i, half) in halves.iter().enumerate() {
-            let ev = format!("data: {}\n\n", serde_json::json!({ "t": half }));
-            out.extend(
-                m.push_at(ev.as_bytes(), t0 + Duration::from_secs(2 * i as u64))
-                    .unwrap(),
-            );
+        // Between the halves, an event the masker took two seconds over.
+        let events = [
+            serde_json::json!({ "t": "value: 4111 1111" }),
+            serde_json::json!({ "x": "%".repeat(1000) }),
+            serde_json::json!({ "t": " 1111 1111 ok" }),
+            serde_json::json!({ "t": " end" }),
+        ];
+        for (i, e) in events.iter().enumerate() {
+            let ev = format!("data: {e}\n\n");
+            let now = t0 + Duration::from_secs(2 * i as u64);
+            out.extend(m.push_at(ev.as_bytes(), now).unwrap());
         }
         out.extend(m.finish());
         let joined = joined_t(&out);
