@@ -193,6 +193,12 @@ impl SseMasker {
             return self.fields.ready(masked);
         };
         let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
+        if known_shape(&value) {
+            let dropped = drop_logprobs(&mut value);
+            if dropped > 0 {
+                *self.counts.entry("logprobs_dropped".into()).or_default() += dropped;
+            }
+        }
         if selected > 0 {
             *self.counts.entry("json_path".into()).or_default() += selected;
         }
@@ -466,15 +472,36 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 .map(|x| key_of(Some(x)))
                 .unwrap_or(i.to_string());
             let ends = c.get("finish_reason").is_some_and(|f| !f.is_null());
-            for f in ["content", "reasoning_content", "refusal"] {
-                if c.pointer(&format!("/delta/{f}"))
-                    .is_some_and(Value::is_string)
-                {
+            // Text deltas, reasoning as OpenRouter, Groq and vLLM name it,
+            // the legacy function call, an audio transcript, and the
+            // legacy completions' `text` (found unread by an attack pass).
+            for (f, pointer) in [
+                ("content", "/delta/content"),
+                ("reasoning_content", "/delta/reasoning_content"),
+                ("reasoning", "/delta/reasoning"),
+                ("refusal", "/delta/refusal"),
+                ("function_call", "/delta/function_call/arguments"),
+                ("audio", "/delta/audio/transcript"),
+                ("text", "/text"),
+            ] {
+                if c.pointer(pointer).is_some_and(Value::is_string) {
                     out.push(TextField {
                         key: format!("choice:{idx}:{f}"),
-                        pointer: format!("/choices/{i}/delta/{f}"),
+                        pointer: format!("/choices/{i}{pointer}"),
                         ends,
                     });
+                }
+            }
+            // Content as a list of parts (Mistral): each part's text.
+            if let Some(parts) = c.pointer("/delta/content").and_then(Value::as_array) {
+                for (j, part) in parts.iter().enumerate() {
+                    if part.get("text").is_some_and(Value::is_string) {
+                        out.push(TextField {
+                            key: format!("choice:{idx}:part:{j}"),
+                            pointer: format!("/choices/{i}/delta/content/{j}/text"),
+                            ends,
+                        });
+                    }
                 }
             }
             if let Some(calls) = c.pointer("/delta/tool_calls").and_then(Value::as_array) {
@@ -499,6 +526,30 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         }
     }
     out
+}
+
+/// Token log-probabilities repeat the text a token at a time (the token,
+/// its UTF-8 bytes, the alternatives), beside the delta the masker
+/// rewrites: a client joining them read a masked card whole (found by an
+/// attack pass). They are removed (`null`) from the events of known APIs;
+/// returns how many were.
+fn drop_logprobs(v: &mut Value) -> u64 {
+    match v {
+        Value::Object(o) => {
+            let mut n = 0;
+            for (k, x) in o.iter_mut() {
+                if (k == "logprobs" || k == "top_logprobs") && !x.is_null() {
+                    *x = Value::Null;
+                    n += 1;
+                } else {
+                    n += drop_logprobs(x);
+                }
+            }
+            n
+        }
+        Value::Array(a) => a.iter_mut().map(drop_logprobs).sum(),
+        _ => 0,
+    }
 }
 
 /// An event of an API whose text fields `text_fields` knows, though this
@@ -1039,6 +1090,65 @@ mod tests {
         assert_eq!(m.deadline(), Some(t0 + QUIET));
         assert!(m.expire(t0 + QUIET / 2).is_empty());
         assert!(!m.expire(t0 + QUIET).is_empty());
+    }
+
+    /// The side fields of known APIs a client joins, streamed three
+    /// characters a chunk (found unread by an attack pass): each reads
+    /// masked when joined, and token log-probabilities are removed.
+    #[test]
+    fn side_fields_of_known_apis_are_reassembled() {
+        let text = "my card: 4111 1111 1111 1111 and key sk-SSE-1b2c3d4e5f ok";
+        let chars: Vec<char> = text.chars().collect();
+        type Shape = fn(&str) -> Value;
+        let shapes: [(&str, Shape); 6] = [
+            ("/choices/0/delta/content", |p| {
+                serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":p},
+                    "logprobs":{"content":[{"token":p,"bytes":p.as_bytes(),"logprob":-0.1,"top_logprobs":[{"token":p}]}]},"finish_reason":null}]})
+            }),
+            (
+                "/choices/0/text",
+                |p| serde_json::json!({"object":"text_completion","choices":[{"index":0,"text":p,"logprobs":null,"finish_reason":null}]}),
+            ),
+            (
+                "/choices/0/delta/reasoning",
+                |p| serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"reasoning":p},"finish_reason":null}]}),
+            ),
+            (
+                "/choices/0/delta/function_call/arguments",
+                |p| serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"function_call":{"arguments":p}},"finish_reason":null}]}),
+            ),
+            (
+                "/choices/0/delta/audio/transcript",
+                |p| serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"audio":{"transcript":p}},"finish_reason":null}]}),
+            ),
+            (
+                "/choices/0/delta/content/0/text",
+                |p| serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":[{"type":"text","text":p}]},"finish_reason":null}]}),
+            ),
+        ];
+        for (pointer, shape) in shapes {
+            let mut body = Vec::new();
+            for piece in chars.chunks(3) {
+                let piece: String = piece.iter().collect();
+                body.extend(format!("data: {}\n\n", shape(&piece)).as_bytes());
+            }
+            body.extend(b"data: [DONE]\n\n");
+            let out = run(&body, &[]);
+            let got = events(&out);
+            let joined: String = got
+                .iter()
+                .filter_map(|e| e.pointer(pointer).and_then(Value::as_str))
+                .collect();
+            assert_eq!(
+                joined, "my card: [REDACTED:card] and key [REDACTED:injected_secret] ok",
+                "{pointer}"
+            );
+            let all = String::from_utf8_lossy(&out);
+            assert!(
+                !all.contains("\"token\""),
+                "{pointer}: logprobs kept: {all}"
+            );
+        }
     }
 
     /// A leading byte-order mark is dropped, not read into the first
