@@ -1151,6 +1151,29 @@ mod tests {
         }
     }
 
+    /// What held events cost is counted whole: their lines and their
+    /// structure, not only their strings (found by an attack pass: empty
+    /// arrays and comment lines held 190 MB past a 1 MiB bound).
+    #[test]
+    fn held_structure_and_lines_count_toward_the_bound() {
+        let t0 = Instant::now();
+        let filler = [
+            format!("data: {{\"a\":[{}[]]}}\n\n", "[],".repeat(60_000)),
+            format!(": {}\ndata: {{\"f\":1}}\n\n", "x".repeat(200_000)),
+        ];
+        for f in filler {
+            let mut m = SseMasker::new(profile(), &[SECRET]);
+            assert!(
+                m.push_at(b"data: {\"t\":\"sk-SSE-1b\"}\n\n", t0)
+                    .unwrap()
+                    .is_empty()
+            );
+            let ended = (0..20)
+                .any(|_| matches!(m.push_at(f.as_bytes(), t0), Err(EventError::TooMuchHeld)));
+            assert!(ended, "{} bytes held 20 times", f.len());
+        }
+    }
+
     /// A leading byte-order mark is dropped, not read into the first
     /// field's name (found by an attack pass: the first event was masked
     /// alone, and a client that strips the mark joined both halves).

@@ -174,7 +174,10 @@ impl FieldStreams {
         }
         self.events += 1;
         let mut slots = Vec::with_capacity(strings.len());
-        let mut size = 64;
+        // What the held event costs: its lines, and its data as parsed (a
+        // deep array of empty arrays holds no strings and much memory;
+        // found by an attack pass).
+        let mut size = 64 + lines.iter().map(String::len).sum::<usize>() + weight(&data);
         for (pointer, original) in strings {
             let prototype = &self.prototype;
             let text = self
@@ -198,7 +201,7 @@ impl FieldStreams {
             text.edits.extend(edits);
             text.slots += 1;
             take_counts(&mut self.counts, &mut text.masker);
-            size += original.len() + pointer.len();
+            size += pointer.len();
             slots.push(Slot {
                 pointer,
                 start,
@@ -438,6 +441,23 @@ fn put_back(edits: &mut VecDeque<Edit>, slot: &Slot) -> String {
         edits.pop_front();
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Roughly the memory a parsed event takes: its strings, and a few words
+/// per value.
+fn weight(data: &Data) -> usize {
+    fn of(v: &Value) -> usize {
+        32 + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => a.iter().map(of).sum(),
+            Value::Object(o) => o.iter().map(|(k, x)| k.len() + of(x)).sum(),
+            _ => 0,
+        }
+    }
+    match data {
+        Data::Json(v) => of(v),
+        Data::Plain(s) => s.len(),
+    }
 }
 
 /// Every string in `v` with its JSON pointer, in document order.
