@@ -5,6 +5,10 @@ use super::{Counts, Profile};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// How much of the start of an injected secret's form, at the very end of
+/// a text, is masked as a secret cut off.
+const CUT_OFF_SECRET: usize = 8;
+
 pub struct StreamMasker {
     profile: Arc<Profile>,
     /// Every form of the secrets injected on this request (secret_forms),
@@ -131,11 +135,24 @@ impl StreamMasker {
         self.finish()
     }
 
-    /// End of stream: everything left is decided.
+    /// End of stream: everything left is decided. A text that ends with
+    /// eight bytes or more of the start of an injected secret's form ends
+    /// with it masked (`[REDACTED:cut_off]`): a stream of snapshots, each
+    /// the text so far, sent all but the last byte of the key (found by an
+    /// attack pass).
     pub fn finish(&mut self) -> Vec<u8> {
         self.search_literals();
         let len = self.pending.len();
-        let out = self.emit(len);
+        let cut = self
+            .secrets
+            .as_ref()
+            .map(|s| s.hold_from(&self.lower))
+            .filter(|&p| p >= self.context && p + CUT_OFF_SECRET <= len);
+        let mut out = self.emit(cut.unwrap_or(len));
+        if cut.is_some() && self.pending.len() > self.context {
+            out.extend_from_slice(b"[REDACTED:cut_off]");
+            *self.counts.entry("cut_off".to_string()).or_default() += 1;
+        }
         self.start_afresh();
         out
     }
@@ -818,6 +835,44 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A text that ends with the first eight bytes or more of the key ends
+    /// masked (a stream of snapshots sent all but its last byte; found by
+    /// an attack pass); fewer, and other text, go as they are.
+    #[test]
+    fn a_text_ending_in_most_of_the_key_ends_masked() {
+        let key = "wJalrXUtnFEMI/K7MDENG+bPxRfi&CYEXAMPLEKEY";
+        let mut m = StreamMasker::new(Arc::new(Profile::empty()), &[key]);
+        for (text, want) in [
+            (
+                format!("value: {}", &key[..key.len() - 1]),
+                "value: [REDACTED:cut_off]".to_string(),
+            ),
+            (
+                format!("value: {}", &key[..8]),
+                "value: [REDACTED:cut_off]".to_string(),
+            ),
+            (
+                format!("value: {}", &key[..7]),
+                format!("value: {}", &key[..7]),
+            ),
+            (
+                format!("{} and more", &key[..20]),
+                format!("{} and more", &key[..20]),
+            ),
+        ] {
+            let got = String::from_utf8(m.push_all(text.as_bytes())).unwrap();
+            assert_eq!(got, want);
+        }
+        // In pieces too.
+        let text = format!("value: {}", &key[..30]);
+        let mut out = Vec::new();
+        for piece in text.as_bytes().chunks(3) {
+            out.extend(m.push(piece));
+        }
+        out.extend(m.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "value: [REDACTED:cut_off]");
     }
 
     /// With injected secrets, the token prefixes are found in the same
