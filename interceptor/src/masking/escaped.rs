@@ -97,7 +97,15 @@ impl Escaped {
     /// escaped secret (`lower.len()` when nowhere).
     pub fn hold_from(&self, lower: &[u8]) -> usize {
         let len = lower.len();
-        (len.saturating_sub(self.longest)..len)
+        let from = len.saturating_sub(self.longest);
+        // Without an escape character in it, a cut-off start is one of the
+        // literal form, which the literal pass holds; with one, it starts
+        // at most a secret's length before the first.
+        let Some(e) = memchr::memchr3(b'%', b'\\', b'&', &lower[from..]) else {
+            return len;
+        };
+        let from = (from + e).saturating_sub(self.units.len()).max(from);
+        (from..len)
             .find(|&p| {
                 self.first[lower[p] as usize] && matches!(self.at(lower, p, 0), Outcome::Partial)
             })
@@ -325,9 +333,11 @@ mod tests {
     fn a_cut_off_spelling_is_held() {
         let s = "sk-live-Zq8X";
         let e = Escaped::new(s.as_bytes()).unwrap();
-        for text in ["x \\u0073k-li", "x %73", "x %7", "x \\", "x sk-live-zq8"] {
+        for text in ["x \\u0073k-li", "x %73", "x %7", "x \\", "x sk-live-zq8%5"] {
             assert_eq!(e.hold_from(text.as_bytes()), 2, "{text}");
         }
+        // Without an escape it is the literal form's, held by that pass.
+        assert_eq!(e.hold_from(b"x sk-live-zq8"), 13);
         assert_eq!(e.hold_from(b"x sk-live-zq8x"), 14);
         assert_eq!(e.hold_from(b"x %41"), 5);
     }
