@@ -27,11 +27,27 @@ pub fn require_root() -> Result<()> {
 /// Builds the eBPF object and the release binary; returns the binary.
 pub fn build_release() -> Result<PathBuf> {
     crate::build_ebpf::run()?;
-    run_cmd(
-        Command::new(env!("CARGO"))
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "interceptor"]),
-    )?;
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(workspace_root())
+        .args(["build", "--release", "-p", "interceptor"]);
+    // `cargo run` gave us xtask's CARGO_PKG_*, CARGO_MANIFEST_* and
+    // CARGO_CRATE_NAME; ring's build script reruns when those differ from
+    // the last build's, so each bench rebuilt ring, rustls and the daemon
+    // (and the next plain build rebuilt them again).
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            build.env_remove(&*k);
+        }
+    }
+    run_cmd(&mut build)?;
     Ok(workspace_root().join("target/release/interceptor"))
 }
 
