@@ -55,12 +55,36 @@ impl AuditRecord {
 pub struct Verification {
     pub records: u64,
     pub problems: Vec<String>,
+    /// The last record's number and hash: kept by an operator (or a SIEM),
+    /// `audit verify --anchor SEQ:HASH` later proves nothing up to it was
+    /// rewritten since.
+    #[serde(default)]
+    pub head: Option<(u64, String)>,
+}
+
+impl Verification {
+    /// Checks that record `seq` still has `hash` (an anchor kept from an
+    /// earlier check); `record` is what the log holds at `seq`.
+    pub fn check_anchor(&mut self, seq: u64, hash: &str, record: Option<&AuditRecord>) {
+        match record {
+            Some(r) if r.seq == seq && r.hash == hash => {}
+            Some(r) if r.seq == seq => self.problems.push(format!(
+                "record {seq}: its hash is not the anchor's (the log was rewritten up to it)"
+            )),
+            _ => self.problems.push(format!(
+                "record {seq} of the anchor is not in the log (removed, or another log)"
+            )),
+        }
+    }
 }
 
 /// Checks a chain given in storage order plus the stored head.
+/// `in_use`: the store holds sessions, so it has been used and an empty
+/// log means a removed one.
 pub fn verify(
     records: impl Iterator<Item = AuditRecord>,
     head: Option<(u64, String)>,
+    in_use: bool,
 ) -> Verification {
     let mut problems = Vec::new();
     let mut expected_seq = 1;
@@ -109,11 +133,14 @@ pub fn verify(
             expected_seq - 1
         )),
         None if n > 0 => problems.push("the log has records but no head".into()),
+        None if in_use => problems
+            .push("the store has sessions but its audit log is empty: the log was removed".into()),
         _ => {}
     }
     Verification {
         records: n,
         problems,
+        head: (n > 0).then_some((expected_seq - 1, prev)),
     }
 }
 
@@ -211,12 +238,50 @@ mod tests {
     fn an_intact_chain_verifies() {
         let c = chain(5);
         assert_eq!(
-            verify(c.clone().into_iter(), head(&c)),
+            verify(c.clone().into_iter(), head(&c), true),
             Verification {
                 records: 5,
-                problems: vec![]
+                problems: vec![],
+                head: head(&c),
             }
         );
+    }
+
+    /// A store that was used (it has sessions) with its whole log and its
+    /// head removed is not "intact: 0 records"; a new store is.
+    #[test]
+    fn a_removed_log_is_not_an_empty_one() {
+        let v = verify(std::iter::empty(), None, true);
+        assert!(v.problems[0].contains("log was removed"), "{v:?}");
+        assert!(verify(std::iter::empty(), None, false).problems.is_empty());
+    }
+
+    /// An anchor kept from an earlier check: the log rewritten up to it
+    /// from scratch (a new chain, consistent in itself) fails against it.
+    #[test]
+    fn an_anchor_catches_a_rewritten_log() {
+        let c = chain(5);
+        let v = verify(c.clone().into_iter(), head(&c), true);
+        let (seq, hash) = v.head.clone().unwrap();
+        let mut ok = v.clone();
+        ok.check_anchor(seq, &hash, c.last());
+        assert!(ok.problems.is_empty());
+        // The same records with one changed, re-hashed from there on.
+        let mut forged = chain(5);
+        forged[1].data["decision"] = json!("deny");
+        let mut prev = forged[0].hash.clone();
+        for r in forged.iter_mut().skip(1) {
+            r.prev_hash = prev.clone();
+            r.hash = hash_of(r.seq, r.ts_ms, &r.kind, &r.data, &r.prev_hash);
+            prev = r.hash.clone();
+        }
+        let mut v = verify(forged.clone().into_iter(), head(&forged), true);
+        assert!(v.problems.is_empty(), "consistent in itself");
+        v.check_anchor(seq, &hash, forged.last());
+        assert!(v.problems[0].contains("not the anchor's"), "{v:?}");
+        let mut v = verify(c[..3].to_vec().into_iter(), head(&c[..3]), true);
+        v.check_anchor(seq, &hash, None);
+        assert!(v.problems[0].contains("not in the log"), "{v:?}");
     }
 
     #[test]
@@ -225,7 +290,7 @@ mod tests {
         let h = head(&c);
         let mut changed = c.clone();
         changed[2].data["decision"] = json!("deny");
-        let v = verify(changed.into_iter(), h.clone());
+        let v = verify(changed.into_iter(), h.clone(), true);
         assert_eq!(
             v.problems,
             vec!["record 3: content does not match its hash (changed)"]
@@ -233,7 +298,7 @@ mod tests {
 
         let mut removed = c.clone();
         removed.remove(3);
-        let v = verify(removed.into_iter(), h.clone());
+        let v = verify(removed.into_iter(), h.clone(), true);
         assert!(
             v.problems[0].starts_with("record 5: records 4..4 are missing"),
             "{v:?}"
@@ -241,7 +306,7 @@ mod tests {
 
         let mut swapped = c.clone();
         swapped.swap(1, 2);
-        let v = verify(swapped.into_iter(), h.clone());
+        let v = verify(swapped.into_iter(), h.clone(), true);
         assert!(
             v.problems
                 .iter()
@@ -250,7 +315,7 @@ mod tests {
         );
 
         let cut = c[..4].to_vec();
-        let v = verify(cut.into_iter(), h);
+        let v = verify(cut.into_iter(), h, true);
         assert!(v.problems[0].contains("cut off the end"), "{v:?}");
     }
 

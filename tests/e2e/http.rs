@@ -1168,6 +1168,11 @@ for n in range(1000):
     let (ok, out, err) = cli(&["audit", "verify"]);
     assert!(ok, "verify failed: {out}{err}");
     assert!(out.contains("hash chain verified"), "{out}");
+    let anchor = out
+        .lines()
+        .find_map(|l| l.strip_prefix("head (keep it, then check with --anchor): "))
+        .unwrap_or_else(|| panic!("no head printed: {out}"))
+        .to_string();
     let (ok, out, err) = cli(&["audit", "export", "--format", "jsonl"]);
     assert!(ok, "{err}");
     let paths: std::collections::HashSet<String> = out
@@ -1200,6 +1205,13 @@ for n in range(1000):
     assert!(ok);
     let (ok, out, err) = cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
+    // The anchor kept before: nothing up to it was rewritten since.
+    let (ok, out, err) = cli(&["audit", "verify", "--anchor", &anchor]);
+    assert!(ok && out.contains("unchanged since"), "{out}{err}");
+    let (seq, _) = anchor.split_once(':').unwrap();
+    let forged = format!("{seq}:{}", "0".repeat(64));
+    let (ok, _, err) = cli(&["audit", "verify", "--anchor", &forged]);
+    assert!(!ok && err.contains("not the anchor's"), "{err}");
 }
 
 /// Just-in-time approvals, end to end: the skill (curl as nobody) waits on

@@ -10,8 +10,16 @@ use std::path::PathBuf;
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Check the hash chain; exit 1 naming every changed, removed or reordered record
-    Verify(StoreArgs),
+    /// Check the hash chain; exit 1 naming every changed, removed or reordered record.
+    /// Prints the head as an anchor to keep: checking against it later
+    /// proves nothing up to it was rewritten since (even as a new chain)
+    Verify {
+        /// An anchor printed by an earlier check (`SEQ:HASH`)
+        #[arg(long, value_name = "SEQ:HASH")]
+        anchor: Option<String>,
+        #[command(flatten)]
+        target: StoreArgs,
+    },
     /// Stream records for a SIEM (one per line)
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
@@ -95,13 +103,33 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
         .enable_all()
         .build()?;
     match cmd {
-        AuditCmd::Verify(t) => {
-            let v = Source::open(t, &rt)?.verify(&rt)?;
+        AuditCmd::Verify { anchor, target } => {
+            let anchor = anchor
+                .map(|a| {
+                    let (seq, hash) = a.split_once(':')?;
+                    let seq: u64 = seq.parse().ok().filter(|&n| n > 0)?;
+                    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| (seq, hash.to_ascii_lowercase()))
+                })
+                .map(|a| a.context("--anchor: SEQ:HASH as `audit verify` prints it"))
+                .transpose()?;
+            let src = Source::open(target, &rt)?;
+            let mut v = src.verify(&rt)?;
+            if let Some((seq, hash)) = &anchor {
+                let at = src.records(&rt, seq - 1, 0)?;
+                v.check_anchor(*seq, hash, at.first());
+            }
             if v.problems.is_empty() {
                 println!(
                     "audit log intact: {} record(s), hash chain verified",
                     v.records
                 );
+                if let Some((seq, _)) = &anchor {
+                    println!("anchor: record {seq} unchanged since it was taken");
+                }
+                if let Some((seq, hash)) = &v.head {
+                    println!("head (keep it, then check with --anchor): {seq}:{hash}");
+                }
                 return Ok(());
             }
             for p in &v.problems {
