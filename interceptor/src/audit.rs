@@ -279,7 +279,7 @@ mod tests {
         assert!(v.problems.is_empty(), "consistent in itself");
         v.check_anchor(seq, &hash, forged.last());
         assert!(v.problems[0].contains("not the anchor's"), "{v:?}");
-        let mut v = verify(c[..3].to_vec().into_iter(), head(&c[..3]), true);
+        let mut v = verify(c[..3].iter().cloned(), head(&c[..3]), true);
         v.check_anchor(seq, &hash, None);
         assert!(v.problems[0].contains("not in the log"), "{v:?}");
     }
