@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 pub type RespBody = BoxBody<Bytes, BoxError>;
@@ -126,7 +127,8 @@ impl HttpConn {
             duration_ms: 0,
             error: None,
         };
-        let result = self.clone().exchange(req, &mut rec).await;
+        let span = tracing::info_span!("request", seq);
+        let result = self.clone().exchange(req, &mut rec).instrument(span).await;
         if rec.reason.is_empty()
             && let Err(r) = &result
         {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// Counters for /metrics.
 #[derive(Default, Debug, serde::Serialize)]
@@ -140,7 +141,14 @@ impl Proxy {
             match listener.accept().await {
                 Ok((conn, peer)) => {
                     let me = self.clone();
-                    tokio::spawn(async move { me.handle(conn, peer).await });
+                    // Everything logged about this connection carries its
+                    // peer and, once it has one, its session id.
+                    let span = tracing::info_span!(
+                        "conn",
+                        %peer,
+                        session = tracing::field::Empty
+                    );
+                    tokio::spawn(async move { me.handle(conn, peer).await }.instrument(span));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -171,8 +179,10 @@ impl Proxy {
             return;
         };
         let destination = original_destination(&rec);
+        let id = self.store.next_id().unwrap_or(0);
+        tracing::Span::current().record("session", id);
         let mut session = Session {
-            id: self.store.next_id().unwrap_or(0),
+            id,
             started_ms: store::now_ms(),
             ended_ms: None,
             state: State::Open,
