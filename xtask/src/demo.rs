@@ -279,7 +279,10 @@ pub fn run() -> Result<()> {
         println!("  {l}");
     }
     let verify = lab.cli(&["audit", "verify"])?;
-    println!("\n  interceptor audit verify\n    {}", verify.trim());
+    println!("\n  interceptor audit verify");
+    for l in verify.lines() {
+        println!("    {l}");
+    }
     if !table.contains("deny-internal")
         || !detail.contains("allow-api")
         || !detail.contains("inject demo-api")
