@@ -145,10 +145,8 @@ fn the_upstream_acts_on_the_request_that_was_decided() {
     let cg = TestCgroup::new("canon");
     let (np, fp) = (free_port(), free_port());
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
     let secret = "sk-CANON-5151";
-    std::fs::write(creds.join("api"), secret).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("api", secret)]);
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [[rule]]\nid = \"no-admin\"\nworkload = {w:?}\npath = \"/admin/**\"\naction = \"deny\"\n\n\

@@ -288,6 +288,16 @@ impl DaemonConfig {
         d
     }
 
+    /// Writes credential files (name, value) into `credentials_dir` and
+    /// returns the config line that points the daemon at it.
+    pub fn credentials(&self, files: &[(&str, &str)]) -> String {
+        let creds = self.credentials_dir();
+        for (name, value) in files {
+            std::fs::write(creds.join(name), value).unwrap();
+        }
+        format!("credentials_dir = {creds:?}\n")
+    }
+
     pub fn set_policy(&self, policy: &str) {
         let tmp = self.dir.join("policies/.50-test.toml.tmp");
         std::fs::write(&tmp, policy).unwrap();

@@ -135,13 +135,8 @@ fn setup_with(tag: &str, tweak: impl FnOnce(&mut DaemonConfig)) -> Setup {
     let pki = TestPki::new(&cfg.dir, "upstream");
     let tls_up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
     let plain_up = HttpUpstream::start("127.0.0.1:0", None);
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("gh"), format!("{GH_SECRET}\n")).unwrap();
-    std::fs::write(creds.join("apikey"), API_KEY).unwrap();
-    cfg.extra = format!(
-        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n",
-        pki.ca_pem
-    );
+    let creds = cfg.credentials(&[("gh", &format!("{GH_SECRET}\n")), ("apikey", API_KEY)]);
+    cfg.extra = format!("{creds}upstream_ca_files = [{:?}]\n", pki.ca_pem);
     tweak(&mut cfg);
     let d = Daemon::start(&cfg);
     let ca = cfg.ca_file().to_string_lossy().into_owned();

@@ -128,9 +128,7 @@ fn what_the_masker_cannot_read_never_reaches_the_skill() {
     let cg = TestCgroup::new("leaks");
     let up = Upstream::start("127.0.0.1:0", serve);
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]);
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\", \"ssn\"]\n\n\

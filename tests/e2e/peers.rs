@@ -91,12 +91,8 @@ fn cleartext_or_a_chosen_sni_towards_another_address_gets_no_credential() {
     let rogue = HttpUpstream::start("127.0.0.1:0", None);
     let rogue_tls = Upstream::echo("127.0.0.1:0");
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("gh"), SECRET).unwrap();
-    cfg.extra = format!(
-        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n",
-        pki.ca_pem
-    );
+    let creds = cfg.credentials(&[("gh", SECRET)]);
+    cfg.extra = format!("{creds}upstream_ca_files = [{:?}]\n", pki.ca_pem);
     cfg.set_policy(&format!(
         "[credential.gh]\nsource = \"file:gh\"\nheader = \"Authorization\"\nformat = \"Bearer {{secret}}\"\n\n\
          [[rule]]\nid = \"pinned\"\nworkload = {w:?}\nhost = \"pinned.test\"\ndestination = \"{real}\"\ntls = \"passthrough\"\naction = \"allow\"\n\n\

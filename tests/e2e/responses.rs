@@ -108,9 +108,7 @@ fn stacked_or_duplicate_encodings_are_decoded_or_refused() {
     let cg = TestCgroup::new("stacked");
     let up = Upstream::start("127.0.0.1:0", serve);
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]);
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\naction = \"allow\"\n",
@@ -180,9 +178,7 @@ fn response_headers_never_carry_the_secret_or_unmasked_data() {
     let cg = TestCgroup::new("resphdr");
     let up = Upstream::start("127.0.0.1:0", serve);
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]);
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\"]\n\n\
@@ -275,9 +271,7 @@ fn encoded_echoes_of_the_secret_are_scrubbed_and_never_recorded() {
     let cg = TestCgroup::new("respenc");
     let up = Upstream::start("127.0.0.1:0", serve);
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]);
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\"]\n\n\
@@ -381,9 +375,7 @@ fn compression_bombs_keep_the_daemon_within_its_memory_bound() {
         bombs(p);
     }
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\ninspect_buffer_mb_per_workload = 24\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]) + "inspect_buffer_mb_per_workload = 24\n";
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"ssn\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\
@@ -438,9 +430,7 @@ fn concurrent_large_json_bodies_keep_the_daemon_within_its_memory_bound() {
     let up = Upstream::start("127.0.0.1:0", serve);
     bombs("/big-json");
     let mut cfg = DaemonConfig::new(&[&cg], "");
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("api"), SECRET).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\ninspect_buffer_mb_per_workload = 40\n");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]) + "inspect_buffer_mb_per_workload = 40\n";
     cfg.set_policy(&format!(
         "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"email\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\

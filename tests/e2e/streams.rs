@@ -127,10 +127,7 @@ fn llm_token_streams_reach_the_sdk_masked() {
     let cg = TestCgroup::new("llmstream");
     let mut cfg = DaemonConfig::new(&[&cg], "");
     let (_server, port) = upstream(&cfg);
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("anthropic"), ANTHROPIC_KEY).unwrap();
-    std::fs::write(creds.join("openai"), OPENAI_KEY).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("anthropic", ANTHROPIC_KEY), ("openai", OPENAI_KEY)]);
     cfg.set_policy(&format!(
         "[credential.anthropic]\nsource = \"file:anthropic\"\nheader = \"x-api-key\"\n\n\
          [credential.openai]\nsource = \"file:openai\"\nheader = \"Authorization\"\nformat = \"Bearer {{secret}}\"\n\n\
@@ -214,9 +211,7 @@ fn event_streams_of_unknown_shapes_are_masked_per_field() {
     let cg = TestCgroup::new("jobstream");
     let mut cfg = DaemonConfig::new(&[&cg], "");
     let (_server, port) = upstream(&cfg);
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("jobs"), ANTHROPIC_KEY).unwrap();
-    cfg.extra = format!("credentials_dir = {creds:?}\n");
+    cfg.extra = cfg.credentials(&[("jobs", ANTHROPIC_KEY)]);
     cfg.set_policy(&format!(
         "[credential.jobs]\nsource = \"file:jobs\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\"]\n\n\

@@ -28,12 +28,8 @@ fn lab_with(tag: &str, extra: &str) -> Lab {
     let pki = TestPki::new(&cfg.dir, "upstream");
     let tls_up = HttpUpstream::start("127.0.0.1:0", Some(&pki));
     let plain_up = HttpUpstream::start("127.0.0.1:0", None);
-    let creds = cfg.credentials_dir();
-    std::fs::write(creds.join("gh"), SECRET).unwrap();
-    cfg.extra = format!(
-        "credentials_dir = {creds:?}\nupstream_ca_files = [{:?}]\n{extra}",
-        pki.ca_pem
-    );
+    let creds = cfg.credentials(&[("gh", SECRET)]);
+    cfg.extra = format!("{creds}upstream_ca_files = [{:?}]\n{extra}", pki.ca_pem);
     cfg.set_policy(&format!(
         r#"
 [credential.gh]

@@ -1000,11 +1000,12 @@ mod tests {
         assert_eq!(joined, " and [REDACTED:card] ok");
     }
 
-    /// The `t` fields of the events in `out`, joined as a client joins them.
-    fn joined_t(out: &[u8]) -> String {
+    /// The strings at `pointer` in the events of `out`, joined as a client
+    /// joins them (events without one add nothing).
+    fn joined(out: &[u8], pointer: &str) -> String {
         events(out)
             .iter()
-            .map(|e| e["t"].as_str().unwrap_or_default().to_string())
+            .filter_map(|e| e.pointer(pointer).and_then(Value::as_str))
             .collect()
     }
 
@@ -1027,7 +1028,7 @@ mod tests {
                 out.extend(m.push_at(ev.as_bytes(), now).unwrap());
             }
             out.extend(m.finish());
-            let joined = joined_t(&out);
+            let joined = joined(&out, "/t");
             assert!(!joined.contains(value), "{joined}");
             assert!(joined.contains("[REDACTED:"), "{joined}");
         }
@@ -1055,7 +1056,7 @@ mod tests {
             out.extend(m.push_at(ev.as_bytes(), now).unwrap());
         }
         out.extend(m.finish());
-        let joined = joined_t(&out);
+        let joined = joined(&out, "/t");
         assert_eq!(joined, "value: [REDACTED:card] ok end");
     }
 
@@ -1134,13 +1135,9 @@ mod tests {
             }
             body.extend(b"data: [DONE]\n\n");
             let out = run(&body, &[]);
-            let got = events(&out);
-            let joined: String = got
-                .iter()
-                .filter_map(|e| e.pointer(pointer).and_then(Value::as_str))
-                .collect();
             assert_eq!(
-                joined, "my card: [REDACTED:card] and key [REDACTED:injected_secret] ok",
+                joined(&out, pointer),
+                "my card: [REDACTED:card] and key [REDACTED:injected_secret] ok",
                 "{pointer}"
             );
             let all = String::from_utf8_lossy(&out);
