@@ -56,18 +56,20 @@ impl Source {
         )?)))
     }
 
+    /// At most `limit` records after record `after`, from `since_ms` on.
     fn records(
         &self,
         rt: &tokio::runtime::Runtime,
         after: u64,
         since_ms: u64,
+        limit: usize,
     ) -> Result<Vec<AuditRecord>> {
         match self {
-            Source::Store(s) => s.audit_records(after, since_ms, 10_000),
+            Source::Store(s) => s.audit_records(after, since_ms, limit),
             Source::Daemon(sock) => daemon_json(
                 rt,
                 sock,
-                &format!("/v1/audit?after={after}&since_ms={since_ms}&limit=10000"),
+                &format!("/v1/audit?after={after}&since_ms={since_ms}&limit={limit}"),
             ),
         }
     }
@@ -98,6 +100,9 @@ fn daemon_json<T: serde::de::DeserializeOwned>(
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Records fetched at a time by `export`.
+const BATCH: usize = 10_000;
+
 pub fn run(cmd: AuditCmd) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,7 +121,7 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
             let src = Source::open(target, &rt)?;
             let mut v = src.verify(&rt)?;
             if let Some((seq, hash)) = &anchor {
-                let at = src.records(&rt, seq - 1, 0)?;
+                let at = src.records(&rt, seq - 1, 0, 1)?;
                 v.check_anchor(*seq, hash, at.first());
             }
             if v.problems.is_empty() {
@@ -162,7 +167,7 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
             };
             let out = std::io::stdout();
             loop {
-                let batch = src.records(&rt, after, since_ms)?;
+                let batch = src.records(&rt, after, since_ms, BATCH)?;
                 let mut lock = out.lock();
                 for r in &batch {
                     // A closed pipe (`| head`) ends the export quietly.
@@ -172,7 +177,7 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
                     after = r.seq;
                 }
                 let _ = lock.flush();
-                if batch.len() < 10_000 {
+                if batch.len() < BATCH {
                     if !follow {
                         return Ok(());
                     }
