@@ -208,8 +208,7 @@ impl SseMasker {
         }
         if found.is_empty() && !known_shape(&value) {
             // A shape not known: every string and number reassembled per
-            // field. (The other events of a known API, `message_start` or
-            // a finish chunk, are masked whole below, without waiting.)
+            // field.
             return self.fields.event(fields, Data::Json(value), now);
         }
         let mut out = Vec::new();
@@ -225,7 +224,25 @@ impl SseMasker {
             }));
         }
         let pointers: Vec<String> = found.iter().map(|f| f.pointer.clone()).collect();
-        self.mask_strings(&mut value, "", &pointers);
+        // A known API's lifecycle events (`message_start`, a stop, a
+        // Responses `.done`) carry whole values: masked whole, now.
+        if found.is_empty() && lifecycle(&value) {
+            self.mask_strings(&mut value, "", &pointers);
+            let mut released = self.fields.ready(out)?;
+            released.extend(
+                self.fields.ready(
+                    Event {
+                        fields,
+                        data: value,
+                    }
+                    .to_bytes(),
+                )?,
+            );
+            if !ending.is_empty() {
+                released.extend(self.fields.end_fields());
+            }
+            return Ok(released);
+        }
         for f in &found {
             let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
                 continue;
@@ -263,16 +280,28 @@ impl SseMasker {
                 merge(&mut self.counts, &s.masker.counts);
             }
         }
-        // Always as parsed, never the bytes as sent: a duplicate key's
-        // first value is in those and not in the parsed event.
-        out.extend(
-            Event {
-                fields,
-                data: value,
-            }
-            .to_bytes(),
-        );
-        self.fields.ready(out)
+        // Every other string of the event (token log-probabilities, a
+        // reasoning copy, a thinking part, streamed function arguments:
+        // fields beside the deltas that an attack pass found joined to a
+        // secret) is reassembled per field, as in unknown shapes. The event
+        // goes out as parsed, never as sent: a duplicate key's first value
+        // is in those bytes and not in the parsed event.
+        let mut released = if out.is_empty() {
+            Vec::new()
+        } else {
+            self.fields.ready(out)?
+        };
+        released.extend(self.fields.event_of_known(
+            fields,
+            Data::Json(value),
+            now,
+            &pointers,
+            true,
+        )?);
+        if !ending.is_empty() {
+            released.extend(self.fields.end_fields());
+        }
+        Ok(released)
     }
 
     /// Ends the streams `which` selects: each one's held-back text in an
@@ -440,10 +469,17 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 .unwrap_or(i.to_string());
             let ends = c.get("finishReason").is_some_and(|f| !f.is_null());
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
+                // Keyed by kind, not position: parts move as a thought
+                // ends and the answer starts (an attack pass split a key
+                // across the two positions).
                 for (j, part) in parts.iter().enumerate() {
                     if part.get("text").is_some_and(Value::is_string) {
+                        let kind = match part.get("thought") {
+                            Some(Value::Bool(true)) => "thought",
+                            _ => "text",
+                        };
                         out.push(TextField {
-                            key: format!("gemini:{idx}:{j}"),
+                            key: format!("gemini:{idx}:{kind}"),
                             pointer: format!("/candidates/{i}/content/parts/{j}/text"),
                             ends,
                         });
@@ -496,8 +532,9 @@ fn text_fields(v: &Value) -> Vec<TextField> {
             if let Some(parts) = c.pointer("/delta/content").and_then(Value::as_array) {
                 for (j, part) in parts.iter().enumerate() {
                     if part.get("text").is_some_and(Value::is_string) {
+                        let kind = key_of(part.get("type"));
                         out.push(TextField {
-                            key: format!("choice:{idx}:part:{j}"),
+                            key: format!("choice:{idx}:part:{kind}"),
                             pointer: format!("/choices/{i}/delta/content/{j}/text"),
                             ends,
                         });
@@ -538,7 +575,8 @@ fn drop_logprobs(v: &mut Value) -> u64 {
         Value::Object(o) => {
             let mut n = 0;
             for (k, x) in o.iter_mut() {
-                if (k == "logprobs" || k == "top_logprobs") && !x.is_null() {
+                let named = matches!(k.as_str(), "logprobs" | "top_logprobs" | "logprobsResult");
+                if named && !x.is_null() {
                     *x = Value::Null;
                     n += 1;
                 } else {
@@ -556,6 +594,18 @@ fn drop_logprobs(v: &mut Value) -> u64 {
 /// one has none (its start, a ping, a finish chunk, a stop).
 fn known_shape(v: &Value) -> bool {
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+    lifecycle(v)
+        || kind.starts_with("response.")
+        || kind == "content-delta"
+        || v.get("object").and_then(Value::as_str) == Some("chat.completion.chunk")
+        || v.get("candidates").is_some()
+        || v.get("choices").is_some()
+}
+
+/// An event of a known API's lifecycle rather than its stream of deltas:
+/// what it carries is whole.
+fn lifecycle(v: &Value) -> bool {
+    let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
     matches!(
         kind,
         "message_start"
@@ -569,10 +619,7 @@ fn known_shape(v: &Value) -> bool {
             | "content-start"
             | "content-end"
             | "message-end"
-    ) || kind.starts_with("response.")
-        || v.get("object").and_then(Value::as_str) == Some("chat.completion.chunk")
-        || v.get("candidates").is_some()
-        || v.get("choices").is_some()
+    ) || (kind.starts_with("response.") && !kind.ends_with(".delta"))
 }
 
 /// String fields at the profile's declared pointers, each its own stream.
@@ -675,7 +722,7 @@ fn response_item(v: &Value) -> String {
 /// An index as a stream key: equal for every spelling a client reads as
 /// the same number (`0`, `0.0`, `-0`, `0e0`), so one stream cannot be
 /// split in two that the client joins (found by an attack pass).
-fn key_of(v: Option<&Value>) -> String {
+pub(super) fn key_of(v: Option<&Value>) -> String {
     match v {
         None => String::new(),
         Some(Value::Number(n)) => match n.as_f64() {
@@ -1146,6 +1193,181 @@ mod tests {
                 "{pointer}: logprobs kept: {all}"
             );
         }
+    }
+
+    /// Every string of every field a client could join, in the events of
+    /// known APIs and of shapes nothing names: what a client joins holds
+    /// no card and no key. Found by an attack pass, each from a real API:
+    /// Gemini's logprobs, OpenRouter's `reasoning_details`, Mistral's
+    /// thinking parts, Vertex's streamed function arguments, Cohere's
+    /// logprobs, a Gemini answer that moves from part 1 to part 0 as the
+    /// thought ends, llama.cpp's and Ollama's token bytes, several tokens
+    /// in one event, and two choices interleaved in one field.
+    #[test]
+    fn every_field_a_client_joins_is_reassembled() {
+        let text = "my card: 4111 1111 1111 1111 and key sk-SSE-1b2c3d4e5f ok";
+        let chars: Vec<char> = text.chars().collect();
+        let pieces: Vec<String> = chars.chunks(2).map(|c| c.iter().collect()).collect();
+        type Shape = fn(usize, &str) -> Vec<Value>;
+        type Join = fn(&Value) -> Vec<String>;
+        fn strings(v: Option<&Value>) -> Vec<String> {
+            v.and_then(Value::as_str)
+                .map(str::to_string)
+                .into_iter()
+                .collect()
+        }
+        let cases: [(&str, Shape, Join); 9] = [
+            (
+                "gemini logprobsResult",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"candidates":[{"content":{"parts":[{"text":p}],"role":"model"},"index":0,
+                    "logprobsResult":{"chosenCandidates":[{"token":p,"logProbability":-0.1}],"topCandidates":[{"candidates":[{"token":p}]}]}}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/candidates/0/logprobsResult/chosenCandidates/0/token")),
+            ),
+            (
+                "openrouter reasoning_details",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,
+                    "delta":{"reasoning":p,"reasoning_details":[{"type":"reasoning.text","text":p}]}}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/choices/0/delta/reasoning_details/0/text")),
+            ),
+            (
+                "mistral thinking",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,
+                    "delta":{"content":[{"type":"thinking","thinking":[{"type":"text","text":p}]}]}}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/choices/0/delta/content/0/thinking/0/text")),
+            ),
+            (
+                "vertex partialArgs",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"candidates":[{"content":{"role":"model","parts":[{"functionCall":{"name":"f",
+                    "partialArgs":[{"jsonPath":"$.k","stringValue":p}]}}]},"index":0}]}),
+                    ]
+                },
+                |e| {
+                    strings(e.pointer(
+                        "/candidates/0/content/parts/0/functionCall/partialArgs/0/stringValue",
+                    ))
+                },
+            ),
+            (
+                "cohere logprobs",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"type":"content-delta","index":0,"delta":{"message":{"content":{"text":p}}},
+                    "logprobs":{"text":p,"token_ids":[1]}}),
+                    ]
+                },
+                |e| strings(e.pointer("/logprobs/text")),
+            ),
+            (
+                "gemini thought then answer",
+                |i, _| {
+                    // The answer starts in part 1, beside the thought's end,
+                    // and goes on in part 0.
+                    const REST: [&str; 6] = ["1b", "2c", "3d", "4e", "5f", " ok"];
+                    let parts = match i {
+                        0 | 1 => serde_json::json!([{"text":"hmm ","thought":true}]),
+                        2 => serde_json::json!([{"text":"hmm.","thought":true},{"text":"sk-SSE-"}]),
+                        3..=8 => serde_json::json!([{"text":REST[i - 3]}]),
+                        _ => return vec![],
+                    };
+                    vec![
+                        serde_json::json!({"candidates":[{"content":{"parts":parts,"role":"model"},"index":0}]}),
+                    ]
+                },
+                |e| {
+                    e.pointer("/candidates/0/content/parts")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.get("thought").is_none())
+                        .flat_map(|p| strings(p.get("text")))
+                        .collect()
+                },
+            ),
+            (
+                "token bytes",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"content":p,"completion_probabilities":[{"token":"?","bytes":p.as_bytes(),"prob":0.5}]}),
+                    ]
+                },
+                |e| {
+                    e.pointer("/completion_probabilities/0/bytes")
+                        .and_then(Value::as_array)
+                        .map(|b| {
+                            String::from_utf8_lossy(
+                                &b.iter()
+                                    .filter_map(Value::as_u64)
+                                    .map(|n| n as u8)
+                                    .collect::<Vec<u8>>(),
+                            )
+                            .into_owned()
+                        })
+                        .into_iter()
+                        .collect()
+                },
+            ),
+            (
+                "tokens per event",
+                |_, p| {
+                    let (a, b) = p.split_at(p.len() / 2);
+                    vec![serde_json::json!({"completion_probabilities":[{"token":a},{"token":b}]})]
+                },
+                |e| {
+                    e.pointer("/completion_probabilities")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|t| strings(t.get("token")))
+                        .collect()
+                },
+            ),
+            (
+                "interleaved choices",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"index":0,"text":p}),
+                        serde_json::json!({"index":1,"text":"xy"}),
+                    ]
+                },
+                |e| {
+                    if e["index"] == 0 {
+                        strings(e.get("text"))
+                    } else {
+                        vec![]
+                    }
+                },
+            ),
+        ];
+        let mut leaks = Vec::new();
+        for (name, shape, join) in cases {
+            let mut body = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                for e in shape(i, piece) {
+                    body.extend(format!("data: {e}\n\n").as_bytes());
+                }
+            }
+            body.extend(b"data: [DONE]\n\n");
+            let out = run(&body, &[]);
+            let got: String = events(&out).iter().flat_map(join).collect();
+            if got.contains("1111 1111") || got.contains("1b2c3d4e5f") {
+                leaks.push(format!("{name}: a client joined {got:?}"));
+            }
+        }
+        assert!(leaks.is_empty(), "{leaks:#?}");
     }
 
     /// What held events cost is counted whole: their lines and their

@@ -104,15 +104,59 @@ pub enum Data {
     Plain(String),
 }
 
-/// Where a string of a held event sits in its field's text.
+/// Where a string of a held event sits in the field texts it belongs to.
 struct Slot {
-    /// The string's JSON pointer in the event, which names its field
-    /// (`PLAIN`, which no pointer can be: the data).
+    /// Where it is in the event (a JSON pointer; `PLAIN` for plain data).
     pointer: String,
+    places: Vec<Place>,
+    original: Vec<u8>,
+    /// An array of byte values (a token's UTF-8 bytes), not a string.
+    bytes: bool,
+}
+
+/// A slot's span in one field's text.
+struct Place {
+    field: String,
     start: usize,
     end: usize,
-    original: String,
 }
+
+/// A string of an event, or an array of byte values (which a client
+/// decodes as UTF-8 and joins: llama.cpp's and Ollama's token `bytes`,
+/// found unread by an attack pass), with the fields it belongs to.
+struct Piece {
+    pointer: String,
+    fields: Vec<String>,
+    original: Vec<u8>,
+    bytes: bool,
+}
+
+/// Keys whose values an API's server sets, never the model: ids, names,
+/// types, reasons, opaque signatures. In a known API's events they are
+/// masked whole rather than joined across events, so that one sent once
+/// (an `encrypted_content`, a thought signature) does not hold the
+/// stream until it is taken as ended. Every other string is joined.
+const METADATA: [&str; 19] = [
+    "id",
+    "object",
+    "model",
+    "created",
+    "role",
+    "type",
+    "name",
+    "finish_reason",
+    "finishReason",
+    "stop_reason",
+    "system_fingerprint",
+    "service_tier",
+    "modelVersion",
+    "responseId",
+    "item_id",
+    "obfuscation",
+    "signature",
+    "thoughtSignature",
+    "encrypted_content",
+];
 
 impl FieldStreams {
     pub fn new(prototype: StreamMasker, framing: Framing) -> FieldStreams {
@@ -161,52 +205,81 @@ impl FieldStreams {
     pub fn event(
         &mut self,
         lines: Vec<String>,
-        mut data: Data,
+        data: Data,
         now: Instant,
     ) -> Result<Vec<u8>, EventError> {
-        if let Data::Json(v) = &mut data {
-            self.mask_keys_and_numbers(v);
-        }
-        let mut strings = Vec::new();
-        match &data {
-            Data::Json(v) => strings_of(v, &mut String::new(), &mut strings),
-            Data::Plain(s) => strings.push((PLAIN.to_string(), s.clone())),
+        self.event_of_known(lines, data, now, &[], false)
+    }
+
+    /// The same for an event of a known API: the strings at `skip` (its
+    /// text deltas, rewritten by the caller) are left as they are, and with
+    /// `metadata` the values of `METADATA` keys are masked whole.
+    pub fn event_of_known(
+        &mut self,
+        lines: Vec<String>,
+        mut data: Data,
+        now: Instant,
+        skip: &[String],
+        metadata: bool,
+    ) -> Result<Vec<u8>, EventError> {
+        let mut pieces = Vec::new();
+        match &mut data {
+            Data::Json(v) => {
+                self.mask_keys_and_numbers(v, metadata);
+                let mut at = Path::default();
+                pieces_of(v, &mut at, skip, metadata, &mut pieces);
+            }
+            Data::Plain(s) => pieces.push(Piece {
+                pointer: PLAIN.to_string(),
+                fields: vec![PLAIN.to_string()],
+                original: s.clone().into_bytes(),
+                bytes: false,
+            }),
         }
         self.events += 1;
-        let mut slots = Vec::with_capacity(strings.len());
+        let mut slots = Vec::with_capacity(pieces.len());
         // What the held event costs: its lines, and its data as parsed (a
         // deep array of empty arrays holds no strings and much memory;
         // found by an attack pass).
         let mut size = 64 + lines.iter().map(String::len).sum::<usize>() + weight(&data);
-        for (pointer, original) in strings {
-            let prototype = &self.prototype;
-            let text = self
-                .fields
-                .entry(pointer.clone())
-                .or_insert_with(|| FieldText {
-                    masker: prototype.sibling(),
-                    pushed: 0,
-                    decided: 0,
-                    edits: VecDeque::new(),
-                    slots: 0,
-                    last_event: 0,
-                    last_at: now,
+        for piece in pieces {
+            let mut places = Vec::with_capacity(piece.fields.len());
+            for field in piece.fields {
+                let prototype = &self.prototype;
+                let text = self
+                    .fields
+                    .entry(field.clone())
+                    .or_insert_with(|| FieldText {
+                        masker: prototype.sibling(),
+                        pushed: 0,
+                        decided: 0,
+                        edits: VecDeque::new(),
+                        slots: 0,
+                        last_event: 0,
+                        last_at: now,
+                    });
+                text.last_event = self.events;
+                text.last_at = now;
+                let start = text.pushed;
+                text.pushed += piece.original.len();
+                let mut edits = Vec::new();
+                text.decided = text.masker.push_marks(&piece.original, &mut edits);
+                text.edits.extend(edits);
+                text.slots += 1;
+                take_counts(&mut self.counts, &mut text.masker);
+                size += field.len();
+                places.push(Place {
+                    field,
+                    start,
+                    end: start + piece.original.len(),
                 });
-            text.last_event = self.events;
-            text.last_at = now;
-            let start = text.pushed;
-            text.pushed += original.len();
-            let mut edits = Vec::new();
-            text.decided = text.masker.push_marks(original.as_bytes(), &mut edits);
-            text.edits.extend(edits);
-            text.slots += 1;
-            take_counts(&mut self.counts, &mut text.masker);
-            size += pointer.len();
+            }
+            size += piece.pointer.len();
             slots.push(Slot {
-                pointer,
-                start,
-                end: start + original.len(),
-                original,
+                pointer: piece.pointer,
+                places,
+                original: piece.original,
+                bytes: piece.bytes,
             });
         }
         self.held_bytes += size;
@@ -219,6 +292,22 @@ impl FieldStreams {
         let out = self.release(None);
         self.within_bounds()?;
         Ok(out)
+    }
+
+    /// A known API said its streams end (a finish reason, a stop): every
+    /// field's text is decided as if it ended, and what that decides goes
+    /// out.
+    pub fn end_fields(&mut self) -> Vec<u8> {
+        let undecided: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|(_, t)| t.decided < t.pushed)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for field in undecided {
+            self.take_as_ended(&field);
+        }
+        self.release(None)
     }
 
     /// When the oldest held event can go out if the upstream stays quiet
@@ -271,21 +360,22 @@ impl FieldStreams {
             self.events - t.last_event >= STALE_AFTER_EVENTS as u64
                 || quiet.is_some_and(|now| now >= t.last_at + QUIET)
         };
-        h.slots
-            .iter()
-            .filter(|s| {
+        let mut out: Vec<String> = places(h)
+            .filter(|p| {
                 self.fields
-                    .get(&s.pointer)
-                    .is_some_and(|t| t.decided < s.end && ended(t))
+                    .get(&p.field)
+                    .is_some_and(|t| t.decided < p.end && ended(t))
             })
-            .map(|s| s.pointer.clone())
-            .collect()
+            .map(|p| p.field.clone())
+            .collect();
+        out.dedup();
+        out
     }
 
     /// A field's held text decided with what has arrived, as if it ended
     /// (a cut-off start of a secret masked: StreamMasker::end_marks).
-    fn take_as_ended(&mut self, pointer: &str) {
-        if let Some(text) = self.fields.get_mut(pointer) {
+    fn take_as_ended(&mut self, field: &str) {
+        if let Some(text) = self.fields.get_mut(field) {
             let mut edits = Vec::new();
             text.decided = text.masker.end_marks(&mut edits);
             text.edits.extend(edits);
@@ -295,9 +385,7 @@ impl FieldStreams {
 
     /// The fields of a held event that are not yet decided as far as it.
     fn undecided<'a>(&'a self, h: &'a Held) -> impl Iterator<Item = &'a FieldText> + 'a {
-        h.slots
-            .iter()
-            .filter_map(|s| self.fields.get(&s.pointer).filter(|t| t.decided < s.end))
+        places(h).filter_map(|p| self.fields.get(&p.field).filter(|t| t.decided < p.end))
     }
 
     /// The end of the stream: every field's text is decided; all goes out.
@@ -317,10 +405,10 @@ impl FieldStreams {
     }
 
     fn is_decided(&self, h: &Held) -> bool {
-        h.slots.iter().all(|s| {
+        places(h).all(|p| {
             self.fields
-                .get(&s.pointer)
-                .is_some_and(|t| t.decided >= s.end)
+                .get(&p.field)
+                .is_some_and(|t| t.decided >= p.end)
         })
     }
 
@@ -342,27 +430,39 @@ impl FieldStreams {
             ..
         } = h;
         for slot in &slots {
-            let Some(text) = self.fields.get_mut(&slot.pointer) else {
-                continue;
-            };
-            if text.decided < slot.end {
-                let mut edits = Vec::new();
-                text.decided = text.masker.force_marks(slot.end, &mut edits);
-                text.edits.extend(edits);
-                take_counts(&mut self.counts, &mut text.masker);
+            let mut cuts = Vec::new();
+            for place in &slot.places {
+                let Some(text) = self.fields.get_mut(&place.field) else {
+                    continue;
+                };
+                if text.decided < place.end {
+                    let mut edits = Vec::new();
+                    text.decided = text.masker.force_marks(place.end, &mut edits);
+                    text.edits.extend(edits);
+                    take_counts(&mut self.counts, &mut text.masker);
+                }
+                cuts_of(&mut text.edits, place, &mut cuts);
+                text.slots -= 1;
             }
-            let joined = put_back(&mut text.edits, slot);
-            text.slots -= 1;
-            let masked =
-                String::from_utf8_lossy(&self.whole.push_all(joined.as_bytes())).into_owned();
+            let joined = put_back(&slot.original, cuts);
+            let masked = self.whole.push_all(&joined);
             take_counts(&mut self.counts, &mut self.whole);
+            let value = if slot.bytes {
+                Value::Array(masked.into_iter().map(Value::from).collect())
+            } else {
+                Value::String(String::from_utf8_lossy(&masked).into_owned())
+            };
             match &mut data {
                 Data::Json(v) => {
                     if let Some(x) = v.pointer_mut(&slot.pointer) {
-                        *x = Value::String(masked);
+                        *x = value;
                     }
                 }
-                Data::Plain(s) => *s = masked,
+                Data::Plain(s) => {
+                    if let Value::String(m) = value {
+                        *s = m
+                    }
+                }
             }
         }
         match self.framing {
@@ -378,11 +478,25 @@ impl FieldStreams {
         }
     }
 
-    fn mask_keys_and_numbers(&mut self, v: &mut Value) {
+    /// With `metadata`, the string values of `METADATA` keys are masked
+    /// whole here too.
+    fn mask_keys_and_numbers(&mut self, v: &mut Value, metadata: bool) {
         match v {
-            Value::Array(a) => a.iter_mut().for_each(|x| self.mask_keys_and_numbers(x)),
+            Value::Array(a) => a
+                .iter_mut()
+                .for_each(|x| self.mask_keys_and_numbers(x, metadata)),
             Value::Object(o) => {
-                o.values_mut().for_each(|x| self.mask_keys_and_numbers(x));
+                for (k, x) in o.iter_mut() {
+                    match x {
+                        Value::String(s) if metadata && METADATA.contains(&k.as_str()) => {
+                            let masked = self.whole.push_all(s.as_bytes());
+                            if masked != s.as_bytes() {
+                                *s = String::from_utf8_lossy(&masked).into_owned();
+                            }
+                        }
+                        x => self.mask_keys_and_numbers(x, metadata),
+                    }
+                }
                 let keys: Vec<String> = o.keys().cloned().collect();
                 for k in keys {
                     let masked = self.whole.push_all(k.as_bytes());
@@ -417,30 +531,54 @@ impl FieldStreams {
     }
 }
 
-/// A slot's string with the matches that start in it replaced, and the
-/// bytes of a match that started in an earlier slot left out.
-fn put_back(edits: &mut VecDeque<Edit>, slot: &Slot) -> String {
-    while edits.front().is_some_and(|e| e.end <= slot.start) {
+/// The matches of one field that touch `place`, as spans of the slot's
+/// string: a match's replacement where it starts, and the bytes of one
+/// that started in an earlier slot left out (no replacement).
+fn cuts_of(edits: &mut VecDeque<Edit>, place: &Place, cuts: &mut Vec<(usize, usize, Vec<u8>)>) {
+    while edits.front().is_some_and(|e| e.end <= place.start) {
         edits.pop_front();
     }
-    let original = slot.original.as_bytes();
-    let mut out = Vec::with_capacity(original.len());
-    let mut at = slot.start;
     for e in edits.iter() {
-        if e.start >= slot.end {
+        if e.start >= place.end {
             break;
         }
-        if e.start >= at {
-            out.extend_from_slice(&original[at - slot.start..e.start - slot.start]);
-            out.extend_from_slice(&e.with);
-        }
-        at = at.max(e.end.min(slot.end));
+        let with = if e.start >= place.start {
+            e.with.clone()
+        } else {
+            Vec::new()
+        };
+        cuts.push((
+            e.start.max(place.start) - place.start,
+            e.end.min(place.end) - place.start,
+            with,
+        ));
     }
-    out.extend_from_slice(&original[at - slot.start..]);
-    while edits.front().is_some_and(|e| e.end <= slot.end) {
+    while edits.front().is_some_and(|e| e.end <= place.end) {
         edits.pop_front();
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A slot's string with the cuts of all its fields made: where two
+/// overlap (the same bytes matched in two of its fields), every byte
+/// either covers goes, and the first one's replacement stands.
+fn put_back(original: &[u8], mut cuts: Vec<(usize, usize, Vec<u8>)>) -> Vec<u8> {
+    cuts.sort_by_key(|c| c.0);
+    let mut out = Vec::with_capacity(original.len());
+    let mut at = 0;
+    for (start, end, with) in cuts {
+        if start >= at {
+            out.extend_from_slice(&original[at..start]);
+            out.extend_from_slice(&with);
+        }
+        at = at.max(end);
+    }
+    out.extend_from_slice(&original[at.min(original.len())..]);
+    out
+}
+
+/// Every slot's places in a held event.
+fn places(h: &Held) -> impl Iterator<Item = &Place> {
+    h.slots.iter().flat_map(|s| s.places.iter())
 }
 
 /// Roughly the memory a parsed event takes: its strings, and a few words
@@ -460,30 +598,124 @@ fn weight(data: &Data) -> usize {
     }
 }
 
-/// Every string in `v` with its JSON pointer, in document order.
-fn strings_of(v: &Value, at: &mut String, out: &mut Vec<(String, String)>) {
+/// Where the walk is: the JSON pointer, and the two names of the field a
+/// string there belongs to. A client joins an array's strings either by
+/// position (parallel texts, one per element) or one after another (a
+/// list of tokens in each event): each string belongs to both fields, and
+/// a match in either is masked. An element that names its own `index`
+/// (choices, candidates, blocks) is joined by that index, as clients do,
+/// whatever its position (an attack pass interleaved two choices).
+#[derive(Default)]
+struct Path {
+    pointer: String,
+    by_position: String,
+    in_order: String,
+}
+
+impl Path {
+    fn push(&mut self, pointer: &str, by_position: &str, in_order: &str) -> [usize; 3] {
+        let lens = [
+            self.pointer.len(),
+            self.by_position.len(),
+            self.in_order.len(),
+        ];
+        self.pointer.push('/');
+        self.pointer.push_str(pointer);
+        self.by_position.push('/');
+        self.by_position.push_str(by_position);
+        self.in_order.push('/');
+        self.in_order.push_str(in_order);
+        lens
+    }
+
+    fn pop(&mut self, lens: [usize; 3]) {
+        self.pointer.truncate(lens[0]);
+        self.by_position.truncate(lens[1]);
+        self.in_order.truncate(lens[2]);
+    }
+
+    fn piece(&self, original: Vec<u8>, bytes: bool) -> Piece {
+        let mut fields = vec![self.by_position.clone()];
+        if self.in_order != self.by_position {
+            fields.push(self.in_order.clone());
+        }
+        Piece {
+            pointer: self.pointer.clone(),
+            fields,
+            original,
+            bytes,
+        }
+    }
+}
+
+/// Every string of `v` (and array of byte values) but those at `skip`, in
+/// document order; with `metadata`, not the values of `METADATA` keys.
+fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mut Vec<Piece>) {
     match v {
-        Value::String(s) => out.push((at.clone(), s.clone())),
+        Value::String(s) => {
+            if !skip.contains(&at.pointer) {
+                out.push(at.piece(s.as_bytes().to_vec(), false));
+            }
+        }
         Value::Array(a) => {
+            if let Some(bytes) = byte_values(a) {
+                out.push(at.piece(bytes, true));
+                return;
+            }
             for (i, x) in a.iter().enumerate() {
-                let len = at.len();
-                at.push('/');
-                at.push_str(&i.to_string());
-                strings_of(x, at, out);
-                at.truncate(len);
+                let i = i.to_string();
+                let lens = match index_of(x) {
+                    Some(_) => at.push(&i, "*", "*"),
+                    None => at.push(&i, &i, "*"),
+                };
+                pieces_of(x, at, skip, metadata, out);
+                at.pop(lens);
             }
         }
         Value::Object(o) => {
-            for (k, x) in o {
-                let len = at.len();
-                at.push('/');
-                at.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                strings_of(x, at, out);
-                at.truncate(len);
+            let lens = [at.pointer.len(), at.by_position.len(), at.in_order.len()];
+            if let Some(index) = index_of(v) {
+                at.by_position.push_str(&index);
+                at.in_order.push_str(&index);
             }
+            for (k, x) in o {
+                if metadata && x.is_string() && METADATA.contains(&k.as_str()) {
+                    continue;
+                }
+                let key = k.replace('~', "~0").replace('/', "~1");
+                let inner = at.push(&key, &key, &key);
+                pieces_of(x, at, skip, metadata, out);
+                at.pop(inner);
+            }
+            at.pop(lens);
         }
         _ => {}
     }
+}
+
+/// The index an object names for itself (`index`, and the Responses API's
+/// output and content indexes), as a key: `#0`.
+fn index_of(v: &Value) -> Option<String> {
+    let o = v.as_object()?;
+    let mut key = String::new();
+    for name in ["index", "output_index", "content_index"] {
+        if let Some(x) = o.get(name).filter(|x| x.is_number() || x.is_string()) {
+            key.push('#');
+            key.push_str(&super::sse::key_of(Some(x)));
+        }
+    }
+    (!key.is_empty()).then_some(key)
+}
+
+/// An array of integers 0..=255 is read as bytes a client may decode as
+/// text (token `bytes` in logprobs).
+fn byte_values(a: &[Value]) -> Option<Vec<u8>> {
+    if a.is_empty() {
+        return None;
+    }
+    a.iter()
+        .map(|x| x.as_u64().filter(|n| *n <= 255).map(|n| n as u8))
+        .collect()
 }
 
 fn to_bytes(lines: &[String], data: &Data) -> Vec<u8> {
