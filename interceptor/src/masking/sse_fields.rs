@@ -652,10 +652,8 @@ impl Path {
 /// document order; with `metadata`, not the values of `METADATA` keys.
 fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mut Vec<Piece>) {
     match v {
-        Value::String(s) => {
-            if !skip.contains(&at.pointer) {
-                out.push(at.piece(s.as_bytes().to_vec(), false));
-            }
+        Value::String(s) if !skip.contains(&at.pointer) => {
+            out.push(at.piece(s.as_bytes().to_vec(), false));
         }
         Value::Array(a) => {
             if let Some(bytes) = byte_values(a) {
