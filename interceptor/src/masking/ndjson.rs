@@ -43,7 +43,13 @@ impl NdjsonMasker {
         if line.trim().is_empty() {
             return self.fields.ready(format!("{line}\n").into_bytes());
         }
-        let data = match serde_json::from_str::<Value>(&line) {
+        let parsed = serde_json::from_str::<Value>(&line);
+        if let Err(e) = &parsed
+            && looks_like_json(&line)
+        {
+            return Err(EventError::NotJson(e.to_string()));
+        }
+        let data = match parsed {
             Ok(v @ Value::String(_)) => Data::Json(v),
             Ok(mut v @ (Value::Object(_) | Value::Array(_))) => {
                 let selected: u64 = self.paths.iter().map(|p| p.mask(&mut v)).sum();
@@ -52,11 +58,18 @@ impl NdjsonMasker {
                 }
                 Data::Json(v)
             }
-            // A number, a literal or not JSON: the line as text, as sent.
+            // A number, a literal or text: the line as text, as sent.
             _ => Data::Plain(line),
         };
         self.fields.event(Vec::new(), data, now)
     }
+}
+
+/// Text a lenient client would parse as a JSON object, array or string
+/// (Python's reads NaN, lone surrogates and 1e999).
+pub fn looks_like_json(text: &str) -> bool {
+    let t = text.trim_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    t.starts_with(['{', '[']) || (t.len() > 1 && t.starts_with('"') && t.ends_with('"'))
 }
 
 impl Events for NdjsonMasker {
@@ -191,6 +204,34 @@ mod tests {
             let out = String::from_utf8(out).unwrap();
             assert!(!out.contains(a) && !out.contains(b), "{out}");
         }
+    }
+
+    /// A line a lenient client reads as JSON (NaN, a lone surrogate, a
+    /// number out of range) but serde_json does not: its fields cannot be
+    /// reassembled, so the stream ends, as an SSE stream does (found by an
+    /// attack pass: such lines were joined as plain text, key unmasked).
+    #[test]
+    fn json_that_does_not_parse_ends_the_stream() {
+        let (a, b) = SECRET.split_at(8);
+        for bad in ["NaN", "Infinity", "1e999", "\"\\ud800\""] {
+            let body = format!("{{\"r\":\"{a}\",\"x\":{bad}}}\n{{\"r\":\"{b}\",\"x\":{bad}}}\n");
+            let mut m = masker();
+            let got = m.push_at(body.as_bytes(), Instant::now());
+            assert!(
+                matches!(got, Err(EventError::NotJson(_))),
+                "{bad}: {:?}",
+                got.map(String::from_utf8)
+            );
+        }
+        // Text that is not JSON at all is still text.
+        let mut m = masker();
+        let out = m.push_at(format!("hello {SECRET}\n").as_bytes(), Instant::now());
+        let mut out = out.unwrap();
+        out.extend(m.finish());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "hello [REDACTED:injected_secret]\n"
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl SseMasker {
         let data = data.join("\n");
         let parsed = serde_json::from_str::<Value>(&data);
         if let Err(e) = &parsed
-            && data.trim_start().starts_with(['{', '['])
+            && super::ndjson::looks_like_json(&data)
             && data.trim() != "[DONE]"
         {
             return Err(EventError::NotJson(e.to_string()));
