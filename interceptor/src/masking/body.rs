@@ -200,7 +200,10 @@ pub fn event_framing(media: Option<&str>) -> Option<super::sse_fields::Framing> 
         | "application/ndjson"
         | "application/jsonl"
         | "application/x-jsonlines"
-        | "application/jsonlines" => Some(Framing::Lines),
+        | "application/jsonlines"
+        // Cohere's v1 chat stream, and others'.
+        | "application/stream+json"
+        | "application/x-json-stream" => Some(Framing::Lines),
         _ => None,
     }
 }
@@ -232,6 +235,14 @@ fn opaque_media(t: &str) -> Option<String> {
         "application/x-rar-compressed",
         "application/x-compress",
     ];
+    if t == "application/vnd.amazon.eventstream" {
+        // Bedrock's streams: binary frames with lengths and checksums,
+        // their payloads JSON or base64 of JSON. Masking the bytes would
+        // miss the base64 and break the frames; they are not parsed yet.
+        return Some(format!(
+            "{t} frames are binary: their payloads are not read (see README, Limits)"
+        ));
+    }
     ARCHIVES
         .contains(&t)
         .then(|| format!("{t} is compressed: what it holds cannot be inspected"))
@@ -841,6 +852,40 @@ mod tests {
             .map_err(|e| e.to_string());
         let c = counts.lock().unwrap().clone();
         (out, c)
+    }
+
+    /// Streams under other names are read as streams, and binary event
+    /// frames the masker cannot rewrite are refused (found by an attack
+    /// pass: Cohere's `application/stream+json` lines were masked as bytes,
+    /// and Bedrock's event stream went out with the key in its frames).
+    #[test]
+    fn streams_by_every_name_are_read_or_refused() {
+        use super::super::sse_fields::Framing;
+        for t in ["application/stream+json", "application/x-json-stream"] {
+            assert!(event_framing(Some(t)) == Some(Framing::Lines), "{t}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "content-type",
+            "application/vnd.amazon.eventstream".parse().unwrap(),
+        );
+        let err = prepare(&mut h, &profile(vec![])).err().expect("refused");
+        assert!(err.contains("eventstream"), "{err}");
+    }
+
+    /// Bytes that are not UTF-8 pass as they are, only matches replaced
+    /// (found by an attack pass: every such byte became U+FFFD).
+    #[tokio::test]
+    async fn bytes_that_are_not_text_pass_unchanged() {
+        let mut body: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+        let clean = body.clone();
+        body.extend_from_slice(b" card 4111 1111 1111 1111 \xff\xfe");
+        let chunks: Vec<Vec<u8>> = body.chunks(5).map(|c| c.to_vec()).collect();
+        let key = "wJalrXUtnFEMI/K7MDENG+bPxRfi&CYEXAMPLEKEY".to_string();
+        let (out, _) = run(chunks, None, None, &[key]).await;
+        let mut want = clean;
+        want.extend_from_slice(b" card [REDACTED:card] \xff\xfe");
+        assert_eq!(out.unwrap(), want);
     }
 
     #[test]
