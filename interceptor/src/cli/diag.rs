@@ -163,9 +163,18 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
             let (json_mbs, json_hits) = measure(&json);
             let (text_mbs, text_hits) = measure(&text);
             let (clean_mbs, clean_hits) = measure(&clean);
+            // The worst text for the escaped-secret reader: the secret
+            // escaped and one byte short, again and again.
+            let near: Vec<u8> = b"injected%2Dsecret%2Dvalue%2D12 "
+                .iter()
+                .copied()
+                .cycle()
+                .take(mib << 18)
+                .collect();
+            let (near_mbs, near_hits) = measure(&near);
             println!(
                 "{}",
-                serde_json::json!({"mib": mib, "json_mib_s": json_mbs, "json_masked": json_hits, "text_mib_s": text_mbs, "text_masked": text_hits, "clean_json_mib_s": clean_mbs, "clean_json_masked": clean_hits})
+                serde_json::json!({"mib": mib, "json_mib_s": json_mbs, "json_masked": json_hits, "text_mib_s": text_mbs, "text_masked": text_hits, "clean_json_mib_s": clean_mbs, "clean_json_masked": clean_hits, "escaped_near_miss_mib_s": near_mbs, "escaped_near_miss_masked": near_hits})
             );
         }
         DiagCmd::AuditRate { seconds, writers } => {

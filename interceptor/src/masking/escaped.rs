@@ -2,26 +2,41 @@
 //! Encoders escape only what their syntax needs: `quote()` and
 //! `encodeURIComponent` turn `/ + &` into `%2F %2B %26` and leave the rest,
 //! Go's JSON writes `&` as `\u0026`, PHP's writes `/` as `\/`, HTML writes
-//! `&amp;`. The literal and fully escaped forms (secret_forms.rs) miss all
-//! of these, so the secret is also matched a byte at a time, each byte
-//! as itself or as any escape of it: percent, `\u00XX`, `\xXX`, a
-//! backslash before it, an HTML character reference. Case-blind, as the
-//! other forms are (the text is given in lower case).
+//! `&amp;`; and one encoder runs over another's output (`%5C%2F` is PHP's
+//! JSON, then a URL; `%26amp%3B` is HTML, then a URL). The literal and
+//! fully escaped forms (secret_forms.rs) miss all of these, so the secret
+//! is also matched a byte at a time, each byte read as itself or as an
+//! escape of it (percent, `%uXXXX`, `\uXXXX`, `\u{X}`, `\xXX`, octal, a
+//! backslash before punctuation, CSS `\X `, HTML references), where every
+//! character of an escape may itself be escaped, up to `DEPTH` layers.
+//! Escapes are decoded as a reader would, rather than listed: an attack
+//! pass found a new composition of listed spellings in every round.
+//! Case-blind, as the other forms are (the text is given in lower case).
 //!
 //! A match with no escape in it is the literal, found by the literal pass;
 //! so this one looks only around escape characters (`%`, `\`, `&`).
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use zeroize::Zeroizing;
 
+/// How many encoders deep an escape is read (`%252525252F` is a percent
+/// escape of `/` encoded four times more).
+const DEPTH: u8 = 6;
+/// Digits an escape may have, leading zeros included (`&#x000000002f;`).
+const MAX_DIGITS: usize = 16;
+/// The longest a byte of the secret is taken to be spelled: what a cut-off
+/// start is looked for in.
+const LONGEST_UNIT: usize = 48;
+
 pub struct Escaped {
-    /// For each byte of the secret, the spellings that stand for it, in
-    /// lower case.
-    units: Vec<Vec<Zeroizing<Vec<u8>>>>,
-    /// Bytes a spelling of the first byte starts with.
-    first: [bool; 256],
-    /// The longest the escaped secret can be.
+    /// The secret, lower case.
+    secret: Zeroizing<Vec<u8>>,
+    /// The longest the escaped secret is looked for.
     longest: usize,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Outcome {
     /// The secret ends there.
     Full(usize),
@@ -30,32 +45,36 @@ enum Outcome {
     No,
 }
 
+/// One way to read the text at a place: a character (its code) and
+/// where it ends, or the text ends inside one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Read {
+    Char(u32, usize),
+    Partial,
+}
+
 impl Escaped {
     pub fn new(secret: &[u8]) -> Option<Escaped> {
         if secret.is_empty() {
             return None;
         }
-        let units: Vec<Vec<Zeroizing<Vec<u8>>>> = secret.iter().map(|&b| spellings(b)).collect();
-        let mut first = [false; 256];
-        for s in &units[0] {
-            first[s[0] as usize] = true;
-        }
-        let longest = units
-            .iter()
-            .map(|u| u.iter().map(|s| s.len()).max().unwrap_or(1))
-            .sum();
         Some(Escaped {
-            units,
-            first,
-            longest,
+            secret: Zeroizing::new(secret.to_ascii_lowercase()),
+            longest: secret.len() * LONGEST_UNIT,
         })
+    }
+
+    /// Whether a spelling of the secret's first byte can start with `b`.
+    fn can_start(&self, b: u8) -> bool {
+        b == self.secret[0] || is_introducer(b)
     }
 
     /// Matches in `lower` from `from` on, leftmost first, not overlapping;
     /// only those with an escape in them, and starting before `before`.
     /// Returns how many starts it tried (the work it did).
     pub fn find(&self, lower: &[u8], from: usize, out: &mut Vec<(usize, usize)>) -> usize {
-        let n = self.units.len();
+        let n = self.secret.len();
+        let reader = Reader::new(lower);
         let mut tries = 0;
         let mut floor = from;
         let mut at = from;
@@ -75,12 +94,12 @@ impl Escaped {
             let starts = e.saturating_sub(n).max(floor).max(tried)..=e;
             tried = e + 1;
             for s in starts {
-                if !self.first[lower[s] as usize] {
+                if !self.can_start(lower[s]) {
                     continue;
                 }
                 tries += 1;
                 // (One that ends before the escape is the literal's.)
-                if let Outcome::Full(end) = self.at(lower, s, 0)
+                if let Outcome::Full(end) = self.at(&reader, s, 0)
                     && end > e
                 {
                     out.push((s, end));
@@ -104,127 +123,256 @@ impl Escaped {
         let Some(e) = memchr::memchr3(b'%', b'\\', b'&', &lower[from..]) else {
             return len;
         };
-        let from = (from + e).saturating_sub(self.units.len()).max(from);
+        let from = (from + e).saturating_sub(self.secret.len()).max(from);
+        let reader = Reader::new(lower);
         (from..len)
-            .find(|&p| {
-                self.first[lower[p] as usize] && matches!(self.at(lower, p, 0), Outcome::Partial)
-            })
+            .find(|&p| self.can_start(lower[p]) && self.at(&reader, p, 0) == Outcome::Partial)
             .unwrap_or(len)
     }
 
     /// Whether the secret from its `i`th byte on is spelled at `at`.
-    /// The spellings of byte `i` that `rest` can start with or be the
-    /// start of: those that share its first two bytes (a range of the
-    /// sorted list: a few, of the hundreds there are), and the byte
-    /// itself.
-    fn candidates<'a>(&'a self, i: usize, rest: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let units = &self.units[i];
-        let key = &rest[..rest.len().min(2)];
-        let lo = units.partition_point(|s| s.as_slice() < key);
-        let hi = lo + units[lo..].partition_point(|s| s.starts_with(key));
-        let plain = units[..lo]
-            .binary_search_by(|s| s.as_slice().cmp(&rest[..1]))
-            .ok()
-            .map(|k| &units[k]);
-        plain
-            .into_iter()
-            .chain(&units[lo..hi])
-            .map(|s| s.as_slice())
-    }
-
-    fn at(&self, text: &[u8], at: usize, i: usize) -> Outcome {
-        if i == self.units.len() {
-            return Outcome::Full(at);
-        }
-        if at == text.len() {
-            return Outcome::Partial;
-        }
-        let rest = &text[at..];
-        let mut partial = false;
-        for s in self.candidates(i, rest) {
-            if rest.starts_with(s) {
-                match self.at(text, at + s.len(), i + 1) {
-                    Outcome::Full(end) => return Outcome::Full(end),
-                    Outcome::Partial => partial = true,
-                    Outcome::No => {}
+    fn at(&self, r: &Reader, mut at: usize, mut i: usize) -> Outcome {
+        // Literal bytes first, without building readings.
+        loop {
+            if i == self.secret.len() {
+                return Outcome::Full(at);
+            }
+            match r.t.get(at) {
+                None => return Outcome::Partial,
+                Some(&b) if !is_introducer(b) => {
+                    if b != self.secret[i] {
+                        return Outcome::No;
+                    }
+                    at += 1;
+                    i += 1;
                 }
-            } else if s.len() > rest.len() && s.starts_with(rest) {
-                partial = true;
+                Some(_) => break,
             }
         }
-        if partial {
-            Outcome::Partial
-        } else {
-            Outcome::No
+        let want = self.secret[i] as u32;
+        let mut outcome = Outcome::No;
+        for read in r.read(at, DEPTH).iter() {
+            match *read {
+                Read::Partial => outcome = Outcome::Partial,
+                Read::Char(c, end) if lower(c) == want => match self.at(r, end, i + 1) {
+                    Outcome::Full(end) => return Outcome::Full(end),
+                    Outcome::Partial => outcome = Outcome::Partial,
+                    Outcome::No => {}
+                },
+                Read::Char(..) => {}
+            }
+        }
+        outcome
+    }
+}
+
+fn is_introducer(b: u8) -> bool {
+    matches!(b, b'%' | b'\\' | b'&')
+}
+
+fn lower(c: u32) -> u32 {
+    if (b'A' as u32..=b'Z' as u32).contains(&c) {
+        c + 32
+    } else {
+        c
+    }
+}
+
+/// What a place reads as, shared by the memo and its users.
+type Readings = Rc<Vec<Read>>;
+
+/// Reads a text's characters, escaped or not; what it read at a place and
+/// depth is kept (a run of backslashes reads many ways at every depth,
+/// and without the memo the ways multiplied).
+struct Reader<'a> {
+    t: &'a [u8],
+    memo: RefCell<HashMap<(usize, u8), Readings>>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(t: &'a [u8]) -> Self {
+        Reader {
+            t,
+            memo: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Every reading of the text at `at`: the byte itself, and, `depth`
+    /// layers deep, an escape whose punctuation is read a layer less
+    /// deep (`%5c%2f` is `\` then `/`, which is `/`).
+    fn read(&self, at: usize, depth: u8) -> Readings {
+        let Some(&b) = self.t.get(at) else {
+            return Rc::new(vec![Read::Partial]);
+        };
+        if depth == 0 || !is_introducer(b) {
+            return Rc::new(vec![Read::Char(b as u32, at + 1)]);
+        }
+        if let Some(r) = self.memo.borrow().get(&(at, depth)) {
+            return r.clone();
+        }
+        let d = depth - 1;
+        let mut out = vec![Read::Char(b as u32, at + 1)];
+        for intro in self.read(at, d).iter() {
+            match *intro {
+                Read::Partial => out.push(Read::Partial),
+                Read::Char(0x25, p) => self.percent(p, &mut out),
+                Read::Char(0x5c, p) => self.backslash(p, d, &mut out),
+                Read::Char(0x26, p) => self.reference(p, d, &mut out),
+                Read::Char(..) => {}
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        let out = Rc::new(out);
+        self.memo.borrow_mut().insert((at, depth), out.clone());
+        out
+    }
+
+    /// `c` at `p`, read `d` deep: where each reading of it ends.
+    fn expect(&self, p: usize, d: u8, c: u8, out: &mut Vec<Read>) -> Vec<usize> {
+        let mut ends = Vec::new();
+        for r in self.read(p, d).iter() {
+            match *r {
+                Read::Char(x, e) if lower(x) == c as u32 => ends.push(e),
+                Read::Partial => out.push(Read::Partial),
+                Read::Char(..) => {}
+            }
+        }
+        ends
+    }
+
+    /// A letter (part of an escape's syntax) at `p`, as it is.
+    fn letter(&self, p: usize, c: u8, out: &mut Vec<Read>) -> Option<usize> {
+        match self.t.get(p) {
+            None => {
+                out.push(Read::Partial);
+                None
+            }
+            Some(&b) => (b == c).then_some(p + 1),
+        }
+    }
+
+    /// After `%`: two hex digits, or `u` and four (`%u002f`).
+    fn percent(&self, p: usize, out: &mut Vec<Read>) {
+        self.digits(p, 16, 2, 2, out);
+        if let Some(q) = self.letter(p, b'u', out) {
+            self.digits(q, 16, 4, 4, out);
+        }
+    }
+
+    /// After `\`: `u` and four or eight hex digits or `{1-6}`, `x` and
+    /// one or two, one to three octal digits, one to six hex digits and
+    /// an optional space (CSS), or punctuation standing for itself.
+    fn backslash(&self, p: usize, d: u8, out: &mut Vec<Read>) {
+        if let Some(q) = self.letter(p, b'u', out) {
+            self.digits(q, 16, 4, 4, out);
+            self.digits(q, 16, 8, 8, out);
+            for r in self.expect(q, d, b'{', out) {
+                let mut inner = Vec::new();
+                self.digits(r, 16, 1, 6, &mut inner);
+                for x in inner {
+                    match x {
+                        Read::Char(v, e) => {
+                            for f in self.expect(e, d, b'}', out) {
+                                out.push(Read::Char(v, f));
+                            }
+                        }
+                        partial => out.push(partial),
+                    }
+                }
+            }
+        }
+        if let Some(q) = self.letter(p, b'x', out) {
+            self.digits(q, 16, 1, 2, out);
+        }
+        self.digits(p, 8, 1, 3, out);
+        // CSS: the space after the digits is part of the escape.
+        let mut css = Vec::new();
+        self.digits(p, 16, 1, 6, &mut css);
+        for x in css {
+            out.push(x);
+            if let Read::Char(v, e) = x {
+                for f in self.expect(e, d, b' ', out) {
+                    out.push(Read::Char(v, f));
+                }
+            }
+        }
+        for r in self.read(p, d).iter() {
+            match *r {
+                Read::Char(c, _) if c < 128 && (c as u8).is_ascii_punctuation() => out.push(*r),
+                Read::Partial => out.push(Read::Partial),
+                Read::Char(..) => {}
+            }
+        }
+    }
+
+    /// After `&`: `#` and decimal digits, `#x` and hex digits, or a name;
+    /// then an optional `;`.
+    fn reference(&self, p: usize, d: u8, out: &mut Vec<Read>) {
+        let mut numbers = Vec::new();
+        for q in self.expect(p, d, b'#', out) {
+            self.digits(q, 10, 1, MAX_DIGITS, &mut numbers);
+            if let Some(r) = self.letter(q, b'x', out) {
+                self.digits(r, 16, 1, MAX_DIGITS, &mut numbers);
+            }
+        }
+        self.name(p, &mut numbers);
+        for x in numbers {
+            out.push(x);
+            if let Read::Char(v, e) = x {
+                for f in self.expect(e, d, b';', out) {
+                    out.push(Read::Char(v, f));
+                }
+            }
+        }
+    }
+
+    /// A reference's name: each that stands for a character is a reading.
+    fn name(&self, p: usize, out: &mut Vec<Read>) {
+        let t = self.t;
+        let mut end = p;
+        while end < t.len() && end - p < 8 && t[end].is_ascii_lowercase() {
+            end += 1;
+            if let Some(b) = named(&t[p..end]) {
+                out.push(Read::Char(b as u32, end));
+            }
+        }
+        if end == t.len() && end - p < 8 {
+            out.push(Read::Partial);
+        }
+    }
+
+    /// `min` to `max` digits in `radix` from `p`; the value after each
+    /// count from `min` on. Values past a byte's stop the run. Digits
+    /// (and an escape's letters) are read as they are: encoders escape
+    /// punctuation, and reading every digit as a possible escape too
+    /// multiplied the work by the depth's power.
+    fn digits(&self, p: usize, radix: u32, min: usize, max: usize, out: &mut Vec<Read>) {
+        let mut value = 0u32;
+        for count in 0..=max {
+            if count >= min {
+                out.push(Read::Char(value, p + count));
+            }
+            if count == max {
+                return;
+            }
+            let Some(&c) = self.t.get(p + count) else {
+                return out.push(Read::Partial);
+            };
+            let Some(v) = (c as char).to_digit(radix) else {
+                return;
+            };
+            value = value * radix + v;
+            if value > 255 {
+                return;
+            }
         }
     }
 }
 
-/// Every spelling of byte `b`, lower case: itself, and the escapes of it
-/// and of its other case, as the encoders of URLs, JSON, string literals
-/// (C, Python, JavaScript, shells) and HTML write them.
-fn spellings(b: u8) -> Vec<Zeroizing<Vec<u8>>> {
-    let mut out: Vec<String> = vec![];
-    let mut cases = vec![b, b.to_ascii_lowercase(), b.to_ascii_uppercase()];
-    cases.dedup();
-    for c in cases {
-        out.extend([
-            format!("%{c:02x}"),
-            format!("%25{c:02x}"),
-            format!("%2525{c:02x}"),
-            format!("%u{c:04x}"),
-            format!("\\u{c:04x}"),
-            format!("\\u{c:08x}"),
-            format!("\\x{c:02x}"),
-            format!("\\{c:03o}"),
-            // CSS: a backslash, 1 to 6 hex digits, an optional space.
-            format!("\\{c:x} "),
-            format!("\\{c:x}"),
-            format!("\\{c:06x}"),
-        ]);
-        // `\u{..}` (JavaScript, Rust, Swift) with 1 to 6 digits.
-        for width in 1..=6 {
-            out.push(format!("\\u{{{c:0width$x}}}"));
-        }
-        // HTML character references: decimal or hex, leading zeros, with
-        // or without the semicolon.
-        for zeros in 0..8 {
-            let z = "0".repeat(zeros);
-            for semi in ["", ";"] {
-                out.push(format!("&#{z}{c}{semi}"));
-                out.push(format!("&#x{z}{c:x}{semi}"));
-            }
-        }
-    }
-    if b.is_ascii_punctuation() {
-        out.push(format!("\\{}", b as char));
-    }
-    out.extend(
-        named_references(b)
-            .iter()
-            .flat_map(|n| [format!("&{n};"), format!("&{n}")]),
-    );
-    // An escape whose introducer is escaped once more (`&amp;#47;`,
-    // `&#37;2F`, `%5cu002f`): an encoder applied over another's output.
-    let nested: Vec<String> = out
-        .iter()
-        .flat_map(|s| {
-            let (first, rest) = s.split_at(1);
-            let again: &[&str] = match first {
-                "%" => &["&#37;", "&#x25;", "&percnt;"],
-                "&" => &["&amp;", "%26", "&#38;"],
-                "\\" => &["&#92;", "&bsol;", "%5c", "\\\\"],
-                _ => &[],
-            };
-            again.iter().map(move |a| format!("{a}{rest}"))
-        })
-        .collect();
-    out.extend(nested);
-    let mut out: Vec<Vec<u8>> = out.into_iter().map(String::into_bytes).collect();
-    out.push(vec![b.to_ascii_lowercase()]);
-    out.sort();
-    out.dedup();
-    out.into_iter().map(Zeroizing::new).collect()
+/// The character an HTML reference's name stands for.
+fn named(name: &[u8]) -> Option<u8> {
+    (32u8..127).find(|&b| named_references(b).iter().any(|n| n.as_bytes() == name))
 }
 
 /// HTML's named references for ASCII punctuation (lower case).
@@ -301,6 +449,14 @@ mod tests {
             "wJalrXUtnFEMI&#0000047;K7MDENG+bPxRfi&CYEXAMPLEKEY",
             "wJalrXUtnFEMI\\u{00002F}K7MDENG+bPxRfi&CYEXAMPLEKEY",
             "wJalrXUtnFEMI\\2f K7MDENG\\2b bPxRfi\\26 CYEXAMPLEKEY",
+            // What a fourth found: one encoder over another's output.
+            "wJalrXUtnFEMI%5C%2FK7MDENG%2BbPxRfi%26CYEXAMPLEKEY",
+            "wJalrXUtnFEMI%2FK7MDENG%2BbPxRfi%26amp%3BCYEXAMPLEKEY",
+            "wJalrXUtnFEMI%26%2347%3BK7MDENG%26%2343%3BbPxRfi%26%2338%3BCYEXAMPLEKEY",
+            "wJalrXUtnFEMI\\57K7MDENG\\53bPxRfi\\46CYEXAMPLEKEY",
+            "wJalrXUtnFEMI%252525252FK7MDENG%252525252BbPxRfi%2525252526CYEXAMPLEKEY",
+            "wJalrXUtnFEMI\\u00252FK7MDENG\\u00252BbPxRfi\\u002526CYEXAMPLEKEY",
+            "wJalrXUtnFEMI&#x000000002f;K7MDENG&#x000000002b;bPxRfi&#x0000000026;CYEXAMPLEKEY",
         ] {
             let text = format!("token={spelled}&x=1");
             assert_eq!(found(s, &text), vec![(6, 6 + spelled.len())], "{spelled}");
