@@ -18,7 +18,7 @@
 //! ends the response (fail closed).
 use super::body::Events;
 use super::line_ends::LineEnds;
-use super::sse_fields::{Data, FieldStreams, Framing};
+use super::sse_fields::{Data, FieldStreams, Framing, METADATA};
 use super::{Counts, Profile, StreamMasker};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -247,15 +247,16 @@ impl SseMasker {
             let Some(Value::String(piece)) = value.pointer(&f.pointer).cloned() else {
                 continue;
             };
-            let mut template = Event {
+            let path: Vec<String> = f
+                .pointer
+                .split('/')
+                .skip(1)
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect();
+            let template = Event {
                 fields: fields.clone(),
-                data: value.clone(),
+                data: self.template_of(&value, &path),
             };
-            for p in pointers.iter().filter(|p| **p != f.pointer) {
-                if let Some(v) = template.data.pointer_mut(p) {
-                    *v = Value::String(String::new());
-                }
-            }
             let prototype = &self.prototype;
             let stream = self
                 .streams
@@ -324,6 +325,57 @@ impl SseMasker {
             out.extend(s.template.to_bytes());
         }
         out
+    }
+
+    /// The shape of an event that carries a stream's held text: `v` with
+    /// what leads to the text (`path`) and its metadata (masked), every
+    /// other string empty and every other array empty. Sending the event's
+    /// other strings again would send them twice, and as they came (an
+    /// attack pass read a citation's title raw in such a copy).
+    fn template_of(&mut self, v: &Value, path: &[String]) -> Value {
+        let next = path.first().map(String::as_str);
+        match v {
+            Value::Object(o) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in o {
+                    let kept = if next == Some(k.as_str()) {
+                        self.template_of(x, &path[1..])
+                    } else {
+                        match x {
+                            Value::String(s) if METADATA.contains(&k.as_str()) => {
+                                let masked = self.mask_whole(s.as_bytes());
+                                Value::String(String::from_utf8_lossy(&masked).into_owned())
+                            }
+                            Value::String(_) => Value::String(String::new()),
+                            Value::Array(_) => Value::Array(Vec::new()),
+                            Value::Object(_) => self.template_of(x, &[]),
+                            Value::Number(_) => {
+                                let mut n = x.clone();
+                                self.mask_strings(&mut n, "", &[]);
+                                n
+                            }
+                            other => other.clone(),
+                        }
+                    };
+                    out.insert(k.clone(), kept);
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        if next == Some(i.to_string().as_str()) {
+                            self.template_of(x, &path[1..])
+                        } else {
+                            self.template_of(x, &[])
+                        }
+                    })
+                    .collect(),
+            ),
+            Value::String(_) => Value::String(String::new()),
+            other => other.clone(),
+        }
     }
 
     /// Every string in `v` but the stream fields, masked whole (detectors
@@ -1221,7 +1273,7 @@ mod tests {
                 .into_iter()
                 .collect()
         }
-        let cases: [(&str, Shape, Join); 9] = [
+        let cases: [(&str, Shape, Join); 10] = [
             (
                 "gemini logprobsResult",
                 |_, p| {
@@ -1341,6 +1393,17 @@ mod tests {
                 },
             ),
             (
+                // TGI: `index` counts tokens, it names no stream.
+                "tgi token counter",
+                |i, p| {
+                    vec![
+                        serde_json::json!({"index":i,"token":{"id":1000 + i,"text":p,"logprob":-0.1,"special":false},
+                    "generated_text":null,"details":null}),
+                    ]
+                },
+                |e| strings(e.pointer("/token/text")),
+            ),
+            (
                 "interleaved choices",
                 |_, p| {
                     vec![
@@ -1398,6 +1461,31 @@ mod tests {
                 assert!(out.contains(" ok"), "{out}");
             }
         }
+    }
+
+    /// Text a stream holds back goes out, when the stream ends, in an event
+    /// shaped like its last one, and only the text: none of that event's
+    /// other strings again (found by an attack pass: a citation's title
+    /// went out masked in the event and raw in its copy).
+    #[test]
+    fn the_event_that_carries_held_text_carries_nothing_else() {
+        let side = serde_json::json!([{"type":"url_citation","url_citation":{"title":"Customer 4111 1111 1111 1111","url":"https://crm.example/c/1"}}]);
+        let mut body = String::new();
+        for t in ["The record is", " attached, see"] {
+            let e = serde_json::json!({"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":t},"finish_reason":null}]});
+            body.push_str(&format!("data: {e}\n\n"));
+        }
+        let e = serde_json::json!({"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" ok 12","annotations":side},"finish_reason":null}]});
+        body.push_str(&format!("data: {e}\n\n"));
+        let e = serde_json::json!({"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]});
+        body.push_str(&format!("data: {e}\n\ndata: [DONE]\n\n"));
+        let out = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
+        assert!(!out.contains("4111 1111"), "{out}");
+        assert_eq!(out.matches("Customer").count(), 1, "{out}");
+        assert_eq!(
+            joined(&out.into_bytes(), "/choices/0/delta/content"),
+            "The record is attached, see ok 12"
+        );
     }
 
     /// What held events cost is counted whole: their lines and their

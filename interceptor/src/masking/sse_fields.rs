@@ -136,7 +136,7 @@ struct Piece {
 /// masked whole rather than joined across events, so that one sent once
 /// (an `encrypted_content`, a thought signature) does not hold the
 /// stream until it is taken as ended. Every other string is joined.
-const METADATA: [&str; 19] = [
+pub(super) const METADATA: [&str; 19] = [
     "id",
     "object",
     "model",
@@ -601,10 +601,12 @@ fn weight(data: &Data) -> usize {
 /// Where the walk is: the JSON pointer, and the two names of the field a
 /// string there belongs to. A client joins an array's strings either by
 /// position (parallel texts, one per element) or one after another (a
-/// list of tokens in each event): each string belongs to both fields, and
-/// a match in either is masked. An element that names its own `index`
-/// (choices, candidates, blocks) is joined by that index, as clients do,
-/// whatever its position (an attack pass interleaved two choices).
+/// list of tokens in each event); and an object's `index` either names
+/// its stream (choices, candidates, blocks: an attack pass interleaved
+/// two choices) or counts tokens (TGI: an attack pass found every event a
+/// field of its own). Each string belongs to both fields, by position
+/// with no index, in order with the index, and a match in either is
+/// masked.
 #[derive(Default)]
 struct Path {
     pointer: String,
@@ -662,10 +664,7 @@ fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mu
             }
             for (i, x) in a.iter().enumerate() {
                 let i = i.to_string();
-                let lens = match index_of(x) {
-                    Some(_) => at.push(&i, "*", "*"),
-                    None => at.push(&i, &i, "*"),
-                };
+                let lens = at.push(&i, &i, "*");
                 pieces_of(x, at, skip, metadata, out);
                 at.pop(lens);
             }
@@ -673,7 +672,6 @@ fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mu
         Value::Object(o) => {
             let lens = [at.pointer.len(), at.by_position.len(), at.in_order.len()];
             if let Some(index) = index_of(v) {
-                at.by_position.push_str(&index);
                 at.in_order.push_str(&index);
             }
             for (k, x) in o {
