@@ -1488,6 +1488,26 @@ mod tests {
         );
     }
 
+    /// Token ids spell the text in the model's public vocabulary: a
+    /// client that has the tokenizer reads back what was masked (found by
+    /// an attack pass: TGI `token.id`, vLLM `token_ids`, llama.cpp
+    /// `tokens`, Ollama's `context`). They are removed from streams.
+    #[test]
+    fn token_ids_are_removed() {
+        let events = [
+            serde_json::json!({"index":3,"token":{"id":4111,"text":"41","special":false},
+                "details":{"tokens":[{"id":4111,"text":"41"}],"top_tokens":[[{"id":4112,"text":"4"}]]}}),
+            serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"41"},"token_ids":[4111,4112]}]}),
+            serde_json::json!({"content":"41","tokens":[4111,4112],"stop":false}),
+            serde_json::json!({"model":"m","response":"41","done":true,"context":[1,4111,4112]}),
+        ];
+        for e in events {
+            let out = String::from_utf8(run(format!("data: {e}\n\n").as_bytes(), &[])).unwrap();
+            assert!(!out.contains("411"), "{out}");
+            assert!(out.contains("41"), "{out}");
+        }
+    }
+
     /// What held events cost is counted whole: their lines and their
     /// structure, not only their strings (found by an attack pass: empty
     /// arrays and comment lines held 190 MB past a 1 MiB bound).

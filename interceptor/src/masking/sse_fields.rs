@@ -225,6 +225,10 @@ impl FieldStreams {
         let mut pieces = Vec::new();
         match &mut data {
             Data::Json(v) => {
+                let dropped = drop_token_ids(v, false);
+                if dropped > 0 {
+                    *self.counts.entry("token_ids_dropped".into()).or_default() += dropped;
+                }
                 self.mask_keys_and_numbers(v, metadata);
                 let mut at = Path::default();
                 pieces_of(v, &mut at, skip, metadata, &mut pieces);
@@ -686,6 +690,48 @@ fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mu
             at.pop(lens);
         }
         _ => {}
+    }
+}
+
+/// Token ids spell the text in the model's public vocabulary, which a
+/// client with the tokenizer reads back, masked text included (found by an
+/// attack pass: TGI `token.id`, vLLM `token_ids`, llama.cpp `tokens`,
+/// Ollama's `context`). They are set to `null`; returns how many were.
+/// `token`: `v` is a token object (under `token`, `tokens`, `top_tokens`,
+/// `prefill`), whose `id` is one.
+fn drop_token_ids(v: &mut Value, token: bool) -> u64 {
+    fn integers(x: &Value) -> bool {
+        match x {
+            Value::Number(n) => n.is_u64() || n.is_i64(),
+            Value::Array(a) => !a.is_empty() && a.iter().all(integers),
+            _ => false,
+        }
+    }
+    match v {
+        Value::Object(o) => {
+            let mut n = 0;
+            for (k, x) in o.iter_mut() {
+                let ids = matches!(
+                    k.as_str(),
+                    "token_ids"
+                        | "prompt_token_ids"
+                        | "output_token_ids"
+                        | "token_id"
+                        | "tokens"
+                        | "context"
+                ) || (token && k == "id");
+                if ids && integers(x) {
+                    *x = Value::Null;
+                    n += 1;
+                } else {
+                    let inner = matches!(k.as_str(), "token" | "tokens" | "top_tokens" | "prefill");
+                    n += drop_token_ids(x, inner);
+                }
+            }
+            n
+        }
+        Value::Array(a) => a.iter_mut().map(|x| drop_token_ids(x, token)).sum(),
+        _ => 0,
     }
 }
 
