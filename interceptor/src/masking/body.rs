@@ -192,8 +192,16 @@ pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
 /// Media types whose bodies are streams of events, each masked as the
 /// texts it carries: server-sent events, and newline-delimited JSON
 /// (what Ollama and other APIs stream).
-pub fn event_framing(media: Option<&str>) -> Option<super::sse_fields::Framing> {
+pub fn event_framing(
+    media: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Option<super::sse_fields::Framing> {
     use super::sse_fields::Framing;
+    // The Vercel AI SDK's data stream is labelled `text/plain` and says
+    // what it is in its own header.
+    if headers.contains_key("x-vercel-ai-data-stream") {
+        return Some(Framing::TypedLines);
+    }
     match media? {
         "text/event-stream" => Some(Framing::Sse),
         "application/x-ndjson"
@@ -862,7 +870,8 @@ mod tests {
     fn streams_by_every_name_are_read_or_refused() {
         use super::super::sse_fields::Framing;
         for t in ["application/stream+json", "application/x-json-stream"] {
-            assert!(event_framing(Some(t)) == Some(Framing::Lines), "{t}");
+            let h = http::HeaderMap::new();
+            assert_eq!(event_framing(Some(t), &h), Some(Framing::Lines), "{t}");
         }
         let mut h = http::HeaderMap::new();
         h.insert(

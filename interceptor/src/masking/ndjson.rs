@@ -26,6 +26,9 @@ pub struct NdjsonMasker {
     /// Lines end at LF, CRLF or a lone CR, as clients split them; a
     /// leading byte-order mark is dropped.
     lines: LineEnds,
+    /// Each line is a type code, `:` and JSON (the Vercel AI SDK's data
+    /// stream: `0:"tok"` is text, `g:` reasoning, `9:` a tool call).
+    typed: bool,
 }
 
 impl NdjsonMasker {
@@ -36,13 +39,32 @@ impl NdjsonMasker {
             buf: Vec::new(),
             searched: 0,
             lines: LineEnds::default(),
+            typed: false,
         }
+    }
+
+    pub fn typed(mut self, yes: bool) -> Self {
+        self.typed = yes;
+        self
     }
 
     fn line(&mut self, line: String, now: Instant) -> Result<Vec<u8>, EventError> {
         if line.trim().is_empty() {
             return self.fields.ready(format!("{line}\n").into_bytes());
         }
+        if self.typed
+            && let Some((code, json)) = type_code(&line)
+        {
+            let data = self.data(json.to_string())?;
+            return self.fields.typed_event(format!("{code}:"), data, now);
+        }
+        let data = self.data(line)?;
+        self.fields.event(Vec::new(), data, now)
+    }
+
+    /// A line's JSON, its paths masked; text that looks like JSON and
+    /// does not parse ends the stream.
+    fn data(&mut self, line: String) -> Result<Data, EventError> {
         let parsed = serde_json::from_str::<Value>(&line);
         if let Err(e) = &parsed
             && looks_like_json(&line)
@@ -61,8 +83,20 @@ impl NdjsonMasker {
             // A number, a literal or text: the line as text, as sent.
             _ => Data::Plain(line),
         };
-        self.fields.event(Vec::new(), data, now)
+        Ok(data)
     }
+}
+
+/// A typed line's code and what follows it: one or two digits or lower
+/// case letters, then `:`.
+fn type_code(line: &str) -> Option<(&str, &str)> {
+    let (code, rest) = line.split_once(':')?;
+    let short = (1..=2).contains(&code.len());
+    (short
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()))
+    .then_some((code, rest))
 }
 
 /// Text a lenient client would parse as a JSON object, array or string
@@ -232,6 +266,41 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "hello [REDACTED:injected_secret]\n"
         );
+    }
+
+    /// The Vercel AI SDK's data stream (`text/plain`, a type code before
+    /// each line's JSON): the text parts are joined per type and masked
+    /// (found by an attack pass: masked as bytes, the key went out whole).
+    #[test]
+    fn typed_lines_are_joined_per_type() {
+        let text = format!("key {SECRET} card 4111 1111 1111 1111 end");
+        let mut body = String::from("f:{\"messageId\":\"m1\"}\n");
+        for piece in text.as_bytes().chunks(3) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            body.push_str(&format!(
+                "0:{}\ng:{}\n",
+                serde_json::json!(piece),
+                serde_json::json!("ab")
+            ));
+        }
+        body.push_str("e:{\"finishReason\":\"stop\"}\nd:{\"finishReason\":\"stop\"}\n");
+        let mut m = masker().typed(true);
+        let mut out = m.push_at(body.as_bytes(), Instant::now()).unwrap();
+        out.extend(m.finish());
+        let out = String::from_utf8(out).unwrap();
+        let mut joined = String::new();
+        for line in out.lines() {
+            let (code, json) = line.split_once(':').expect("typed line");
+            let v: Value = serde_json::from_str(json).expect("JSON after the code");
+            if code == "0" {
+                joined.push_str(v.as_str().unwrap());
+            }
+        }
+        assert_eq!(
+            joined,
+            "key [REDACTED:injected_secret] card [REDACTED:card] end"
+        );
+        assert!(out.starts_with("f:{\"messageId\":\"m1\"}\n"), "{out}");
     }
 
     #[test]

@@ -49,11 +49,14 @@ pub const MAX_FIELDS: usize = 4 << 10;
 /// The text of a plain (not JSON) `data:` field, as a field of its own.
 const PLAIN: &str = "data:";
 
-/// How events are written: as server-sent events, or one JSON value a line.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How events are written: as server-sent events, one JSON value a line,
+/// or a line of a type code, `:` and a JSON value (the Vercel AI SDK's
+/// data stream: `0:"tok"`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Framing {
     Sse,
     Lines,
+    TypedLines,
 }
 
 pub struct FieldStreams {
@@ -211,16 +214,41 @@ impl FieldStreams {
         self.event_of_known(lines, data, now, &[], false)
     }
 
+    /// An event of a typed lines stream: `prefix` (`0:`) is written before
+    /// it, and its fields are its type's own.
+    pub fn typed_event(
+        &mut self,
+        prefix: String,
+        data: Data,
+        now: Instant,
+    ) -> Result<Vec<u8>, EventError> {
+        let scope = prefix.clone();
+        self.event_in(vec![prefix], data, now, &[], false, &scope)
+    }
+
     /// The same for an event of a known API: the strings at `skip` (its
     /// text deltas, rewritten by the caller) are left as they are, and with
     /// `metadata` the values of `METADATA` keys are masked whole.
     pub fn event_of_known(
         &mut self,
         lines: Vec<String>,
+        data: Data,
+        now: Instant,
+        skip: &[String],
+        metadata: bool,
+    ) -> Result<Vec<u8>, EventError> {
+        self.event_in(lines, data, now, skip, metadata, "")
+    }
+
+    /// An event whose fields are named within `scope`.
+    fn event_in(
+        &mut self,
+        lines: Vec<String>,
         mut data: Data,
         now: Instant,
         skip: &[String],
         metadata: bool,
+        scope: &str,
     ) -> Result<Vec<u8>, EventError> {
         let mut pieces = Vec::new();
         match &mut data {
@@ -230,12 +258,16 @@ impl FieldStreams {
                     *self.counts.entry("token_ids_dropped".into()).or_default() += dropped;
                 }
                 self.mask_keys_and_numbers(v, metadata);
-                let mut at = Path::default();
+                let mut at = Path {
+                    pointer: String::new(),
+                    by_position: scope.to_string(),
+                    in_order: scope.to_string(),
+                };
                 pieces_of(v, &mut at, skip, metadata, &mut pieces);
             }
             Data::Plain(s) => pieces.push(Piece {
                 pointer: PLAIN.to_string(),
-                fields: vec![PLAIN.to_string()],
+                fields: vec![format!("{scope}{PLAIN}")],
                 original: s.clone().into_bytes(),
                 bytes: false,
             }),
@@ -471,11 +503,13 @@ impl FieldStreams {
         }
         match self.framing {
             Framing::Sse => to_bytes(&lines, &data),
-            Framing::Lines => {
-                let mut out = match &data {
-                    Data::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
-                    Data::Plain(s) => s.clone().into_bytes(),
-                };
+            Framing::Lines | Framing::TypedLines => {
+                // A typed line's prefix is its one "line".
+                let mut out = lines.concat().into_bytes();
+                match &data {
+                    Data::Json(v) => out.extend(serde_json::to_vec(v).unwrap_or_default()),
+                    Data::Plain(s) => out.extend_from_slice(s.as_bytes()),
+                }
                 out.push(b'\n');
                 out
             }

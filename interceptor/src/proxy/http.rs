@@ -789,7 +789,7 @@ impl HttpConn {
         }
         let profile = profile.unwrap_or_else(|| Arc::new(crate::masking::Profile::empty()));
         let media = crate::masking::body::media_type(&parts.headers);
-        let events = crate::masking::body::event_framing(media.as_deref());
+        let events = crate::masking::body::event_framing(media.as_deref(), &parts.headers);
         let sse_profile = profile.clone();
         let (decoder, json) = match crate::masking::body::prepare(&mut parts.headers, &profile) {
             Ok(d) => d,
@@ -832,12 +832,13 @@ impl HttpConn {
                     &injected,
                 )));
             }
-            Some(Framing::Lines) => {
+            Some(framing @ (Framing::Lines | Framing::TypedLines)) => {
                 let paths = sse_profile.json_paths.clone();
                 let prototype = crate::masking::StreamMasker::new(sse_profile, &injected);
-                body = body.events(Box::new(crate::masking::ndjson::NdjsonMasker::new(
-                    prototype, paths,
-                )));
+                body = body.events(Box::new(
+                    crate::masking::ndjson::NdjsonMasker::new(prototype, paths)
+                        .typed(framing == Framing::TypedLines),
+                ));
             }
             None => {}
         }
