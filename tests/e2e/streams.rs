@@ -80,6 +80,32 @@ def generate():
         yield json.dumps({"model": "llama3", "response": "", "done": True}) + "\n"
     return Response(gen(), mimetype="application/x-ndjson")
 
+# Gemini's streamGenerateContent without alt=sse: one JSON array, a chunk
+# an element, labelled application/json.
+@app.post("/v1beta/models/gemini:streamGenerateContent")
+def gemini_array():
+    text = say(request.headers.get("x-api-key", ""))
+    def gen():
+        yield "["
+        for i, p in enumerate(pieces(text)):
+            chunk = {"candidates": [{"content": {"parts": [{"text": p}], "role": "model"}, "index": 0}]}
+            yield ("," if i else "") + "\r\n" + json.dumps(chunk)
+        yield "]"
+    return Response(gen(), mimetype="application/json")
+
+# The Vercel AI SDK's data stream: text/plain, a type code before each line.
+@app.post("/api/chat")
+def vercel():
+    text = say(request.headers.get("x-api-key", ""))
+    def gen():
+        yield 'f:{"messageId":"m1"}\n'
+        for p in pieces(text):
+            yield "0:" + json.dumps(p) + "\n"
+        yield 'd:{"finishReason":"stop"}\n'
+    r = Response(gen(), mimetype="text/plain")
+    r.headers["x-vercel-ai-data-stream"] = "v1"
+    return r
+
 @app.post("/v1/jobs/release")
 def release():
     released.set()
@@ -215,7 +241,7 @@ fn event_streams_of_unknown_shapes_are_masked_per_field() {
     cfg.set_policy(&format!(
         "[credential.jobs]\nsource = \"file:jobs\"\nheader = \"x-api-key\"\n\n\
          [mask.pii]\ndetectors = [\"card\"]\n\n\
-         [[rule]]\nid = \"jobs\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = [\"/v1/jobs/*\", \"/api/generate\"]\ninject = \"jobs\"\nmask = \"pii\"\naction = \"allow\"\n",
+         [[rule]]\nid = \"jobs\"\nworkload = {w:?}\ndestination = \"127.0.0.1:{port}\"\npath = [\"/v1/jobs/*\", \"/api/generate\", \"/api/chat\", \"/v1beta/models/*\"]\ninject = \"jobs\"\nmask = \"pii\"\naction = \"allow\"\n",
         w = cg.rel
     ));
     let _d = Daemon::start(&cfg);
@@ -247,6 +273,10 @@ r = requests.post("http://127.0.0.1:{port}/api/generate", json={{"model": "llama
 lines = [json.loads(l) for l in r.iter_lines() if l]
 print("ndjson done:", lines[-1]["done"], "models:", {{l["model"] for l in lines}})
 print("ndjson:", "".join(l["response"] for l in lines))
+r = requests.post("http://127.0.0.1:{port}/v1beta/models/gemini:streamGenerateContent", json={{}}, timeout=20)
+print("gemini array:", "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in r.json()))
+r = requests.post("http://127.0.0.1:{port}/api/chat", json={{}}, stream=True, timeout=20)
+print("vercel:", "".join(json.loads(l[2:]) for l in r.iter_lines(decode_unicode=True) if l.startswith("0:")))
 "#
     );
     let (ok, out, err) = run(
@@ -273,10 +303,12 @@ print("ndjson:", "".join(l["response"] for l in lines))
         out.contains("ndjson done: True models: {'llama3'}"),
         "{out}"
     );
-    assert!(
-        out.contains(
-            "ndjson: Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
-        ),
-        "{out}"
-    );
+    for what in ["ndjson", "gemini array", "vercel"] {
+        assert!(
+            out.contains(&format!(
+                "{what}: Your key is [REDACTED:injected_secret] and the card [REDACTED:card]. Bye."
+            )),
+            "{what}: {out}"
+        );
+    }
 }

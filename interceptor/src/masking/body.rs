@@ -212,6 +212,8 @@ pub fn event_framing(
         // Cohere's v1 chat stream, and others'.
         | "application/stream+json"
         | "application/x-json-stream" => Some(Framing::Lines),
+        // Perhaps an array of a stream's chunks (json_array.rs looks).
+        t if t == "application/json" || t.ends_with("+json") => Some(Framing::Array),
         _ => None,
     }
 }

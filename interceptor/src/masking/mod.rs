@@ -12,6 +12,7 @@ mod digit_map;
 mod email;
 mod escaped;
 mod json;
+pub mod json_array;
 mod json_body;
 mod line_ends;
 mod literals;

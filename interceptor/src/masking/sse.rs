@@ -52,6 +52,9 @@ pub struct SseMasker {
     /// event goes out through it, in order.
     fields: FieldStreams,
     pub counts: Counts,
+    /// How events are written out: as events, or as elements of a JSON
+    /// array (json_array.rs).
+    framing: Framing,
 }
 
 struct TextStream {
@@ -71,7 +74,12 @@ struct Event {
 }
 
 impl Event {
-    fn to_bytes(&self) -> Vec<u8> {
+    fn to_bytes(&self, framing: Framing) -> Vec<u8> {
+        if framing == Framing::Array {
+            let mut out = b",\n".to_vec();
+            out.extend(serde_json::to_vec(&self.data).unwrap_or_default());
+            return out;
+        }
         let mut out = Vec::new();
         for f in &self.fields {
             out.extend_from_slice(f.as_bytes());
@@ -129,7 +137,41 @@ impl SseMasker {
             scanned: 0,
             streams: BTreeMap::new(),
             counts: Counts::new(),
+            framing: Framing::Sse,
         }
+    }
+
+    /// For the elements of a JSON array (json_array.rs): each written as
+    /// `,` and the element.
+    pub fn for_array_elements(mut self) -> Self {
+        self.framing = Framing::Array;
+        self.fields = FieldStreams::new(self.prototype.sibling(), Framing::Array);
+        self
+    }
+
+    /// One element of a JSON array, read as an event.
+    pub fn element(&mut self, v: Value, now: Instant) -> Result<Vec<u8>, EventError> {
+        match v {
+            v @ (Value::Object(_) | Value::Array(_)) => self.structured(Vec::new(), v, now),
+            v => self.fields.event(Vec::new(), Data::Json(v), now),
+        }
+    }
+
+    /// One element written as it is but masked whole (a shape no stream
+    /// is known in: what a JSON document's array was masked as before).
+    pub fn whole_element(&mut self, raw: &[u8]) -> Result<Vec<u8>, EventError> {
+        let mut out = b",\n".to_vec();
+        out.extend(self.mask_whole(raw));
+        self.fields.ready(out)
+    }
+
+    /// The body ended: what every stream holds.
+    pub fn end(&mut self) -> Vec<u8> {
+        let mut out = self.fields.finish();
+        let counts = std::mem::take(&mut self.fields.counts);
+        merge(&mut self.counts, &counts);
+        out.extend(self.flush(|_| true));
+        out
     }
 
     /// Complete events, masked; an incomplete one waits, and so does one
@@ -173,7 +215,7 @@ impl SseMasker {
             Ok(v @ Value::String(_)) => return self.fields.event(fields, Data::Json(v), now),
             _ => None,
         };
-        let Some(mut value) = structured else {
+        let Some(value) = structured else {
             if data.trim() == "[DONE]" {
                 // Every stream ends first.
                 let mut out = self.fields.finish();
@@ -192,6 +234,17 @@ impl SseMasker {
             let masked = self.mask_whole(&whole);
             return self.fields.ready(masked);
         };
+        self.structured(fields, value, now)
+    }
+
+    /// A JSON object or array that is an event: its text fields through
+    /// their streams, its other strings reassembled per field.
+    fn structured(
+        &mut self,
+        fields: Vec<String>,
+        mut value: Value,
+        now: Instant,
+    ) -> Result<Vec<u8>, EventError> {
         let selected: u64 = self.paths.iter().map(|p| p.mask(&mut value)).sum();
         if known_shape(&value) {
             let dropped = drop_logprobs(&mut value);
@@ -235,7 +288,7 @@ impl SseMasker {
                         fields,
                         data: value,
                     }
-                    .to_bytes(),
+                    .to_bytes(self.framing),
                 )?,
             );
             if !ending.is_empty() {
@@ -322,7 +375,7 @@ impl SseMasker {
             if let Some(v) = s.template.data.pointer_mut(&s.pointer) {
                 *v = Value::String(String::from_utf8_lossy(&rest).into_owned());
             }
-            out.extend(s.template.to_bytes());
+            out.extend(s.template.to_bytes(self.framing));
         }
         out
     }
@@ -649,7 +702,7 @@ fn drop_logprobs(v: &mut Value) -> u64 {
 
 /// An event of an API whose text fields `text_fields` knows, though this
 /// one has none (its start, a ping, a finish chunk, a stop).
-fn known_shape(v: &Value) -> bool {
+pub(super) fn known_shape(v: &Value) -> bool {
     let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
     lifecycle(v)
         || kind.starts_with("response.")

@@ -57,6 +57,9 @@ pub enum Framing {
     Sse,
     Lines,
     TypedLines,
+    /// Elements of a JSON array, each written as `,` and the element
+    /// (json_array.rs drops the first comma).
+    Array,
 }
 
 pub struct FieldStreams {
@@ -503,6 +506,14 @@ impl FieldStreams {
         }
         match self.framing {
             Framing::Sse => to_bytes(&lines, &data),
+            Framing::Array => {
+                let mut out = b",\n".to_vec();
+                match &data {
+                    Data::Json(v) => out.extend(serde_json::to_vec(v).unwrap_or_default()),
+                    Data::Plain(s) => out.extend_from_slice(s.as_bytes()),
+                }
+                out
+            }
             Framing::Lines | Framing::TypedLines => {
                 // A typed line's prefix is its one "line".
                 let mut out = lines.concat().into_bytes();

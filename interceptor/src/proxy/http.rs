@@ -840,7 +840,15 @@ impl HttpConn {
                         .typed(framing == Framing::TypedLines),
                 ));
             }
-            None => {}
+            // JSON field paths buffer the document and decide it whole.
+            Some(Framing::Array) if !body.buffers_whole() => {
+                let elements = crate::masking::sse::SseMasker::new(sse_profile.clone(), &injected);
+                let bytes = crate::masking::StreamMasker::new(sse_profile, &injected);
+                body = body.events(Box::new(crate::masking::json_array::JsonArrayMasker::new(
+                    elements, bytes,
+                )));
+            }
+            Some(Framing::Array) | None => {}
         }
         if body.buffers_whole() {
             return buffered(parts, body).await;
