@@ -3,6 +3,7 @@
 use super::Proxy;
 use super::body::{LimitedBody, TrackedBody};
 use super::canonical;
+pub use super::refusal::{Refusal, Why};
 use super::upstream::{BoxError, Key, ReqBody};
 use crate::credentials::Secret;
 use crate::identity::oidc::User;
@@ -135,25 +136,22 @@ impl HttpConn {
             // Refused before the policy was asked (bad token, misdirected).
             rec.reason = r.message.clone();
         }
-        let code = result.as_ref().err().map(|r| r.code.clone());
-        self.audit(&rec, code.as_deref());
+        let code = result.as_ref().err().map(|r| r.code());
+        self.audit(&rec, code);
         // The decision's audit record is on disk before its response goes out.
         if let Err(e) = self.proxy.store.flush_async().await {
             tracing::error!(session = self.session, seq = rec.seq, error = %e, "audit flush failed; withholding the response");
             rec.status = 503;
             rec.error = Some("audit log unavailable".into());
             self.proxy.record_request(&rec);
-            return Ok(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit log cannot be written",
-            )
-            .response());
+            return Ok(
+                Refusal::new(Why::AuditUnavailable, "the audit log cannot be written").response(),
+            );
         }
         match result {
             Ok(resp) => Ok(self.clone().track(resp, rec, started, in_flight)),
             Err(refusal) => {
-                rec.status = refusal.status.as_u16();
+                rec.status = refusal.status().as_u16();
                 rec.error.get_or_insert_with(|| refusal.message.clone());
                 let resp = refusal.response();
                 rec.duration_ms = started.elapsed().as_millis() as u64;
@@ -188,8 +186,7 @@ impl HttpConn {
         }
         let unavailable = || {
             Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "approval_unavailable",
+                Why::ApprovalUnavailable,
                 "the approval could not be recorded",
             )
         };
@@ -220,11 +217,8 @@ impl HttpConn {
             .proxy
             .approvals
             .hold(a.id, &self.workload, self.proxy.max_pending_approvals)
-            .map_err(|e| Refusal {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                code: "too_many_pending".into(),
-                message: e.to_string(),
-                rule: d.rule.clone(),
+            .map_err(|e| {
+                Refusal::new(Why::TooManyPending, e.to_string()).by_rule(d.rule.clone())
             })?;
         // From here the approval is withdrawn if this future is dropped
         // (the client went away): it must not stay pending, take the
@@ -265,21 +259,11 @@ impl HttpConn {
                 rec.reason = format!("approved by {by} (approval {})", a.id);
                 Ok(())
             }
-            Outcome::Denied { by, reason } => Err(Refusal {
-                status: StatusCode::FORBIDDEN,
-                code: "approval_denied".into(),
-                message: format!("denied by {by}: {reason} (approval {})", a.id),
-                rule: d.rule.clone(),
-            }),
-            Outcome::Interrupted => Err(Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "approval_interrupted".into(),
-                message: format!(
+            Outcome::Denied { by, reason } => Err(Refusal::new(Why::ApprovalDenied, format!("denied by {by}: {reason} (approval {})", a.id)).by_rule(d.rule.clone())),
+            Outcome::Interrupted => Err(Refusal::new(Why::ApprovalInterrupted, format!(
                     "the interceptor is restarting; approval {} was not decided, send the request again",
                     a.id
-                ),
-                rule: d.rule.clone(),
-            }),
+                )).by_rule(d.rule.clone())),
             Outcome::Expired => {
                 self.proxy.approvals.forget(a.id);
                 if let Ok(Some(cur)) = store.approval(a.id)
@@ -290,16 +274,11 @@ impl HttpConn {
                     a.approver = Some("timeout".into());
                     let _ = store.put_approval(&a);
                 }
-                Err(Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    code: "approval_expired".into(),
-                    message: format!(
+                Err(Refusal::new(Why::ApprovalExpired, format!(
                         "no approver answered within {} s (approval {})",
                         spec.timeout.as_secs(),
                         a.id
-                    ),
-                    rule: d.rule.clone(),
-                })
+                    )).by_rule(d.rule.clone()))
             }
         }
     }
@@ -325,9 +304,8 @@ impl HttpConn {
         let (decoder, json) =
             crate::masking::body::prepare(&mut parts.headers, &profile).map_err(|why| {
                 Refusal::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "uninspectable_request",
-                    &format!("the request body cannot be masked: {why}"),
+                    Why::UninspectableRequest,
+                    format!("the request body cannot be masked: {why}"),
                 )
             })?;
         let counts = Arc::new(std::sync::Mutex::new(crate::masking::Counts::new()));
@@ -469,9 +447,8 @@ impl HttpConn {
                 decision = other;
             } else if !accepted {
                 return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "non_canonical_request",
-                    &format!(
+                    Why::NonCanonicalRequest,
+                    format!(
                         "{why} (a rule may accept it with non_canonical = [...] when both \
                          readings, {:?} and {:?}, come to that rule)",
                         t.forwarded, t.read_as
@@ -498,8 +475,7 @@ impl HttpConn {
         }
         if decision.effects.require_user && user.is_none() {
             return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "user_token_required",
+                Why::UserTokenRequired,
                 "this rule requires a user token (Proxy-Authorization: Bearer ...)",
             ));
         }
@@ -514,17 +490,18 @@ impl HttpConn {
         if let Some(name) = &decision.effects.inject {
             let cred = policy.credentials.get(name).cloned().ok_or_else(|| {
                 Refusal::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "credential_unavailable",
-                    "the rule's credential is not defined",
+                    Why::CredentialUnavailable,
+                    format!("credential {name} is not defined"),
                 )
+                .by_rule(decision.rule.clone())
             })?;
             let secret = self.proxy.credentials.get(&cred.source).map_err(|e| {
                 // The error names the source, never the value.
                 tracing::error!(credential = %cred.name, error = %format!("{e:#}"), "credential unavailable");
-                Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", &format!("credential {} is unavailable", cred.name))
+                Refusal::new(Why::CredentialUnavailable, format!("credential {} is unavailable", cred.name))
+                    .by_rule(decision.rule.clone())
             })?;
-            injected = inject(req, &cred, &secret)?;
+            injected = inject(req, &cred, &secret).map_err(|r| r.by_rule(decision.rule.clone()))?;
             rec.injected = Some(cred.name.clone());
         }
         Ok(Admitted {
@@ -610,15 +587,14 @@ impl HttpConn {
         let websocket = match &upgrade {
             Some(p) if p.as_bytes().eq_ignore_ascii_case(b"websocket") => {
                 if !decision.effects.websocket {
-                    return Err(Refusal {
-                        status: StatusCode::FORBIDDEN,
-                        code: "upgrade_not_allowed".into(),
-                        message: format!(
+                    return Err(Refusal::new(
+                        Why::UpgradeNotAllowed,
+                        format!(
                             "rule {} does not allow WebSocket (upgrade = [\"websocket\"])",
                             decision.rule.as_deref().unwrap_or("-")
                         ),
-                        rule: decision.rule.clone(),
-                    });
+                    )
+                    .by_rule(decision.rule.clone()));
                 }
                 let key = websocket_key(req.headers())?;
                 // A frame from the skill is held whole until complete: the
@@ -627,9 +603,8 @@ impl HttpConn {
                 let mut lease = self.proxy.body_budget.lease(&self.workload);
                 if !lease.grow(super::websocket::MAX_CLIENT_MESSAGE as u64) {
                     return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "inspection_capacity",
-                        &format!(
+                        Why::InspectionCapacity,
+                        format!(
                             "this workload already holds {} MiB for inspection in request \
                              bodies and WebSockets (inspect_buffer_mb_per_workload)",
                             lease.limit() >> 20
@@ -676,13 +651,8 @@ impl HttpConn {
         *upstream_req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
         // Exactly one host goes upstream: the one decided on.
         let authority = self.authority_for(&host);
-        let v = HeaderValue::from_str(&authority).map_err(|_| {
-            Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "bad_host",
-                "the host is not a valid header value",
-            )
-        })?;
+        let v = HeaderValue::from_str(&authority)
+            .map_err(|_| Refusal::new(Why::BadHost, "the host is not a valid header value"))?;
         upstream_req.headers_mut().insert(header::HOST, v);
         let key = Key {
             addr: self.destination,
@@ -710,21 +680,20 @@ impl HttpConn {
                 }
                 if idled.load(Ordering::Relaxed) {
                     return Err(Refusal::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_body_timeout",
-                        &format!(
+                        Why::RequestBodyTimeout,
+                        format!(
                             "the client sent no request body bytes for {:?}",
                             self.proxy.body_timeout
                         ),
                     ));
                 }
-                let code = match e {
-                    super::upstream::UpstreamError::Tls(..) => "upstream_tls",
-                    super::upstream::UpstreamError::WorkloadPeer(..) => "upstream_is_workload",
-                    _ => "upstream_unavailable",
+                let why = match e {
+                    super::upstream::UpstreamError::Tls(..) => Why::UpstreamTls,
+                    super::upstream::UpstreamError::WorkloadPeer(..) => Why::UpstreamIsWorkload,
+                    _ => Why::UpstreamUnavailable,
                 };
                 tracing::warn!(session = self.session, seq = rec.seq, error = %e, "upstream request failed");
-                return Err(Refusal::new(StatusCode::BAD_GATEWAY, code, &e.to_string()));
+                return Err(Refusal::new(why, e.to_string()));
             }
         };
         // mask: the headers first (every response with a profile or an
@@ -754,8 +723,7 @@ impl HttpConn {
             }
             let (Some(client), Some((key, lease))) = (client_upgrade, websocket) else {
                 return Err(Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    "unexpected_upgrade",
+                    Why::UnexpectedUpgrade,
                     "the upstream switched protocols although no upgrade was asked for",
                 ));
             };
@@ -805,9 +773,8 @@ impl HttpConn {
             }
             Err(why) => {
                 return Err(Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    "uninspectable_response",
-                    &format!("the response cannot be masked: {why}"),
+                    Why::UninspectableResponse,
+                    format!("the response cannot be masked: {why}"),
                 ));
             }
         };
@@ -946,9 +913,8 @@ impl HttpConn {
             .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
         match (&self.sni, claimed) {
             (Some(sni), Some(h)) if !h.eq_ignore_ascii_case(sni) => Err(Refusal::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected_request",
-                &format!("the request is for {h:?} but the TLS connection is for {sni:?}"),
+                Why::MisdirectedRequest,
+                format!("the request is for {h:?} but the TLS connection is for {sni:?}"),
             )),
             (Some(sni), _) => Ok(sni.to_ascii_lowercase()),
             (None, Some(h)) => Ok(h),
@@ -979,8 +945,7 @@ impl HttpConn {
         };
         let Some(oidc) = &self.proxy.oidc else {
             return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "oidc_not_configured",
+                Why::OidcNotConfigured,
                 "a user token was sent but no OIDC issuer is configured",
             ));
         };
@@ -994,15 +959,14 @@ impl HttpConn {
             .map(str::trim)
             .ok_or_else(|| {
                 Refusal::new(
-                    StatusCode::UNAUTHORIZED,
-                    "malformed_token",
-                    &format!("{header} must be \"Bearer <token>\""),
+                    Why::Token("malformed_token"),
+                    format!("{header} must be \"Bearer <token>\""),
                 )
             })?;
         oidc.validate(token)
             .await
             .map(Some)
-            .map_err(|e| Refusal::new(StatusCode::UNAUTHORIZED, e.code(), &e.to_string()))
+            .map_err(|e| Refusal::new(Why::Token(e.code()), e.to_string()))
     }
 }
 
@@ -1014,11 +978,10 @@ async fn read_for_inspection(
     idle: std::time::Duration,
     lease: &mut crate::memory_budget::Lease,
 ) -> Result<Bytes, Refusal> {
-    let uninspectable = |status, why: String| {
+    let uninspectable = |kind, why: String| {
         Refusal::new(
-            status,
-            "uninspectable_request",
-            &format!("a policy rule inspects this request's body, and {why}"),
+            kind,
+            format!("a policy rule inspects this request's body, and {why}"),
         )
     };
     // One `identity` at most: a second header or a list ("identity, gzip")
@@ -1029,20 +992,20 @@ async fn read_for_inspection(
         (Some(enc), None) if enc.as_bytes().eq_ignore_ascii_case(b"identity") => {}
         (Some(enc), None) => {
             return Err(uninspectable(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Why::UninspectableRequest,
                 format!("its Content-Encoding {enc:?} cannot be inspected"),
             ));
         }
         (Some(_), Some(_)) => {
             return Err(uninspectable(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Why::UninspectableRequest,
                 "it has more than one Content-Encoding header".into(),
             ));
         }
     }
     let too_large = || {
         uninspectable(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            Why::UninspectableRequestSize,
             format!("it is over the inspection limit of {BODY_INSPECT_MAX} bytes"),
         )
     };
@@ -1055,17 +1018,15 @@ async fn read_for_inspection(
     loop {
         let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
             return Err(Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_body_timeout",
-                &format!("the client sent no request body bytes for {idle:?}"),
+                Why::RequestBodyTimeout,
+                format!("the client sent no request body bytes for {idle:?}"),
             ));
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request_body",
-                &format!("reading the request body: {e}"),
+                Why::BadRequestBody,
+                format!("reading the request body: {e}"),
             )
         })?;
         if let Ok(data) = frame.into_data() {
@@ -1074,9 +1035,8 @@ async fn read_for_inspection(
             }
             if !lease.grow(data.len() as u64) {
                 return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "inspection_capacity",
-                    &format!(
+                    Why::InspectionCapacity,
+                    format!(
                         "this workload already holds {} MiB of request bodies for inspection \
                          (inspect_buffer_mb_per_workload); retry later",
                         lease.limit() >> 20
@@ -1134,7 +1094,7 @@ impl Drop for Held {
 
 /// The client's `Sec-WebSocket-Key` (RFC 6455 4.1), version 13 only.
 fn websocket_key(h: &http::HeaderMap) -> Result<HeaderValue, Refusal> {
-    let bad = |why: &str| Refusal::new(StatusCode::BAD_REQUEST, "bad_websocket_handshake", why);
+    let bad = |why: &str| Refusal::new(Why::BadWebsocketHandshake, why);
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(bad("Sec-WebSocket-Version must be 13"));
     }
@@ -1159,8 +1119,7 @@ fn check_websocket_accept(h: &http::HeaderMap, key: &HeaderValue) -> Result<(), 
         Ok(())
     } else {
         Err(Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            "bad_websocket_handshake",
+            Why::UpstreamBadHandshake,
             "the upstream's 101 does not complete the WebSocket handshake that was sent",
         ))
     }
@@ -1227,9 +1186,8 @@ async fn buffered(
     match body.frame().await {
         Some(Err(e)) => {
             return Err(Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "uninspectable_response",
-                &format!("the response cannot be masked: {e}"),
+                Why::UninspectableResponse,
+                format!("the response cannot be masked: {e}"),
             ));
         }
         Some(Ok(first)) => body.unread(first),
@@ -1267,9 +1225,8 @@ fn inject<B>(
     let mut forms = vec![Zeroizing::new(secret.as_str().to_string())];
     let bad = || {
         Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            "credential_unavailable",
-            &format!("credential {} does not fit its placement", cred.name),
+            Why::CredentialUnavailable,
+            format!("credential {} does not fit its placement", cred.name),
         )
     };
     match &cred.placement {
@@ -1348,66 +1305,21 @@ fn pct(s: &str) -> String {
         .collect()
 }
 
-/// A request the proxy answers itself, with a JSON body that says why.
-pub struct Refusal {
-    pub status: StatusCode,
-    pub code: String,
-    pub message: String,
-    pub rule: Option<String>,
-}
-
 impl Refusal {
     fn not_canonical(why: canonical::NotCanonical) -> Refusal {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "non_canonical_request",
-            &why.to_string(),
-        )
-    }
-
-    pub fn new(status: StatusCode, code: &str, message: &str) -> Refusal {
-        Refusal {
-            status,
-            code: code.into(),
-            message: message.into(),
-            rule: None,
-        }
+        Refusal::new(Why::NonCanonicalRequest, why.to_string())
     }
 
     fn denied(d: &Decision) -> Refusal {
-        Refusal {
-            status: StatusCode::FORBIDDEN,
-            code: "denied".into(),
-            message: d.reason.clone(),
-            rule: d.rule.clone(),
-        }
+        Refusal::new(Why::Denied, d.reason.clone()).by_rule(d.rule.clone())
     }
 
     fn too_large(max: u64, d: &Decision) -> Refusal {
-        Refusal {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "body_too_large".into(),
-            message: format!("the request body exceeds {max} bytes"),
-            rule: d.rule.clone(),
-        }
-    }
-
-    pub fn response(&self) -> Response<RespBody> {
-        let body = serde_json::json!({
-            "error": self.code,
-            "message": self.message,
-            "rule": self.rule,
-            "by": "interceptor",
-        });
-        Response::builder()
-            .status(self.status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(
-                Full::new(Bytes::from(body.to_string()))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .expect("static response")
+        Refusal::new(
+            Why::BodyTooLarge,
+            format!("the request body exceeds {max} bytes"),
+        )
+        .by_rule(d.rule.clone())
     }
 }
 

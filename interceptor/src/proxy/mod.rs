@@ -5,6 +5,7 @@ pub mod canonical;
 mod detect;
 mod http;
 pub mod intake;
+mod refusal;
 mod tcp;
 pub mod upstream;
 mod websocket;
