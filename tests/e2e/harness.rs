@@ -358,6 +358,13 @@ impl Daemon {
                 panic!("daemon exited early ({status}):\n{}", self.log_text());
             }
             if self.log_text().contains("ready") && (self.cfg.netns.is_some() || self.healthz()) {
+                // A log written to a file holds no terminal colour codes
+                // (issue 14).
+                assert!(
+                    !self.log_text().contains('\x1b'),
+                    "colour codes in the log file:\n{}",
+                    self.log_text()
+                );
                 return;
             }
             if Instant::now() > deadline {

@@ -285,6 +285,24 @@ fn denied_destinations_are_refused_and_recorded() {
     );
     assert!(list(&["--workload", "some.slice/**"]).is_empty());
     assert!(list(&["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    // Output into a pipe that is already closed (`| head`): the command
+    // ends quietly, no panic (issue 14).
+    let mut c = Command::new(BIN);
+    c.args(["sessions", "list", "--json", "--admin-socket"])
+        .arg(cfg.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success()
+            || std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
     // The allowed one still works.
     let r = py(
         &cg,

@@ -96,6 +96,17 @@ enum PolicyCmd {
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
+    if !matches!(cli.cmd, Cmd::Run(_)) {
+        // A command's output piped into `head` ends it quietly, as any
+        // Unix tool (Rust ignores SIGPIPE, and `println!` then panics on
+        // the closed pipe). Not the daemon: a peer that closes a socket
+        // must never stop it.
+        // SAFETY: setting a signal's disposition to the default has no
+        // preconditions; no other thread runs yet.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.cmd {
         Cmd::Run(o) => crate::daemon::run(o),
         Cmd::Detach {
