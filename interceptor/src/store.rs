@@ -205,6 +205,19 @@ fn spawn_flusher(
 }
 
 impl Store {
+    /// The store a daemon wrote, for the commands that read it: one that
+    /// is not there is an error naming the path, never created empty.
+    pub fn open_existing(state_dir: &Path) -> Result<Store> {
+        let path = state_dir.join("store");
+        if !path.is_dir() {
+            anyhow::bail!(
+                "no session store at {} (and no daemon answered on the admin socket):                  give the daemon's --state-dir or --admin-socket",
+                path.display()
+            );
+        }
+        Store::open(state_dir)
+    }
+
     pub fn open(state_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;

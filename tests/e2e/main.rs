@@ -49,6 +49,34 @@ fn errno(v: &Value) -> i64 {
     v["errno"].as_i64().unwrap()
 }
 
+/// Read commands with no daemon and no store say which path they tried,
+/// exit 1, and create nothing (issue 14).
+#[test]
+fn read_commands_create_no_state() {
+    let dir = std::env::temp_dir().join(format!("interceptor-nostate-{}", std::process::id()));
+    let state = dir.join("state");
+    for args in [
+        &["sessions", "list"][..],
+        &["sessions", "show", "1"],
+        &["audit", "verify"],
+        &["audit", "export"],
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--admin-socket")
+            .arg(dir.join("no.sock"));
+        let (ok, out, err) = run(c, Duration::from_secs(20));
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            err.contains(&state.join("store").display().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(!state.exists(), "{args:?} created {}", state.display());
+    }
+}
+
 #[test]
 fn bytes_arrive_intact_and_sessions_are_attributed() {
     require_kernel!();

@@ -51,7 +51,7 @@ impl Source {
         {
             return Ok(Source::Daemon(socket));
         }
-        Ok(Source::Store(Box::new(Store::open(
+        Ok(Source::Store(Box::new(Store::open_existing(
             &t.state_dir.unwrap_or(cfg.state_dir),
         )?)))
     }

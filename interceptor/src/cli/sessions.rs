@@ -288,7 +288,7 @@ fn fetch<T: serde::de::DeserializeOwned>(
             "admin socket answered {status}: {}",
             String::from_utf8_lossy(&body)
         ),
-        None => from_store(&Store::open(&state_dir.unwrap_or(cfg.state_dir))?),
+        None => from_store(&Store::open_existing(&state_dir.unwrap_or(cfg.state_dir))?),
     }
 }
 
