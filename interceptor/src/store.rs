@@ -129,7 +129,7 @@ impl SessionFilter {
         }) && self.destination.as_ref().is_none_or(|d| {
             s.destination.contains(d.as_str())
                 || s.sni.as_deref().is_some_and(|n| n.contains(d.as_str()))
-        }) && self.decision.is_none_or(|d| d == s.decision)
+        })
     }
 }
 
@@ -498,6 +498,7 @@ impl Store {
                 break;
             }
             if f.matches(&s)
+                && self.has_decision(&s, f.decision)?
                 && (f.user.is_none() || self.has_user(s.id, f.user.as_deref().unwrap())?)
             {
                 out.push(s);
@@ -508,6 +509,21 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// A session was denied if it was refused as a connection, or any of
+    /// its requests was (a 403 inside an allowed TLS session).
+    fn has_decision(&self, s: &Session, d: Option<crate::policy::Action>) -> Result<bool> {
+        use crate::policy::Action;
+        Ok(match d {
+            None => true,
+            Some(d) if d == s.decision => true,
+            Some(Action::Deny) => self
+                .requests_of(s.id)?
+                .iter()
+                .any(|r| r.decision == Action::Deny),
+            Some(_) => false,
+        })
     }
 
     fn has_user(&self, session: u64, user: &str) -> Result<bool> {

@@ -305,7 +305,22 @@ fn denied_oversized_and_misdirected_requests_are_answered_by_the_proxy() {
         s.tls_up.requests() - before
     );
     let sess = s.d.wait_session(|x| x["protocol"] == "tls");
-    let _ = sess;
+    // A session allowed as a connection, with a request denied in it, is
+    // among the denied ones (issue 14); a glob that is not one is a usage
+    // error, not an empty list.
+    let list = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["sessions", "list", "--json", "--admin-socket"])
+            .arg(s.d.cfg.socket())
+            .args(args);
+        run(c, Duration::from_secs(20))
+    };
+    let (ok, out, err) = list(&["--decision", "deny"]);
+    assert!(ok, "{err}");
+    let denied: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert!(denied.iter().any(|x| x["id"] == sess["id"]), "{out}");
+    let (ok, _, err) = list(&["--workload", "[bad"]);
+    assert!(!ok && err.contains("--workload"), "{err}");
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub enum SessionsCmd {
         #[command(flatten)]
         store: StoreArgs,
         /// Only workloads matching this cgroup glob ("skills.slice/**")
-        #[arg(long)]
+        #[arg(long, value_parser = cgroup_glob)]
         workload: Option<String>,
         /// Only sessions with a request by this OIDC user
         #[arg(long)]
@@ -54,6 +54,15 @@ pub enum SessionsCmd {
         #[command(flatten)]
         store: StoreArgs,
     },
+}
+
+/// A glob that does not parse is a usage error, not an empty list.
+fn cgroup_glob(s: &str) -> Result<String, String> {
+    globset::GlobBuilder::new(s)
+        .literal_separator(true)
+        .build()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a cgroup glob: {e}"))
 }
 
 pub fn run(cmd: SessionsCmd) -> Result<()> {
