@@ -233,6 +233,33 @@ fn https_requests_get_the_credential_the_skill_never_sees() {
     let dump = format!("{:?}{:?}", s.d.sessions(), reqs);
     assert!(!dump.contains(GH_SECRET) && !dump.contains(API_KEY));
     assert!(!s.d.log_text().contains(GH_SECRET) && !s.d.log_text().contains(API_KEY));
+    // The HTTP data path counts in the metrics too (issue 14): connections
+    // admitted, bytes both ways once they end.
+    // (A connection's bytes count when it ends, a moment after curl's.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], s.d.cfg.admin_port)),
+            "/metrics",
+        )
+        .unwrap();
+        if !m.contains("interceptor_bytes_down_total 0") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(
+        value("interceptor_connections_allowed_total ") >= 3,
+        "{metrics}"
+    );
+    // (Body bytes: these requests are GETs, nothing went up.)
+    assert!(value("interceptor_bytes_down_total ") > 0, "{metrics}");
 }
 
 #[test]

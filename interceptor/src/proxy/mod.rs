@@ -343,6 +343,7 @@ impl Proxy {
     ) {
         session.decision = Action::Allow;
         session.reason = "inspected: decided per request".into();
+        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         self.announce_decision(&session);
         self.record(&session);
         if let Err(e) = self.store.flush_async().await {
@@ -390,6 +391,12 @@ impl Proxy {
         session.requests = ctx.seq.load(Ordering::Relaxed);
         session.bytes_up = ctx.bytes_up.load(Ordering::Relaxed);
         session.bytes_down = ctx.bytes_down.load(Ordering::Relaxed);
+        self.stats
+            .bytes_up
+            .fetch_add(session.bytes_up, Ordering::Relaxed);
+        self.stats
+            .bytes_down
+            .fetch_add(session.bytes_down, Ordering::Relaxed);
         if let Err(e) = &result {
             // Also what a client that never finished its TLS handshake or
             // its request looks like from here.
