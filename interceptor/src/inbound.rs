@@ -211,7 +211,7 @@ fn session_of(proxy: &Proxy, ev: &InboundEvent) -> Session {
     };
     let rule = rule.map(|r| r.id.clone());
     Session {
-        id: proxy.store.next_id().unwrap_or(0),
+        id: proxy.store.next_session_id(),
         started_ms: store::now_ms(),
         ended_ms: None,
         state: State::Open,

@@ -158,6 +158,11 @@ pub struct Store {
     flusher_thread: Option<std::thread::JoinHandle<()>>,
     /// FLUSH_TIMEOUT (shorter in tests).
     flush_timeout: std::time::Duration,
+    /// The next session and approval ids: one counter a kind, dense,
+    /// going on after the highest id stored (issue 14: one counter for
+    /// both, and sled's generate_id jumped by a million at each restart).
+    next_session: std::sync::atomic::AtomicU64,
+    next_approval: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
@@ -245,7 +250,17 @@ impl Store {
             None => (0, crate::audit::GENESIS.to_string()),
         };
         let (flusher, flusher_thread) = spawn_flusher(db.clone());
+        let after_last = |t: &sled::Tree| -> Result<u64> {
+            Ok(match t.last()? {
+                Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into()?) + 1,
+                None => 1,
+            })
+        };
+        let next_session = std::sync::atomic::AtomicU64::new(after_last(&sessions)?);
+        let next_approval = std::sync::atomic::AtomicU64::new(after_last(&approvals)?);
         Ok(Store {
+            next_session,
+            next_approval,
             db,
             sessions,
             requests,
@@ -260,9 +275,14 @@ impl Store {
         })
     }
 
-    pub fn next_id(&self) -> Result<u64> {
-        // generate_id is monotonic across restarts.
-        Ok(self.db.generate_id()? + 1)
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn next_approval_id(&self) -> u64 {
+        self.next_approval
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn put(&self, s: &Session) -> Result<()> {
@@ -703,7 +723,7 @@ mod tests {
         let store = Store::open(&dir).unwrap();
         for i in 0..5 {
             let s = Session {
-                id: store.next_id().unwrap(),
+                id: store.next_session_id(),
                 started_ms: i,
                 ended_ms: None,
                 state: State::Open,
@@ -728,6 +748,14 @@ mod tests {
             vec![2, 3, 4]
         );
         assert!(r.windows(2).all(|w| w[0].id < w[1].id));
+        // Ids are dense, a counter per kind, and go on after a restart
+        // (issue 14).
+        assert_eq!(r.iter().map(|s| s.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(store.next_approval_id(), 1);
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(store.next_session_id(), 6);
+        assert_eq!(store.next_approval_id(), 1);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -191,7 +191,7 @@ impl HttpConn {
             )
         };
         let mut a = Approval {
-            id: store.next_id().map_err(|_| unavailable())?,
+            id: store.next_approval_id(),
             created_ms: now,
             state: State::Pending,
             rule: rule.clone(),

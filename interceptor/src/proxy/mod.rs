@@ -180,7 +180,7 @@ impl Proxy {
             return;
         };
         let destination = original_destination(&rec);
-        let id = self.store.next_id().unwrap_or(0);
+        let id = self.store.next_session_id();
         tracing::Span::current().record("session", id);
         let mut session = Session {
             id,
