@@ -99,6 +99,23 @@ impl Watch {
     }
 }
 
+/// The credentials of `policy` whose sources cannot be read now, each
+/// with why (the error names the source, never a value): a request that
+/// injects one gets a 502 until it can be.
+pub fn unreadable(
+    policy: &crate::policy::Policy,
+    creds: &Credentials,
+) -> Vec<(String, String, String)> {
+    policy
+        .credentials
+        .values()
+        .filter_map(|c| {
+            let e = creds.get(&c.source).err()?;
+            Some((c.name.clone(), c.source.clone(), format!("{e:#}")))
+        })
+        .collect()
+}
+
 impl Credentials {
     pub fn new(dir: PathBuf) -> Self {
         let watch = Watch::new()

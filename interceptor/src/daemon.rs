@@ -194,6 +194,7 @@ async fn serve(cfg: Config) -> Result<()> {
         webhook,
     });
 
+    report_credentials(&proxy.policy.read().unwrap(), &proxy.credentials);
     let hb = proxy.clone();
     // systemd's watchdog is fed by the same task as the kernel heartbeat:
     // if this task stalls, both notice.
@@ -471,10 +472,19 @@ fn watch_policies(
 /// SIGHUP or a change in the directory: a valid policy replaces the old one
 /// atomically for new connections and requests (open ones keep going); an
 /// invalid one is logged with file:line:col and the old one stays in force.
+/// Says which of the policy's credentials cannot be read now (a missing
+/// file was only noticed at request time).
+fn report_credentials(policy: &Policy, creds: &Credentials) {
+    for (name, source, error) in crate::credentials::unreadable(policy, creds) {
+        tracing::warn!(credential = %name, %source, %error, "credential cannot be read: requests that inject it get a 502 until it can");
+    }
+}
+
 fn reload(proxy: &Proxy, cfg: &Config) {
     match Policy::load_dir(&cfg.policies) {
         Ok(p) => {
             tracing::info!(rules = p.rules.len(), "policy reloaded");
+            report_credentials(&p, &proxy.credentials);
             *proxy.policy.write().unwrap() = Arc::new(p);
         }
         Err(errors) => {

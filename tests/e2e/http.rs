@@ -1468,3 +1468,49 @@ for l in lines:
          data: event 3 key [REDACTED:aws_access_key]\n"
     );
 }
+
+/// A credential whose file is missing is reported when the daemon starts,
+/// and a request that would inject it is refused with a 502 that names
+/// the rule (issue 14).
+#[test]
+fn a_missing_credential_is_reported_at_start_and_named_on_refusal() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("nocred");
+    let up = HttpUpstream::start("127.0.0.1:0", None);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    cfg.extra = cfg.credentials(&[]);
+    cfg.set_policy(&format!(
+        "[credential.gone]\nsource = \"file:gone\"\nheader = \"x-api-key\"\n\n\
+         [[rule]]\nid = \"needs-gone\"\nworkload = {w:?}\ndestination = \"{a}\"\ninject = \"gone\"\naction = \"allow\"\n",
+        w = cg.rel,
+        a = up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    assert!(
+        d.log_text().contains("credential cannot be read") && d.log_text().contains("gone"),
+        "{}",
+        d.log_text()
+    );
+    let (_, out, err) = run(
+        cg.command(
+            "curl",
+            &[
+                "-sS",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{}/x", up.addr),
+            ],
+        ),
+        Duration::from_secs(20),
+    );
+    let (body, code) = out
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("{out}{err}"));
+    assert_eq!(code, "502", "{out}");
+    let v = json(body);
+    assert_eq!(v["error"], "credential_unavailable");
+    assert_eq!(v["rule"], "needs-gone");
+    assert_eq!(up.requests(), 0);
+}

@@ -170,9 +170,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Cmd::Policy(PolicyCmd::Explain(e)) => policy::explain(e),
         Cmd::Policy(PolicyCmd::Check { dir }) => {
+            let cfg = Config::load(&Overrides::default());
             let dir = match dir {
                 Some(d) => d,
-                None => Config::load(&Overrides::default())?.policies,
+                None => cfg
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("{e:#}"))?
+                    .policies
+                    .clone(),
             };
             match Policy::load_dir(&dir) {
                 Ok(p) => {
@@ -182,6 +187,17 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                         p.rules.len(),
                         p.files.len()
                     );
+                    // Sources are read as this user, from this environment:
+                    // a systemd credential exists only inside its unit.
+                    if let Ok(cfg) = &cfg {
+                        let creds =
+                            crate::credentials::Credentials::new(cfg.credentials_dir.clone());
+                        for (name, source, error) in crate::credentials::unreadable(&p, &creds) {
+                            eprintln!(
+                                "warning: credential {name} ({source}) cannot be read here: {error}"
+                            );
+                        }
+                    }
                     Ok(())
                 }
                 Err(errors) => {
