@@ -87,7 +87,8 @@ pub struct Config {
     pub listen_port: u16,
     /// Health and metrics listener (loopback).
     pub admin_listen: SocketAddr,
-    /// Control API (sessions, later approvals); Unix socket, root only.
+    /// Control API (sessions, approvals, audit); Unix socket, root only,
+    /// or 0660 with `approvers_group`.
     pub admin_socket: PathBuf,
     pub policies: PathBuf,
     pub state_dir: PathBuf,

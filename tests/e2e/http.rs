@@ -1114,6 +1114,16 @@ fn responses_are_masked_streaming_and_the_injected_secret_never_echoes() {
         "{out}"
     );
     assert!(out.contains("| card **** **** **** 1111"), "{out}");
+    // `sessions show` prints the recorded bodies too (issue 14).
+    let mut c = std::process::Command::new(BIN);
+    c.args(["sessions", "show", &id, "--admin-socket"])
+        .arg(s.cfg.socket());
+    let (ok, out, err) = run(c, Duration::from_secs(20));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("< ") && out.contains("card **** **** **** 1111"),
+        "{out}"
+    );
     assert_eq!(masked["email"], 3);
     // Nothing unmasked or secret anywhere in the state directory or the log.
     let mut stack = vec![s.cfg.dir.join("state")];

@@ -164,6 +164,13 @@ fn show(detail: &SessionDetail, json: bool) -> Result<()> {
             r.bytes_down,
             r.error.as_deref().unwrap_or("")
         );
+        // Recorded bodies are masked already (the store holds no unmasked
+        // data).
+        for (mark, body) in [(">", &r.request_body), ("<", &r.response_body)] {
+            for line in body.iter().flat_map(|b| b.lines()) {
+                println!("       {mark} {line}");
+            }
+        }
     }
     Ok(())
 }

@@ -80,8 +80,9 @@ fn parse_net(h: &str) -> Result<IpNet, String> {
     }
     if h.chars().any(|c| c.is_ascii_alphabetic()) && !h.contains('/') {
         return Err(format!(
-            "{h:?} is a host name; this build matches connections by IP/CIDR only \
-             (host names need the HTTP/TLS data path, which is not implemented yet)"
+            "{h:?} is a host name; `destination` matches the connection's address \
+             (IP or CIDR): name hosts with `host = [...]`, which matches the TLS \
+             name or the HTTP Host of each request"
         ));
     }
     Err(format!("{h:?} is not an IP address or CIDR"))
