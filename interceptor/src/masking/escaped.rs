@@ -27,7 +27,11 @@ const DEPTH: u8 = 6;
 const MAX_DIGITS: usize = 16;
 /// The longest a byte of the secret is taken to be spelled: what a cut-off
 /// start is looked for in.
-const LONGEST_UNIT: usize = 48;
+const LONGEST_UNIT: usize = 24;
+/// How many encoders deep an escape that starts with a backslash is read.
+const BACKSLASH_DEPTH: u8 = 3;
+/// Readings kept for one place and depth.
+const MAX_READINGS: usize = 16;
 
 pub struct Escaped {
     /// The secret, lower case.
@@ -62,6 +66,15 @@ impl Escaped {
             secret: Zeroizing::new(secret.to_ascii_lowercase()),
             longest: secret.len() * LONGEST_UNIT,
         })
+    }
+
+    /// Where the text ends with the start of the secret as it is: an
+    /// escape that follows may make that start a match.
+    pub fn literal_tail(&self, lower: &[u8]) -> usize {
+        let len = lower.len();
+        (len.saturating_sub(self.secret.len())..len)
+            .find(|&p| self.secret.starts_with(&lower[p..]))
+            .unwrap_or(len)
     }
 
     /// Whether a spelling of the secret's first byte can start with `b`.
@@ -113,8 +126,10 @@ impl Escaped {
     }
 
     /// The earliest place the text ends inside what could still be the
-    /// escaped secret (`lower.len()` when nowhere).
-    pub fn hold_from(&self, lower: &[u8]) -> usize {
+    /// escaped secret (`lower.len()` when nowhere), looking from `hint` on
+    /// (0 for all): a start before the last such place, read to the end of
+    /// the text then, did not fit, and more text does not change that.
+    pub fn hold_from(&self, lower: &[u8], hint: usize) -> usize {
         let len = lower.len();
         let from = len.saturating_sub(self.longest);
         // Without an escape character in it, a cut-off start is one of the
@@ -123,7 +138,10 @@ impl Escaped {
         let Some(e) = memchr::memchr3(b'%', b'\\', b'&', &lower[from..]) else {
             return len;
         };
-        let from = (from + e).saturating_sub(self.secret.len()).max(from);
+        let from = (from + e)
+            .saturating_sub(self.secret.len())
+            .max(from)
+            .max(hint);
         let reader = Reader::new(lower);
         (from..len)
             .find(|&p| self.can_start(lower[p]) && self.at(&reader, p, 0) == Outcome::Partial)
@@ -166,6 +184,19 @@ impl Escaped {
     }
 }
 
+/// Whether what follows an escape character can make it an escape: a
+/// quick look that spares most of a run of `%` the reading at each depth.
+fn may_escape(t: &[u8], at: usize) -> bool {
+    let Some(&next) = t.get(at + 1) else {
+        return true;
+    };
+    match t[at] {
+        b'%' => next.is_ascii_hexdigit() || next == b'u',
+        b'\\' => next.is_ascii_alphanumeric() || next.is_ascii_punctuation(),
+        _ => next == b'#' || next.is_ascii_lowercase() || is_introducer(next),
+    }
+}
+
 fn is_introducer(b: u8) -> bool {
     matches!(b, b'%' | b'\\' | b'&')
 }
@@ -204,7 +235,16 @@ impl<'a> Reader<'a> {
         let Some(&b) = self.t.get(at) else {
             return Rc::new(vec![Read::Partial]);
         };
-        if depth == 0 || !is_introducer(b) {
+        // A backslash escaped again reads as a backslash in many places
+        // (`\\\\` is one, two or four of them): three layers of it are
+        // read (JSON in a string in JSON), not six (an attack pass made a
+        // body of backslash runs cost 4 µs a byte).
+        let depth = if b == b'\\' {
+            depth.min(BACKSLASH_DEPTH)
+        } else {
+            depth
+        };
+        if depth == 0 || !is_introducer(b) || !may_escape(self.t, at) {
             return Rc::new(vec![Read::Char(b as u32, at + 1)]);
         }
         if let Some(r) = self.memo.borrow().get(&(at, depth)) {
@@ -223,6 +263,17 @@ impl<'a> Reader<'a> {
         }
         out.sort_unstable();
         out.dedup();
+        // A run of backslashes reads as many backslashes, ending in as
+        // many places, at every depth: the shortest readings are kept (an
+        // attack pass made a body of them cost 10 µs a byte).
+        if out.len() > MAX_READINGS {
+            out.sort_by_key(|r| match r {
+                Read::Partial => 0,
+                Read::Char(_, end) => *end,
+            });
+            out.truncate(MAX_READINGS);
+            out.sort_unstable();
+        }
         let out = Rc::new(out);
         self.memo.borrow_mut().insert((at, depth), out.clone());
         out
@@ -490,11 +541,11 @@ mod tests {
         let s = "sk-live-Zq8X";
         let e = Escaped::new(s.as_bytes()).unwrap();
         for text in ["x \\u0073k-li", "x %73", "x %7", "x \\", "x sk-live-zq8%5"] {
-            assert_eq!(e.hold_from(text.as_bytes()), 2, "{text}");
+            assert_eq!(e.hold_from(text.as_bytes(), 0), 2, "{text}");
         }
         // Without an escape it is the literal form's, held by that pass.
-        assert_eq!(e.hold_from(b"x sk-live-zq8"), 13);
-        assert_eq!(e.hold_from(b"x sk-live-zq8x"), 14);
-        assert_eq!(e.hold_from(b"x %41"), 5);
+        assert_eq!(e.hold_from(b"x sk-live-zq8", 0), 13);
+        assert_eq!(e.hold_from(b"x sk-live-zq8x", 0), 14);
+        assert_eq!(e.hold_from(b"x %41", 0), 5);
     }
 }

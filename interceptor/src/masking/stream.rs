@@ -32,6 +32,22 @@ pub struct StreamMasker {
     /// longest, not overlapping).
     starts: Vec<LiteralStart>,
     secret_hits: Vec<(usize, usize)>,
+    /// The escaped secret's matches found so far, absolute (from the start
+    /// of the text), and where the next search for them starts: text
+    /// before it was read, its starts decided. Searching the whole pending
+    /// text again at every push made a held run of `%` cost its length per
+    /// event (found by an attack pass: quadratic, 10 ms an event).
+    escaped_hits: Vec<(usize, usize)>,
+    escaped_from: usize,
+    /// Where the text ends inside what could still be the escaped secret,
+    /// absolute: found in the same pass, from the last one's on (less a
+    /// secret's length of literal bytes: starts before that were read to
+    /// the end of the text then, and did not fit).
+    escaped_hold: usize,
+    escaped_hint: usize,
+    /// Starts the escaped search tried, all told (the tests hold it linear
+    /// in the text).
+    escaped_tries: usize,
     /// The matches of one push, kept for the next.
     hits: Vec<Hit>,
     pub counts: Counts,
@@ -77,6 +93,11 @@ impl StreamMasker {
             scratch: Default::default(),
             starts: Vec::new(),
             secret_hits: Vec::new(),
+            escaped_hits: Vec::new(),
+            escaped_from: 0,
+            escaped_hold: 0,
+            escaped_hint: 0,
+            escaped_tries: 0,
             hits: Vec::new(),
             counts: Counts::new(),
         }
@@ -146,7 +167,7 @@ impl StreamMasker {
         let cut = self
             .secrets
             .as_ref()
-            .map(|s| s.hold_from(&self.lower))
+            .map(|s| s.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base)))
             .filter(|&p| p >= self.context && p + CUT_OFF_SECRET <= len);
         let mut out = self.emit(cut.unwrap_or(len));
         if cut.is_some() && self.pending.len() > self.context {
@@ -233,7 +254,7 @@ impl StreamMasker {
         }
         let tail = &self.pending[hold..];
         if let Some(secrets) = &self.secrets {
-            let p = secrets.hold_from(&self.lower);
+            let p = secrets.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base));
             if p >= hold && p + 4 <= len {
                 return Some(p);
             }
@@ -295,9 +316,35 @@ impl StreamMasker {
             from = at + 1;
         }
         let found = self.secret_hits.len();
+        let base = self.base;
+        self.escaped_hits.retain(|&(s, _)| s >= base);
+        let from = self.escaped_from.saturating_sub(base).min(lower.len());
+        let mut next = lower.len();
+        let mut hold = lower.len();
+        let hint = self.escaped_hint.saturating_sub(base);
         for e in secrets.escaped.iter() {
-            e.find(lower, 0, &mut self.secret_hits);
+            let mut new = Vec::new();
+            self.escaped_tries += e.find(lower, from, &mut new);
+            self.escaped_hits
+                .extend(new.iter().map(|&(s, end)| (base + s, base + end)));
+            // What could still grow into a match starts where the text
+            // ends inside an escaped spelling, or with the secret's start
+            // as it is (an escape may follow).
+            let h = e.hold_from(lower, hint);
+            hold = hold.min(h);
+            next = next.min(h).min(e.literal_tail(lower));
         }
+        self.escaped_hold = base + hold;
+        self.escaped_hint = base + next;
+        self.escaped_hits.sort_unstable();
+        self.escaped_hits.dedup();
+        let last_end = self.escaped_hits.last().map_or(0, |&(_, end)| end);
+        self.escaped_from = (base + next).max(last_end);
+        self.secret_hits.extend(
+            self.escaped_hits
+                .iter()
+                .map(|&(s, end)| (s - base, end - base)),
+        );
         if self.secret_hits.len() > found {
             self.secret_hits.sort_unstable();
         }
@@ -323,7 +370,8 @@ impl StreamMasker {
             .scanner
             .hold_from(&profile.detectors, p, &self.lower, &self.starts);
         if let Some(secrets) = &self.secrets {
-            hold = hold.min(secrets.hold_from(&self.lower));
+            hold = hold
+                .min(secrets.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base)));
         }
         let floor = self.floor();
         profile.scanner.settle(p, hold.max(floor), floor)
@@ -550,16 +598,12 @@ impl Secrets {
             .max()
     }
 
-    /// The earliest place the text ends with the start of a form.
-    fn hold_from(&self, lower: &[u8]) -> usize {
+    /// The earliest place the text ends with the start of a form; the
+    /// escaped forms' is `escaped`, found by the last search.
+    fn hold_from(&self, lower: &[u8], escaped: usize) -> usize {
         let len = lower.len();
         let from = len.saturating_sub(self.longest.saturating_sub(1));
-        let escaped = self
-            .escaped
-            .iter()
-            .map(|e| e.hold_from(lower))
-            .min()
-            .unwrap_or(len);
+        let escaped = escaped.min(len);
         let literal = (from..len)
             .find(|&p| {
                 self.first[lower[p] as usize] && {
@@ -635,6 +679,38 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49\nAwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----",
         ),
     ];
+
+    /// Text held a byte at a time (a run of `%` the e-mail detector holds,
+    /// streamed an event a byte) is searched for the escaped secret once,
+    /// not again at every push (found by an attack pass: quadratic, 10 ms
+    /// an event at 8 KiB held).
+    #[test]
+    fn held_text_is_searched_for_escapes_once() {
+        let d = super::super::detectors::builtin_names()
+            .map(|n| super::super::detectors::builtin(n).unwrap())
+            .collect();
+        let p = Arc::new(
+            Profile::new(
+                "t",
+                d,
+                Default::default(),
+                vec![],
+                1 << 20,
+                Uninspectable::Block,
+            )
+            .unwrap(),
+        );
+        let mut m = StreamMasker::new(p, &["wJalrXUtnFEMI/K7MDENG+bPxRfi&CYEXAMPLEKEY"]);
+        let n = 8000;
+        for _ in 0..n {
+            m.push(b"%");
+        }
+        assert!(
+            m.escaped_tries <= 4 * n,
+            "{} tries for {n} bytes",
+            m.escaped_tries
+        );
+    }
 
     #[test]
     fn every_detector_masks_in_one_chunk() {
