@@ -198,8 +198,12 @@ pub fn event_framing(
 ) -> Option<super::sse_fields::Framing> {
     use super::sse_fields::Framing;
     // The Vercel AI SDK's data stream is labelled `text/plain` and says
-    // what it is in its own header.
-    if headers.contains_key("x-vercel-ai-data-stream") {
+    // what it is in its own header (or, in 3.x, another). Under another
+    // media type the type decides (an SSE stream with the header is SSE:
+    // an attack pass read it as typed lines, unmasked).
+    let typed = headers.contains_key("x-vercel-ai-data-stream")
+        || headers.contains_key("x-experimental-stream-data");
+    if typed && media.is_none_or(|t| t == "text/plain") {
         return Some(Framing::TypedLines);
     }
     match media? {
@@ -209,6 +213,8 @@ pub fn event_framing(
         | "application/jsonl"
         | "application/x-jsonlines"
         | "application/jsonlines"
+        | "text/x-ndjson"
+        | "application/x-ldjson"
         // Cohere's v1 chat stream, and others'.
         | "application/stream+json"
         | "application/x-json-stream" => Some(Framing::Lines),
@@ -245,6 +251,14 @@ fn opaque_media(t: &str) -> Option<String> {
         "application/x-rar-compressed",
         "application/x-compress",
     ];
+    if t.starts_with("application/grpc") || t.starts_with("application/connect+") {
+        // gRPC, gRPC-Web and Connect: length-prefixed protobuf messages,
+        // a stream's text a few characters a message (Vertex AI). Masking
+        // the bytes would miss it and break the framing.
+        return Some(format!(
+            "{t} messages are protobuf: their fields are not read (see README, Limits)"
+        ));
+    }
     if t == "application/vnd.amazon.eventstream" {
         // Bedrock's streams: binary frames with lengths and checksums,
         // their payloads JSON or base64 of JSON. Masking the bytes would
@@ -882,6 +896,26 @@ mod tests {
         );
         let err = prepare(&mut h, &profile(vec![])).err().expect("refused");
         assert!(err.contains("eventstream"), "{err}");
+        for t in [
+            "application/grpc",
+            "application/grpc-web+proto",
+            "application/connect+proto",
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert("content-type", t.parse().unwrap());
+            assert!(prepare(&mut h, &profile(vec![])).is_err(), "{t}");
+        }
+        // The data stream header decides only for text/plain.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-vercel-ai-data-stream", "v2".parse().unwrap());
+        assert_eq!(
+            event_framing(Some("text/event-stream"), &h),
+            Some(Framing::Sse)
+        );
+        assert_eq!(
+            event_framing(Some("text/plain"), &h),
+            Some(Framing::TypedLines)
+        );
     }
 
     /// Bytes that are not UTF-8 pass as they are, only matches replaced

@@ -401,7 +401,9 @@ impl SseMasker {
                             }
                             Value::String(_) => Value::String(String::new()),
                             Value::Array(_) => Value::Array(Vec::new()),
-                            Value::Object(_) => self.template_of(x, &[]),
+                            // Its keys may be data (a function call's
+                            // arguments): only metadata stays.
+                            Value::Object(_) => self.skeleton(x),
                             Value::Number(_) => {
                                 let mut n = x.clone();
                                 self.mask_strings(&mut n, "", &[]);
@@ -421,11 +423,45 @@ impl SseMasker {
                         if next == Some(i.to_string().as_str()) {
                             self.template_of(x, &path[1..])
                         } else {
-                            self.template_of(x, &[])
+                            self.skeleton(x)
                         }
                     })
                     .collect(),
             ),
+            Value::String(_) => Value::String(String::new()),
+            other => other.clone(),
+        }
+    }
+
+    /// What of a value off the held text's path goes into the event that
+    /// carries it: an object's metadata (masked), numbers, booleans and
+    /// nulls; no other string, no nested object or list, no other key (an
+    /// attack pass found a function call's argument names copied raw).
+    fn skeleton(&mut self, v: &Value) -> Value {
+        match v {
+            Value::Object(o) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in o {
+                    let kept = match x {
+                        Value::String(s) if METADATA.contains(&k.as_str()) => {
+                            let masked = self.mask_whole(s.as_bytes());
+                            Value::String(String::from_utf8_lossy(&masked).into_owned())
+                        }
+                        Value::Number(_)
+                            if METADATA.contains(&k.as_str()) || k.contains("index") =>
+                        {
+                            let mut n = x.clone();
+                            self.mask_strings(&mut n, "", &[]);
+                            n
+                        }
+                        Value::Bool(_) | Value::Null => x.clone(),
+                        _ => continue,
+                    };
+                    out.insert(k.clone(), kept);
+                }
+                Value::Object(out)
+            }
+            Value::Array(_) => Value::Array(Vec::new()),
             Value::String(_) => Value::String(String::new()),
             other => other.clone(),
         }
@@ -1326,7 +1362,7 @@ mod tests {
                 .into_iter()
                 .collect()
         }
-        let cases: [(&str, Shape, Join); 10] = [
+        let cases: [(&str, Shape, Join); 11] = [
             (
                 "gemini logprobsResult",
                 |_, p| {
@@ -1457,6 +1493,23 @@ mod tests {
                 |e| strings(e.pointer("/token/text")),
             ),
             (
+                // The AI SDK's UI stream: parts named by a string id.
+                "interleaved string ids",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"type":"text-delta","id":"a","delta":p}),
+                        serde_json::json!({"type":"text-delta","id":"b","delta":"xy"}),
+                    ]
+                },
+                |e| {
+                    if e["id"] == "a" {
+                        strings(e.get("delta"))
+                    } else {
+                        vec![]
+                    }
+                },
+            ),
+            (
                 "interleaved choices",
                 |_, p| {
                     vec![
@@ -1535,6 +1588,15 @@ mod tests {
         let out = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
         assert!(!out.contains("4111 1111"), "{out}");
         assert_eq!(out.matches("Customer").count(), 1, "{out}");
+        // Nor its keys: a function call's argument names are data.
+        let mut body = String::new();
+        let e = serde_json::json!({"candidates":[{"content":{"parts":[{"text":"see 12"},
+            {"functionCall":{"name":"f","args":{"4111 1111 1111 1111":1}}}],"role":"model"},"index":0}]});
+        body.push_str(&format!("data: {e}\n\n"));
+        let e = serde_json::json!({"candidates":[{"finishReason":"STOP","index":0}]});
+        body.push_str(&format!("data: {e}\n\n"));
+        let out2 = String::from_utf8(run(body.as_bytes(), &[])).unwrap();
+        assert!(!out2.contains("4111 1111"), "{out2}");
         assert_eq!(
             joined(&out.into_bytes(), "/choices/0/delta/content"),
             "The record is attached, see ok 12"
@@ -1553,6 +1615,10 @@ mod tests {
             serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"41"},"token_ids":[4111,4112]}]}),
             serde_json::json!({"content":"41","tokens":[4111,4112],"stop":false}),
             serde_json::json!({"model":"m","response":"41","done":true,"context":[1,4111,4112]}),
+            // And a fifth pass's: llama.cpp's token objects, SGLang's ids.
+            serde_json::json!({"content":"41","completion_probabilities":[{"id":4111,"token":"41","logprob":-0.1,
+                "top_logprobs":[{"id":4112,"token":"4","logprob":-2.0}]}]}),
+            serde_json::json!({"text":"41","meta_info":{"id":"x"},"output_ids":[4111,4112]}),
         ];
         for e in events {
             let out = String::from_utf8(run(format!("data: {e}\n\n").as_bytes(), &[])).unwrap();

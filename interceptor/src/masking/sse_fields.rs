@@ -745,6 +745,7 @@ fn pieces_of(v: &Value, at: &mut Path, skip: &[String], metadata: bool, out: &mu
 /// `token`: `v` is a token object (under `token`, `tokens`, `top_tokens`,
 /// `prefill`), whose `id` is one.
 fn drop_token_ids(v: &mut Value, token: bool) -> u64 {
+    let token = token || is_token_object(v);
     fn integers(x: &Value) -> bool {
         match x {
             Value::Number(n) => n.is_u64() || n.is_i64(),
@@ -761,6 +762,8 @@ fn drop_token_ids(v: &mut Value, token: bool) -> u64 {
                     "token_ids"
                         | "prompt_token_ids"
                         | "output_token_ids"
+                        | "output_ids"
+                        | "input_ids"
                         | "token_id"
                         | "tokens"
                         | "context"
@@ -780,12 +783,35 @@ fn drop_token_ids(v: &mut Value, token: bool) -> u64 {
     }
 }
 
+/// An object that describes a token: its text and its probability
+/// (llama.cpp's `completion_probabilities[]` and `top_logprobs[]`), whose
+/// `id` is the token's id.
+fn is_token_object(v: &Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    let text = ["token", "text", "piece"]
+        .iter()
+        .any(|k| o.get(*k).is_some_and(Value::is_string));
+    let prob = ["logprob", "prob", "bytes"]
+        .iter()
+        .any(|k| o.contains_key(*k));
+    text && prob
+}
+
 /// The index an object names for itself (`index`, and the Responses API's
 /// output and content indexes), as a key: `#0`.
 fn index_of(v: &Value) -> Option<String> {
     let o = v.as_object()?;
     let mut key = String::new();
-    for name in ["index", "output_index", "content_index"] {
+    for name in [
+        "index",
+        "output_index",
+        "content_index",
+        "id",
+        "item_id",
+        "message_id",
+    ] {
         if let Some(x) = o.get(name).filter(|x| x.is_number() || x.is_string()) {
             key.push('#');
             key.push_str(&super::sse::key_of(Some(x)));
