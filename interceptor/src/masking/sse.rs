@@ -306,9 +306,23 @@ impl SseMasker {
                 .skip(1)
                 .map(|s| s.replace("~1", "/").replace("~0", "~"))
                 .collect();
+            let (data, at) = match path.first().map(String::as_str) {
+                // A block's start is not sent twice: its held text goes out
+                // as a delta of the block.
+                Some("content_block") => {
+                    let f = path.last().cloned().unwrap_or_default();
+                    let data = serde_json::json!({"type": "content_block_delta", "index": value["index"],
+                        "delta": {"type": format!("{f}_delta"), f.clone(): ""}});
+                    (data, format!("/delta/{f}"))
+                }
+                _ => (self.template_of(&value, &path), f.pointer.clone()),
+            };
             let template = Event {
-                fields: fields.clone(),
-                data: self.template_of(&value, &path),
+                fields: fields
+                    .iter()
+                    .map(|l| l.replace("content_block_start", "content_block_delta"))
+                    .collect(),
+                data,
             };
             let prototype = &self.prototype;
             let stream = self
@@ -317,10 +331,10 @@ impl SseMasker {
                 .or_insert_with(|| TextStream {
                     masker: prototype.sibling(),
                     template: template.clone(),
-                    pointer: f.pointer.clone(),
+                    pointer: at.clone(),
                 });
             stream.template = template;
-            stream.pointer = f.pointer.clone();
+            stream.pointer = at;
             let mut emitted = stream.masker.push(piece.as_bytes());
             if f.ends {
                 emitted.extend(stream.masker.finish());
@@ -598,6 +612,22 @@ fn text_fields(v: &Value) -> Vec<TextField> {
             });
         }
     }
+    // Anthropic: a block may start with text its deltas continue (the SDK
+    // joins them; an attack pass found the start masked alone).
+    if kind == "content_block_start" {
+        let index = key_of(v.get("index"));
+        for f in ["text", "thinking"] {
+            if v.pointer(&format!("/content_block/{f}"))
+                .is_some_and(Value::is_string)
+            {
+                out.push(TextField {
+                    key: format!("block:{index}:{f}"),
+                    pointer: format!("/content_block/{f}"),
+                    ends: false,
+                });
+            }
+        }
+    }
     // OpenAI Responses: response.*.delta with a string delta.
     if kind.starts_with("response.") && kind.ends_with(".delta") && v["delta"].is_string() {
         out.push(TextField {
@@ -701,6 +731,14 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                             pointer: format!(
                                 "/choices/{i}/delta/tool_calls/{j}/function/arguments"
                             ),
+                            ends,
+                        });
+                    }
+                    // The SDK joins a name sent in pieces too.
+                    if t.pointer("/function/name").is_some_and(Value::is_string) {
+                        out.push(TextField {
+                            key: format!("choice:{idx}:tool:{tidx}:name"),
+                            pointer: format!("/choices/{i}/delta/tool_calls/{j}/function/name"),
                             ends,
                         });
                     }
@@ -1362,7 +1400,7 @@ mod tests {
                 .into_iter()
                 .collect()
         }
-        let cases: [(&str, Shape, Join); 11] = [
+        let cases: [(&str, Shape, Join); 13] = [
             (
                 "gemini logprobsResult",
                 |_, p| {
@@ -1491,6 +1529,34 @@ mod tests {
                     ]
                 },
                 |e| strings(e.pointer("/token/text")),
+            ),
+            (
+                // Anthropic: a block that starts with text.
+                "block start text",
+                |i, p| match i {
+                    0..19 => vec![],
+                    19 => vec![serde_json::json!({"type":"content_block_start","index":0,
+                        "content_block":{"type":"text","text":format!("my card: 4111 1111 1111 1111 and key s{p}")}})],
+                    _ => vec![
+                        serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}}),
+                    ],
+                },
+                |e| {
+                    strings(e.pointer("/content_block/text"))
+                        .into_iter()
+                        .chain(strings(e.pointer("/delta/text")))
+                        .collect()
+                },
+            ),
+            (
+                "tool name in pieces",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,
+                    "delta":{"tool_calls":[{"index":0,"function":{"name":p}}]}}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/choices/0/delta/tool_calls/0/function/name")),
             ),
             (
                 // The AI SDK's UI stream: parts named by a string id.
