@@ -27,6 +27,8 @@ pub enum NotCanonical {
     Parameters,
     BadEscape,
     NonAscii,
+    /// A segment a Windows server reads as another name.
+    WindowsName,
 }
 
 impl fmt::Display for NotCanonical {
@@ -55,6 +57,11 @@ impl fmt::Display for NotCanonical {
                 write!(f, "'%' not followed by two hex digits in the path")
             }
             NotCanonical::NonAscii => write!(f, "bytes outside ASCII in the path"),
+            NotCanonical::WindowsName => write!(
+                f,
+                "a path segment ending in '.' or ' ', or naming an NTFS stream (::$DATA): \
+                 Windows servers read it as another name"
+            ),
         }
     }
 }
@@ -221,6 +228,20 @@ fn path_with(raw: &str, accept: PathForms) -> Result<(String, PathForms), NotCan
             s => out.push(s),
         }
     }
+    // IIS and http.sys strip a segment's trailing dots and spaces, and
+    // `::$DATA` names a file's default stream: `/admin./x`, `/admin%20/x`
+    // and `/admin::$DATA/x` are `/admin/x` to them (found by an attack
+    // pass: a deny on `/admin/**` did not see them).
+    for s in &out {
+        let name = unescape(s);
+        let lower = name.to_ascii_lowercase();
+        if name.ends_with(b".")
+            || name.ends_with(b" ")
+            || memchr::memmem::find(&lower, b":$").is_some()
+        {
+            return Err(NotCanonical::WindowsName);
+        }
+    }
     let mut p = String::with_capacity(decoded.len());
     for s in &out {
         p.push('/');
@@ -287,6 +308,27 @@ mod tests {
         assert_eq!(tolerated("/a/%FF"), Err(NotCanonical::NonAscii));
         // Still refused, whatever a rule says.
         assert!(tolerated("/a%5Cb").is_err() && tolerated("/a%00").is_err());
+    }
+
+    /// Names a Windows server reads as others are refused (found by an
+    /// attack pass).
+    #[test]
+    fn windows_names_are_refused() {
+        for raw in [
+            "/admin./x",
+            "/admin%2e/x",
+            "/admin%20/x",
+            "/admin.%20/x",
+            "/Admin./x",
+            "/admin::$DATA/x",
+            "/admin:$data",
+            "/a/b.",
+        ] {
+            assert_eq!(path(raw), Err(NotCanonical::WindowsName), "{raw}");
+        }
+        for raw in ["/v1/models/gemini:streamGenerateContent", "/a.b/c", "/x/.well-known/y"] {
+            assert!(path(raw).is_ok(), "{raw}");
+        }
     }
 
     #[test]
