@@ -20,6 +20,7 @@ pub mod ndjson;
 mod numeric;
 mod scan;
 mod secret_forms;
+pub mod sniff;
 pub mod sse;
 pub mod sse_fields;
 mod stream;

@@ -89,7 +89,7 @@ impl NdjsonMasker {
 
 /// A typed line's code and what follows it: one or two digits or lower
 /// case letters, then `:`.
-fn type_code(line: &str) -> Option<(&str, &str)> {
+pub fn type_code(line: &str) -> Option<(&str, &str)> {
     let (code, rest) = line.split_once(':')?;
     let short = (1..=2).contains(&code.len());
     (short

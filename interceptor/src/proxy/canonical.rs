@@ -326,7 +326,11 @@ mod tests {
         ] {
             assert_eq!(path(raw), Err(NotCanonical::WindowsName), "{raw}");
         }
-        for raw in ["/v1/models/gemini:streamGenerateContent", "/a.b/c", "/x/.well-known/y"] {
+        for raw in [
+            "/v1/models/gemini:streamGenerateContent",
+            "/a.b/c",
+            "/x/.well-known/y",
+        ] {
             assert!(path(raw).is_ok(), "{raw}");
         }
     }

@@ -815,6 +815,15 @@ impl HttpConn {
                     elements, bytes,
                 )));
             }
+            // Untyped or plain text: perhaps a stream under no label.
+            None if media.as_deref().is_none_or(|t| t == "text/plain") && !body.buffers_whole() => {
+                let proto = crate::masking::StreamMasker::new(sse_profile.clone(), &injected);
+                body = body.events(Box::new(crate::masking::sniff::Sniffed::new(
+                    crate::masking::sse::SseMasker::new(sse_profile, &injected),
+                    crate::masking::ndjson::NdjsonMasker::new(proto.sibling(), Vec::new()),
+                    proto,
+                )));
+            }
             Some(Framing::Array) | None => {}
         }
         if body.buffers_whole() {
