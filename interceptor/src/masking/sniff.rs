@@ -11,8 +11,12 @@ use super::sse::{EventError, SseMasker};
 use super::{Counts, StreamMasker};
 use std::time::Instant;
 
-/// Read before deciding, at most: a first line longer than this is text.
-const FIRST_LINE: usize = 4096;
+/// Read before deciding, at most (a data stream's first line may be a
+/// large part, sources or data: an attack pass cut one at 4 KiB).
+const FIRST_LINE: usize = super::sse::MAX_EVENT;
+
+/// Lines that make a body SSE: any field a client reads, or a comment.
+const SSE_STARTS: [&[u8]; 5] = [b"data:", b"event:", b"id:", b"retry:", b":"];
 
 pub struct Sniffed {
     choice: Option<Choice>,
@@ -42,15 +46,17 @@ impl Sniffed {
 
     fn choose(&mut self) -> Choice {
         let text = String::from_utf8_lossy(&self.buf);
+        // Blank lines before the first are nothing to an SSE client.
         let first = text
             .trim_start_matches('\u{feff}')
+            .trim_start_matches(['\r', '\n'])
             .split('\n')
             .next()
             .unwrap_or("")
             .trim_end_matches('\r');
         let typed = type_code(first)
             .is_some_and(|(_, json)| serde_json::from_str::<serde_json::Value>(json).is_ok());
-        if first.starts_with("data:") || first.starts_with("event:") {
+        if SSE_STARTS.iter().any(|s| first.as_bytes().starts_with(s)) {
             Choice::Events(Box::new(self.sse.take().expect("chosen once")))
         } else if typed {
             Choice::Events(Box::new(self.typed.take().expect("chosen once")))
@@ -67,13 +73,25 @@ impl Sniffed {
     }
 }
 
+/// Whether the first line that is not blank has ended.
+fn first_line_ends(buf: &[u8]) -> bool {
+    let t = buf.strip_prefix(b"\xef\xbb\xbf").unwrap_or(buf);
+    t.iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .is_some_and(|start| t[start..].contains(&b'\n'))
+}
+
 /// Whether the start of the first line leaves the choice open: it could
 /// still be `data:`/`event:`, or a type code whose JSON has not ended.
 /// Text is decided within a few bytes, so a plain-text token stream is not
 /// held back.
 fn still_open(buf: &[u8]) -> bool {
     let t = buf.strip_prefix(b"\xef\xbb\xbf").unwrap_or(buf);
-    let sse = [&b"data:"[..], b"event:"]
+    let Some(start) = t.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+        return true;
+    };
+    let t = &t[start..];
+    let sse = SSE_STARTS
         .iter()
         .any(|f| f.starts_with(t) && !t.starts_with(f));
     let code = |b: &u8| b.is_ascii_digit() || b.is_ascii_lowercase();
@@ -93,7 +111,7 @@ impl Events for Sniffed {
             return self.feed(chunk, now);
         }
         self.buf.extend_from_slice(chunk);
-        if !self.buf.contains(&b'\n') && self.buf.len() < FIRST_LINE && still_open(&self.buf) {
+        if !first_line_ends(&self.buf) && self.buf.len() < FIRST_LINE && still_open(&self.buf) {
             return Ok(Vec::new());
         }
         self.choice = Some(self.choose());
@@ -214,6 +232,12 @@ mod tests {
         let sse = format!("data: {{\"t\":\"key {a}\"}}\n\ndata: {{\"t\":\"{b} ok\"}}\n\n");
         let out = run(&sse);
         assert!(!out.contains(b) && out.starts_with("data: "), "{out}");
+        // A comment or blank lines first are SSE all the same (found by
+        // an attack pass).
+        let sse =
+            format!("\n: ok\n\ndata: {{\"t\":\"key {a}\"}}\n\ndata: {{\"t\":\"{b} ok\"}}\n\n");
+        let out = run(&sse);
+        assert!(!out.contains(b), "{out}");
         // Text is text, masked as bytes, as it was.
         let text = format!("a note: {SECRET}\nsecond line 0:\"x\"\n");
         assert_eq!(

@@ -10,7 +10,7 @@
 //! is the masked text. Text a masker still holds back (what could still
 //! grow into a secret: a trailing word or number, an open token; at most
 //! 8 KiB) goes out in an event of the same shape when its stream ends
-//! (block stop, finish reason, `[DONE]`, the end of the body). Events keep
+//! (block stop, `.done`, `[DONE]`, the end of the body). Events keep
 //! flowing meanwhile, with empty deltas where needed.
 //!
 //! Other JSON events have each string value masked whole; non-JSON data is
@@ -96,8 +96,6 @@ impl Event {
 struct TextField {
     key: String,
     pointer: String,
-    /// The event ends this stream (a final chunk): flush it first.
-    ends: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +263,7 @@ impl SseMasker {
             return self.fields.event(fields, Data::Json(value), now);
         }
         let mut out = Vec::new();
-        // A final chunk (block stop, finish reason, a `.done` event) ends
+        // A final event (block stop, a `.done` event) ends
         // its streams: what they hold goes out before it.
         // (A stream this very event continues is finished in place below,
         // so a secret split across its last pieces is still caught whole.)
@@ -335,17 +333,9 @@ impl SseMasker {
                 });
             stream.template = template;
             stream.pointer = at;
-            let mut emitted = stream.masker.push(piece.as_bytes());
-            if f.ends {
-                emitted.extend(stream.masker.finish());
-            }
+            let emitted = stream.masker.push(piece.as_bytes());
             if let Some(v) = value.pointer_mut(&f.pointer) {
                 *v = Value::String(String::from_utf8_lossy(&emitted).into_owned());
-            }
-            if f.ends
-                && let Some(s) = self.streams.remove(&f.key)
-            {
-                merge(&mut self.counts, &s.masker.counts);
             }
         }
         // Every other string of the event (token log-probabilities, a
@@ -608,7 +598,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
             out.push(TextField {
                 key: format!("block:{index}:{f}"),
                 pointer: format!("/delta/{f}"),
-                ends: false,
             });
         }
     }
@@ -623,7 +612,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 out.push(TextField {
                     key: format!("block:{index}:{f}"),
                     pointer: format!("/content_block/{f}"),
-                    ends: false,
                 });
             }
         }
@@ -633,7 +621,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         out.push(TextField {
             key: format!("resp:{}:{}", response_item(v), kind),
             pointer: "/delta".into(),
-            ends: false,
         });
     }
     // Google Gemini: candidates[].content.parts[].text.
@@ -643,7 +630,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 .get("index")
                 .map(|x| key_of(Some(x)))
                 .unwrap_or(i.to_string());
-            let ends = c.get("finishReason").is_some_and(|f| !f.is_null());
             if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
                 // Keyed by kind, not position: parts move as a thought
                 // ends and the answer starts (an attack pass split a key
@@ -657,7 +643,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                         out.push(TextField {
                             key: format!("gemini:{idx}:{kind}"),
                             pointer: format!("/candidates/{i}/content/parts/{j}/text"),
-                            ends,
                         });
                     }
                 }
@@ -673,7 +658,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
         out.push(TextField {
             key: format!("cohere:{index}:"),
             pointer: "/delta/message/content/text".into(),
-            ends: false,
         });
     }
     // OpenAI Chat Completions: choices[].delta.content / tool arguments.
@@ -683,7 +667,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                 .get("index")
                 .map(|x| key_of(Some(x)))
                 .unwrap_or(i.to_string());
-            let ends = c.get("finish_reason").is_some_and(|f| !f.is_null());
             // Text deltas, reasoning as OpenRouter, Groq and vLLM name it,
             // the legacy function call, an audio transcript, and the
             // legacy completions' `text` (found unread by an attack pass).
@@ -700,7 +683,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                     out.push(TextField {
                         key: format!("choice:{idx}:{f}"),
                         pointer: format!("/choices/{i}{pointer}"),
-                        ends,
                     });
                 }
             }
@@ -712,7 +694,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                         out.push(TextField {
                             key: format!("choice:{idx}:part:{kind}"),
                             pointer: format!("/choices/{i}/delta/content/{j}/text"),
-                            ends,
                         });
                     }
                 }
@@ -731,7 +712,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                             pointer: format!(
                                 "/choices/{i}/delta/tool_calls/{j}/function/arguments"
                             ),
-                            ends,
                         });
                     }
                     // The SDK joins a name sent in pieces too.
@@ -739,7 +719,6 @@ fn text_fields(v: &Value) -> Vec<TextField> {
                         out.push(TextField {
                             key: format!("choice:{idx}:tool:{tidx}:name"),
                             pointer: format!("/choices/{i}/delta/tool_calls/{j}/function/name"),
-                            ends,
                         });
                     }
                 }
@@ -823,7 +802,6 @@ fn declared_fields(
                 out.push(TextField {
                     key: format!("path:{pointer}"),
                     pointer,
-                    ends: false,
                 });
             }
         }
@@ -854,7 +832,8 @@ fn stream_ends(v: &Value) -> Vec<String> {
             let index = key_of(v.get("index"));
             out.push(format!("block:{index}:"));
         }
-        "message_stop" | "message_delta" => out.push("block:".into()),
+        // (Not `message_delta`: a gateway may send one after every delta.)
+        "message_stop" => out.push("block:".into()),
         "content-end" => {
             let index = key_of(v.get("index"));
             out.push(format!("cohere:{index}:"));
@@ -868,28 +847,9 @@ fn stream_ends(v: &Value) -> Vec<String> {
         }
         _ => {}
     }
-    if let Some(cands) = v.get("candidates").and_then(Value::as_array) {
-        for (i, c) in cands.iter().enumerate() {
-            if c.get("finishReason").is_some_and(|f| !f.is_null()) {
-                let idx = c
-                    .get("index")
-                    .map(|x| key_of(Some(x)))
-                    .unwrap_or(i.to_string());
-                out.push(format!("gemini:{idx}:"));
-            }
-        }
-    }
-    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-        for (i, c) in choices.iter().enumerate() {
-            if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
-                let idx = c
-                    .get("index")
-                    .map(|x| key_of(Some(x)))
-                    .unwrap_or(i.to_string());
-                out.push(format!("choice:{idx}:"));
-            }
-        }
-    }
+    // A finish reason does not end a choice's or candidate's stream:
+    // gateways send one on every chunk (found by an attack pass: each
+    // chunk then masked alone). `[DONE]` and the end of the body do.
     out
 }
 
@@ -1400,7 +1360,7 @@ mod tests {
                 .into_iter()
                 .collect()
         }
-        let cases: [(&str, Shape, Join); 13] = [
+        let cases: [(&str, Shape, Join); 17] = [
             (
                 "gemini logprobsResult",
                 |_, p| {
@@ -1547,6 +1507,55 @@ mod tests {
                         .chain(strings(e.pointer("/delta/text")))
                         .collect()
                 },
+            ),
+            (
+                // Gateways that send a finish reason on every chunk.
+                "finish on every chunk",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"object":"chat.completion.chunk","choices":[{"index":0,
+                    "delta":{"content":p},"finish_reason":"stop"}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/choices/0/delta/content")),
+            ),
+            (
+                "finishReason on every chunk",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"candidates":[{"content":{"parts":[{"text":p}],"role":"model"},
+                    "finishReason":"STOP","index":0}]}),
+                    ]
+                },
+                |e| strings(e.pointer("/candidates/0/content/parts/0/text")),
+            ),
+            (
+                // The AI SDK's tool calls, interleaved by their own id.
+                "interleaved toolCallId",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"type":"tool-input-delta","toolCallId":"a","inputTextDelta":p}),
+                        serde_json::json!({"type":"tool-input-delta","toolCallId":"b","inputTextDelta":"xy"}),
+                    ]
+                },
+                |e| {
+                    if e["toolCallId"] == "a" {
+                        strings(e.get("inputTextDelta"))
+                    } else {
+                        vec![]
+                    }
+                },
+            ),
+            (
+                // A gateway that sends a message_delta after every delta.
+                "message_delta after every delta",
+                |_, p| {
+                    vec![
+                        serde_json::json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":p}}),
+                        serde_json::json!({"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":1}}),
+                    ]
+                },
+                |e| strings(e.pointer("/delta/text")),
             ),
             (
                 "tool name in pieces",

@@ -804,16 +804,14 @@ fn is_token_object(v: &Value) -> bool {
 fn index_of(v: &Value) -> Option<String> {
     let o = v.as_object()?;
     let mut key = String::new();
-    for name in [
-        "index",
-        "output_index",
-        "content_index",
-        "id",
-        "item_id",
-        "message_id",
-    ] {
-        if let Some(x) = o.get(name).filter(|x| x.is_number() || x.is_string()) {
+    // Indexes, and ids of any name (`id`, `item_id`, `toolCallId`: the
+    // AI SDK interleaves tool calls by it).
+    for (name, x) in o {
+        let named = name.ends_with("index") || name.ends_with("id") || name.ends_with("Id");
+        if named && (x.is_number() || x.is_string()) {
             key.push('#');
+            key.push_str(name);
+            key.push('=');
             key.push_str(&super::sse::key_of(Some(x)));
         }
     }
