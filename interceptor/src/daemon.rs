@@ -234,6 +234,13 @@ async fn serve(cfg: Config) -> Result<()> {
     }
     tokio::spawn(admin::serve_tcp(admin_tcp, proxy.clone()));
     tokio::spawn(admin::serve_unix(admin_unix, proxy.clone()));
+    // The signals are ours before anyone is told we are ready: a SIGTERM
+    // right after READY=1 killed the daemon without its stopping steps
+    // (seen in CI under load: no STOPPING=1, nothing detached).
+    let (_policy_watcher, mut policy_changed) = watch_policies(&cfg.policies)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tracing::info!(
         cgroups = ?cgroups.iter().map(|c| c.rel.as_str()).collect::<Vec<_>>(),
         port = cfg.listen_port,
@@ -244,10 +251,6 @@ async fn serve(cfg: Config) -> Result<()> {
     // Type=notify: systemd starts skills.slice only after this.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    let (_policy_watcher, mut policy_changed) = watch_policies(&cfg.policies)?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
