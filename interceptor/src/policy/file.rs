@@ -171,6 +171,51 @@ impl OneOrMany {
     }
 }
 
+/// A TOML reader's message in the policy's words: no serde type names
+/// ("untagged enum OneOrMany"), and a near miss named.
+fn plain(message: &str) -> String {
+    const PLAIN: [(&str, &str); 3] = [
+        (
+            "untagged enum OneOrMany",
+            "expected a string or a list of strings",
+        ),
+        (
+            "untagged enum PortOrPorts",
+            "expected a port number or a list of port numbers",
+        ),
+        (
+            "untagged enum Size",
+            "expected a size: a number of bytes, or a string such as \"10MiB\"",
+        ),
+    ];
+    if let Some((_, said)) = PLAIN.iter().find(|(jargon, _)| message.contains(jargon)) {
+        return said.to_string();
+    }
+    // "unknown field `methdo`, expected one of `id`, `method`, ..."
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once("`, expected one of ")
+    {
+        let names: Vec<&str> = expected.split(", ").map(|n| n.trim_matches('`')).collect();
+        return format!(
+            "unknown key `{field}`{}; the keys here are {}",
+            did_you_mean(field, &names),
+            names.join(", ")
+        );
+    }
+    message.to_string()
+}
+
+/// " (did you mean `x`?)" for the name nearest to `given`, if one is near.
+pub fn did_you_mean(given: &str, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| (strsim::damerau_levenshtein(given, n), *n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min()
+        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default()
+}
+
 /// Bytes as an integer or a string with a unit ("10MB", "512KiB").
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -317,7 +362,18 @@ impl Parser<'_> {
             Ok(d) => d,
             Err(e) => {
                 let offset = e.span().map_or(0, |s| s.start);
-                self.push(offset, e.message().to_string());
+                let mut message = plain(e.message());
+                // Say which key: the value's own line names it.
+                let line_start = self.text[..offset.min(self.text.len())]
+                    .rfind('\n')
+                    .map_or(0, |i| i + 1);
+                let line = self.text[line_start..].lines().next().unwrap_or("");
+                if message.starts_with("expected")
+                    && let Some((key, _)) = line.split_once('=')
+                {
+                    message = format!("`{}`: {message}", key.trim());
+                }
+                self.push(offset, message);
                 return;
             }
         };
@@ -897,9 +953,11 @@ fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, Strin
             continue;
         }
         list.push(detectors::builtin(d).ok_or_else(|| {
+            let names: Vec<&str> = detectors::builtin_names().collect();
             format!(
-                "unknown detector {d:?}; built-in: all, {}",
-                detectors::builtin_names().collect::<Vec<_>>().join(", ")
+                "unknown detector {d:?}{}; built-in: all, {}",
+                did_you_mean(d, &names),
+                names.join(", ")
             )
         })?);
     }
@@ -1015,6 +1073,32 @@ mod tests {
         );
     }
 
+    /// Errors in the policy's words: the key, what it takes, a near miss
+    /// named; no serde type names (issue 14).
+    #[test]
+    fn errors_name_the_key_and_a_near_miss() {
+        let e = errors("[[rule]]\nid = \"a\"\nmethod = 5\naction = \"allow\"\n");
+        assert_eq!(
+            e,
+            ["3:10: `method`: expected a string or a list of strings"]
+        );
+        let e = errors("[[rule]]\nid = \"a\"\nmethdo = \"GET\"\naction = \"allow\"\n");
+        assert!(
+            e[0].starts_with("3:1: unknown key `methdo` (did you mean `method`?)"),
+            "{e:?}"
+        );
+        let e = errors("[mask.p]\ndetectors = [\"crad\"]\n");
+        assert!(
+            e[0].contains("unknown detector \"crad\" (did you mean `card`?)"),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .all(|m| !m.contains("untagged") && !m.contains("enum")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn syntax_error_has_line_and_column() {
         let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\nx");
@@ -1034,7 +1118,10 @@ mod tests {
         );
         assert!(e[0].starts_with("5:6: duplicate rule id"), "{e:?}");
         let e = errors("[[rule]]\nid = \"a\"\naction = \"allow\"\nmethods = \"GET\"\n");
-        assert!(e[0].contains("unknown field `methods`"), "{e:?}");
+        assert!(
+            e[0].contains("unknown key `methods` (did you mean `method`?)"),
+            "{e:?}"
+        );
         let e = errors(
             "[[rule]]\nid = \"a\"\naction = \"allow\"\nscheme = \"https\"\ninject = \"gh\"\n",
         );
