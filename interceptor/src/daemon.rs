@@ -75,6 +75,9 @@ async fn serve(cfg: Config) -> Result<()> {
         anyhow::anyhow!("invalid policy:\n  {}", list.join("\n  "))
     })?;
     tracing::info!(dir = %cfg.policies.display(), rules = policy.rules.len(), "policy loaded");
+    if policy.rules.is_empty() {
+        tracing::warn!(dir = %cfg.policies.display(), "no rules: every connection and request of the workload is denied");
+    }
     crate::state_dir::secure(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir)?;
     let tls = Tls::load_or_create(&cfg.state_dir, &cfg.upstream_ca_files)?;
@@ -487,6 +490,9 @@ fn reload(proxy: &Proxy, cfg: &Config) {
     match Policy::load_dir(&cfg.policies) {
         Ok(p) => {
             tracing::info!(rules = p.rules.len(), "policy reloaded");
+            if p.rules.is_empty() {
+                tracing::warn!("no rules: every connection and request of the workload is denied");
+            }
             report_credentials(&p, &proxy.credentials);
             *proxy.policy.write().unwrap() = Arc::new(p);
         }

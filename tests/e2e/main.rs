@@ -77,6 +77,23 @@ fn read_commands_create_no_state() {
     }
 }
 
+/// An empty policy directory denies everything: `policy check` says so
+/// (issue 14).
+#[test]
+fn an_empty_policy_directory_is_warned_of() {
+    let dir = std::env::temp_dir().join(format!("interceptor-nopolicy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["policy", "check"]).arg(&dir);
+    let (ok, out, err) = run(c, Duration::from_secs(20));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("no rules: every connection and request of the workload is denied"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bytes_arrive_intact_and_sessions_are_attributed() {
     require_kernel!();

@@ -187,6 +187,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                         p.rules.len(),
                         p.files.len()
                     );
+                    if p.rules.is_empty() {
+                        eprintln!(
+                            "warning: no rules: every connection and request of the workload is denied"
+                        );
+                    }
                     // Sources are read as this user, from this environment:
                     // a systemd credential exists only inside its unit.
                     if let Ok(cfg) = &cfg {
