@@ -208,25 +208,13 @@ impl Events for JsonArrayMasker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{Profile, Uninspectable, detectors};
     use serde_json::Value;
     use std::sync::Arc;
 
     const SECRET: &str = "sk-ARR-0a9b8c7d6e";
 
     fn masker() -> JsonArrayMasker {
-        let d = vec![detectors::builtin("card").unwrap()];
-        let p = Arc::new(
-            Profile::new(
-                "t",
-                d,
-                Default::default(),
-                vec![],
-                1 << 20,
-                Uninspectable::Block,
-            )
-            .unwrap(),
-        );
+        let p = Arc::new(crate::masking::test_profile(&["card"]));
         JsonArrayMasker::new(
             SseMasker::new(p.clone(), &[SECRET]),
             StreamMasker::new(p, &[SECRET]),

@@ -278,6 +278,29 @@ pub fn mask_headers(h: &mut http::HeaderMap, masker: &mut StreamMasker) {
     }
 }
 
+/// A profile for the tests: these built-in detectors (`"all"` for every
+/// one), nothing else, blocking what it cannot inspect.
+#[cfg(test)]
+pub(crate) fn test_profile(names: &[&str]) -> Profile {
+    let d = names
+        .iter()
+        .flat_map(|&n| match n {
+            "all" => detectors::builtin_names().collect::<Vec<_>>(),
+            n => vec![n],
+        })
+        .map(|n| detectors::builtin(n).unwrap())
+        .collect();
+    Profile::new(
+        "t",
+        d,
+        Default::default(),
+        vec![],
+        1 << 20,
+        Uninspectable::Block,
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -160,22 +160,12 @@ impl Events for NdjsonMasker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{Profile, Uninspectable, detectors};
     use std::sync::Arc;
 
     const SECRET: &str = "sk-NDJ-9f8e7d6c5b";
 
     fn masker() -> NdjsonMasker {
-        let d = vec![detectors::builtin("card").unwrap()];
-        let p = Profile::new(
-            "t",
-            d,
-            Default::default(),
-            vec![],
-            1 << 20,
-            Uninspectable::Block,
-        )
-        .unwrap();
+        let p = crate::masking::test_profile(&["card"]);
         NdjsonMasker::new(StreamMasker::new(Arc::new(p), &[SECRET]), vec![])
     }
 

@@ -159,24 +159,12 @@ impl Events for Sniffed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{Profile, Uninspectable, detectors};
     use std::sync::Arc;
 
     const SECRET: &str = "sk-SNIFF-5e4d3c2b1a";
 
     fn sniffer() -> Sniffed {
-        let d = vec![detectors::builtin("card").unwrap()];
-        let p = Arc::new(
-            Profile::new(
-                "t",
-                d,
-                Default::default(),
-                vec![],
-                1 << 20,
-                Uninspectable::Block,
-            )
-            .unwrap(),
-        );
+        let p = Arc::new(crate::masking::test_profile(&["card"]));
         let proto = StreamMasker::new(p.clone(), &[SECRET]);
         Sniffed::new(
             SseMasker::new(p.clone(), &[SECRET]),
@@ -195,24 +183,7 @@ mod tests {
     }
 
     fn run(body: &str) -> String {
-        let d = vec![detectors::builtin("card").unwrap()];
-        let p = Arc::new(
-            Profile::new(
-                "t",
-                d,
-                Default::default(),
-                vec![],
-                1 << 20,
-                Uninspectable::Block,
-            )
-            .unwrap(),
-        );
-        let proto = StreamMasker::new(p.clone(), &[SECRET]);
-        let mut m = Sniffed::new(
-            SseMasker::new(p.clone(), &[SECRET]),
-            NdjsonMasker::new(proto.sibling(), vec![]),
-            proto,
-        );
+        let mut m = sniffer();
         let now = Instant::now();
         let mut out = Vec::new();
         for chunk in body.as_bytes().chunks(3) {

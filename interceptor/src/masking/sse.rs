@@ -892,19 +892,10 @@ mod tests {
     use std::time::Duration;
 
     fn profile() -> Arc<Profile> {
-        let d = vec![detectors::builtin("card").unwrap()];
         Arc::new(
-            Profile::new(
-                "t",
-                d,
-                Default::default(),
-                vec![],
-                1 << 20,
-                Uninspectable::Block,
-            )
-            .unwrap()
-            .with_sse_text_paths(&["/stream/*/chunk".to_string()])
-            .unwrap(),
+            crate::masking::test_profile(&["card"])
+                .with_sse_text_paths(&["/stream/*/chunk".to_string()])
+                .unwrap(),
         )
     }
 

@@ -686,20 +686,7 @@ mod tests {
     /// an event at 8 KiB held).
     #[test]
     fn held_text_is_searched_for_escapes_once() {
-        let d = super::super::detectors::builtin_names()
-            .map(|n| super::super::detectors::builtin(n).unwrap())
-            .collect();
-        let p = Arc::new(
-            Profile::new(
-                "t",
-                d,
-                Default::default(),
-                vec![],
-                1 << 20,
-                Uninspectable::Block,
-            )
-            .unwrap(),
-        );
+        let p = Arc::new(crate::masking::test_profile(&["all"]));
         let mut m = StreamMasker::new(p, &["wJalrXUtnFEMI/K7MDENG+bPxRfi&CYEXAMPLEKEY"]);
         let n = 8000;
         for _ in 0..n {
