@@ -165,9 +165,7 @@ impl StreamMasker {
         self.search_literals();
         let len = self.pending.len();
         let cut = self
-            .secrets
-            .as_ref()
-            .map(|s| s.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base)))
+            .secrets_hold()
             .filter(|&p| p >= self.context && p + CUT_OFF_SECRET <= len);
         let mut out = self.emit(cut.unwrap_or(len));
         if cut.is_some() && self.pending.len() > self.context {
@@ -253,11 +251,11 @@ impl StreamMasker {
             return None;
         }
         let tail = &self.pending[hold..];
-        if let Some(secrets) = &self.secrets {
-            let p = secrets.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base));
-            if p >= hold && p + 4 <= len {
-                return Some(p);
-            }
+        if let Some(p) = self.secrets_hold()
+            && p >= hold
+            && p + 4 <= len
+        {
+            return Some(p);
         }
         if let Some(s) = self.starts.iter().find(|s| s.at >= hold) {
             return Some(s.at);
@@ -363,15 +361,22 @@ impl StreamMasker {
     /// a match starting there is complete. What follows could still grow
     /// into a match (scan.rs says where, per detector; or a cut-off form
     /// of an injected secret), held back at most MAX_MATCH bytes.
+    /// Where the pending text ends with the start of an injected secret's
+    /// form, with injected secrets (the escaped forms' place as the last
+    /// search found it).
+    fn secrets_hold(&self) -> Option<usize> {
+        let escaped = self.escaped_hold.saturating_sub(self.base);
+        Some(self.secrets.as_ref()?.hold_from(&self.lower, escaped))
+    }
+
     fn safe_boundary(&self) -> usize {
         let p = &self.pending;
         let profile = &self.profile;
         let mut hold = profile
             .scanner
             .hold_from(&profile.detectors, p, &self.lower, &self.starts);
-        if let Some(secrets) = &self.secrets {
-            hold = hold
-                .min(secrets.hold_from(&self.lower, self.escaped_hold.saturating_sub(self.base)));
+        if let Some(p) = self.secrets_hold() {
+            hold = hold.min(p);
         }
         let floor = self.floor();
         profile.scanner.settle(p, hold.max(floor), floor)
