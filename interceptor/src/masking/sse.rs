@@ -399,20 +399,13 @@ impl SseMasker {
                         self.template_of(x, &path[1..])
                     } else {
                         match x {
-                            Value::String(s) if METADATA.contains(&k.as_str()) => {
-                                let masked = self.mask_whole(s.as_bytes());
-                                Value::String(String::from_utf8_lossy(&masked).into_owned())
-                            }
+                            Value::String(_) if METADATA.contains(&k.as_str()) => self.whole(x),
                             Value::String(_) => Value::String(String::new()),
                             Value::Array(_) => Value::Array(Vec::new()),
                             // Its keys may be data (a function call's
                             // arguments): only metadata stays.
                             Value::Object(_) => self.skeleton(x),
-                            Value::Number(_) => {
-                                let mut n = x.clone();
-                                self.mask_strings(&mut n, "", &[]);
-                                n
-                            }
+                            Value::Number(_) => self.whole(x),
                             other => other.clone(),
                         }
                     };
@@ -447,16 +440,11 @@ impl SseMasker {
                 let mut out = serde_json::Map::new();
                 for (k, x) in o {
                     let kept = match x {
-                        Value::String(s) if METADATA.contains(&k.as_str()) => {
-                            let masked = self.mask_whole(s.as_bytes());
-                            Value::String(String::from_utf8_lossy(&masked).into_owned())
-                        }
+                        Value::String(_) if METADATA.contains(&k.as_str()) => self.whole(x),
                         Value::Number(_)
                             if METADATA.contains(&k.as_str()) || k.contains("index") =>
                         {
-                            let mut n = x.clone();
-                            self.mask_strings(&mut n, "", &[]);
-                            n
+                            self.whole(x)
                         }
                         Value::Bool(_) | Value::Null => x.clone(),
                         _ => continue,
@@ -469,6 +457,13 @@ impl SseMasker {
             Value::String(_) => Value::String(String::new()),
             other => other.clone(),
         }
+    }
+
+    /// A string or number, masked whole.
+    fn whole(&mut self, x: &Value) -> Value {
+        let mut v = x.clone();
+        self.mask_strings(&mut v, "", &[]);
+        v
     }
 
     /// Every string in `v` but the stream fields, masked whole (detectors
@@ -569,10 +564,7 @@ impl Events for SseMasker {
         if !last.is_empty() {
             out.extend(self.event(last, Instant::now()).unwrap_or_default());
         }
-        out.extend(self.fields.finish());
-        let counts = std::mem::take(&mut self.fields.counts);
-        merge(&mut self.counts, &counts);
-        out.extend(self.flush(|_| true));
+        out.extend(self.end());
         out
     }
 
