@@ -147,12 +147,9 @@ impl SseMasker {
         self
     }
 
-    /// One element of a JSON array, read as an event.
-    pub fn element(&mut self, v: Value, now: Instant) -> Result<Vec<u8>, EventError> {
-        match v {
-            v @ (Value::Object(_) | Value::Array(_)) => self.structured(Vec::new(), v, now),
-            v => self.fields.event(Vec::new(), Data::Json(v), now),
-        }
+    /// One element of a JSON array, a known API's chunk, read as an event.
+    pub fn element(&mut self, chunk: Value, now: Instant) -> Result<Vec<u8>, EventError> {
+        self.structured(Vec::new(), chunk, now)
     }
 
     /// One element written as it is but masked whole (a shape no stream
