@@ -213,22 +213,37 @@ fn lower(c: u32) -> u32 {
     }
 }
 
-/// What a place reads as, shared by the memo and its users.
-type Readings = Rc<Vec<Read>>;
+/// What a place reads as: most places read one way, kept inline (a
+/// run of bytes that are not escapes costs no allocation); the rest are
+/// shared by the memo and its users.
+#[derive(Clone)]
+enum Readings {
+    One(Read),
+    Many(Rc<[Read]>),
+}
+
+impl Readings {
+    fn iter(&self) -> std::slice::Iter<'_, Read> {
+        match self {
+            Readings::One(r) => std::slice::from_ref(r).iter(),
+            Readings::Many(rs) => rs.iter(),
+        }
+    }
+}
 
 /// Reads a text's characters, escaped or not; what it read at a place and
 /// depth is kept (a run of backslashes reads many ways at every depth,
 /// and without the memo the ways multiplied).
 struct Reader<'a> {
     t: &'a [u8],
-    memo: RefCell<HashMap<(usize, u8), Readings>>,
+    memo: RefCell<HashMap<(usize, u8), Readings, foldhash::fast::FixedState>>,
 }
 
 impl<'a> Reader<'a> {
     fn new(t: &'a [u8]) -> Self {
         Reader {
             t,
-            memo: RefCell::new(HashMap::new()),
+            memo: RefCell::new(HashMap::default()),
         }
     }
 
@@ -248,7 +263,7 @@ impl<'a> Reader<'a> {
     /// deep (`%5c%2f` is `\` then `/`, which is `/`).
     fn read(&self, at: usize, depth: u8) -> Readings {
         let Some(&b) = self.t.get(at) else {
-            return Rc::new(vec![Read::Partial]);
+            return Readings::One(Read::Partial);
         };
         // A backslash escaped again reads as a backslash in many places
         // (`\\\\` is one, two or four of them): three layers of it are
@@ -260,7 +275,7 @@ impl<'a> Reader<'a> {
             depth
         };
         if depth == 0 || !is_introducer(b) || !may_escape(self.t, at) {
-            return Rc::new(vec![Read::Char(b as u32, at + 1)]);
+            return Readings::One(Read::Char(b as u32, at + 1));
         }
         if let Some(r) = self.memo.borrow().get(&(at, depth)) {
             return r.clone();
@@ -289,7 +304,10 @@ impl<'a> Reader<'a> {
             out.truncate(MAX_READINGS);
             out.sort_unstable();
         }
-        let out = Rc::new(out);
+        let out = match out[..] {
+            [one] => Readings::One(one),
+            _ => Readings::Many(out.into()),
+        };
         self.memo.borrow_mut().insert((at, depth), out.clone());
         out
     }
