@@ -56,6 +56,8 @@ struct File {
     retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
     record_body_kb: Option<u64>,
+    mask_cpu_base_ms: Option<u64>,
+    mask_cpu_ns_per_byte: Option<u64>,
     allow_sockets: Option<Vec<String>>,
     proxy_mark: Option<u32>,
     conn_map_entries: Option<u32>,
@@ -129,6 +131,8 @@ pub struct Config {
     pub retention_max_bytes: u64,
     /// Masked response bodies recorded per session, at most.
     pub record_body_bytes: u64,
+    /// The CPU masking one body may use (then it is cut off).
+    pub mask_cpu: crate::masking::cpu_allowance::CpuAllowance,
     /// Socket kinds a workload may create besides TCP
     /// (`interceptor_common::kinds` bits); the rest fail with EPERM.
     pub socket_kinds: u32,
@@ -168,6 +172,7 @@ impl Default for Config {
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
             record_body_bytes: 64 << 10,
+            mask_cpu: Default::default(),
             socket_kinds: interceptor_common::kinds::DEFAULT,
             proxy_mark: DEFAULT_PROXY_MARK,
             conn_map_entries: 65536,
@@ -313,6 +318,15 @@ impl Config {
         }
         if let Some(kb) = file.record_body_kb {
             c.record_body_bytes = kb << 10;
+        }
+        if let Some(ms) = file.mask_cpu_base_ms {
+            c.mask_cpu.base = Duration::from_millis(ms);
+        }
+        if let Some(ns) = file.mask_cpu_ns_per_byte {
+            if ns == 0 {
+                bail!("config `mask_cpu_ns_per_byte` must be at least 1");
+            }
+            c.mask_cpu.per_byte = Duration::from_nanos(ns);
         }
         if let Some(list) = file.allow_sockets {
             c.socket_kinds = parse_socket_kinds(&list).context("config `allow_sockets`")?;

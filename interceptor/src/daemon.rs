@@ -192,6 +192,7 @@ async fn serve(cfg: Config) -> Result<()> {
         clock,
         approvals: Default::default(),
         record_body_bytes: cfg.record_body_bytes,
+        mask_cpu: cfg.mask_cpu,
         approvers_group: cfg.approvers_group.clone(),
         max_pending_approvals: cfg.max_pending_approvals,
         webhook,

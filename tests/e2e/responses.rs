@@ -61,6 +61,15 @@ fn serve(c: TcpStream) {
         let _ = w.write_all(body);
         return;
     }
+    if let Some(body) = costly(&path, &key) {
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = w.write_all(&body);
+        return;
+    }
     if path == "/echo-encoded" {
         let body = encoded_echoes(&key).join("\n");
         let _ = write!(
@@ -494,4 +503,73 @@ fn concurrent_large_json_bodies_keep_the_daemon_within_its_memory_bound() {
         grown_mib <= 64,
         "the daemon's peak RSS grew by {grown_mib} MiB (bound: 64 MiB over idle; {masked} of 8 masked)"
     );
+}
+
+/// 2 MiB bodies ending in the secret, percent-escaped: `/backslashes` is
+/// runs of backslashes before it, the costliest text for the escaped-secret
+/// reader (found by an attack pass); `/prose` is plain sentences.
+fn costly(path: &str, key: &str) -> Option<Vec<u8>> {
+    let unit: &[u8] = match path {
+        "/backslashes" => b"\\\\\\\\\\\\\\\\w",
+        "/prose" => b"The quarterly report shows revenue up 7 percent. ",
+        _ => return None,
+    };
+    let mut body: Vec<u8> = unit.iter().copied().cycle().take(2 << 20).collect();
+    body.extend(b" tail ");
+    for b in key.bytes() {
+        body.extend(format!("%{b:02X}").bytes());
+    }
+    body.push(b'\n');
+    Some(body)
+}
+
+#[test]
+fn a_response_that_costs_too_much_cpu_to_mask_is_cut_off() {
+    if !kernel_ready() {
+        return;
+    }
+    let cg = TestCgroup::new("maskcpu");
+    let up = Upstream::start("127.0.0.1:0", serve);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    cfg.extra = format!(
+        "mask_cpu_base_ms = 200\nmask_cpu_ns_per_byte = 200\n{}",
+        cfg.credentials(&[("api", SECRET)])
+    );
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
+         [mask.pii]\ndetectors = [\"card\"]\n\n\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    let escaped: String = SECRET.bytes().map(|b| format!("%{b:02X}")).collect();
+    let fetch = |path: &str| {
+        let url = format!("http://127.0.0.1:{}{path}", up.addr.port());
+        run(
+            cg.command("curl", &["-sS", "--max-time", "60", &url]),
+            Duration::from_secs(90),
+        )
+    };
+    // Ordinary text of the same size masks well within the allowance.
+    let (ok, out, err) = fetch("/prose");
+    assert!(ok, "{err}");
+    assert!(out.len() > 2 << 20, "{}", out.len());
+    assert!(
+        out.ends_with("tail [REDACTED:injected_secret]\n"),
+        "{}",
+        &out[out.len() - 80..]
+    );
+    // The costly one is cut off, and nothing past the cut reaches the skill.
+    let (ok, out, err) = fetch("/backslashes");
+    assert!(!ok, "the whole costly body arrived ({} bytes)", out.len());
+    assert!(out.len() < 2 << 20, "{} bytes arrived: {err}", out.len());
+    assert!(!out.contains(&escaped) && !out.contains(SECRET));
+    let sess = d.wait_session(|s| {
+        s["requests"].as_u64() == Some(1)
+            && s["state"] == "closed"
+            && s["bytes_down"].as_u64() < Some(2 << 20)
+    });
+    let cut = &d.requests(sess["id"].as_u64().unwrap())[0];
+    assert_eq!(cut["path"], "/backslashes", "{cut}");
+    assert!(cut["error"].as_str().unwrap_or("").contains("CPU"), "{cut}");
 }

@@ -580,6 +580,8 @@ pub struct MaskedBody<B> {
     /// upstream is quiet only counting from there (time spent masking a
     /// large event is not a pause of the stream; found by an attack pass).
     last_input: std::time::Instant,
+    /// The CPU the masking has used, against what it may (cut off past it).
+    cpu: super::cpu_allowance::CpuMeter,
 }
 
 /// Keeps the first `cap` bytes of the masked body for the session record.
@@ -625,7 +627,13 @@ impl<B> MaskedBody<B> {
             trailers: None,
             wake: None,
             last_input: std::time::Instant::now(),
+            cpu: super::cpu_allowance::CpuMeter::new(Default::default()),
         }
+    }
+
+    pub fn cpu_allowance(mut self, allowance: super::cpu_allowance::CpuAllowance) -> Self {
+        self.cpu = super::cpu_allowance::CpuMeter::new(allowance);
+        self
     }
 
     pub fn capture(mut self, c: Capture) -> Self {
@@ -671,7 +679,22 @@ impl<B> MaskedBody<B> {
         Frame::data(Bytes::from(data))
     }
 
+    /// `decoded` masked, within the body's CPU allowance.
     fn absorb(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
+        let start = super::cpu_allowance::CpuMeter::start();
+        let len = decoded.len();
+        let out = self.mask(decoded)?;
+        self.charge(start, len)?;
+        Ok(out)
+    }
+
+    fn charge(&mut self, start: std::time::Duration, bytes: usize) -> Result<(), BoxError> {
+        self.cpu
+            .charge(start, bytes)
+            .map_err(|why| Box::new(Uninspectable(why)) as BoxError)
+    }
+
+    fn mask(&mut self, decoded: Vec<u8>) -> Result<Vec<u8>, BoxError> {
         if !self.sniffed && !decoded.is_empty() {
             self.sniffed = true;
             let utf16 = decoded.starts_with(b"\xff\xfe") || decoded.starts_with(b"\xfe\xff");
@@ -705,6 +728,7 @@ impl<B> MaskedBody<B> {
             Box::new(Uninspectable(format!("decoding the response: {e}"))) as BoxError
         })?;
         let mut out = self.absorb(tail)?;
+        let start = super::cpu_allowance::CpuMeter::start();
         if let Some(j) = self.json.take() {
             let lease = std::cell::RefCell::new(self.budget.take());
             let done = j.mask(self.masker.sibling(), &lease, &mut self.queued);
@@ -725,6 +749,10 @@ impl<B> MaskedBody<B> {
             }
         }
         out.extend(self.masker.finish());
+        if let Err(e) = self.charge(start, 0) {
+            self.queued.clear();
+            return Err(e);
+        }
         let mut counts = self.counts.lock().unwrap();
         for (k, v) in std::mem::take(&mut self.masker.counts) {
             *counts.entry(k).or_default() += v;

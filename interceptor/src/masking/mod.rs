@@ -7,6 +7,7 @@
 //! arrive while a secret split across chunks is still caught whole. Secrets the proxy injected on the request are always
 //! masked, whatever the profile.
 pub mod body;
+pub mod cpu_allowance;
 pub mod detectors;
 mod digit_map;
 mod email;

@@ -320,6 +320,7 @@ impl HttpConn {
             crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
                 .capture(capture)
                 .budget(self.proxy.body_budget.lease(&self.workload))
+                .cpu_allowance(self.proxy.mask_cpu)
                 .boxed(),
         )
     }
@@ -735,6 +736,7 @@ impl HttpConn {
                 self.record_cap
                     .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize,
                 lease,
+                self.proxy.mask_cpu,
             );
             self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
             let (parts, body) = resp.into_parts();
@@ -791,7 +793,8 @@ impl HttpConn {
         let mut body = crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
             .pass_opaque(pass)
             .capture(self.capture(rec.seq))
-            .budget(self.proxy.body_budget.lease(&self.workload));
+            .budget(self.proxy.body_budget.lease(&self.workload))
+            .cpu_allowance(self.proxy.mask_cpu);
         match events {
             Some(Framing::Sse) => {
                 body = body.events(Box::new(crate::masking::sse::SseMasker::new(

@@ -110,6 +110,8 @@ pub struct Proxy {
     pub approvals: crate::approval::Approvals,
     /// Masked response bodies recorded per session, at most (bytes).
     pub record_body_bytes: u64,
+    /// The CPU masking one body may use.
+    pub mask_cpu: crate::masking::cpu_allowance::CpuAllowance,
     pub approvers_group: Option<String>,
     /// Requests held for an approver per workload, at most.
     pub max_pending_approvals: usize,

@@ -5,6 +5,7 @@
 //! never reaches the upstream). Messages are counted and recorded; text the
 //! upstream sends is masked with the rule's profile and the injected-secret
 //! scrubber before the skill sees it.
+use crate::masking::cpu_allowance::{CpuAllowance, CpuMeter};
 use crate::masking::{Counts, Profile, StreamMasker};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -56,6 +57,9 @@ pub struct Relay {
     record_room: usize,
     /// The memory a message from the skill may take, held while open.
     _lease: crate::memory_budget::Lease,
+    /// The CPU masking this connection's messages has used, against what
+    /// it may (the connection is ended past it).
+    cpu: Mutex<CpuMeter>,
 }
 
 impl Relay {
@@ -67,6 +71,7 @@ impl Relay {
         mask_up: bool,
         record_room: usize,
         lease: crate::memory_budget::Lease,
+        cpu: CpuAllowance,
     ) -> Relay {
         Relay {
             down: StreamMasker::new(profile.clone(), injected),
@@ -76,6 +81,7 @@ impl Relay {
             mask_up,
             record_room,
             _lease: lease,
+            cpu: Mutex::new(CpuMeter::new(cpu)),
         }
     }
 
@@ -126,8 +132,10 @@ impl Relay {
                     Ok(m) => m,
                     Err(e) => break Err(format!("from the client: {e}")),
                 };
-                let Some(m) = relay.pass(m, true, &up_state) else {
-                    continue;
+                let m = match relay.pass(m, true, &up_state) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => break Err(e),
                 };
                 // A close is passed on as far as the other side still
                 // listens; one that cannot be is not an error.
@@ -158,8 +166,10 @@ impl Relay {
                     Ok(m) => m,
                     Err(e) => break Err(format!("from the upstream: {e}")),
                 };
-                let Some(m) = relay.pass(m, false, &down_state) else {
-                    continue;
+                let m = match relay.pass(m, false, &down_state) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(e) => break Err(e),
                 };
                 let close = m.is_close();
                 let sent = to_client.send(m).await;
@@ -184,9 +194,23 @@ impl Relay {
         out
     }
 
-    /// One message on its way; `None` for control frames each hop answers
-    /// itself (ping/pong).
-    fn pass(&self, m: Message, up: bool, state: &Mutex<Outcome>) -> Option<Message> {
+    /// One message on its way, within the connection's CPU allowance for
+    /// masking; `None` for control frames each hop answers itself
+    /// (ping/pong).
+    fn pass(
+        &self,
+        m: Message,
+        up: bool,
+        state: &Mutex<Outcome>,
+    ) -> Result<Option<Message>, String> {
+        let start = CpuMeter::start();
+        let len = m.len();
+        let out = self.pass_masked(m, up, state);
+        self.cpu.lock().unwrap().charge(start, len)?;
+        Ok(out)
+    }
+
+    fn pass_masked(&self, m: Message, up: bool, state: &Mutex<Outcome>) -> Option<Message> {
         let mut st = state.lock().unwrap();
         let st = &mut *st;
         let count = |st: &mut Outcome, n: usize| {
@@ -268,5 +292,56 @@ impl Relay {
 fn merge(into: &mut Counts, from: &Counts) {
     for (k, v) in from {
         *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn relay(cpu: CpuAllowance) -> Relay {
+        let budget = crate::memory_budget::BodyBudget::new(1 << 20, 1 << 20);
+        Relay::new(
+            Arc::new(Profile::empty()),
+            &[Zeroizing::new("sk-WS-5e0f2a91".to_string())],
+            false,
+            1 << 16,
+            budget.lease("w"),
+            cpu,
+        )
+    }
+
+    #[test]
+    fn messages_that_cost_too_much_cpu_to_mask_end_the_connection() {
+        // Runs of backslashes: the costliest text for the escaped-secret
+        // reader (found by an attack pass).
+        let costly: String = "\\\\\\\\\\\\\\\\w".repeat(8 << 10);
+        let state = Mutex::new(Outcome::default());
+        let tight = relay(CpuAllowance {
+            base: Duration::from_millis(1),
+            per_byte: Duration::from_nanos(1),
+        });
+        let mut ended = None;
+        for _ in 0..50 {
+            if let Err(why) = tight.pass(Message::text(costly.clone()), false, &state) {
+                ended = Some(why);
+                break;
+            }
+        }
+        let why = ended.expect("the connection was never ended");
+        assert!(why.contains("CPU"), "{why}");
+
+        // The same messages within the default allowance pass, masked.
+        let roomy = relay(CpuAllowance::default());
+        let m = roomy
+            .pass(
+                Message::text(format!("{costly} sk-WS-5e0f2a91")),
+                false,
+                &state,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(m.to_text().unwrap().ends_with("[REDACTED:injected_secret]"));
     }
 }
