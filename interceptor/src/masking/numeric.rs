@@ -8,7 +8,7 @@
 //! differential tests in scan.rs.
 
 use super::digit_map::DigitMap;
-use super::scan::{NUMERIC, boundary_after, boundary_before};
+use super::scan::{boundary_after, boundary_before};
 
 /// More groups than this and a run is left to the DFAs (no card, SSN or
 /// phone number of the usual shapes has more).
@@ -43,9 +43,9 @@ pub struct NumericRun {
 
 impl NumericRun {
     /// The run from `first_digit` on (what precedes it in the run holds
-    /// no digit).
-    /// `digits` is the map of `text`.
-    pub fn read(text: &[u8], digits: &DigitMap, first_digit: usize) -> NumericRun {
+    /// no digit), read from the map of the text: groups of digits joined
+    /// by runs of separators.
+    pub fn read(digits: &DigitMap, first_digit: usize) -> NumericRun {
         let mut run = NumericRun {
             end: first_digit,
             digits: 0,
@@ -64,12 +64,9 @@ impl NumericRun {
             }
             run.n_groups += 1;
             run.digits += i - start;
-            let seps = text[i..]
-                .iter()
-                .take_while(|&&c| NUMERIC[c as usize] && !c.is_ascii_digit())
-                .count();
+            let seps = digits.seps_end(i) - i;
             i += seps;
-            if seps == 0 || !text.get(i).is_some_and(u8::is_ascii_digit) {
+            if seps == 0 || !digits.is_digit(i) {
                 break;
             }
         }

@@ -10,7 +10,7 @@
 //! detector is made of, so the result is the regex's own matches: the
 //! differential test below checks that against the regex crate.
 use super::detectors::{Anchor, Detector, Exact, MAX_MATCH};
-use super::digit_map::DigitMap;
+use super::digit_map::{DigitMap, Worth};
 use super::literals::Literals;
 use super::numeric::NumericRun;
 use regex_automata::dfa::{Automaton, regex::Regex as DfaRegex};
@@ -304,7 +304,11 @@ impl Scanner {
         };
         self.literal_pass(&mut sink, starts);
         if !self.numeric.is_empty() || !self.iban.is_empty() {
-            scratch.digits.build(text);
+            let worth = Worth {
+                digits: self.fewest_digits,
+                after_capitals: !self.iban.is_empty(),
+            };
+            scratch.digits.build(text, worth);
             self.numeric_pass(&mut sink, &scratch.digits);
         }
         if !self.at.is_empty() {
@@ -379,17 +383,31 @@ impl Scanner {
         }
     }
 
-    /// Cards, SSNs, phone numbers, IBANs: around each run of digits.
+    /// Cards, SSNs, phone numbers, IBANs: around each run of digits the
+    /// map marks worth reading (long enough, continued by a separator and
+    /// more digits, or after two capitals); the others are a few digits
+    /// that nothing continues (`"id":42,`, `warehouse 42 on`), too short
+    /// for any detector.
     fn numeric_pass(&self, sink: &mut Sink, digits: &DigitMap) {
         let text = sink.text;
         let mut iban_floor = 0;
         let mut from = 0;
-        while let Some(d) = digits.next_digit(from) {
+        while let Some(p) = digits.next_worth(from) {
+            // A mark on a separator stands for the run ending there.
+            let d = if digits.is_digit(p) {
+                p
+            } else {
+                digits.run_start(p)
+            };
+            if d < from {
+                // Inside the last run read.
+                from = p + 1;
+                continue;
+            }
             let digits_end = digits.run_end(d);
             let is_numeric = |i: usize| text.get(i).is_some_and(|&c| NUMERIC[c as usize]);
-            // Most runs are a few digits that nothing continues ("id":42,
-            // or "warehouse 42 on"), too short for any detector: not read
-            // into groups. A separator then a byte of no number ends it.
+            // A run marked only for the capitals before it may still be
+            // short: a separator then a byte of no number ends it.
             let short = if digits_end - d >= self.fewest_digits {
                 None
             } else if !is_numeric(digits_end) {
@@ -400,10 +418,9 @@ impl Scanner {
                 None
             };
             let end = match short {
-                // Where a short run starts does not matter (looking back
-                // for it was a tenth of the masker's time, in mispredicted
-                // loop exits): it starts before `boundary` if its digits
-                // do, and if they do not, no later run does.
+                // Where a short run starts does not matter: it starts
+                // before `boundary` if its digits do, and if they do not,
+                // no later run does.
                 Some(_) if d >= sink.boundary => break,
                 Some(end) => end,
                 None => {
@@ -411,7 +428,7 @@ impl Scanner {
                     if start >= sink.boundary {
                         break;
                     }
-                    let run = NumericRun::read(text, digits, d);
+                    let run = NumericRun::read(digits, d);
                     self.numeric_matches(sink, &run, start, d);
                     run.end
                 }
@@ -427,7 +444,7 @@ impl Scanner {
                     iban_floor = iban_end;
                 }
             }
-            from = end;
+            from = end.max(p + 1);
         }
     }
 
