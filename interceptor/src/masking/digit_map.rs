@@ -164,10 +164,31 @@ impl DigitMap {
         ones_end(&self.words, at)
     }
 
+    /// Whether each of the 64 bytes from `at` is a digit (bit 0: `at`).
+    pub fn digits_from(&self, at: usize) -> u64 {
+        window(&self.words, at)
+    }
+
+    /// Whether each of the 64 bytes from `at` is a separator.
+    pub fn seps_from(&self, at: usize) -> u64 {
+        window(&self.seps, at)
+    }
+
     /// The end of the run of separators that starts at `at`.
     pub fn seps_end(&self, at: usize) -> usize {
         ones_end(&self.seps, at)
     }
+}
+
+/// Bits `at..at + 64` of the plane (clear past its end).
+fn window(plane: &[u64], at: usize) -> u64 {
+    let (w, shift) = (at / 64, at % 64);
+    let low = plane.get(w).map_or(0, |x| x >> shift);
+    let high = match shift {
+        0 => 0,
+        _ => plane.get(w + 1).map_or(0, |x| x << (64 - shift)),
+    };
+    low | high
 }
 
 /// The end of the run of set bits from `at`.

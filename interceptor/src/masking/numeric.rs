@@ -44,8 +44,43 @@ pub struct NumericRun {
 impl NumericRun {
     /// The run from `first_digit` on (what precedes it in the run holds
     /// no digit), read from the map of the text: groups of digits joined
-    /// by runs of separators.
+    /// by runs of separators, up to the first byte of no number.
     pub fn read(digits: &DigitMap, first_digit: usize) -> NumericRun {
+        let mut run = NumericRun {
+            end: first_digit,
+            digits: 0,
+            groups: [Group::default(); MAX_GROUPS],
+            n_groups: 0,
+        };
+        // The 64 bytes from the first digit, a bit each: a run shorter
+        // than that is read with a few bit operations, its groups with a
+        // bit scan each (a loop over bytes mispredicted at every group).
+        let d = digits.digits_from(first_digit);
+        let len = (d | digits.seps_from(first_digit)).trailing_ones() as usize;
+        if len == 64 {
+            return Self::read_long(digits, first_digit);
+        }
+        let inside = (1u64 << len) - 1;
+        let (mut starts, mut ends) = (d & !(d << 1) & inside, !d & (d << 1) & (inside << 1 | 1));
+        run.digits = (d & inside).count_ones() as usize;
+        run.n_groups = starts.count_ones() as usize;
+        run.end = first_digit + len;
+        for g in run.groups.iter_mut() {
+            if starts == 0 {
+                break;
+            }
+            *g = Group {
+                start: (first_digit + starts.trailing_zeros() as usize) as u32,
+                end: (first_digit + ends.trailing_zeros() as usize) as u32,
+            };
+            starts &= starts - 1;
+            ends &= ends - 1;
+        }
+        run
+    }
+
+    /// A run of 64 bytes or more, a group at a time.
+    fn read_long(digits: &DigitMap, first_digit: usize) -> NumericRun {
         let mut run = NumericRun {
             end: first_digit,
             digits: 0,
@@ -234,4 +269,30 @@ fn digits_then(text: &[u8], at: usize, n: usize) -> Option<usize> {
 
 fn is_sep(text: &[u8], at: usize) -> bool {
     matches!(text.get(at), Some(b' ' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::digit_map::Worth;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The runs read with bit operations are the runs read a group at a
+        /// time, whatever the separators, wherever the 64-bit words end.
+        #[test]
+        fn runs_read_by_bits_as_by_groups(text in proptest::collection::vec(
+            prop_oneof![4 => Just(b'4'), 2 => Just(b' '), 1 => Just(b'-'), 1 => Just(b'('), 1 => Just(b'x'), 1 => Just(b'.')],
+            0..200)
+        ) {
+            let mut map = DigitMap::default();
+            map.build(&text, Worth { digits: usize::MAX, after_capitals: false });
+            for d in (0..text.len()).filter(|&i| text[i].is_ascii_digit()) {
+                let (fast, slow) = (NumericRun::read(&map, d), NumericRun::read_long(&map, d));
+                prop_assert_eq!((fast.end, fast.digits, fast.n_groups), (slow.end, slow.digits, slow.n_groups), "at {}", d);
+                let spans = |r: &NumericRun| r.groups().iter().map(|g| (g.start(), g.end())).collect::<Vec<_>>();
+                prop_assert_eq!(spans(&fast), spans(&slow), "at {}", d);
+            }
+        }
+    }
 }
