@@ -230,7 +230,7 @@ fn digits(m: &[u8]) -> impl DoubleEndedIterator<Item = u32> + '_ {
 
 /// Payment card numbers: 13-19 digits passing the Luhn check. One pass
 /// from the right (it runs on every card-shaped number the masker sees).
-fn luhn(m: &[u8]) -> bool {
+pub(super) fn luhn(m: &[u8]) -> bool {
     // The digit sum of twice each digit.
     const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
     let (mut n, mut sum) = (0usize, 0u32);

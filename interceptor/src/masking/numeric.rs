@@ -129,31 +129,43 @@ impl NumericRun {
             .any(|w| w.iter().zip(want).all(|(g, &n)| g.len() == n))
     }
 
-    /// `(?-u)\b\d(?:[ -]?\d){12,18}\b`: from a group start (the only
-    /// digits with a boundary before them), groups chained by single
-    /// `[ -]` separators, ending at the group end (the only digits with a
-    /// boundary after them) that gives the most digits up to 19, at least
-    /// 13: greedy, as the regex. Matches in order, non-overlapping.
-    pub fn cards(&self, text: &[u8], out: &mut impl FnMut(usize, usize)) {
-        let g = self.groups();
+    /// Card numbers, `(?-u)\b\d(?:[ -]?\d){12,18}\b` passing Luhn: from a
+    /// group start (the only digits with a boundary before them), groups
+    /// chained by single `[ -]` separators, ending at a group end (the only
+    /// digits with a boundary after them) with 13 to 19 digits; of those
+    /// the longest that passes Luhn. Not the regex's greedy match alone: a
+    /// card followed by its CVV or expiry (`4111 1111 1111 1111 123`) is a
+    /// 19-digit match that fails Luhn, and the card inside it would go out
+    /// (found by an attack pass). Matches in order, non-overlapping.
+    /// `digits`: the map, for a run with more groups than were kept.
+    pub fn cards(&self, text: &[u8], digits: &DigitMap, out: &mut impl FnMut(usize, usize)) {
+        let all;
+        let g = if self.complete() {
+            self.groups()
+        } else {
+            all = self.every_group(digits);
+            &all[..]
+        };
         let mut i = 0;
         while i < g.len() {
             if !boundary_before(text, g[i].start()) {
                 i += 1;
                 continue;
             }
-            let mut digits = 0;
-            let mut best = None;
+            // The chain from group i: each end with enough digits and a
+            // boundary after it, shortest first.
+            let mut ends: [usize; 19] = [0; 19];
+            let mut n_ends = 0;
+            let mut count = 0;
             let mut j = i;
             loop {
-                digits += g[j].len();
-                if digits > 19 {
-                    // The regex may stop inside this group only where a
-                    // boundary follows a digit: nowhere inside a group.
+                count += g[j].len();
+                if count > 19 {
                     break;
                 }
-                if digits >= 13 && boundary_after(text, g[j].end()) {
-                    best = Some(j);
+                if count >= 13 && boundary_after(text, g[j].end()) {
+                    ends[n_ends] = j;
+                    n_ends += 1;
                 }
                 let chained = j + 1 < g.len()
                     && g[j + 1].start() == g[j].end() + 1
@@ -163,14 +175,33 @@ impl NumericRun {
                 }
                 j += 1;
             }
-            match best {
-                Some(last) => {
+            let card = ends[..n_ends]
+                .iter()
+                .rev()
+                .find(|&&last| super::detectors::luhn(&text[g[i].start()..g[last].end()]));
+            match card {
+                Some(&last) => {
                     out(g[i].start(), g[last].end());
                     i = last + 1;
                 }
                 None => i += 1,
             }
         }
+    }
+
+    /// Every group of a run with more than MAX_GROUPS (rare: read again).
+    fn every_group(&self, digits: &DigitMap) -> Vec<Group> {
+        let mut groups = Vec::new();
+        let mut i = self.groups[0].start();
+        while i < self.end {
+            let end = digits.run_end(i);
+            groups.push(Group {
+                start: i as u32,
+                end: end as u32,
+            });
+            i = digits.seps_end(end);
+        }
+        groups
     }
 
     /// `(?-u)\b\d{3}-\d{2}-\d{4}\b`: groups of exactly 3, 2 and 4 digits

@@ -782,6 +782,34 @@ mod tests {
         }
     }
 
+    /// A card next to its CVV, its expiry or another number, in one chunk
+    /// and cut anywhere (attack pass 8: the regex's 19-digit match failed
+    /// Luhn and the card inside it went out).
+    #[test]
+    fn cards_next_to_other_numbers_are_masked() {
+        let p = all_detectors(&[]);
+        let many = format!("{} 4111 1111 1111 1111 9", "1 ".repeat(12));
+        for text in [
+            "card 4111 1111 1111 1111 123 ok",
+            "card 4111111111111111 123 ok",
+            "card 1 4111111111111111 ok",
+            "amex 378282246310005 1225 ok",
+            many.as_str(),
+        ] {
+            for cut in 0..text.len() {
+                let (out, _) = mask_in_chunks(p.clone(), &[] as &[String], text.as_bytes(), &[cut]);
+                let out = String::from_utf8(out).unwrap();
+                assert!(
+                    out.contains("[REDACTED:card]"),
+                    "{text:?} cut at {cut}: {out}"
+                );
+                for card in ["4111", "3782"] {
+                    assert!(!out.contains(card), "{text:?} cut at {cut}: {out}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn only_what_could_still_grow_into_a_secret_is_held() {
         let p = all_detectors(&[]);
