@@ -27,6 +27,6 @@ fn main() {
     let cli = cli::Cli::parse();
     if let Err(e) = cli::dispatch(cli) {
         eprintln!("interceptor: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(cli::exit::code(&e));
     }
 }

@@ -449,6 +449,17 @@ fn sigterm_keeps_blocking_and_detach_releases() {
     );
     let (ok, _, err) = check_hooks();
     assert!(!ok && err.contains("the hooks are not attached"), "{err}");
+    let o = Command::new(BIN)
+        .args(["check-hooks", "--json", "--config"])
+        .arg(cfg.config_file())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    assert!(
+        v["ok"] == false && !v["cgroups"][0]["missing"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
     assert_ping(&cg, &port);
     assert_eq!(echo.accepted(), 1);
 }
@@ -745,6 +756,11 @@ fn policy_check_and_explain_from_the_command_line() {
         c.args(args);
         run(c, Duration::from_secs(20))
     };
+    let cli_code = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
     let (ok, out, err) = cli(&["policy", "check", &examples]);
     assert!(ok, "{err}");
     assert!(out.contains("OK"), "{out}");
@@ -774,7 +790,8 @@ fn policy_check_and_explain_from_the_command_line() {
         "{out}"
     );
     assert!(out.contains("inject:   credential github"), "{out}");
-    let (ok, out, _) = cli(&[
+    // A deny is a finding: exit 1, as `doctor` and `audit verify`.
+    let deny = [
         "policy",
         "explain",
         "--policies",
@@ -783,12 +800,50 @@ fn policy_check_and_explain_from_the_command_line() {
         "skills.slice/a.service",
         "--url",
         "http://169.254.169.254/latest",
-    ]);
-    assert!(ok);
+    ];
+    let (code, out, _) = cli_code(&deny);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("decision: Deny") && out.contains("deny-cloud-metadata"),
         "{out}"
     );
+    let (code, out, _) = cli_code(&[&deny[..], &["--json"]].concat());
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(
+        (v["decision"].as_str(), v["rule"].as_str()),
+        (Some("deny"), Some("deny-cloud-metadata")),
+        "{v}"
+    );
+    // Not canonical: refused, a finding too.
+    let (code, out, _) = cli_code(&[
+        "policy",
+        "explain",
+        "--policies",
+        &examples,
+        "--workload",
+        "w",
+        "--url",
+        "http://10.0.0.1/..%2Fadmin",
+        "--json",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("non_canonical_request"),
+        "{v}"
+    );
+    // Could not check: exit 2.
+    let (code, _, err) = cli_code(&["policy", "check", "/nonexistent-policies"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent-policies"), "{err}");
+    let (code, out, _) = cli_code(&["policy", "check", &examples, "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert!(v["ok"] == true && v["rules"].as_u64() > Some(0), "{v}");
 
     // A broken directory: exit 1, every error as file:line:col.
     let dir = std::env::temp_dir().join(format!("interceptor-badpolicy-{}", std::process::id()));
@@ -803,12 +858,26 @@ fn policy_check_and_explain_from_the_command_line() {
         "[[rule]]\nid = \"b\"\naction = \"allow\"\ninject = \"nope\"\n",
     )
     .unwrap();
-    let (ok, _, err) = cli(&["policy", "check", dir.to_str().unwrap()]);
-    assert!(!ok);
+    let (code, _, err) = cli_code(&["policy", "check", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("a.toml:4:8: host pattern \"[\""), "{err}");
     assert!(
         err.contains("b.toml:4:10: inject: no credential named \"nope\""),
         "{err}"
+    );
+    let (code, out, _) = cli_code(&["policy", "check", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let at: Vec<(u64, u64)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["col"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        (v["ok"].as_bool(), at),
+        (Some(false), vec![(4, 8), (4, 10), (4, 10)]),
+        "{v}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

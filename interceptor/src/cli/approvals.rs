@@ -29,6 +29,8 @@ pub enum ApprovalsCmd {
     /// One approval
     Show {
         id: u64,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: Socket,
     },
@@ -107,10 +109,15 @@ pub fn run(cmd: ApprovalsCmd) -> Result<()> {
                 }
             }
         }
-        ApprovalsCmd::Show { id, socket } => {
+        ApprovalsCmd::Show { id, json, socket } => {
             let sock = socket_path(socket)?;
-            let a: Approval = serde_json::from_slice(&get(&sock, &format!("/v1/approvals/{id}"))?)?;
-            println!("{}", serde_json::to_string_pretty(&a)?);
+            let body = get(&sock, &format!("/v1/approvals/{id}"))?;
+            if json {
+                let a: serde_json::Value = serde_json::from_slice(&body)?;
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                show(&serde_json::from_slice(&body)?);
+            }
         }
         ApprovalsCmd::Approve {
             id,
@@ -138,6 +145,21 @@ pub fn run(cmd: ApprovalsCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One approval as `key: value` lines.
+fn show(a: &Approval) {
+    let v = serde_json::to_value(a).unwrap_or_default();
+    let Some(fields) = v.as_object() else { return };
+    println!("{:<12}{}", "url:", a.url());
+    for (k, v) in fields {
+        let text = match v {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        println!("{:<12}{text}", format!("{k}:"));
+    }
 }
 
 fn decide(

@@ -17,6 +17,9 @@ pub enum AuditCmd {
         /// An anchor printed by an earlier check (`SEQ:HASH`)
         #[arg(long, value_name = "SEQ:HASH")]
         anchor: Option<String>,
+        /// One JSON object: records, problems, head
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: StoreArgs,
     },
@@ -108,7 +111,11 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
         .enable_all()
         .build()?;
     match cmd {
-        AuditCmd::Verify { anchor, target } => {
+        AuditCmd::Verify {
+            anchor,
+            json,
+            target,
+        } => {
             let anchor = anchor
                 .map(|a| {
                     let (seq, hash) = a.split_once(':')?;
@@ -124,6 +131,27 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
                 let at = src.records(&rt, seq - 1, 0, 1)?;
                 v.check_anchor(*seq, hash, at.first());
             }
+            let verdict = match v.problems.len() {
+                0 => Ok(()),
+                n => Err(super::exit::found(format!(
+                    "audit log check failed: {n} problem(s) in {} record(s)",
+                    v.records
+                ))),
+            };
+            if json {
+                let head = v.head.as_ref().map(|(seq, hash)| format!("{seq}:{hash}"));
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": v.problems.is_empty(),
+                        "records": v.records,
+                        "problems": v.problems,
+                        "head": head,
+                        "anchor": anchor.as_ref().map(|(seq, hash)| format!("{seq}:{hash}")),
+                    })
+                );
+                return verdict;
+            }
             if v.problems.is_empty() {
                 println!(
                     "audit log intact: {} record(s), hash chain verified",
@@ -135,16 +163,11 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
                 if let Some((seq, hash)) = &v.head {
                     println!("head (keep it, then check with --anchor): {seq}:{hash}");
                 }
-                return Ok(());
             }
             for p in &v.problems {
                 eprintln!("{p}");
             }
-            bail!(
-                "audit log check failed: {} problem(s) in {} record(s)",
-                v.problems.len(),
-                v.records
-            );
+            verdict
         }
         AuditCmd::Export {
             format,

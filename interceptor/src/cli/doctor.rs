@@ -5,8 +5,7 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 /// Exit codes: 0 all checks ok or warn, 1 a check failed, 2 could not check.
-const EXIT_FAILED: i32 = 1;
-const EXIT_CANNOT_CHECK: i32 = 2;
+use super::exit::{COULD_NOT as EXIT_CANNOT_CHECK, FOUND as EXIT_FAILED};
 
 #[derive(clap::Args)]
 pub struct Doctor {

@@ -4,11 +4,11 @@ mod approvals;
 mod audit;
 mod diag;
 mod doctor;
+pub mod exit;
 mod policy;
 mod sessions;
 
 use crate::config::{Config, DEFAULT_CONFIG, Overrides};
-use crate::policy::Policy;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -46,10 +46,12 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Exit 0 only when every workload cgroup has all hooks attached (gates skills.slice at boot)
+    /// Exit 0 only when every workload cgroup has all hooks attached (gates skills.slice at boot); 1 when one misses some
     CheckHooks {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Recorded sessions
     #[command(subcommand)]
@@ -90,6 +92,11 @@ enum PolicyCmd {
     Check {
         /// Directory [default: the configured one]
         dir: Option<PathBuf>,
+        /// Configuration file (for the policy directory and credentials)
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Show the decision and the deciding rule for one request
     Explain(policy::Explain),
@@ -137,22 +144,40 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             crate::reserved_ports::reserve(&[cfg.listen_port, cfg.admin_listen.port()])?;
             Ok(())
         }
-        Cmd::CheckHooks { config } => {
+        Cmd::CheckHooks { config, json } => {
             let cfg = config_or_default(config)?;
             let mount = crate::cgroup::cgroup2_mount()?;
+            let mut report = Vec::new();
             for c in &cfg.cgroups {
                 let cg = crate::cgroup::resolve(&mount, c)?;
                 let missing = crate::bpf::missing_hooks(&cfg.bpffs_dir, &cg)?;
-                if !missing.is_empty() {
-                    bail!(
-                        "the hooks are not attached to {} (missing: {}); is interceptor.service running?",
-                        cg.abs.display(),
-                        missing.join(", ")
-                    );
+                if !json {
+                    if missing.is_empty() {
+                        println!("{}: all hooks attached", cg.rel);
+                    } else {
+                        eprintln!(
+                            "the hooks are not attached to {} (missing: {}); is interceptor.service running?",
+                            cg.abs.display(),
+                            missing.join(", ")
+                        );
+                    }
                 }
-                println!("{}: all hooks attached", cg.rel);
+                report.push(serde_json::json!({"cgroup": cg.rel, "missing": missing}));
             }
-            Ok(())
+            let short = report
+                .iter()
+                .filter(|r| r["missing"] != serde_json::json!([]))
+                .count();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": short == 0, "cgroups": report})
+                );
+            }
+            match short {
+                0 => Ok(()),
+                n => Err(exit::found(format!("{n} workload cgroup(s) miss hooks"))),
+            }
         }
         Cmd::Sessions(c) => sessions::run(c),
         Cmd::Audit(c) => audit::run(c),
@@ -169,50 +194,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Policy(PolicyCmd::Explain(e)) => policy::explain(e),
-        Cmd::Policy(PolicyCmd::Check { dir }) => {
-            let cfg = Config::load(&Overrides::default());
-            let dir = match dir {
-                Some(d) => d,
-                None => cfg
-                    .as_ref()
-                    .map_err(|e| anyhow::anyhow!("{e:#}"))?
-                    .policies
-                    .clone(),
-            };
-            match Policy::load_dir(&dir) {
-                Ok(p) => {
-                    println!(
-                        "{}: {} rule(s) in {} file(s), OK",
-                        dir.display(),
-                        p.rules.len(),
-                        p.files.len()
-                    );
-                    if p.rules.is_empty() {
-                        eprintln!(
-                            "warning: no rules: every connection and request of the workload is denied"
-                        );
-                    }
-                    // Sources are read as this user, from this environment:
-                    // a systemd credential exists only inside its unit.
-                    if let Ok(cfg) = &cfg {
-                        let creds =
-                            crate::credentials::Credentials::new(cfg.credentials_dir.clone());
-                        for (name, source, error) in crate::credentials::unreadable(&p, &creds) {
-                            eprintln!(
-                                "warning: credential {name} ({source}) cannot be read here: {error}"
-                            );
-                        }
-                    }
-                    Ok(())
-                }
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!("{e}");
-                    }
-                    bail!("{} error(s) in {}", errors.len(), dir.display());
-                }
-            }
-        }
+        Cmd::Policy(PolicyCmd::Check { dir, config, json }) => policy::check(dir, config, json),
     }
 }
 

@@ -34,6 +34,39 @@ pub struct Explain {
     /// Policy directory [default: the configured one]
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
+    /// One JSON object instead of lines
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `explain` found, printed as lines or as one JSON object.
+struct Report {
+    json: bool,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    /// A line `key: text` (padded as the others), and `key` in JSON.
+    fn add(&mut self, key: &str, text: impl std::fmt::Display, value: serde_json::Value) {
+        if !self.json {
+            println!("{:<10}{text}", format!("{key}:"));
+        }
+        self.fields.insert(key.replace(' ', "_"), value);
+    }
+
+    /// The request is refused (a deny, or not canonical): exit 1.
+    fn refused(mut self, why: String) -> Result<()> {
+        self.fields.insert("decision".into(), "deny".into());
+        self.fields.insert("reason".into(), why.clone().into());
+        self.finish();
+        Err(super::exit::found(why))
+    }
+
+    fn finish(self) {
+        if self.json {
+            println!("{}", serde_json::Value::Object(self.fields));
+        }
+    }
 }
 
 pub fn explain(e: Explain) -> Result<()> {
@@ -83,26 +116,41 @@ pub fn explain(e: Explain) -> Result<()> {
     });
     let headers = http::HeaderMap::new();
     // The proxy decides on the canonical form: so does explain.
-    let method = crate::proxy::canonical::method(&e.method)
-        .map_err(|why| {
-            anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
-        })?
-        .to_string();
+    let method = match crate::proxy::canonical::method(&e.method) {
+        Ok(m) => m.to_string(),
+        Err(why) => {
+            let report = Report {
+                json: e.json,
+                fields: Default::default(),
+            };
+            return report.refused(format!(
+                "the proxy refuses this request (400 non_canonical_request): {why}"
+            ));
+        }
+    };
     use crate::proxy::canonical;
-    let refused = |why: &canonical::NotCanonical| {
-        anyhow::anyhow!("the proxy refuses this request (400 non_canonical_request): {why}")
+    let mut report = Report {
+        json: e.json,
+        fields: Default::default(),
+    };
+    let refused = |why: &dyn std::fmt::Display| {
+        format!("the proxy refuses this request (400 non_canonical_request): {why}")
     };
     // A form a rule may opt into is decided as forwarded and as the most
     // decoding server reads it; both must come to that rule (as the proxy).
     let (path, tolerated) = match canonical::path(uri.path()) {
         Ok(p) => (p, None),
-        Err(why) if why.tolerable() => {
-            let t = canonical::tolerated(uri.path()).map_err(|_| refused(&why))?;
-            (t.forwarded.clone(), Some((why, t)))
-        }
-        Err(why) => return Err(refused(&why)),
+        Err(why) if why.tolerable() => match canonical::tolerated(uri.path()) {
+            Ok(t) => (t.forwarded.clone(), Some((why, t))),
+            Err(_) => return report.refused(refused(&why)),
+        },
+        Err(why) => return report.refused(refused(&why)),
     };
-    println!("request:  {method} {path} (canonical form, as decided and forwarded)");
+    report.add(
+        "request",
+        format!("{method} {path} (canonical form, as decided and forwarded)"),
+        format!("{method} {path}").into(),
+    );
     let body = crate::policy::InspectedBody::new(e.body.clone().unwrap_or_default().into_bytes());
     let decide = |path: &str| {
         let request = RequestInfo {
@@ -124,9 +172,13 @@ pub fn explain(e: Explain) -> Result<()> {
     };
     let mut d = decide(&path);
     if let Some((why, t)) = &tolerated {
-        println!(
-            "read as:  {} (by a server that decodes %2F or strips ;parameters)",
-            t.read_as
+        report.add(
+            "read as",
+            format!(
+                "{} (by a server that decodes %2F or strips ;parameters)",
+                t.read_as
+            ),
+            t.read_as.clone().into(),
         );
         let other = decide(&t.read_as);
         if other.action == crate::policy::Action::Deny {
@@ -135,34 +187,135 @@ pub fn explain(e: Explain) -> Result<()> {
             || other.rule != d.rule
             || !d.effects.non_canonical.covers(t.forms)
         {
-            return Err(anyhow::anyhow!(
-                "the proxy refuses this request (400 non_canonical_request): {why} \
-                 (no rule accepts it with non_canonical = [...] under both readings)"
-            ));
+            return report.refused(refused(&format!(
+                "{why} (no rule accepts it with non_canonical = [...] under both readings)"
+            )));
         }
     }
-    println!("decision: {:?}", d.action);
+    let decision = format!("{:?}", d.action);
+    report.add("decision", &decision, decision.to_lowercase().into());
     match &d.rule {
         Some(id) => {
             let origin = policy.rule(id).map(|r| r.origin.as_str()).unwrap_or("?");
-            println!("rule:     {id} ({origin})");
+            report.add("rule", format!("{id} ({origin})"), id.clone().into());
+            report.fields.insert("origin".into(), origin.into());
         }
-        None => println!("rule:     none matched (default deny)"),
+        None => report.add(
+            "rule",
+            "none matched (default deny)",
+            serde_json::Value::Null,
+        ),
     }
-    println!("reason:   {}", d.reason);
+    report.add("reason", &d.reason, d.reason.clone().into());
     if let Some(c) = &d.effects.inject {
-        println!("inject:   credential {c}");
+        report.add("inject", format!("credential {c}"), c.clone().into());
     }
     if let Some(m) = d.effects.max_body {
-        println!("max_body: {m} bytes");
+        report.add("max_body", format!("{m} bytes"), m.into());
     }
     if d.effects.require_user {
-        println!("requires: a user token");
+        report.add("requires", "a user token", "user".into());
     }
     if guessed {
-        println!(
-            "note:     destination address unknown (host name); pass --dst IP:PORT to evaluate destination rules"
+        report.add(
+            "note",
+            "destination address unknown (host name); pass --dst IP:PORT to evaluate destination rules",
+            "destination address unknown (host name)".into(),
         );
     }
+    let denied = d.action == crate::policy::Action::Deny;
+    report.finish();
+    if denied {
+        return Err(super::exit::found(format!("denied: {}", d.reason)));
+    }
     Ok(())
+}
+
+/// `policy check`: every error in the directory (exit 1), warnings for an
+/// empty policy and for credentials that cannot be read here.
+pub fn check(dir: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> Result<()> {
+    use crate::config::{Config, Overrides};
+    let cfg = Config::load(&Overrides {
+        config: config.clone(),
+        ..Default::default()
+    });
+    if config.is_some() {
+        // Asked for by name: it must load.
+        cfg.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    }
+    let dir = match dir {
+        Some(d) => d,
+        None => cfg
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?
+            .policies
+            .clone(),
+    };
+    // A directory that cannot be read is not checked at all (exit 2).
+    std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read the policy directory {}", dir.display()))?;
+    let (policy, errors) = match Policy::load_dir(&dir) {
+        Ok(p) => (Some(p), Vec::new()),
+        Err(errors) => (None, errors),
+    };
+    let mut warnings = Vec::new();
+    if let Some(p) = &policy {
+        if p.rules.is_empty() {
+            warnings.push(
+                "no rules: every connection and request of the workload is denied".to_string(),
+            );
+        }
+        // Sources are read as this user, from this environment: a systemd
+        // credential exists only inside its unit.
+        if let Ok(cfg) = &cfg {
+            let creds = crate::credentials::Credentials::new(cfg.credentials_dir.clone());
+            for (name, source, error) in crate::credentials::unreadable(p, &creds) {
+                warnings.push(format!(
+                    "credential {name} ({source}) cannot be read here: {error}"
+                ));
+            }
+        }
+    }
+    if json {
+        let errors: Vec<_> = errors
+            .iter()
+            .map(|e| {
+                serde_json::json!({"file": e.file, "line": e.line, "col": e.col,
+                    "message": e.message, "text": e.to_string()})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "dir": dir,
+                "ok": policy.is_some(),
+                "rules": policy.as_ref().map(|p| p.rules.len()),
+                "files": policy.as_ref().map(|p| p.files.len()),
+                "errors": errors,
+                "warnings": warnings,
+            })
+        );
+    } else {
+        if let Some(p) = &policy {
+            println!(
+                "{}: {} rule(s) in {} file(s), OK",
+                dir.display(),
+                p.rules.len(),
+                p.files.len()
+            );
+        }
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        n => Err(super::exit::found(format!(
+            "{n} error(s) in {}",
+            dir.display()
+        ))),
+    }
 }
