@@ -467,12 +467,19 @@ impl Scanner {
             if run.digits < n.digits || !run.has_groups(n.groups) {
                 continue;
             }
-            let mut found = |s, e| sink.push(n.detector, s, e);
+            let d = n.detector;
             match n.exact {
-                Some(Exact::Card) => run.cards(text, digits, &mut found),
-                Some(Exact::Ssn) if run.complete() => run.ssns(text, &mut found),
-                Some(Exact::Phone) => super::numeric::phones(text, first, run.end, &mut found),
-                _ => sink.find_iter(n.detector, first, run.end),
+                // Luhn-checked as they are found.
+                Some(Exact::Card) => {
+                    run.cards(text, digits, &mut |s, e| sink.push_checked(d, s, e))
+                }
+                Some(Exact::Ssn) if run.complete() => {
+                    run.ssns(text, &mut |s, e| sink.push(d, s, e))
+                }
+                Some(Exact::Phone) => {
+                    super::numeric::phones(text, first, run.end, &mut |s, e| sink.push(d, s, e))
+                }
+                _ => sink.find_iter(d, first, run.end),
             }
         }
     }
@@ -481,7 +488,14 @@ impl Scanner {
     fn at_pass(&self, sink: &mut Sink) {
         let text = sink.text;
         let mut floor = 0;
-        for q in memchr::memchr_iter(b'@', text) {
+        // `%40` is an `@` percent-encoded (query strings, redirects, logs):
+        // the detector's pattern reads it as one, and so does its DFA.
+        // One pass finds both: `@`, and `%` followed by `40`.
+        let mut anchors = memchr::memchr2_iter(b'@', b'%', text)
+            .filter(|&q| text[q] == b'@' || text.get(q + 1..q + 3) == Some(b"40"))
+            .peekable();
+        while let Some(q) = anchors.next() {
+            let is_escaped = text[q] == b'%';
             if q < floor {
                 continue;
             }
@@ -490,9 +504,20 @@ impl Scanner {
             if start >= sink.boundary {
                 break;
             }
+            if is_escaped {
+                let end = run_forward(text, q, &EMAIL);
+                for &(det, _) in &self.at {
+                    sink.find_iter(det, start, end);
+                }
+                floor = end;
+                continue;
+            }
             let run = super::email::around_at(text, start, q);
+            // Another `@` in the run makes `alone` false; an escaped one
+            // would be the next anchor.
+            let alone = run.alone && anchors.peek().is_none_or(|&e| e >= run.end);
             for &(det, exact) in &self.at {
-                if run.alone && exact == Some(Exact::Email) {
+                if alone && exact == Some(Exact::Email) {
                     if let Some((s, e)) = run.found {
                         sink.push(det, s, e);
                     }
@@ -530,6 +555,17 @@ struct Sink<'a> {
 impl<'a> Sink<'a> {
     fn dfa(&self, d: usize) -> &'a DfaRegex {
         dfa_of(self.detectors, d)
+    }
+
+    /// A match its reader validated already.
+    fn push_checked(&mut self, detector: usize, start: usize, end: usize) {
+        if (self.from..self.boundary).contains(&start) {
+            self.out.push(Found {
+                start,
+                end,
+                detector,
+            });
+        }
     }
 
     fn push(&mut self, detector: usize, start: usize, end: usize) {
@@ -807,6 +843,8 @@ mod tests {
             "card 4111 1111 1111 1111 123 ok 4111111111111111 123 1 4111111111111111",
             "378282246310005 1225, 4111-1111-1111-1111-1, 5555 5555 5555 4444 12 34",
             "1 2 3 4 5 6 7 8 9 0 1 2 4111 1111 1111 1111 9 9",
+            // An `@` percent-encoded (attack pass 8), alone and next to one.
+            "to=john.doe%40example.com&a%40b%40c.com a%40b@c.io x@y%40z.io %40a.io a%4",
         ];
         for s in samples {
             assert_eq!(scanned(s.as_bytes()), reference(s.as_bytes()), "{s}");
@@ -824,7 +862,7 @@ mod tests {
             Just("+1".to_string()), Just("+123".to_string()), Just("(".to_string()), Just(")".to_string()), Just("DE89 3704 0044 0532 0130 00".to_string()),
             Just("alice@example.com".to_string()), Just("@".to_string()), Just(".".to_string()), Just(" ".to_string()), Just("-".to_string()), Just("\n".to_string()),
             Just("AKIAIOSFODNN7EXAMPLE".to_string()), Just("sk-".to_string()), Just("ant-".to_string()), Just("eyJ".to_string()), Just("xox".to_string()),
-            Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()),
+            Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()), Just("%40".to_string()), Just("40".to_string()), Just("123".to_string()),
             Just("Bearer ".to_string()), Just("ghp_".to_string()), Just("glpat-".to_string()), Just("é".to_string()),
             "[0-9]{1,6}", "[A-Za-z]{1,8}", "[A-Z]{2}[0-9]{2}", "[ .()+-]{1,2}",
         ], 0..24)) {

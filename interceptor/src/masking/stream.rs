@@ -338,6 +338,14 @@ impl StreamMasker {
             }
             from = at + 1;
         }
+        // Forms wrapped across lines, at each line break that could
+        // split one.
+        for nl in memchr::memchr_iter(b'\n', lower) {
+            if let Some(hit) = secrets.wrapped_at(lower, nl) {
+                self.secret_hits.push(hit);
+            }
+        }
+        self.secret_hits.sort_unstable();
         let found = self.secret_hits.len();
         let base = self.base;
         self.escaped_hits.retain(|&(s, _)| s >= base);
@@ -572,6 +580,10 @@ struct Secrets {
     prefixes: Vec<&'static str>,
     /// Bytes a form starts with, to look for cut-off forms quickly.
     first: [bool; 256],
+    /// Each pair of bytes next to each other in a form (`a << 8 | b`, a
+    /// bit each): a line break between two bytes no form has side by side
+    /// cannot split one, the test for almost every line break.
+    pairs: Box<[u64; 1024]>,
     longest: usize,
     /// Each secret with some of its bytes escaped (escaped.rs).
     escaped: Arc<Vec<super::escaped::Escaped>>,
@@ -603,8 +615,13 @@ impl Secrets {
         prefixes: &[&'static str],
     ) -> Secrets {
         let mut first = [false; 256];
+        let mut pairs = Box::new([0u64; 1024]);
         for f in &forms {
             first[f[0] as usize] = true;
+            for w in f.windows(2) {
+                let pair = (w[0] as usize) << 8 | w[1] as usize;
+                pairs[pair / 64] |= 1 << (pair % 64);
+            }
         }
         let patterns: Vec<&[u8]> = prefixes
             .iter()
@@ -616,6 +633,7 @@ impl Secrets {
             longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
             prefixes: prefixes.to_vec(),
             first,
+            pairs,
             forms,
             escaped,
         }
@@ -642,8 +660,9 @@ impl Secrets {
             .max()
     }
 
-    /// The earliest place the text ends with the start of a form; the
-    /// escaped forms' is `escaped`, found by the last search.
+    /// The earliest place the text ends with the start of a form (with
+    /// line breaks inside it, as base64 wrapped at 64 or 76 columns has);
+    /// the escaped forms' is `escaped`, found by the last search.
     fn hold_from(&self, lower: &[u8], escaped: usize) -> usize {
         let len = lower.len();
         let from = len.saturating_sub(self.longest.saturating_sub(1));
@@ -658,8 +677,97 @@ impl Secrets {
                 }
             })
             .unwrap_or(len);
-        literal.min(escaped)
+        // Line breaks make the tail longer than the form's start in it.
+        let wrapped_from = len.saturating_sub(self.longest + 2 * MAX_BREAKS);
+        let tail = &lower[wrapped_from..];
+        let wrapped = if memchr::memchr2(b'\n', b'\r', tail).is_some() {
+            // The tail without its breaks, once; each place's rest of it
+            // is a suffix.
+            let mut joined = Vec::with_capacity(tail.len());
+            let mut at = Vec::with_capacity(tail.len());
+            for (i, &b) in tail.iter().enumerate() {
+                if b != b'\n' && b != b'\r' {
+                    at.push(wrapped_from + i);
+                    joined.push(b);
+                }
+            }
+            (0..joined.len())
+                .find(|&j| {
+                    at[j] < literal
+                        && self.first[joined[j] as usize]
+                        && self
+                            .forms
+                            .iter()
+                            .any(|f| f.len() > joined.len() - j && f.starts_with(&joined[j..]))
+                })
+                .map_or(len, |j| at[j])
+        } else {
+            len
+        };
+        literal.min(wrapped).min(escaped)
     }
+
+    /// A form with a line break (`\n` or `\r\n`) right after its first
+    /// `k` bytes, that break at `nl` (its `\n`), and perhaps more breaks
+    /// further on: where it starts and ends. Base64 of the secret in a
+    /// body wrapped at 64 or 76 columns (MIME, PEM) is split so, and any
+    /// decoder skips the breaks (found by an attack pass).
+    fn wrapped_at(&self, lower: &[u8], nl: usize) -> Option<(usize, usize)> {
+        let before = if nl > 0 && lower[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
+        let after = nl + 1;
+        let (&b, &a) = (lower.get(before.checked_sub(1)?)?, lower.get(after)?);
+        let pair = (b as usize) << 8 | a as usize;
+        if self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
+            return None;
+        }
+        let mut best: Option<(usize, usize)> = None;
+        for f in &self.forms {
+            for k in 1..f.len() {
+                if f[k - 1] != b || f[k] != a || k > before || lower[before - k..before] != f[..k] {
+                    continue;
+                }
+                if let Some(end) = rest_with_breaks(lower, after, &f[k..]) {
+                    let start = before - k;
+                    if best.is_none_or(|(s, e)| start < s || (start == s && end > e)) {
+                        best = Some((start, end));
+                    }
+                }
+            }
+        }
+        best
+    }
+}
+
+/// The most line breaks one wrapped form is read across.
+const MAX_BREAKS: usize = 4;
+
+/// Where `rest` ends in `text` from `at`, reading across up to MAX_BREAKS
+/// line breaks between its bytes.
+fn rest_with_breaks(text: &[u8], mut at: usize, rest: &[u8]) -> Option<usize> {
+    let mut breaks = 0;
+    for (i, &c) in rest.iter().enumerate() {
+        if i > 0 && breaks < MAX_BREAKS {
+            let skip = match text.get(at..at + 2) {
+                Some([b'\r', b'\n']) => 2,
+                Some([b'\n', _]) => 1,
+                _ if text.get(at) == Some(&b'\n') => 1,
+                _ => 0,
+            };
+            if skip > 0 && text.get(at + skip) == Some(&c) {
+                at += skip;
+                breaks += 1;
+            }
+        }
+        if text.get(at) != Some(&c) {
+            return None;
+        }
+        at += 1;
+    }
+    Some(at)
 }
 
 #[cfg(test)]
@@ -779,6 +887,56 @@ mod tests {
             let out = String::from_utf8(out).unwrap();
             assert_eq!(out, format!("before [REDACTED:{name}] after\n"), "{name}");
             assert_eq!(counts.get(*name), Some(&1), "{name}: {counts:?}");
+        }
+    }
+
+    /// Base64 of the injected secret inside base64 wrapped at 64 or 76
+    /// columns, `\n` or `\r\n`, a break at every place inside the secret's
+    /// part, cut anywhere: no form of the secret is left once the breaks
+    /// are taken out (attack pass 8: any decoder skips them).
+    #[test]
+    fn wrapped_base64_of_the_secret_is_masked() {
+        use base64::Engine;
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let p = all_detectors(&[]);
+        let forms = super::super::secret_forms::forms(secret.as_bytes());
+        for prefix in ["", "x", "xy", "{\"user\":\"me\",\"key\":\""] {
+            let b64 =
+                base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{secret}\"}}"));
+            for (width, eol) in [(76, "\n"), (64, "\r\n"), (76, "\r\n"), (20, "\n")] {
+                for shift in 0..width.min(24) {
+                    // The break falls at every place of the secret's part.
+                    let text = format!("{}{b64}", "A".repeat(shift));
+                    let wrapped: Vec<String> = text
+                        .as_bytes()
+                        .chunks(width)
+                        .map(|l| String::from_utf8(l.to_vec()).unwrap())
+                        .collect();
+                    let body = format!("data:\n{}\nend\n", wrapped.join(eol));
+                    for cut in [0, body.len() / 2, body.len() - 7] {
+                        let (out, _) = mask_in_chunks(
+                            p.clone(),
+                            &[secret.to_string()],
+                            body.as_bytes(),
+                            &[cut],
+                        );
+                        let joined: Vec<u8> = out
+                            .iter()
+                            .copied()
+                            .filter(|&b| b != b'\n' && b != b'\r')
+                            .collect::<Vec<u8>>()
+                            .to_ascii_lowercase();
+                        for f in &forms {
+                            let f = f.to_ascii_lowercase();
+                            assert!(
+                                !joined.windows(f.len()).any(|w| w == f),
+                                "width {width} shift {shift} cut {cut}: {}",
+                                String::from_utf8_lossy(&out)
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
