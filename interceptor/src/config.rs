@@ -58,6 +58,7 @@ struct File {
     record_body_kb: Option<u64>,
     mask_cpu_base_ms: Option<u64>,
     mask_cpu_ns_per_byte: Option<u64>,
+    mask_cpu_cores_per_workload: Option<f64>,
     allow_sockets: Option<Vec<String>>,
     proxy_mark: Option<u32>,
     conn_map_entries: Option<u32>,
@@ -133,6 +134,8 @@ pub struct Config {
     pub record_body_bytes: u64,
     /// The CPU masking one body may use (then it is cut off).
     pub mask_cpu: crate::masking::cpu_allowance::CpuAllowance,
+    /// CPU a workload's masking may use across all its bodies at once.
+    pub mask_cpu_cores: f64,
     /// Socket kinds a workload may create besides TCP
     /// (`interceptor_common::kinds` bits); the rest fail with EPERM.
     pub socket_kinds: u32,
@@ -173,6 +176,9 @@ impl Default for Config {
             retention_max_bytes: 4 << 30,
             record_body_bytes: 64 << 10,
             mask_cpu: Default::default(),
+            // Debug builds (the test suite's) mask about twenty times
+            // slower, as CpuAllowance's default says.
+            mask_cpu_cores: if cfg!(debug_assertions) { 20.0 } else { 1.0 },
             socket_kinds: interceptor_common::kinds::DEFAULT,
             proxy_mark: DEFAULT_PROXY_MARK,
             conn_map_entries: 65536,
@@ -327,6 +333,12 @@ impl Config {
                 bail!("config `mask_cpu_ns_per_byte` must be at least 1");
             }
             c.mask_cpu.per_byte = Duration::from_nanos(ns);
+        }
+        if let Some(cores) = file.mask_cpu_cores_per_workload {
+            if !(cores > 0.0 && cores.is_finite()) {
+                bail!("config `mask_cpu_cores_per_workload` must be more than 0 (1.0 is one core)");
+            }
+            c.mask_cpu_cores = cores;
         }
         if let Some(list) = file.allow_sockets {
             c.socket_kinds = parse_socket_kinds(&list).context("config `allow_sockets`")?;

@@ -192,7 +192,7 @@ async fn serve(cfg: Config) -> Result<()> {
         clock,
         approvals: Default::default(),
         record_body_bytes: cfg.record_body_bytes,
-        mask_cpu: cfg.mask_cpu,
+        mask_cpu: crate::masking::cpu_allowance::MaskCpu::new(cfg.mask_cpu, cfg.mask_cpu_cores),
         approvers_group: cfg.approvers_group.clone(),
         max_pending_approvals: cfg.max_pending_approvals,
         webhook,

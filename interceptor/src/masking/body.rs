@@ -631,8 +631,8 @@ impl<B> MaskedBody<B> {
         }
     }
 
-    pub fn cpu_allowance(mut self, allowance: super::cpu_allowance::CpuAllowance) -> Self {
-        self.cpu = super::cpu_allowance::CpuMeter::new(allowance);
+    pub fn cpu_meter(mut self, meter: super::cpu_allowance::CpuMeter) -> Self {
+        self.cpu = meter;
         self
     }
 

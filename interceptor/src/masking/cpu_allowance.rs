@@ -8,7 +8,9 @@
 //! Measured as the thread's CPU time around each masking step, not wall
 //! time: a busy machine does not cut off honest responses, and time the
 //! task spends waiting is not counted.
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// `base` for the body, and `per_byte` for each byte the upstream sent
 /// (decoded).
@@ -31,12 +33,82 @@ impl Default for CpuAllowance {
     }
 }
 
+/// Masking CPU for the whole daemon: each body's allowance, and each
+/// workload's share across all its bodies at once (six costly streams
+/// at once kept both cores busy, each within its own allowance; found by
+/// an attack pass).
+pub struct MaskCpu {
+    allowance: CpuAllowance,
+    /// CPU seconds per second a workload's masking may use together.
+    cores: f64,
+    /// What it may save up, in CPU seconds.
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    /// CPU seconds left; below zero, every body of the workload is cut off
+    /// until it refills.
+    left: f64,
+    at: Instant,
+}
+
+impl MaskCpu {
+    /// `cores`: the workload's share (1.0 = one core), saved up for at
+    /// most two seconds.
+    pub fn new(allowance: CpuAllowance, cores: f64) -> Arc<MaskCpu> {
+        Arc::new(MaskCpu {
+            allowance,
+            cores,
+            burst: 2.0 * cores,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A meter for one body (or WebSocket connection) of `workload`.
+    pub fn meter(self: &Arc<Self>, workload: &str) -> CpuMeter {
+        let mut m = CpuMeter::new(self.allowance);
+        m.share = Some((self.clone(), workload.to_string()));
+        m
+    }
+
+    fn take(&self, workload: &str, used: Duration, now: Instant) -> Result<(), String> {
+        let mut buckets = self.buckets.lock().unwrap();
+        let b = buckets.entry(workload.to_string()).or_insert(Bucket {
+            left: self.burst,
+            at: now,
+        });
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.cores;
+        b.left = (b.left + refill).min(self.burst) - used.as_secs_f64();
+        b.at = now;
+        if b.left >= 0.0 {
+            return Ok(());
+        }
+        Err(format!(
+            "masking this workload's responses used more than its share of CPU \
+             ({} core(s) across all its responses: config mask_cpu_cores_per_workload); \
+             the rest is cut off",
+            self.cores
+        ))
+    }
+}
+
 /// What one body's masking has used.
-#[derive(Debug)]
 pub struct CpuMeter {
     allowance: CpuAllowance,
     used: Duration,
     bytes: u64,
+    /// The workload's share, charged with the same time.
+    share: Option<(Arc<MaskCpu>, String)>,
+}
+
+impl std::fmt::Debug for CpuMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuMeter")
+            .field("used", &self.used)
+            .field("bytes", &self.bytes)
+            .finish()
+    }
 }
 
 impl CpuMeter {
@@ -45,6 +117,7 @@ impl CpuMeter {
             allowance,
             used: Duration::ZERO,
             bytes: 0,
+            share: None,
         }
     }
 
@@ -57,7 +130,12 @@ impl CpuMeter {
     /// A step that began at `start` (`CpuMeter::start`) masked `bytes`
     /// more bytes; an error once the body has used more than it may.
     pub fn charge(&mut self, start: Duration, bytes: usize) -> Result<(), String> {
-        self.add(thread_cpu_time().saturating_sub(start), bytes)
+        let used = thread_cpu_time().saturating_sub(start);
+        self.add(used, bytes)?;
+        match &self.share {
+            Some((share, workload)) => share.take(workload, used, Instant::now()),
+            None => Ok(()),
+        }
     }
 
     fn add(&mut self, used: Duration, bytes: usize) -> Result<(), String> {
@@ -124,6 +202,49 @@ mod tests {
         let (at, why) = cut.expect("never cut off");
         assert!((3..16).contains(&at), "cut off after {at} steps");
         assert!(why.contains("mask_cpu_base_ms"), "{why}");
+    }
+
+    #[test]
+    fn a_workload_shares_its_cores_across_its_bodies() {
+        let cpu = MaskCpu::new(CpuAllowance::default(), 1.0);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Two seconds saved up: 1.9 s of work at once is within it.
+        cpu.take("a", ms(1900), t0).unwrap();
+        // Another workload has its own.
+        cpu.take("b", ms(1900), t0).unwrap();
+        // 0.2 s more at once is not; a second later the bucket has
+        // refilled by one second.
+        let why = cpu.take("a", ms(200), t0).unwrap_err();
+        assert!(why.contains("mask_cpu_cores_per_workload"), "{why}");
+        cpu.take("a", ms(500), t0 + ms(1000)).unwrap();
+        // Steady work at one core a second stays within it.
+        for i in 2..20 {
+            cpu.take("a", ms(990), t0 + ms(1000 * i)).unwrap();
+        }
+    }
+
+    /// Each body's meter charges its workload's share with what it used.
+    #[test]
+    fn meters_draw_on_their_workloads_share() {
+        let cpu = MaskCpu::new(CpuAllowance::default(), 0.01);
+        let (mut a, mut b) = (cpu.meter("w"), cpu.meter("w"));
+        let burn = |m: &mut CpuMeter| {
+            let start = CpuMeter::start();
+            let mut x = 0u64;
+            while thread_cpu_time() - start < Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            m.charge(start, 1 << 20)
+        };
+        // 0.02 s saved up: the first 30 ms overdraws it, and the other
+        // body of the same workload is cut off too.
+        let first = burn(&mut a);
+        let second = burn(&mut b);
+        assert!(first.is_err() || second.is_err(), "{first:?} {second:?}");
+        assert!(second.unwrap_err().contains("share of CPU"));
+        let roomy = MaskCpu::new(CpuAllowance::default(), 100.0);
+        burn(&mut roomy.meter("w")).unwrap();
     }
 
     #[test]

@@ -320,7 +320,7 @@ impl HttpConn {
             crate::masking::body::MaskedBody::new(body, decoder, masker, json, counts)
                 .capture(capture)
                 .budget(self.proxy.body_budget.lease(&self.workload))
-                .cpu_allowance(self.proxy.mask_cpu)
+                .cpu_meter(self.proxy.mask_cpu.meter(&self.workload))
                 .boxed(),
         )
     }
@@ -736,7 +736,7 @@ impl HttpConn {
                 self.record_cap
                     .saturating_sub(self.recorded.load(Ordering::Relaxed)) as usize,
                 lease,
-                self.proxy.mask_cpu,
+                self.proxy.mask_cpu.meter(&self.workload),
             );
             self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
             let (parts, body) = resp.into_parts();
@@ -794,7 +794,7 @@ impl HttpConn {
             .pass_opaque(pass)
             .capture(self.capture(rec.seq))
             .budget(self.proxy.body_budget.lease(&self.workload))
-            .cpu_allowance(self.proxy.mask_cpu);
+            .cpu_meter(self.proxy.mask_cpu.meter(&self.workload));
         match events {
             Some(Framing::Sse) => {
                 body = body.events(Box::new(crate::masking::sse::SseMasker::new(

@@ -111,7 +111,7 @@ pub struct Proxy {
     /// Masked response bodies recorded per session, at most (bytes).
     pub record_body_bytes: u64,
     /// The CPU masking one body may use.
-    pub mask_cpu: crate::masking::cpu_allowance::CpuAllowance,
+    pub mask_cpu: std::sync::Arc<crate::masking::cpu_allowance::MaskCpu>,
     pub approvers_group: Option<String>,
     /// Requests held for an approver per workload, at most.
     pub max_pending_approvals: usize,

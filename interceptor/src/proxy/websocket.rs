@@ -5,7 +5,7 @@
 //! never reaches the upstream). Messages are counted and recorded; text the
 //! upstream sends is masked with the rule's profile and the injected-secret
 //! scrubber before the skill sees it.
-use crate::masking::cpu_allowance::{CpuAllowance, CpuMeter};
+use crate::masking::cpu_allowance::CpuMeter;
 use crate::masking::{Counts, Profile, StreamMasker};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -71,7 +71,7 @@ impl Relay {
         mask_up: bool,
         record_room: usize,
         lease: crate::memory_budget::Lease,
-        cpu: CpuAllowance,
+        cpu: CpuMeter,
     ) -> Relay {
         Relay {
             down: StreamMasker::new(profile.clone(), injected),
@@ -81,7 +81,7 @@ impl Relay {
             mask_up,
             record_room,
             _lease: lease,
-            cpu: Mutex::new(CpuMeter::new(cpu)),
+            cpu: Mutex::new(cpu),
         }
     }
 
@@ -298,9 +298,11 @@ fn merge(into: &mut Counts, from: &Counts) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::masking::cpu_allowance::CpuAllowance;
     use std::time::Duration;
 
     fn relay(cpu: CpuAllowance) -> Relay {
+        let cpu = CpuMeter::new(cpu);
         let budget = crate::memory_budget::BodyBudget::new(1 << 20, 1 << 20);
         Relay::new(
             Arc::new(Profile::empty()),
