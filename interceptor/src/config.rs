@@ -190,34 +190,39 @@ impl Default for Config {
 #[derive(Debug, Default, clap::Args)]
 pub struct Overrides {
     /// Configuration file [default: /etc/interceptor/interceptor.toml if present]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Workload cgroup, relative to the cgroup2 mount or absolute (repeatable)
-    #[arg(long = "cgroup", value_name = "PATH")]
+    #[arg(
+        long = "cgroup",
+        value_name = "PATH",
+        env = "INTERCEPTOR_CGROUPS",
+        value_delimiter = ','
+    )]
     pub cgroups: Vec<String>,
     /// Proxy listener, loopback only: PORT, 127.0.0.1:PORT or [::1]:PORT
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", env = "INTERCEPTOR_LISTEN")]
     pub listen: Option<String>,
     /// Health/metrics listener on loopback (ADDR:PORT)
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", env = "INTERCEPTOR_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// Control socket
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "INTERCEPTOR_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
     /// Policy directory (*.toml)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INTERCEPTOR_POLICIES")]
     pub policies: Option<PathBuf>,
     /// State directory (session store)
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INTERCEPTOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// bpffs directory for pinned links and maps
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INTERCEPTOR_BPFFS_DIR")]
     pub bpffs_dir: Option<PathBuf>,
     /// Log format
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "INTERCEPTOR_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Detach the kernel hooks on SIGTERM/SIGINT (default: keep them, blocking)
-    #[arg(long)]
+    #[arg(long, env = "INTERCEPTOR_DETACH_ON_EXIT")]
     pub detach_on_exit: bool,
 }
 

@@ -840,6 +840,27 @@ fn policy_check_and_explain_from_the_command_line() {
     let (code, _, err) = cli_code(&["policy", "check", "/nonexistent-policies"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("/nonexistent-policies"), "{err}");
+    // The configuration named by the environment, as by --config.
+    let conf =
+        std::env::temp_dir().join(format!("interceptor-envconf-{}.toml", std::process::id()));
+    std::fs::write(&conf, format!("policies = {examples:?}\n")).unwrap();
+    let o = Command::new(BIN)
+        .args(["policy", "check"])
+        .env("INTERCEPTOR_CONFIG", &conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("policies: ") && text.contains("OK"),
+        "{text}"
+    );
+    let o = Command::new(BIN)
+        .args(["policy", "check"])
+        .env("INTERCEPTOR_CONFIG", "/nonexistent/interceptor.toml")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_file(&conf).unwrap();
     let (code, out, _) = cli_code(&["policy", "check", &examples, "--json"]);
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);

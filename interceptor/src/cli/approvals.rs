@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Socket {
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
     config: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "INTERCEPTOR_ADMIN_SOCKET")]
     admin_socket: Option<PathBuf>,
 }
 

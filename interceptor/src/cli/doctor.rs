@@ -10,7 +10,7 @@ use super::exit::{COULD_NOT as EXIT_CANNOT_CHECK, FOUND as EXIT_FAILED};
 #[derive(clap::Args)]
 pub struct Doctor {
     /// Configuration file [default: /etc/interceptor/interceptor.toml if present]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
     config: Option<PathBuf>,
     /// One JSON document: {"ok": bool, "checks": [...]}
     #[arg(long)]

@@ -31,10 +31,10 @@ enum Cmd {
     /// Remove the kernel hooks (the daemon must be stopped); connects from the workload cgroups go direct again
     Detach {
         /// Configuration file (for `bpffs_dir` and the ports to release)
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
         config: Option<PathBuf>,
         /// bpffs directory of the pins
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", env = "INTERCEPTOR_BPFFS_DIR")]
         bpffs_dir: Option<PathBuf>,
         /// Detach even though a daemon answers on the admin socket (it would
         /// re-attach what it finds missing: stop it first)
@@ -43,12 +43,12 @@ enum Cmd {
     },
     /// Create missing `*.slice` workload cgroups, so the daemon can attach before systemd starts the slice (the unit's ExecStartPre)
     PrepareCgroups {
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Exit 0 only when every workload cgroup has all hooks attached (gates skills.slice at boot); 1 when one misses some
     CheckHooks {
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -79,9 +79,9 @@ enum Cmd {
 enum CaCmd {
     /// Print the CA certificate (PEM) for skill runtimes to trust; creates the CA on first use
     Export {
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
         config: Option<PathBuf>,
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", env = "INTERCEPTOR_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
 }
@@ -93,7 +93,7 @@ enum PolicyCmd {
         /// Directory [default: the configured one]
         dir: Option<PathBuf>,
         /// Configuration file (for the policy directory and credentials)
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -203,13 +203,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 #[derive(clap::Args)]
 pub struct StoreArgs {
     /// Configuration file (for the admin socket and state paths)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Admin socket of the running daemon
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "INTERCEPTOR_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
     /// State directory, read when no daemon runs
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INTERCEPTOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 }
 

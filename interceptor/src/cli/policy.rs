@@ -32,7 +32,7 @@ pub struct Explain {
     #[arg(long)]
     at: Option<String>,
     /// Policy directory [default: the configured one]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "INTERCEPTOR_POLICIES")]
     policies: Option<PathBuf>,
     /// One JSON object instead of lines
     #[arg(long)]
