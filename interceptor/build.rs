@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    git_commit();
     println!("cargo:rerun-if-env-changed=INTERCEPTOR_BPF_OBJECT");
     let path = match std::env::var_os("INTERCEPTOR_BPF_OBJECT") {
         Some(p) => PathBuf::from(p),
@@ -25,4 +26,28 @@ fn main() {
         "cargo:rustc-env=INTERCEPTOR_BPF_OBJECT_PATH={}",
         path.display()
     );
+}
+
+/// The commit the binary is built from, for `--version`: what an operator
+/// quotes in a bug report. "unknown" outside a git checkout (a source
+/// tarball).
+fn git_commit() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=INTERCEPTOR_GIT_COMMIT={commit}");
+    // A new commit moves HEAD or the branch it names.
+    let git = manifest.join("../.git");
+    for watched in ["HEAD", "refs/heads"] {
+        if git.join(watched).exists() {
+            println!("cargo:rerun-if-changed={}", git.join(watched).display());
+        }
+    }
 }

@@ -748,6 +748,24 @@ fn racing_daemon_restarts_never_opens_a_direct_path() {
     }
 }
 
+/// `--version` names the commit the binary was built from.
+#[test]
+fn the_version_names_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(out.status.success() && !head.is_empty(), "{version}");
+    assert!(
+        version.contains(&format!("(commit {head})")),
+        "{version} vs {head}"
+    );
+}
+
 #[test]
 fn policy_check_and_explain_from_the_command_line() {
     let examples = format!("{}/../policies", env!("CARGO_MANIFEST_DIR"));

@@ -13,10 +13,18 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// `interceptor --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("INTERCEPTOR_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "interceptor",
-    version,
+    version = VERSION,
     about = "Transparent access gateway for AI agent skills"
 )]
 pub struct Cli {
