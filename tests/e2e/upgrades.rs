@@ -306,15 +306,15 @@ fn wait_ws_record(l: &Lab) -> Value {
     }
 }
 
-/// A frame from the skill is held whole until complete: its size is capped
-/// (1 MiB) and each open WebSocket draws that from the workload's budget,
-/// so unfinished frames cannot grow the daemon.
+/// A frame is held whole until complete: its size is capped (1 MiB each
+/// way) and each open WebSocket draws what it may hold (4 MiB) from the
+/// workload's budget, so unfinished or large frames cannot grow the daemon.
 #[test]
 fn unfinished_websocket_frames_are_bounded() {
     if !kernel_ready() {
         return;
     }
-    let l = lab_with("wsmem", "inspect_buffer_mb_per_workload = 3\n");
+    let l = lab_with("wsmem", "inspect_buffer_mb_per_workload = 12\n");
     let out = py_in(
         &l,
         &format!(
@@ -353,7 +353,7 @@ print("big", st, state)
 s.close()
 # The relay of the refused frame gives its memory back as it ends.
 time.sleep(1)
-# Three open WebSockets fit in 3 MiB; the fourth is refused.
+# Three open WebSockets fit in 12 MiB (4 each); the fourth is refused.
 open_ = [upgrade() for _ in range(4)]
 print(" ".join(st for _, st in open_))
 "#,

@@ -598,11 +598,11 @@ impl HttpConn {
                     .by_rule(decision.rule.clone()));
                 }
                 let key = websocket_key(req.headers())?;
-                // A frame from the skill is held whole until complete: the
-                // largest one counts against the workload's budget while
-                // the WebSocket is open.
+                // Messages are held whole until complete: what one
+                // connection may hold counts against the workload's budget
+                // while the WebSocket is open.
                 let mut lease = self.proxy.body_budget.lease(&self.workload);
-                if !lease.grow(super::websocket::MAX_CLIENT_MESSAGE as u64) {
+                if !lease.grow(super::websocket::HELD_PER_CONNECTION as u64) {
                     return Err(Refusal::new(
                         Why::InspectionCapacity,
                         format!(

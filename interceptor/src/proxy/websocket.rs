@@ -16,13 +16,24 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 use zeroize::Zeroizing;
 
 /// Largest message (and frame) the skill may send: a frame is held whole
-/// until it is complete, so each WebSocket draws this much from its
-/// workload's memory budget (`inspect_buffer_mb_per_workload`) for as long
-/// as it is open. A bigger frame ends the connection.
+/// until it is complete. A bigger frame ends the connection.
 pub const MAX_CLIENT_MESSAGE: usize = 1 << 20;
 
-/// Largest message the upstream (allowed by policy) may send.
-const MAX_UPSTREAM_MESSAGE: usize = 16 << 20;
+/// Largest message the upstream (allowed by policy) may send; a bigger one
+/// ends the connection. Held whole, then masked into a copy.
+const MAX_UPSTREAM_MESSAGE: usize = 1 << 20;
+
+/// What one open WebSocket may hold, drawn from its workload's memory
+/// budget (`inspect_buffer_mb_per_workload`) while it is open: a message
+/// from the skill, and one from the upstream with its masked copy and the
+/// frame being written (24 connections with a 16 MiB message each held
+/// 880 MB before; found by an attack pass).
+pub const HELD_PER_CONNECTION: usize = MAX_CLIENT_MESSAGE + 3 * MAX_UPSTREAM_MESSAGE;
+
+/// Text is masked this much at a time, the CPU allowance checked between
+/// pieces: a costly message is cut off within its allowance, not after it
+/// was masked whole (11 s of CPU for one 16 MB message before).
+const MASK_PIECE: usize = 64 << 10;
 
 /// Once one side has closed, the other has this long to finish its close.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -203,14 +214,6 @@ impl Relay {
         up: bool,
         state: &Mutex<Outcome>,
     ) -> Result<Option<Message>, String> {
-        let start = CpuMeter::start();
-        let len = m.len();
-        let out = self.pass_masked(m, up, state);
-        self.cpu.lock().unwrap().charge(start, len)?;
-        Ok(out)
-    }
-
-    fn pass_masked(&self, m: Message, up: bool, state: &Mutex<Outcome>) -> Option<Message> {
         let mut st = state.lock().unwrap();
         let st = &mut *st;
         let count = |st: &mut Outcome, n: usize| {
@@ -225,60 +228,74 @@ impl Relay {
         match m {
             Message::Text(t) => {
                 count(st, t.len());
-                let masked = self.mask(t.as_bytes(), up, &mut st.masked);
+                let masked = self.mask(t.as_bytes(), up, &mut st.masked)?;
                 let text = String::from_utf8_lossy(&masked).into_owned();
                 self.record(st, up, &text);
                 let send_masked = !up || self.mask_up;
-                Some(Message::text(if send_masked {
+                Ok(Some(Message::text(if send_masked {
                     text
                 } else {
                     t.to_string()
-                }))
+                })))
             }
             Message::Binary(b) => {
                 count(st, b.len());
                 self.record(st, up, &format!("[binary, {} bytes]", b.len()));
                 let Some(scrub) = self.binary.as_ref().filter(|_| !up) else {
-                    return Some(Message::Binary(b));
+                    return Ok(Some(Message::Binary(b)));
                 };
                 // The injected secret is scrubbed from binary messages too.
                 let mut m = scrub.sibling();
-                let mut out = m.push(&b);
-                out.extend(m.finish());
+                let out = self.metered(&mut m, &b)?;
                 merge(&mut st.masked, &m.counts);
-                Some(Message::binary(out))
+                Ok(Some(Message::binary(out)))
             }
             // The reason of a close from the upstream is text the skill
             // reads: masked like a message (within its 123 bytes).
             Message::Close(Some(mut f)) if !up && !f.reason.is_empty() => {
-                let masked = self.mask(f.reason.as_bytes(), up, &mut st.masked);
+                let masked = self.mask(f.reason.as_bytes(), up, &mut st.masked)?;
                 let mut reason = String::from_utf8_lossy(&masked).into_owned();
                 while reason.len() > 123 {
                     reason.pop();
                 }
                 f.reason = reason.into();
-                Some(Message::Close(Some(f)))
+                Ok(Some(Message::Close(Some(f))))
             }
-            Message::Close(f) => Some(Message::Close(f)),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            Message::Close(f) => Ok(Some(Message::Close(f))),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(None),
         }
     }
 
+    /// `text` through the masker a piece at a time, the connection's CPU
+    /// charged after each; past its allowance, an error (the connection
+    /// ends, nothing of the message goes out).
+    fn metered(&self, m: &mut StreamMasker, text: &[u8]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(text.len());
+        for piece in text.chunks(MASK_PIECE) {
+            let start = CpuMeter::start();
+            out.extend(m.push(piece));
+            self.cpu.lock().unwrap().charge(start, piece.len())?;
+        }
+        let start = CpuMeter::start();
+        out.extend(m.finish());
+        self.cpu.lock().unwrap().charge(start, 0)?;
+        Ok(out)
+    }
+
     /// Text as the other side (and the record) gets it.
-    fn mask(&self, text: &[u8], up: bool, counts: &mut Counts) -> Vec<u8> {
+    fn mask(&self, text: &[u8], up: bool, counts: &mut Counts) -> Result<Vec<u8>, String> {
         let mut m = if up {
             self.up.sibling()
         } else {
             self.down.sibling()
         };
-        let mut out = m.push(text);
-        out.extend(m.finish());
+        let out = self.metered(&mut m, text)?;
         // Text from the skill forwarded as sent is only recorded masked: its
         // detections are not counted as masked.
         if !up || self.mask_up {
             merge(counts, &m.counts);
         }
-        out
+        Ok(out)
     }
 
     fn record(&self, st: &mut Outcome, up: bool, text: &str) {
@@ -333,6 +350,23 @@ mod tests {
         }
         let why = ended.expect("the connection was never ended");
         assert!(why.contains("CPU"), "{why}");
+
+        // A message of a megabyte is cut off within a piece or two of
+        // the allowance, not after it was masked whole.
+        let big = "\\\\\\\\w".repeat(MAX_UPSTREAM_MESSAGE / 9);
+        let start = CpuMeter::start();
+        let cut = relay(CpuAllowance {
+            base: Duration::from_millis(1),
+            per_byte: Duration::from_nanos(1),
+        })
+        .pass(Message::text(big.clone()), false, &state);
+        let used = CpuMeter::start() - start;
+        assert!(cut.is_err());
+        let start = CpuMeter::start();
+        let mut m = StreamMasker::new(Arc::new(Profile::empty()), &["sk-WS-5e0f2a91"]);
+        m.push(&big.as_bytes()[..MASK_PIECE]);
+        let piece = CpuMeter::start() - start;
+        assert!(used < piece * 4, "{used:?} for a piece of {piece:?}");
 
         // The same messages within the default allowance pass, masked.
         let roomy = relay(CpuAllowance::default());
