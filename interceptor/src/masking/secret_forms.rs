@@ -14,6 +14,19 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 /// base64 fragments of a short secret are short enough to occur by chance.
 const MIN_ENCODED: usize = 8;
 
+/// A secret at least this long is also scrubbed with up to FRAGMENT_SHORT
+/// of its bytes missing at either end: an echo one byte short gives the
+/// rest away to a guess of one character (found by an attack pass). Every
+/// such fragment holds the secret's middle (`core`), which is what the
+/// search looks for; the fragment is read out from it.
+pub const MIN_FRAGMENTED: usize = 16;
+pub const FRAGMENT_SHORT: usize = 4;
+
+/// The part of `secret` every fragment of it holds, when it has fragments.
+pub fn core(secret: &[u8]) -> Option<&[u8]> {
+    (secret.len() >= MIN_FRAGMENTED).then(|| &secret[FRAGMENT_SHORT..secret.len() - FRAGMENT_SHORT])
+}
+
 /// Every form of `secret` to scrub (matched without regard to ASCII case).
 pub fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![secret.to_vec()];
@@ -100,5 +113,14 @@ mod tests {
         assert!(caught(s, &pct));
         // Unrelated text is not.
         assert!(!caught(s, "sk-LAB-0000 aGVsbG8gd29ybGQ= 68656c6c6f"));
+        // Every fragment up to four bytes short at either end holds the
+        // core; the secret's middle is all it is.
+        let core = core(s.as_bytes()).unwrap();
+        for (cut_front, cut_back) in [(1, 0), (0, 1), (2, 2), (4, 0), (0, 4), (4, 4)] {
+            let fragment = &s.as_bytes()[cut_front..s.len() - cut_back];
+            assert!(fragment.windows(core.len()).any(|w| w == core));
+        }
+        assert_eq!(core.len(), s.len() - 8);
+        assert!(super::core(b"short-secret").is_none());
     }
 }

@@ -336,6 +336,10 @@ impl StreamMasker {
                 self.secret_hits.push((at, at + len));
                 secret_floor = at + len;
             }
+            if let Some((start, end)) = secrets.fragment_at(lower, at) {
+                self.secret_hits.push((start, end));
+                secret_floor = secret_floor.max(end);
+            }
             from = at + 1;
         }
         // Forms wrapped across lines, at each line break that could
@@ -587,6 +591,9 @@ struct Secrets {
     longest: usize,
     /// Each secret with some of its bytes escaped (escaped.rs).
     escaped: Arc<Vec<super::escaped::Escaped>>,
+    /// The secrets (lower case) long enough to have fragments
+    /// (secret_forms::core): found by their core, read out from it.
+    whole: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl Secrets {
@@ -606,16 +613,28 @@ impl Secrets {
             .iter()
             .filter_map(|l| super::escaped::Escaped::new(l))
             .collect();
-        Some(Self::build(forms, Arc::new(escaped), prefixes))
+        let whole = literals
+            .iter()
+            .filter(|l| super::secret_forms::core(l).is_some())
+            .map(|l| Zeroizing::new(l.to_ascii_lowercase()))
+            .collect();
+        Some(Self::build(forms, Arc::new(escaped), whole, prefixes))
     }
 
     fn build(
         forms: Vec<Zeroizing<Vec<u8>>>,
         escaped: Arc<Vec<super::escaped::Escaped>>,
+        whole: Vec<Zeroizing<Vec<u8>>>,
         prefixes: &[&'static str],
     ) -> Secrets {
         let mut first = [false; 256];
         let mut pairs = Box::new([0u64; 1024]);
+        // A fragment may start at any of the first FRAGMENT_SHORT bytes.
+        for w in &whole {
+            for &b in &w[..=super::secret_forms::FRAGMENT_SHORT] {
+                first[b as usize] = true;
+            }
+        }
         for f in &forms {
             first[f[0] as usize] = true;
             for w in f.windows(2) {
@@ -623,10 +642,22 @@ impl Secrets {
                 pairs[pair / 64] |= 1 << (pair % 64);
             }
         }
+        // A form that starts with a shorter one is found where that one is
+        // (`longest_form_at` then takes the longest): fewer patterns for the
+        // SIMD search (the secret and its fragments are found by the
+        // fragments four bytes short).
+        // A secret with fragments is found by its core, as they are.
+        let finding = forms
+            .iter()
+            .filter(|f| !forms.iter().any(|g| g.len() < f.len() && f.starts_with(g)))
+            .filter(|f| !whole.contains(f))
+            .map(|f| &f[..]);
+        let cores = whole.iter().filter_map(|w| super::secret_forms::core(w));
         let patterns: Vec<&[u8]> = prefixes
             .iter()
             .map(|p| p.as_bytes())
-            .chain(forms.iter().map(|f| &f[..]))
+            .chain(finding)
+            .chain(cores)
             .collect();
         Secrets {
             finder: super::literals::Literals::new(&patterns),
@@ -636,6 +667,7 @@ impl Secrets {
             pairs,
             forms,
             escaped,
+            whole,
         }
     }
 
@@ -647,7 +679,45 @@ impl Secrets {
 
     /// The same forms with a searcher for other token prefixes.
     fn for_prefixes(&self, prefixes: &[&'static str]) -> Secrets {
-        Self::build(self.forms.clone(), self.escaped.clone(), prefixes)
+        Self::build(
+            self.forms.clone(),
+            self.escaped.clone(),
+            self.whole.clone(),
+            prefixes,
+        )
+    }
+
+    /// A fragment of a secret around its core at `at` (up to
+    /// FRAGMENT_SHORT bytes of the secret on either side): where it
+    /// starts and ends.
+    fn fragment_at(&self, lower: &[u8], at: usize) -> Option<(usize, usize)> {
+        use super::secret_forms::FRAGMENT_SHORT as SHORT;
+        self.whole
+            .iter()
+            .filter_map(|w| {
+                let core = super::secret_forms::core(w)?;
+                if !lower[at..].starts_with(core) {
+                    return None;
+                }
+                let before = (1..=SHORT.min(at))
+                    .take_while(|&i| lower[at - i] == w[SHORT - i])
+                    .count();
+                let end = at + core.len();
+                let after = (0..SHORT)
+                    .take_while(|&i| lower.get(end + i) == Some(&w[w.len() - SHORT + i]))
+                    .count();
+                Some((at - before, end + after))
+            })
+            .max_by_key(|&(s, e)| e - s)
+    }
+
+    /// Whether `tail` is the start of a fragment (a secret from one of its
+    /// first FRAGMENT_SHORT bytes on), cut off by the end of the text.
+    fn starts_fragment(&self, tail: &[u8]) -> bool {
+        self.whole.iter().any(|w| {
+            (1..=super::secret_forms::FRAGMENT_SHORT)
+                .any(|o| w.len() - o > tail.len() && w[o..].starts_with(tail))
+        })
     }
 
     /// The length of the longest form that starts at `at`.
@@ -674,6 +744,7 @@ impl Secrets {
                     self.forms
                         .iter()
                         .any(|f| f.len() > tail.len() && f.starts_with(tail))
+                        || self.starts_fragment(tail)
                 }
             })
             .unwrap_or(len);
@@ -936,6 +1007,27 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// An echo of the secret a few bytes short at either end is masked,
+    /// however the text is cut (attack pass 8b: 40 of 41 bytes went out).
+    #[test]
+    fn an_echo_a_few_bytes_short_is_masked() {
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let p = all_detectors(&[]);
+        for (front, back) in [(0, 1), (1, 0), (2, 2), (0, 4), (4, 0)] {
+            let fragment = &secret[front..secret.len() - back];
+            let text = format!("echo: \"{fragment}\" ok");
+            for cut in 0..text.len() {
+                let (out, _) =
+                    mask_in_chunks(p.clone(), &[secret.to_string()], text.as_bytes(), &[cut]);
+                let out = String::from_utf8(out).unwrap();
+                assert_eq!(
+                    out, "echo: \"[REDACTED:injected_secret]\" ok",
+                    "{fragment} cut at {cut}"
+                );
             }
         }
     }
