@@ -170,7 +170,7 @@ const BUILTIN: &[(&str, &str, Anchor, Validator)] = &[
     ),
     (
         "email",
-        r"(?-u)\b[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
+        r"(?-u)\b[A-Za-z0-9._%+-]+(?:@|%(?:25)*40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b",
         Anchor::At {
             exact: Some(Exact::Email),
         },
@@ -329,6 +329,10 @@ mod tests {
         assert_eq!(
             hits("email", "?to=john.doe%40example.com&x=1"),
             ["john.doe%40example.com"]
+        );
+        assert_eq!(
+            hits("email", "?r=%2Fcb%3Fto%3Djohn.doe%252540example.com"),
+            ["2Fcb%3Fto%3Djohn.doe%252540example.com"]
         );
         assert_eq!(
             hits("phone", "call +1 415-555-0132 today"),

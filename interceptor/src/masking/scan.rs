@@ -490,9 +490,17 @@ impl Scanner {
         let mut floor = 0;
         // `%40` is an `@` percent-encoded (query strings, redirects, logs):
         // the detector's pattern reads it as one, and so does its DFA.
-        // One pass finds both: `@`, and `%` followed by `40`.
+        // One pass finds both: `@`, and `%` then `40`, after any number of
+        // `25` (the `%` itself encoded again: `%2540`).
+        let escaped_at = |q: usize| {
+            let mut i = q + 1;
+            while text.get(i..i + 2) == Some(b"25") {
+                i += 2;
+            }
+            text.get(i..i + 2) == Some(b"40")
+        };
         let mut anchors = memchr::memchr2_iter(b'@', b'%', text)
-            .filter(|&q| text[q] == b'@' || text.get(q + 1..q + 3) == Some(b"40"))
+            .filter(|&q| text[q] == b'@' || escaped_at(q))
             .peekable();
         while let Some(q) = anchors.next() {
             let is_escaped = text[q] == b'%';
@@ -845,6 +853,7 @@ mod tests {
             "1 2 3 4 5 6 7 8 9 0 1 2 4111 1111 1111 1111 9 9",
             // An `@` percent-encoded (attack pass 8), alone and next to one.
             "to=john.doe%40example.com&a%40b%40c.com a%40b@c.io x@y%40z.io %40a.io a%4",
+            "r=john.doe%2540example.com a%252540b.io a%25b.io a%2540%40b.io %25%2540x.io",
         ];
         for s in samples {
             assert_eq!(scanned(s.as_bytes()), reference(s.as_bytes()), "{s}");
@@ -862,7 +871,7 @@ mod tests {
             Just("+1".to_string()), Just("+123".to_string()), Just("(".to_string()), Just(")".to_string()), Just("DE89 3704 0044 0532 0130 00".to_string()),
             Just("alice@example.com".to_string()), Just("@".to_string()), Just(".".to_string()), Just(" ".to_string()), Just("-".to_string()), Just("\n".to_string()),
             Just("AKIAIOSFODNN7EXAMPLE".to_string()), Just("sk-".to_string()), Just("ant-".to_string()), Just("eyJ".to_string()), Just("xox".to_string()),
-            Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()), Just("%40".to_string()), Just("40".to_string()), Just("123".to_string()),
+            Just("b-".to_string()), Just("_".to_string()), Just("%".to_string()), Just("+".to_string()), Just(".io".to_string()), Just("@x-y.example.org".to_string()), Just("%40".to_string()), Just("40".to_string()), Just("%25".to_string()), Just("25".to_string()), Just("123".to_string()),
             Just("Bearer ".to_string()), Just("ghp_".to_string()), Just("glpat-".to_string()), Just("é".to_string()),
             "[0-9]{1,6}", "[A-Za-z]{1,8}", "[A-Z]{2}[0-9]{2}", "[ .()+-]{1,2}",
         ], 0..24)) {

@@ -344,8 +344,10 @@ impl StreamMasker {
         }
         // Forms wrapped across lines, at each line break that could
         // split one.
-        for nl in memchr::memchr_iter(b'\n', lower) {
-            if let Some(hit) = secrets.wrapped_at(lower, nl) {
+        for brk in memchr::memchr2_iter(b'\n', b'\r', lower) {
+            // Each break once, from its first byte.
+            let first = brk == 0 || !matches!(lower[brk - 1], b'\n' | b'\r');
+            if first && let Some(hit) = secrets.wrapped_at(lower, brk) {
                 self.secret_hits.push(hit);
             }
         }
@@ -749,18 +751,23 @@ impl Secrets {
             })
             .unwrap_or(len);
         // Line breaks make the tail longer than the form's start in it.
-        let wrapped_from = len.saturating_sub(self.longest + 2 * MAX_BREAKS);
+        let wrapped_from = len.saturating_sub(self.longest + 8 * MAX_BREAKS);
         let tail = &lower[wrapped_from..];
         let wrapped = if memchr::memchr2(b'\n', b'\r', tail).is_some() {
             // The tail without its breaks, once; each place's rest of it
             // is a suffix.
             let mut joined = Vec::with_capacity(tail.len());
             let mut at = Vec::with_capacity(tail.len());
-            for (i, &b) in tail.iter().enumerate() {
-                if b != b'\n' && b != b'\r' {
-                    at.push(wrapped_from + i);
-                    joined.push(b);
+            let mut i = 0;
+            while i < tail.len() {
+                let end = break_end(tail, i);
+                if end > i {
+                    i = end;
+                    continue;
                 }
+                at.push(wrapped_from + i);
+                joined.push(tail[i]);
+                i += 1;
             }
             (0..joined.len())
                 .find(|&j| {
@@ -783,16 +790,12 @@ impl Secrets {
     /// further on: where it starts and ends. Base64 of the secret in a
     /// body wrapped at 64 or 76 columns (MIME, PEM) is split so, and any
     /// decoder skips the breaks (found by an attack pass).
-    fn wrapped_at(&self, lower: &[u8], nl: usize) -> Option<(usize, usize)> {
-        let before = if nl > 0 && lower[nl - 1] == b'\r' {
-            nl - 1
-        } else {
-            nl
-        };
-        let after = nl + 1;
+    fn wrapped_at(&self, lower: &[u8], brk: usize) -> Option<(usize, usize)> {
+        let before = brk;
+        let after = break_end(lower, brk);
         let (&b, &a) = (lower.get(before.checked_sub(1)?)?, lower.get(after)?);
         let pair = (b as usize) << 8 | a as usize;
-        if self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
+        if after == brk || self.pairs[pair / 64] >> (pair % 64) & 1 == 0 {
             return None;
         }
         let mut best: Option<(usize, usize)> = None;
@@ -813,8 +816,29 @@ impl Secrets {
     }
 }
 
-/// The most line breaks one wrapped form is read across.
-const MAX_BREAKS: usize = 4;
+/// The most line breaks one wrapped form is read across (hex of a 40-byte
+/// key wrapped at 16 columns has five).
+const MAX_BREAKS: usize = 16;
+
+/// Where a line break that starts at `at` ends: CR and LF in any number
+/// (a blank line, `\r` alone), then the indentation of the next line
+/// (spaces, tabs: a PEM block indented in YAML). `at` itself when there is
+/// none.
+fn break_end(text: &[u8], at: usize) -> usize {
+    let lines = at
+        + text[at..]
+            .iter()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+    if lines == at {
+        return at;
+    }
+    lines
+        + text[lines..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count()
+}
 
 /// Where `rest` ends in `text` from `at`, reading across up to MAX_BREAKS
 /// line breaks between its bytes.
@@ -822,14 +846,9 @@ fn rest_with_breaks(text: &[u8], mut at: usize, rest: &[u8]) -> Option<usize> {
     let mut breaks = 0;
     for (i, &c) in rest.iter().enumerate() {
         if i > 0 && breaks < MAX_BREAKS {
-            let skip = match text.get(at..at + 2) {
-                Some([b'\r', b'\n']) => 2,
-                Some([b'\n', _]) => 1,
-                _ if text.get(at) == Some(&b'\n') => 1,
-                _ => 0,
-            };
-            if skip > 0 && text.get(at + skip) == Some(&c) {
-                at += skip;
+            let end = break_end(text, at);
+            if end > at && text.get(end) == Some(&c) {
+                at = end;
                 breaks += 1;
             }
         }
@@ -962,9 +981,10 @@ mod tests {
     }
 
     /// Base64 of the injected secret inside base64 wrapped at 64 or 76
-    /// columns, `\n` or `\r\n`, a break at every place inside the secret's
-    /// part, cut anywhere: no form of the secret is left once the breaks
-    /// are taken out (attack pass 8: any decoder skips them).
+    /// columns (8 too: many breaks), `\n`, `\r\n`, `\r`, blank lines,
+    /// indented lines, a break at every place inside the secret's part, cut
+    /// anywhere: no form of the secret is left once the breaks are taken
+    /// out (attack passes 8 and 8b: any decoder skips them).
     #[test]
     fn wrapped_base64_of_the_secret_is_masked() {
         use base64::Engine;
@@ -974,7 +994,17 @@ mod tests {
         for prefix in ["", "x", "xy", "{\"user\":\"me\",\"key\":\""] {
             let b64 =
                 base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{secret}\"}}"));
-            for (width, eol) in [(76, "\n"), (64, "\r\n"), (76, "\r\n"), (20, "\n")] {
+            for (width, eol) in [
+                (76, "\n"),
+                (64, "\r\n"),
+                (76, "\r\n"),
+                (20, "\n"),
+                (64, "\n    "),
+                (76, "\r\n\t"),
+                (76, "\r"),
+                (76, "\n\n"),
+                (8, "\n"),
+            ] {
                 for shift in 0..width.min(24) {
                     // The break falls at every place of the secret's part.
                     let text = format!("{}{b64}", "A".repeat(shift));
@@ -994,7 +1024,7 @@ mod tests {
                         let joined: Vec<u8> = out
                             .iter()
                             .copied()
-                            .filter(|&b| b != b'\n' && b != b'\r')
+                            .filter(|&b| !matches!(b, b'\n' | b'\r' | b' ' | b'\t'))
                             .collect::<Vec<u8>>()
                             .to_ascii_lowercase();
                         for f in &forms {
