@@ -586,6 +586,8 @@ struct Secrets {
     prefixes: Vec<&'static str>,
     /// Bytes a form starts with, to look for cut-off forms quickly.
     first: [bool; 256],
+    /// Bytes of any form.
+    in_form: [bool; 256],
     /// Each pair of bytes next to each other in a form (`a << 8 | b`, a
     /// bit each): a line break between two bytes no form has side by side
     /// cannot split one, the test for almost every line break.
@@ -630,6 +632,7 @@ impl Secrets {
         prefixes: &[&'static str],
     ) -> Secrets {
         let mut first = [false; 256];
+        let mut in_form = [false; 256];
         let mut pairs = Box::new([0u64; 1024]);
         // A fragment may start at any of the first FRAGMENT_SHORT bytes.
         for w in &whole {
@@ -639,6 +642,9 @@ impl Secrets {
         }
         for f in &forms {
             first[f[0] as usize] = true;
+            for &b in f.iter() {
+                in_form[b as usize] = true;
+            }
             for w in f.windows(2) {
                 let pair = (w[0] as usize) << 8 | w[1] as usize;
                 pairs[pair / 64] |= 1 << (pair % 64);
@@ -666,6 +672,7 @@ impl Secrets {
             longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
             prefixes: prefixes.to_vec(),
             first,
+            in_form,
             pairs,
             forms,
             escaped,
@@ -753,7 +760,17 @@ impl Secrets {
         // Line breaks make the tail longer than the form's start in it.
         let wrapped_from = len.saturating_sub(self.longest + 8 * MAX_BREAKS);
         let tail = &lower[wrapped_from..];
-        let wrapped = if memchr::memchr2(b'\n', b'\r', tail).is_some() {
+        // A form's start cut by the end of the text and wrapped must cross
+        // the last break, so the byte before that break is a form's: most
+        // texts end lines with bytes no form has (`}`, `.`), and are done.
+        let crosses = memchr::memrchr2(b'\n', b'\r', tail).is_some_and(|last| {
+            let brk = tail[..=last]
+                .iter()
+                .rposition(|&b| b != b'\n' && b != b'\r')
+                .map(|i| i + 1);
+            brk.is_some_and(|b| self.in_form[tail[b - 1] as usize])
+        });
+        let wrapped = if crosses {
             // The tail without its breaks, once; each place's rest of it
             // is a suffix.
             let mut joined = Vec::with_capacity(tail.len());
