@@ -19,6 +19,7 @@ mod reserved_ports;
 mod state_dir;
 mod store;
 mod tls;
+mod units;
 mod webhook;
 
 use clap::Parser;

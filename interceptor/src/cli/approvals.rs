@@ -2,7 +2,7 @@
 //! admin socket: the daemon takes the approver's identity from the socket's
 //! peer credentials.
 use crate::approval::Approval;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -194,15 +194,21 @@ fn decide(
     }
 }
 
+/// The window as the policy writes durations ("30m", "2h", "2d").
 fn parse_window(s: &str) -> Result<u64> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("--window {s:?}: like 30m or 2h"))?;
-    Ok(match unit {
-        "s" => n,
-        "m" | "" => n * 60,
-        "h" => n * 3600,
-        _ => bail!("--window {s:?}: the unit is s, m or h"),
-    })
+    let d = crate::units::duration(s).map_err(|e| anyhow::anyhow!("--window {e}"))?;
+    Ok(d.as_secs().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The window reads durations as the policy does: `2d` was refused
+    /// while the policy took it (issue 14).
+    #[test]
+    fn windows_read_as_policy_durations() {
+        assert_eq!(super::parse_window("30m").unwrap(), 1800);
+        assert_eq!(super::parse_window("2d").unwrap(), 2 * 86400);
+        assert_eq!(super::parse_window("1h 30m").unwrap(), 5400);
+        assert!(super::parse_window("soon").is_err());
+    }
 }

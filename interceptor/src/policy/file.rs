@@ -228,30 +228,7 @@ impl Size {
     fn bytes(&self) -> Result<u64, String> {
         match self {
             Size::Bytes(b) => Ok(*b),
-            Size::Text(t) => {
-                let t = t.trim();
-                let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-                let (n, unit) = t.split_at(split);
-                let n: u64 = n.parse().map_err(|_| {
-                    format!("{t:?} is not a size like 1048576, \"64KB\" or \"10MiB\"")
-                })?;
-                let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-                    "" | "b" => 1,
-                    "kb" => 1000,
-                    "kib" => 1 << 10,
-                    "mb" => 1_000_000,
-                    "mib" => 1 << 20,
-                    "gb" => 1_000_000_000,
-                    "gib" => 1 << 30,
-                    u => {
-                        return Err(format!(
-                            "unknown size unit {u:?} (B, KB, KiB, MB, MiB, GB, GiB)"
-                        ));
-                    }
-                };
-                n.checked_mul(mult)
-                    .ok_or_else(|| format!("{t:?} is too large"))
-            }
+            Size::Text(t) => crate::units::size(t),
         }
     }
 }
@@ -921,25 +898,9 @@ impl Parser<'_> {
     }
 }
 
-/// "90s", "5m", "2h", "1d".
+/// "90s", "5m", "2h", "1d" (units.rs).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like \"90s\", \"5m\" or \"2h\""))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
-    };
-    if secs == 0 {
-        return Err("a duration of 0".into());
-    }
-    Ok(std::time::Duration::from_secs(secs))
+    crate::units::duration(s)
 }
 
 fn mask_profile(name: &str, m: MaskDoc) -> Result<crate::masking::Profile, String> {
