@@ -187,7 +187,7 @@ impl Default for Config {
 }
 
 /// Flags of `interceptor run` that override the file.
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
     /// Configuration file [default: /etc/interceptor/interceptor.toml if present]
     #[arg(long, value_name = "FILE", env = "INTERCEPTOR_CONFIG")]
@@ -417,6 +417,32 @@ impl Config {
     }
 }
 
+/// The config file's keys as written (empty without a file), to tell on
+/// SIGHUP which of them changed since the daemon started.
+pub fn file_table(o: &Overrides) -> Result<toml::Table> {
+    let path = match &o.config {
+        Some(p) => p.clone(),
+        None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+        None => return Ok(toml::Table::new()),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The top-level keys whose values differ between two readings.
+pub fn changed_keys(before: &toml::Table, now: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<String> = before
+        .keys()
+        .chain(now.keys())
+        .filter(|k| before.get(*k) != now.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 fn read_file(path: &Path) -> Result<File> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
@@ -485,6 +511,18 @@ fn parse_admin(s: &str) -> Result<SocketAddr> {
         bail!("{s}: the admin listener must be on loopback");
     }
     Ok(addr)
+}
+
+#[cfg(test)]
+mod changed_tests {
+    #[test]
+    fn changed_keys_are_the_ones_whose_values_differ() {
+        let a: toml::Table = toml::from_str("a = 1\nb = \"x\"\n[oidc]\nissuer = \"i\"\n").unwrap();
+        let b: toml::Table =
+            toml::from_str("a = 1\nb = \"y\"\nc = 2\n[oidc]\nissuer = \"j\"\n").unwrap();
+        assert_eq!(super::changed_keys(&a, &b), ["b", "c", "oidc"]);
+        assert!(super::changed_keys(&a, &a).is_empty());
+    }
 }
 
 #[cfg(test)]

@@ -25,12 +25,50 @@ pub fn run(o: Overrides) -> Result<()> {
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o077) };
     let cfg = Config::load(&o)?;
+    let started = crate::config::file_table(&o)?;
     init_logging(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // An error is printed once, by main.
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(
+        cfg,
+        ConfigSource {
+            overrides: o,
+            started,
+        },
+    ))
+}
+
+/// Where the configuration came from, read again on SIGHUP.
+struct ConfigSource {
+    overrides: Overrides,
+    /// The file's keys at start-up.
+    started: toml::Table,
+}
+
+impl ConfigSource {
+    /// interceptor.toml read again: the policy directory and credentials
+    /// reload live, the file's own keys only at a restart. Says which
+    /// changed, or that the file would not start the daemon now.
+    fn check(&self) {
+        if let Err(e) = Config::load(&self.overrides) {
+            tracing::error!(error = %format!("{e:#}"), "interceptor.toml is not valid now: the daemon keeps the values it started with, and would not start with this file");
+            return;
+        }
+        match crate::config::file_table(&self.overrides) {
+            Ok(now) => {
+                let keys = crate::config::changed_keys(&self.started, &now);
+                if !keys.is_empty() {
+                    tracing::warn!(
+                        ?keys,
+                        "interceptor.toml changed: these keys take effect when the daemon restarts (the policy directory and credentials reload live)"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "reading interceptor.toml"),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -47,7 +85,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -261,6 +299,7 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                source.check();
                 reload(&proxy, &cfg);
                 crate::inbound::sync(&proxy, &mount, &cgroups);
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

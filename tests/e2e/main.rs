@@ -641,6 +641,26 @@ fn invalid_policy_reload_keeps_the_previous_policy() {
         d.log_text()
     );
     assert_ping(&cg, &port);
+
+    // interceptor.toml on SIGHUP: what changed is named, and that it
+    // waits for a restart; a file that would not start the daemon says so.
+    let file = cfg.config_file();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}record_body_kb = 8\n")).unwrap();
+    let wait_for = |needle: &str| {
+        // SAFETY: kill takes no pointers; the pid is the test's daemon child.
+        unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !d.log_text().contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("take effect when the daemon restarts");
+    assert!(d.log_text().contains("record_body_kb"), "{}", d.log_text());
+    std::fs::write(&file, format!("{text}record_body_kb = \"eight\"\n")).unwrap();
+    wait_for("would not start with this file");
+    assert_ping(&cg, &port);
 }
 
 #[test]
