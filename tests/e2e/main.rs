@@ -1038,3 +1038,86 @@ fn the_systemd_units_verify_and_the_daemon_speaks_sd_notify() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
+
+/// Every flag of every command is in the README, and every flag the
+/// README's command lines show exists (issue 14): the two cannot drift.
+#[test]
+fn every_flag_is_documented_and_every_documented_flag_exists() {
+    let readme =
+        std::fs::read_to_string(format!("{}/../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let help = |path: &[String]| {
+        let out = Command::new(BIN).args(path).arg("--help").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let flags = |text: &str| -> std::collections::BTreeSet<String> {
+        text.match_indices("--")
+            .filter(|(i, _)| *i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric())
+            .map(|(i, _)| {
+                let name: String = text[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                    .collect();
+                format!("--{name}")
+            })
+            .filter(|f| f.len() > 3 && f != "--help" && f != "--version")
+            .collect()
+    };
+    // Walk the command tree through each help's "Commands:" list.
+    let mut leaves: Vec<(String, String)> = Vec::new();
+    let mut todo: Vec<Vec<String>> = vec![vec![]];
+    while let Some(path) = todo.pop() {
+        let h = help(&path);
+        let commands: Vec<String> = h
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|c| c != "help")
+            .collect();
+        if commands.is_empty() {
+            leaves.push((path.join(" "), h));
+        }
+        for c in commands {
+            let mut p = path.clone();
+            p.push(c);
+            todo.push(p);
+        }
+    }
+    assert!(leaves.len() > 15, "{leaves:?}");
+    let mut undocumented = Vec::new();
+    for (path, h) in &leaves {
+        for f in flags(h) {
+            if !readme.contains(&f) {
+                undocumented.push(format!("{path} {f}"));
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "flags missing from README: {undocumented:?}"
+    );
+    // The README's command lines: each flag exists on the command named.
+    let mut unknown = Vec::new();
+    for line in readme.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("interceptor ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        let named = leaves
+            .iter()
+            .filter(|(p, _)| !p.is_empty() && words.join(" ").starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len());
+        if let Some((path, h)) = named {
+            for f in flags(rest) {
+                if !h.contains(&f) {
+                    unknown.push(format!("{path} {f}: {line}"));
+                }
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "README flags no command has: {unknown:?}"
+    );
+}
