@@ -109,21 +109,33 @@ fn serve(c: TcpStream) {
     let _ = w.write_all(&body);
 }
 
+/// A daemon whose one rule injects SECRET (`x-api-key`) into requests to
+/// `serve`, masking the responses with the profile `mask` (the lines of a
+/// `[mask.pii]` table; none when empty), with `extra` in interceptor.toml.
+fn lab(tag: &str, mask: &str, extra: &str) -> (TestCgroup, Upstream, Daemon) {
+    let cg = TestCgroup::new(tag);
+    let up = Upstream::start("127.0.0.1:0", serve);
+    let mut cfg = DaemonConfig::new(&[&cg], "");
+    cfg.extra = cfg.credentials(&[("api", SECRET)]) + extra;
+    let (profile, masked) = match mask {
+        "" => (String::new(), ""),
+        m => (format!("[mask.pii]\n{m}\n\n"), "mask = \"pii\"\n"),
+    };
+    cfg.set_policy(&format!(
+        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n{profile}\
+         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\n{masked}action = \"allow\"\n",
+        cg.rel, up.addr
+    ));
+    let d = Daemon::start(&cfg);
+    (cg, up, d)
+}
+
 #[test]
 fn stacked_or_duplicate_encodings_are_decoded_or_refused() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("stacked");
-    let up = Upstream::start("127.0.0.1:0", serve);
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = cfg.credentials(&[("api", SECRET)]);
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let _d = Daemon::start(&cfg);
+    let (cg, up, d) = lab("stacked", "", "");
     for path in ["/two-encodings", "/encoding-list", "/transfer-gzip"] {
         let url = format!("http://127.0.0.1:{}{path}", up.addr.port());
         let (_, out, _) = run(
@@ -146,7 +158,7 @@ fn stacked_or_duplicate_encodings_are_decoded_or_refused() {
             "{path}: the secret got through: {out}"
         );
         // The bytes as they arrive: nothing in them decodes to the secret.
-        let file = cfg.dir.join("raw-body");
+        let file = d.cfg.dir.join("raw-body");
         let _ = run(
             cg.command(
                 "curl",
@@ -184,17 +196,7 @@ fn response_headers_never_carry_the_secret_or_unmasked_data() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("resphdr");
-    let up = Upstream::start("127.0.0.1:0", serve);
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = cfg.credentials(&[("api", SECRET)]);
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [mask.pii]\ndetectors = [\"card\"]\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let d = Daemon::start(&cfg);
+    let (cg, up, d) = lab("resphdr", "detectors = [\"card\"]", "");
     let url = format!("http://127.0.0.1:{}/echo-headers", up.addr.port());
     let (ok, out, err) = run(
         cg.command(
@@ -277,17 +279,7 @@ fn encoded_echoes_of_the_secret_are_scrubbed_and_never_recorded() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("respenc");
-    let up = Upstream::start("127.0.0.1:0", serve);
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = cfg.credentials(&[("api", SECRET)]);
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [mask.pii]\ndetectors = [\"card\"]\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let d = Daemon::start(&cfg);
+    let (cg, up, d) = lab("respenc", "detectors = [\"card\"]", "");
     let url = format!("http://127.0.0.1:{}/echo-encoded", up.addr.port());
     let (ok, out, err) = run(
         cg.command("curl", &["-sS", "--max-time", "10", &url]),
@@ -378,20 +370,14 @@ fn compression_bombs_keep_the_daemon_within_its_memory_bound() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("bombs");
-    let up = Upstream::start("127.0.0.1:0", serve);
     for p in ["/bomb-br", "/bomb-gz"] {
         bombs(p);
     }
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = cfg.credentials(&[("api", SECRET)]) + "inspect_buffer_mb_per_workload = 24\n";
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [mask.pii]\ndetectors = [\"ssn\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let d = Daemon::start(&cfg);
+    let (cg, up, d) = lab(
+        "bombs",
+        "detectors = [\"ssn\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"",
+        "inspect_buffer_mb_per_workload = 24\n",
+    );
     let before = mem_kib(d.pid(), "VmRSS");
     let url = |p: &str| format!("http://127.0.0.1:{}{p}", up.addr.port());
     // The bombs decode as they stream: all 128 MiB arrive, masked.
@@ -435,18 +421,12 @@ fn concurrent_large_json_bodies_keep_the_daemon_within_its_memory_bound() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("bigjson");
-    let up = Upstream::start("127.0.0.1:0", serve);
     bombs("/big-json");
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = cfg.credentials(&[("api", SECRET)]) + "inspect_buffer_mb_per_workload = 40\n";
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [mask.pii]\ndetectors = [\"email\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let d = Daemon::start(&cfg);
+    let (cg, up, d) = lab(
+        "bigjson",
+        "detectors = [\"email\"]\njson_paths = [\"$.customers[*].ssn\"]\nmax_inspect = \"10MiB\"",
+        "inspect_buffer_mb_per_workload = 40\n",
+    );
     let before = mem_kib(d.pid(), "VmRSS");
     let url = format!("http://127.0.0.1:{}/big-json", up.addr.port());
     // Eight 9 MiB documents at once: each is masked in full, or refused
@@ -528,20 +508,11 @@ fn a_response_that_costs_too_much_cpu_to_mask_is_cut_off() {
     if !kernel_ready() {
         return;
     }
-    let cg = TestCgroup::new("maskcpu");
-    let up = Upstream::start("127.0.0.1:0", serve);
-    let mut cfg = DaemonConfig::new(&[&cg], "");
-    cfg.extra = format!(
-        "mask_cpu_base_ms = 200\nmask_cpu_ns_per_byte = 200\n{}",
-        cfg.credentials(&[("api", SECRET)])
+    let (cg, up, d) = lab(
+        "maskcpu",
+        "detectors = [\"card\"]",
+        "mask_cpu_base_ms = 200\nmask_cpu_ns_per_byte = 200\n",
     );
-    cfg.set_policy(&format!(
-        "[credential.api]\nsource = \"file:api\"\nheader = \"x-api-key\"\n\n\
-         [mask.pii]\ndetectors = [\"card\"]\n\n\
-         [[rule]]\nid = \"api\"\nworkload = {:?}\ndestination = \"{}\"\ninject = \"api\"\nmask = \"pii\"\naction = \"allow\"\n",
-        cg.rel, up.addr
-    ));
-    let d = Daemon::start(&cfg);
     let escaped: String = SECRET.bytes().map(|b| format!("%{b:02X}")).collect();
     let fetch = |path: &str| {
         let url = format!("http://127.0.0.1:{}{path}", up.addr.port());
