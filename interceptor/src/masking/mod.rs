@@ -15,6 +15,7 @@ mod escaped;
 mod json;
 pub mod json_array;
 mod json_body;
+mod line_breaks;
 mod line_ends;
 mod literals;
 pub mod ndjson;

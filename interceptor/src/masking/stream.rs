@@ -1,5 +1,6 @@
 //! The streaming masker: push chunks, get back what is safe to send.
 use super::detectors::MAX_MATCH;
+use super::line_breaks;
 use super::scan::LiteralStart;
 use super::{Counts, Profile};
 use std::sync::Arc;
@@ -344,7 +345,7 @@ impl StreamMasker {
         }
         // Forms wrapped across lines, at each line break that could
         // split one.
-        for brk in break_candidates(lower) {
+        for brk in line_breaks::candidates(lower) {
             if let Some(hit) = secrets.wrapped_at(lower, brk) {
                 self.secret_hits.push(hit);
             }
@@ -649,10 +650,9 @@ impl Secrets {
             }
         }
         // A form that starts with a shorter one is found where that one is
-        // (`longest_form_at` then takes the longest): fewer patterns for the
-        // SIMD search (the secret and its fragments are found by the
-        // fragments four bytes short).
-        // A secret with fragments is found by its core, as they are.
+        // (`longest_form_at` then takes the longest), and a secret with
+        // fragments by its core, as they are (`fragment_at`): fewer
+        // patterns for the SIMD search.
         let finding = forms
             .iter()
             .filter(|f| !forms.iter().any(|g| g.len() < f.len() && f.starts_with(g)))
@@ -756,13 +756,13 @@ impl Secrets {
             })
             .unwrap_or(len);
         // Line breaks make the tail longer than the form's start in it.
-        let wrapped_from = len.saturating_sub(self.longest + 8 * MAX_BREAKS);
+        let wrapped_from = len.saturating_sub(self.longest + 8 * line_breaks::MAX_BREAKS);
         let tail = &lower[wrapped_from..];
         // A form's start cut by the end of the text and wrapped must cross
         // the last break, so the byte before that break is a form's: most
         // texts end lines with bytes no form has (`}`, `.`), and are done.
-        let crosses = break_candidates(tail).any(|p| {
-            let start = break_start(tail, p);
+        let crosses = line_breaks::candidates(tail).any(|p| {
+            let start = line_breaks::start(tail, p);
             start > 0 && self.in_form[tail[start - 1] as usize]
         });
         let wrapped = if crosses {
@@ -772,7 +772,7 @@ impl Secrets {
             let mut at = Vec::with_capacity(tail.len());
             let mut i = 0;
             while i < tail.len() {
-                let end = break_end(tail, i);
+                let end = line_breaks::end(tail, i);
                 if end > i {
                     i = end;
                     continue;
@@ -797,11 +797,11 @@ impl Secrets {
         literal.min(wrapped).min(escaped)
     }
 
-    /// A form with a line break (`\n` or `\r\n`) right after its first
-    /// `k` bytes, that break at `nl` (its `\n`), and perhaps more breaks
-    /// further on: where it starts and ends. Base64 of the secret in a
-    /// body wrapped at 64 or 76 columns (MIME, PEM) is split so, and any
-    /// decoder skips the breaks (found by an attack pass).
+    /// A form with a line break (line_breaks.rs) right after its first `k`
+    /// bytes, the break around the one written at `brk`, and perhaps more
+    /// breaks further on: where it starts and ends. Base64 of the secret
+    /// in a body wrapped at 64 or 76 columns (MIME, PEM) is split so, and
+    /// any decoder skips the breaks (found by an attack pass).
     fn wrapped_at(&self, lower: &[u8], brk: usize) -> Option<(usize, usize)> {
         let paired = |b: u8, a: u8| {
             let pair = (b as usize) << 8 | a as usize;
@@ -809,36 +809,16 @@ impl Secrets {
         };
         // Most breaks are one byte between two that are part of no break
         // (a line of JSON ending in `}`): their pair says at once.
-        let plain = |c: u8| {
-            !matches!(
-                c,
-                b' ' | b'\t'
-                    | b'\n'
-                    | b'\r'
-                    | b'\x0b'
-                    | b'\x0c'
-                    | b'\\'
-                    | b'%'
-                    | b'&'
-                    | b'<'
-                    | b'n'
-                    | b'r'
-                    | b'a'
-                    | b'd'
-                    | b';'
-                    | b'>'
-            )
-        };
         if let (Some(&b), Some(&a)) = (lower.get(brk.wrapping_sub(1)), lower.get(brk + 1))
             && matches!(lower[brk], b'\n' | b'\r')
-            && plain(b)
-            && plain(a)
+            && !line_breaks::may_touch(b)
+            && !line_breaks::may_touch(a)
             && !paired(b, a)
         {
             return None;
         }
-        let before = break_start(lower, brk);
-        let after = break_end(lower, before);
+        let before = line_breaks::start(lower, brk);
+        let after = line_breaks::end(lower, before);
         let (&b, &a) = (lower.get(before.checked_sub(1)?)?, lower.get(after)?);
         if after == before || !paired(b, a) {
             return None;
@@ -849,7 +829,7 @@ impl Secrets {
                 if f[k - 1] != b || f[k] != a || k > before || lower[before - k..before] != f[..k] {
                     continue;
                 }
-                if let Some(end) = rest_with_breaks(lower, after, &f[k..]) {
+                if let Some(end) = line_breaks::rest_across(lower, after, &f[k..]) {
                     let start = before - k;
                     if best.is_none_or(|(s, e)| start < s || (start == s && end > e)) {
                         best = Some((start, end));
@@ -859,108 +839,6 @@ impl Secrets {
         }
         best
     }
-}
-
-/// The most line breaks one wrapped form is read across (hex of a 40-byte
-/// key wrapped at 16 columns has five).
-const MAX_BREAKS: usize = 16;
-
-/// The line break written at `at`, its length (0: none): CR, LF, form
-/// feed, vertical tab; escaped in JSON or C (`\n`, `\r`, `\u000a`), in a
-/// URL (`%0a`), in HTML (`&#10;`, `&#xa;`, `<br>`). The text is lower
-/// case. Base64 in a JSON string is wrapped with `\n` escapes, in HTML
-/// with `<br>` (found by an attack pass: any decoder skips them).
-fn break_token(text: &[u8], at: usize) -> usize {
-    const TOKENS: [&[u8]; 17] = [
-        b"\\n", b"\\r", b"\\u000a", b"\\u000d", b"%0a", b"%0d", b"&#10;", b"&#13;", b"&#xa;",
-        b"&#xd;", b"&#x0a;", b"&#x0d;", b"<br>", b"<br/>", b"<br />", b"&#010;", b"&#013;",
-    ];
-    let rest = text.get(at..).unwrap_or_default();
-    match rest.first() {
-        Some(b'\n' | b'\r' | b'\x0b' | b'\x0c') => 1,
-        Some(b'\\' | b'%' | b'&' | b'<') => TOKENS
-            .iter()
-            .find(|t| rest.starts_with(t))
-            .map_or(0, |t| t.len()),
-        _ => 0,
-    }
-}
-
-/// Where a line break that starts at `at` ends: breaks (`break_token`) in
-/// any number, with the spaces and tabs around them (a blank line, a PEM
-/// block indented in YAML). `at` itself when there is none.
-fn break_end(text: &[u8], at: usize) -> usize {
-    let blank = |i: usize| {
-        i + text[i.min(text.len())..]
-            .iter()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count()
-    };
-    let (mut i, mut seen) = (at, false);
-    loop {
-        let j = blank(i);
-        let k = break_token(text, j);
-        if k == 0 {
-            return if seen { j } else { at };
-        }
-        seen = true;
-        i = j + k;
-    }
-}
-
-/// Where the line break around the break token at `at` starts: the
-/// breaks, spaces and tabs just before it are part of it.
-fn break_start(text: &[u8], at: usize) -> usize {
-    let mut i = at;
-    loop {
-        let j = i - text[..i]
-            .iter()
-            .rev()
-            .take_while(|&&b| b == b' ' || b == b'\t')
-            .count();
-        // A token that ends at j (the longest is 7 bytes); most bytes end
-        // none.
-        let ends_one = j > 0
-            && matches!(
-                text[j - 1],
-                b'\n' | b'\r' | b'\x0b' | b'\x0c' | b'n' | b'r' | b'a' | b'd' | b';' | b'>'
-            );
-        let token = ends_one
-            .then(|| (1..=7.min(j)).find(|&n| break_token(text, j - n) == n))
-            .flatten();
-        match token {
-            Some(n) => i = j - n,
-            None => return j,
-        }
-    }
-}
-
-/// Places a line break starts: CR, LF, or a JSON escape of one. One SIMD
-/// pass; a break written only in HTML or a URL (`<br>`, `%0a`) is read
-/// as part of one of these, not alone (a search for `%`, `&` and `<` too
-/// cost a tenth of the masker's time on JSON).
-fn break_candidates(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    memchr::memchr3_iter(b'\n', b'\r', b'\\', text).filter(|&p| break_token(text, p) > 0)
-}
-
-/// Where `rest` ends in `text` from `at`, reading across up to MAX_BREAKS
-/// line breaks between its bytes.
-fn rest_with_breaks(text: &[u8], mut at: usize, rest: &[u8]) -> Option<usize> {
-    let mut breaks = 0;
-    for (i, &c) in rest.iter().enumerate() {
-        if i > 0 && breaks < MAX_BREAKS {
-            let end = break_end(text, at);
-            if end > at && text.get(end) == Some(&c) {
-                at = end;
-                breaks += 1;
-            }
-        }
-        if text.get(at) != Some(&c) {
-            return None;
-        }
-        at += 1;
-    }
-    Some(at)
 }
 
 #[cfg(test)]
