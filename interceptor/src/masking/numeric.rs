@@ -87,25 +87,15 @@ impl NumericRun {
             groups: [Group::default(); MAX_GROUPS],
             n_groups: 0,
         };
-        let mut i = first_digit;
-        loop {
-            let start = i;
-            i = digits.run_end(i);
+        for g in walk(digits, first_digit) {
             if run.n_groups < MAX_GROUPS {
-                run.groups[run.n_groups] = Group {
-                    start: start as u32,
-                    end: i as u32,
-                };
+                run.groups[run.n_groups] = g;
             }
             run.n_groups += 1;
-            run.digits += i - start;
-            let seps = digits.seps_end(i) - i;
-            i += seps;
-            if seps == 0 || !digits.is_digit(i) {
-                break;
-            }
+            run.digits += g.len();
+            // The separators after the last group are part of the run.
+            run.end = digits.seps_end(g.end());
         }
-        run.end = i;
         run
     }
 
@@ -191,17 +181,7 @@ impl NumericRun {
 
     /// Every group of a run with more than MAX_GROUPS (rare: read again).
     fn every_group(&self, digits: &DigitMap) -> Vec<Group> {
-        let mut groups = Vec::new();
-        let mut i = self.groups[0].start();
-        while i < self.end {
-            let end = digits.run_end(i);
-            groups.push(Group {
-                start: i as u32,
-                end: end as u32,
-            });
-            i = digits.seps_end(end);
-        }
-        groups
+        walk(digits, self.groups[0].start()).collect()
     }
 
     /// `(?-u)\b\d{3}-\d{2}-\d{4}\b`: groups of exactly 3, 2 and 4 digits
@@ -300,6 +280,22 @@ fn digits_then(text: &[u8], at: usize, n: usize) -> Option<usize> {
 
 fn is_sep(text: &[u8], at: usize) -> bool {
     matches!(text.get(at), Some(b' ' | b'.' | b'-'))
+}
+
+/// The groups of the run from `first_digit`: each a run of digits, joined
+/// to the next by a run of separators.
+fn walk(digits: &DigitMap, first_digit: usize) -> impl Iterator<Item = Group> + '_ {
+    let mut next = Some(first_digit);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let end = digits.run_end(start);
+        let after = digits.seps_end(end);
+        next = (after > end && digits.is_digit(after)).then_some(after);
+        Some(Group {
+            start: start as u32,
+            end: end as u32,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub struct Relay {
     mask_up: bool,
     /// Bytes of transcript the session's recording cap leaves.
     record_room: usize,
-    /// The memory a message from the skill may take, held while open.
+    /// What the connection may hold (HELD_PER_CONNECTION), drawn from the
+    /// workload's budget while it is open.
     _lease: crate::memory_budget::Lease,
     /// The CPU masking this connection's messages has used, against what
     /// it may (the connection is ended past it).
