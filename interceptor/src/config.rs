@@ -228,9 +228,8 @@ pub struct Overrides {
 
 impl Config {
     pub fn load(o: &Overrides) -> Result<Config> {
-        let file = match &o.config {
-            Some(p) => read_file(p)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+        let file = match file_path(o) {
+            Some(p) => read_file(&p)?,
             None => File::default(),
         };
         let mut c = Config::default();
@@ -417,13 +416,19 @@ impl Config {
     }
 }
 
+/// The file read: the one named, else the default one if it exists.
+fn file_path(o: &Overrides) -> Option<PathBuf> {
+    match &o.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    }
+}
+
 /// The config file's keys as written (empty without a file), to tell on
 /// SIGHUP which of them changed since the daemon started.
 pub fn file_table(o: &Overrides) -> Result<toml::Table> {
-    let path = match &o.config {
-        Some(p) => p.clone(),
-        None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
-        None => return Ok(toml::Table::new()),
+    let Some(path) = file_path(o) else {
+        return Ok(toml::Table::new());
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading config file {}", path.display()))?;
