@@ -345,7 +345,7 @@ async fn decide(req: Request<Incoming>, proxy: &Proxy, uid: u32) -> Response<Ful
             }
             let _ = proxy.store.audit(
                 "approval",
-                serde_json::json!({"approval": a.id, "decision": a.state, "approver": a.approver, "reason": a.reason,
+                &serde_json::json!({"approval": a.id, "decision": a.state, "approver": a.approver, "reason": a.reason,
                                    "rule": a.rule, "workload": a.workload, "window_until_ms": a.window_until_ms}),
             );
             tracing::info!(approval = a.id, approver = %approver.name, state = ?a.state, "approval decided");

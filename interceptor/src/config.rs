@@ -55,6 +55,10 @@ struct File {
     approval_webhook: Option<String>,
     retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
+    audit_sync: Option<AuditSync>,
+    audit_sync_interval: Option<String>,
+    audit_segment_size: Option<String>,
+    store_cache_size: Option<String>,
     record_body_kb: Option<u64>,
     mask_cpu_base_ms: Option<u64>,
     mask_cpu_ns_per_byte: Option<u64>,
@@ -62,6 +66,14 @@ struct File {
     allow_sockets: Option<Vec<String>>,
     proxy_mark: Option<u32>,
     conn_map_entries: Option<u32>,
+}
+
+/// `audit_sync`: what a record survives before its effect is answered.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum AuditSync {
+    Always,
+    Interval,
 }
 
 /// `[oidc]`: where user tokens come from.
@@ -80,6 +92,10 @@ pub struct OidcFile {
     /// Extra CAs to trust the issuer's HTTPS with (PEM files).
     pub ca_files: Option<Vec<PathBuf>>,
 }
+
+/// How long a record may be only in the kernel with `audit_sync =
+/// "interval"` (what a power cut can lose).
+pub const DEFAULT_AUDIT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Effective configuration of `interceptor run`.
 #[derive(Clone, Debug)]
@@ -130,6 +146,8 @@ pub struct Config {
     pub retention: Duration,
     /// Above this store size the oldest sessions go first.
     pub retention_max_bytes: u64,
+    /// The audit log's sync mode and segment size, sled's cache.
+    pub store: crate::store::Options,
     /// Masked response bodies recorded per session, at most.
     pub record_body_bytes: u64,
     /// The CPU masking one body may use (then it is cut off).
@@ -174,6 +192,7 @@ impl Default for Config {
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
+            store: Default::default(),
             record_body_bytes: 64 << 10,
             mask_cpu: Default::default(),
             // Debug builds (the test suite's) mask about twenty times
@@ -325,6 +344,32 @@ impl Config {
         }
         if let Some(mb) = file.retention_max_mb {
             c.retention_max_bytes = mb << 20;
+        }
+        let interval = match &file.audit_sync_interval {
+            Some(t) => crate::units::duration(t)
+                .map_err(|e| anyhow::anyhow!("config `audit_sync_interval`: {e}"))?,
+            None => DEFAULT_AUDIT_SYNC_INTERVAL,
+        };
+        if interval > Duration::from_secs(1) {
+            bail!(
+                "config `audit_sync_interval` may be at most 1s (records older than it are not on disk)"
+            );
+        }
+        c.store.audit_sync = match file.audit_sync {
+            Some(AuditSync::Always) => crate::audit::SyncMode::Always,
+            Some(AuditSync::Interval) | None => crate::audit::SyncMode::Interval(interval),
+        };
+        if let Some(t) = &file.audit_segment_size {
+            let n = crate::units::size(t)
+                .map_err(|e| anyhow::anyhow!("config `audit_segment_size`: {e}"))?;
+            if n < 1 << 20 {
+                bail!("config `audit_segment_size` must be at least 1MiB");
+            }
+            c.store.audit_segment_bytes = n;
+        }
+        if let Some(t) = &file.store_cache_size {
+            c.store.cache_bytes = crate::units::size(t)
+                .map_err(|e| anyhow::anyhow!("config `store_cache_size`: {e}"))?;
         }
         if let Some(kb) = file.record_body_kb {
             c.record_body_bytes = kb << 10;

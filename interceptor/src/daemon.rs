@@ -117,7 +117,17 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         tracing::warn!(dir = %cfg.policies.display(), "no rules: every connection and request of the workload is denied");
     }
     crate::state_dir::secure(&cfg.state_dir)?;
-    let store = Store::open(&cfg.state_dir)?;
+    let mut store = Store::open_with(&cfg.state_dir, &cfg.store)?;
+    if let Some(r) = store.take_repair() {
+        // A power cut (or a full disk) cut a record's write short: it was
+        // never acknowledged. Said in the log and in the chain itself.
+        tracing::warn!(segment = %r.tail.segment.display(), offset = r.tail.offset, bytes = r.tail.bytes,
+            "the audit log ended in an unfinished record; cut it off");
+        store.audit(
+            "log_repaired",
+            &serde_json::json!({"segment": r.tail.segment, "offset": r.tail.offset, "bytes_dropped": r.tail.bytes}),
+        )?;
+    }
     let tls = Tls::load_or_create(&cfg.state_dir, &cfg.upstream_ca_files)?;
     let (oidc, user_header) = oidc_validator(&cfg)?;
     let clock = test_clock()?;
@@ -417,7 +427,7 @@ fn watch_cgroups(
                     for t in missing {
                         tracing::error!(cgroup = %t.cgroup, program = t.program, "a kernel hook was detached from a workload cgroup; re-attached it");
                         let data = serde_json::json!({ "cgroup": t.cgroup, "program": t.program });
-                        if let Err(e) = proxy.store.audit("hooks_tampered", data) {
+                        if let Err(e) = proxy.store.audit("hooks_tampered", &data) {
                             tracing::error!(error = %e, "could not append to the audit log");
                         }
                     }

@@ -131,11 +131,7 @@ pub async fn record(proxy: Arc<Proxy>, ring: RingBuf<MapData>) {
                 tick.tick().await;
             }
         }
-        if sweep(&proxy, &mut open) > 0
-            && let Err(e) = proxy.store.flush_async().await
-        {
-            tracing::error!(error = %e, "could not flush the session store");
-        }
+        sweep(&proxy, &mut open);
     }
 }
 
@@ -191,11 +187,12 @@ fn opened(proxy: &Proxy, ev: &InboundEvent) -> Session {
         "session": s.id, "workload": s.workload.cgroup, "cgroup_id": s.workload.cgroup_id,
         "local": s.destination, "peer": s.client, "decision": s.decision, "rule": s.rule,
     });
-    if let Err(e) = proxy.store.audit("inbound", data) {
-        tracing::error!(session = s.id, error = %e, "could not append to the audit log");
-    }
-    if let Err(e) = proxy.store.put(&s) {
-        tracing::error!(session = s.id, error = %e, "could not record the session");
+    let recorded = proxy
+        .store
+        .audit_indexed("inbound", &data)
+        .and_then(|ticket| proxy.store.put_audited(&s, ticket));
+    if let Err(e) = recorded {
+        tracing::error!(session = s.id, error = %format!("{e:#}"), "could not record the inbound session");
     }
     s
 }

@@ -262,8 +262,8 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
                     tasks.push(tokio::spawn(async move {
                         let mut n = 0u64;
                         while Instant::now() < deadline {
-                            store.audit("request", serde_json::json!({"writer": w, "n": n, "path": "/v1/items", "decision": "allow"}))?;
-                            store.flush_async().await?;
+                            let seq = store.audit("request", &serde_json::json!({"writer": w, "n": n, "path": "/v1/items", "decision": "allow"}))?;
+                            store.durable(seq).await?;
                             n += 1;
                         }
                         anyhow::Ok(n)

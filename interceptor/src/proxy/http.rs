@@ -68,6 +68,31 @@ pub struct HttpConn {
     >,
 }
 
+/// A request's decision record in the audit log: its number, and its
+/// ticket until the index has the request.
+struct Audited {
+    seq: u64,
+    ticket: Option<store::Ticket>,
+}
+
+/// A request's decision, as its audit record holds it.
+#[derive(serde::Serialize)]
+struct RequestAudit<'a> {
+    session: u64,
+    seq: u64,
+    workload: &'a str,
+    destination: &'a str,
+    user: Option<&'a str>,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    decision: Action,
+    rule: Option<&'a str>,
+    reason: &'a str,
+    injected: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
 /// A request that passed policy, carrying what the response needs: the
 /// decision and the policy snapshot it was made with (a reload while the
 /// upstream answers does not change the profile its response is masked by).
@@ -129,33 +154,55 @@ impl HttpConn {
             error: None,
         };
         let span = tracing::info_span!("request", seq);
-        let result = self.clone().exchange(req, &mut rec).instrument(span).await;
+        let mut audited = None;
+        let result = self
+            .clone()
+            .exchange(req, &mut rec, &mut audited)
+            .instrument(span)
+            .await;
         if rec.reason.is_empty()
             && let Err(r) = &result
         {
             // Refused before the policy was asked (bad token, misdirected).
             rec.reason = r.message.clone();
         }
-        let code = result.as_ref().err().map(|r| r.code());
-        self.audit(&rec, code);
-        // The decision's audit record is on disk before its response goes out.
-        if let Err(e) = self.proxy.store.flush_async().await {
-            tracing::error!(session = self.session, seq = rec.seq, error = %e, "audit flush failed; withholding the response");
-            rec.status = 503;
-            rec.error = Some("audit log unavailable".into());
-            self.proxy.record_request(&rec);
-            return Ok(
-                Refusal::new(Why::AuditUnavailable, "the audit log cannot be written").response(),
-            );
-        }
+        // A request forwarded was audited before it went upstream; one
+        // refused before that is audited now, with its refusal's code.
+        let audited = match audited {
+            Some(a) => Ok(a),
+            None => self.audit(&rec, result.as_ref().err().map(|r| r.code())),
+        };
+        // The decision's audit record is as durable as `audit_sync`
+        // promises before its response goes out (for `always`, the sync
+        // ran while the upstream answered).
+        let audited = match audited {
+            Ok(a) => match self.proxy.store.durable(a.seq).await {
+                Ok(()) => Ok(a),
+                Err(e) => Err((e, a.ticket)),
+            },
+            Err(r) => Err((anyhow::anyhow!(r.message), None)),
+        };
+        let ticket = match audited {
+            Ok(a) => a.ticket,
+            Err((e, ticket)) => {
+                tracing::error!(session = self.session, seq = rec.seq, error = %format!("{e:#}"), "audit log unavailable; withholding the response");
+                rec.status = 503;
+                rec.error = Some("audit log unavailable".into());
+                self.proxy.record_request(&rec, ticket);
+                return Ok(
+                    Refusal::new(Why::AuditUnavailable, "the audit log cannot be written")
+                        .response(),
+                );
+            }
+        };
         match result {
-            Ok(resp) => Ok(self.clone().track(resp, rec, started, in_flight)),
+            Ok(resp) => Ok(self.clone().track(resp, rec, ticket, started, in_flight)),
             Err(refusal) => {
                 rec.status = refusal.status().as_u16();
                 rec.error.get_or_insert_with(|| refusal.message.clone());
                 let resp = refusal.response();
                 rec.duration_ms = started.elapsed().as_millis() as u64;
-                self.proxy.record_request(&rec);
+                self.proxy.record_request(&rec, ticket);
                 Ok(resp)
             }
         }
@@ -349,16 +396,35 @@ impl HttpConn {
     }
 
     /// Appends the request's decision to the hash-chained audit log.
-    fn audit(&self, rec: &RequestRecord, code: Option<&str>) {
-        let data = serde_json::json!({
-            "session": rec.session, "seq": rec.seq, "workload": self.workload,
-            "destination": self.destination.to_string(), "user": rec.user,
-            "method": rec.method, "host": rec.host, "path": rec.path,
-            "decision": rec.decision, "rule": rec.rule, "reason": rec.reason,
-            "injected": rec.injected, "code": code,
-        });
-        if let Err(e) = self.proxy.store.audit("request", data) {
-            tracing::error!(session = self.session, seq = rec.seq, error = %e, "could not append to the audit log");
+    fn audit(&self, rec: &RequestRecord, code: Option<&str>) -> Result<Audited, Refusal> {
+        let destination = self.destination.to_string();
+        let data = RequestAudit {
+            session: rec.session,
+            seq: rec.seq,
+            workload: &self.workload,
+            destination: &destination,
+            user: rec.user.as_deref(),
+            method: &rec.method,
+            host: &rec.host,
+            path: &rec.path,
+            decision: rec.decision,
+            rule: rec.rule.as_deref(),
+            reason: &rec.reason,
+            injected: rec.injected.as_deref(),
+            code,
+        };
+        match self.proxy.store.audit_indexed("request", &data) {
+            Ok(t) => Ok(Audited {
+                seq: t.seq,
+                ticket: Some(t),
+            }),
+            Err(e) => {
+                tracing::error!(session = self.session, seq = rec.seq, error = %format!("{e:#}"), "could not append to the audit log");
+                Err(Refusal::new(
+                    Why::AuditUnavailable,
+                    "the audit log cannot be written",
+                ))
+            }
         }
     }
 
@@ -367,6 +433,7 @@ impl HttpConn {
         self: Arc<Self>,
         req: Request<Incoming>,
         rec: &mut RequestRecord,
+        audited: &mut Option<Audited>,
     ) -> Result<Response<RespBody>, Refusal> {
         let upgrade = upgrade_of(&req);
         // A body read for inspection is put back as bytes.
@@ -380,7 +447,7 @@ impl HttpConn {
                 return Err(refusal);
             }
         };
-        self.forward(req, rec, admitted, upgrade).await
+        self.forward(req, rec, admitted, upgrade, audited).await
     }
 
     /// attribute → decide → inject: everything before a byte goes upstream.
@@ -573,6 +640,7 @@ impl HttpConn {
         rec: &mut RequestRecord,
         admitted: Admitted,
         upgrade: Option<HeaderValue>,
+        audited: &mut Option<Audited>,
     ) -> Result<Response<RespBody>, Refusal> {
         let Admitted {
             decision,
@@ -660,6 +728,9 @@ impl HttpConn {
             tls_name: self.sni.clone(),
             credentialed: !injected.is_empty(),
         };
+        // The decision is in the kernel before a byte of the request goes
+        // upstream; its sync (`always`) overlaps the round trip.
+        *audited = Some(self.audit(rec, None)?);
         let result = match &websocket {
             // A WebSocket needs its own HTTP/1.1 connection. No extension
             // is offered: compressed frames could not be masked.
@@ -738,7 +809,14 @@ impl HttpConn {
                 lease,
                 self.proxy.mask_cpu.meter(&self.workload),
             );
-            self.tunnel(relay, client, hyper::upgrade::on(&mut resp), rec.clone());
+            let ticket = audited.as_mut().and_then(|a| a.ticket.take());
+            self.tunnel(
+                relay,
+                client,
+                hyper::upgrade::on(&mut resp),
+                rec.clone(),
+                ticket,
+            );
             let (parts, body) = resp.into_parts();
             return Ok(Response::from_parts(
                 parts,
@@ -843,6 +921,7 @@ impl HttpConn {
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         mut rec: RequestRecord,
+        ticket: Option<store::Ticket>,
     ) {
         let conn = self.clone();
         tokio::spawn(async move {
@@ -864,7 +943,7 @@ impl HttpConn {
                 Err(e) => rec.error = Some(format!("upgrade failed: {e}")),
             }
             rec.status = 101;
-            conn.proxy.record_request(&rec);
+            conn.proxy.record_request(&rec, ticket);
         });
     }
 
@@ -873,6 +952,7 @@ impl HttpConn {
         self: Arc<Self>,
         resp: Response<RespBody>,
         mut rec: RequestRecord,
+        ticket: Option<store::Ticket>,
         started: std::time::Instant,
         in_flight: super::InFlight,
     ) -> Response<RespBody> {
@@ -904,7 +984,7 @@ impl HttpConn {
             rec.response_body = self.take_captured(rec.seq);
             self.bytes_up.fetch_add(rec.bytes_up, Ordering::Relaxed);
             self.bytes_down.fetch_add(bytes, Ordering::Relaxed);
-            self.proxy.record_request(&rec);
+            self.proxy.record_request(&rec, ticket);
         });
         Response::from_parts(parts, body.boxed())
     }
@@ -1090,12 +1170,14 @@ impl Drop for Held {
             a.decided_ms = Some(store::now_ms());
             a.approver = Some("the client went away".into());
             let _ = proxy.store.put_approval(&a);
-            let _ = proxy.store.audit(
-                "approval",
-                serde_json::json!({"approval": id, "decision": a.state, "rule": a.rule,
-                                   "workload": a.workload, "reason": "the client went away"}),
-            );
             let _ = proxy.store.flush_async().await;
+            if let Ok(seq) = proxy.store.audit(
+                "approval",
+                &serde_json::json!({"approval": id, "decision": a.state, "rule": a.rule,
+                                   "workload": a.workload, "reason": "the client went away"}),
+            ) {
+                let _ = proxy.store.durable(seq).await;
+            }
             tracing::info!(approval = id, "approval withdrawn: the client went away");
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -271,12 +271,16 @@ impl Proxy {
         }
     }
 
-    /// Records the decision durably, then refuses (RST).
+    /// Records the decision, then refuses (RST).
     async fn refuse(&self, conn: TcpStream, mut session: Session, d: &Decision) {
         session.decision = Action::Deny;
         session.rule = d.rule.clone();
         session.reason = d.reason.clone();
-        self.announce_decision(&session);
+        let audited = self.announce_decision(&session);
+        if let Some(seq) = audited {
+            // `always`: the refusal is on disk before the workload sees it.
+            let _ = self.store.durable(seq).await;
+        }
         self.stats.denied.fetch_add(1, Ordering::Relaxed);
         reset(conn);
         self.finish(session).await;
@@ -290,24 +294,26 @@ impl Proxy {
         session.decision = Action::Allow;
         session.rule = d.rule.clone();
         session.reason = d.reason.clone();
-        self.announce_decision(&session);
+        // The decision is in the kernel (audit log) before the upstream
+        // hears of the connection: a crash can interrupt a session, never
+        // erase it. With `audit_sync = "always"` its fdatasync overlaps the
+        // connect, and no byte is relayed before it is done.
+        let Some(seq) = self.announce_decision(&session) else {
+            // Fail closed: no forwarding without a record.
+            reset(conn);
+            return;
+        };
         self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         let destination: SocketAddr = session.destination.parse().expect("formatted by us");
-        // The decision is on disk before the upstream hears of the
-        // connection: a crash can interrupt a session, never erase it. (The
-        // upstream connect used to overlap the flush; an upstream could then
-        // see a connection whose record a kill lost, which the restart-race
-        // test caught.)
-        self.record(&session);
-        if let Err(e) = self.store.flush_async().await {
-            // Fail closed: no forwarding without a durable record.
-            tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
+        let (durable, connected) = tokio::join!(
+            self.store.durable(seq),
+            tokio::time::timeout(self.connect_timeout, connect_marked(destination, self.mark)),
+        );
+        if let Err(e) = durable {
+            tracing::error!(session = session.id, error = %e, "audit log not durable; refusing");
             reset(conn);
             return;
         }
-        let connected =
-            tokio::time::timeout(self.connect_timeout, connect_marked(destination, self.mark))
-                .await;
         let upstream = match connected {
             Ok(Ok(u)) => {
                 // Opaque TCP carries no credential; consume the kernel's note.
@@ -345,14 +351,13 @@ impl Proxy {
     ) {
         session.decision = Action::Allow;
         session.reason = "inspected: decided per request".into();
-        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        self.announce_decision(&session);
-        self.record(&session);
-        if let Err(e) = self.store.flush_async().await {
-            tracing::error!(session = session.id, error = %e, "session store flush failed; refusing");
+        // Each request is audited and made durable on its own; the
+        // connection's record only has to be in the kernel.
+        if self.announce_decision(&session).is_none() {
             reset(conn);
             return;
         }
+        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         let destination = session.destination.parse().expect("formatted by us");
         let ctx = Arc::new(http::HttpConn {
@@ -408,10 +413,10 @@ impl Proxy {
         self.finish(session).await;
     }
 
-    /// Logs the connection's decision and appends it to the audit log
-    /// (durable with the flush that follows every decision).
-    fn announce_decision(&self, s: &Session) {
-        self.audit_connection(s);
+    /// Logs the connection's decision, appends it to the audit log and
+    /// records the session (open). `None`: the log took nothing, so the
+    /// connection must not go on.
+    fn announce_decision(&self, s: &Session) -> Option<u64> {
         let w = &s.workload;
         tracing::info!(
             session = s.id,
@@ -420,6 +425,32 @@ impl Proxy {
             decision = ?s.decision, rule = s.rule.as_deref().unwrap_or("-"), reason = %s.reason,
             "connection"
         );
+        let data = ConnectionAudit {
+            session: s.id,
+            workload: &w.cgroup,
+            cgroup_id: w.cgroup_id,
+            pid: w.pid,
+            exe: &w.exe,
+            uid: w.uid,
+            destination: &s.destination,
+            protocol: &s.protocol,
+            sni: s.sni.as_deref(),
+            decision: s.decision,
+            rule: s.rule.as_deref(),
+            reason: &s.reason,
+        };
+        let ticket = match self.store.audit_indexed("connection", &data) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(session = s.id, error = %format!("{e:#}"), "could not append to the audit log");
+                return None;
+            }
+        };
+        let seq = ticket.seq;
+        if let Err(e) = self.store.put_audited(s, ticket) {
+            tracing::error!(session = s.id, error = %e, "could not record the session");
+        }
+        Some(seq)
     }
 
     async fn upstream_failed(&self, conn: TcpStream, mut session: Session, error: String) {
@@ -430,43 +461,41 @@ impl Proxy {
         self.finish(session).await;
     }
 
-    /// The closed record is durable before the handler ends, so a crash
-    /// right after a connection loses nothing about it.
+    /// The closed session goes to the index (its decision is in the audit
+    /// log already; a crash before the index has it marks it interrupted).
     async fn finish(&self, mut session: Session) {
         session.state = State::Closed;
         session.ended_ms = Some(store::now_ms());
-        self.record(&session);
-        if let Err(e) = self.store.flush_async().await {
-            tracing::error!(session = session.id, error = %e, "could not flush the session store");
-        }
-    }
-
-    /// The connection's decision, in the hash-chained audit log.
-    fn audit_connection(&self, s: &Session) {
-        let w = &s.workload;
-        let data = serde_json::json!({
-            "session": s.id, "workload": w.cgroup, "cgroup_id": w.cgroup_id, "pid": w.pid, "exe": w.exe,
-            "uid": w.uid, "destination": s.destination, "protocol": s.protocol, "sni": s.sni,
-            "decision": s.decision, "rule": s.rule, "reason": s.reason,
-        });
-        if let Err(e) = self.store.audit("connection", data) {
-            tracing::error!(session = s.id, error = %e, "could not append to the audit log");
-        }
-    }
-
-    // record
-    fn record(&self, session: &Session) {
-        if let Err(e) = self.store.put(session) {
+        if let Err(e) = self.store.put(&session) {
             tracing::error!(session = session.id, error = %e, "could not record the session");
         }
     }
 
-    pub fn record_request(&self, r: &RequestRecord) {
+    /// `ticket`: the request's decision record in the audit log, out until
+    /// the index has the request.
+    pub fn record_request(&self, r: &RequestRecord, ticket: Option<store::Ticket>) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.store.put_request(r) {
+        if let Err(e) = self.store.put_request(r, ticket) {
             tracing::error!(session = r.session, seq = r.seq, error = %e, "could not record the request");
         }
     }
+}
+
+/// A connection's decision, as its audit record holds it.
+#[derive(serde::Serialize)]
+struct ConnectionAudit<'a> {
+    session: u64,
+    workload: &'a str,
+    cgroup_id: u64,
+    pid: u32,
+    exe: &'a str,
+    uid: u32,
+    destination: &'a str,
+    protocol: &'a str,
+    sni: Option<&'a str>,
+    decision: Action,
+    rule: Option<&'a str>,
+    reason: &'a str,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (ALPN or prior knowledge) on one connection.

@@ -4,6 +4,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+mod index;
+pub use index::Ticket;
+
 /// Who opened the connection, as the kernel and /proc told us.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Workload {
@@ -139,6 +142,30 @@ pub struct SessionDetail {
     pub requests: Vec<RequestRecord>,
 }
 
+/// How the store is opened: the daemon writes (the audit log's writer,
+/// the index thread), the commands that read a stopped daemon's store only
+/// read.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub audit_sync: crate::audit::SyncMode,
+    pub audit_segment_bytes: u64,
+    /// sled's page cache (its default, 1 GiB, grew the daemon's RSS with
+    /// every session read or written).
+    pub cache_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            audit_sync: crate::audit::SyncMode::Interval(
+                crate::config::DEFAULT_AUDIT_SYNC_INTERVAL,
+            ),
+            audit_segment_bytes: crate::audit::log::DEFAULT_SEGMENT_BYTES,
+            cache_bytes: 8 << 20,
+        }
+    }
+}
+
 pub struct Store {
     db: sled::Db,
     sessions: sled::Tree,
@@ -148,12 +175,18 @@ pub struct Store {
     /// Ids of sessions in state Open, so a restart finds the ones a dead
     /// daemon left behind without scanning everything.
     open: sled::Tree,
-    audit: sled::Tree,
     approvals: sled::Tree,
-    /// Last appended (seq, hash): appends are serialised through it so the
-    /// chain has one order.
-    audit_head: std::sync::Mutex<(u64, String)>,
     meta: sled::Tree,
+    /// `<state dir>/audit`: the segment files.
+    audit_dir: std::path::PathBuf,
+    /// The writer, when the daemon opened the store.
+    log: Option<crate::audit::AuditLog>,
+    /// What opening the log cut off its end (a power cut mid-write).
+    repair: Option<crate::audit::Repair>,
+    /// Index ops to the index thread (sessions, requests).
+    index: std::sync::Mutex<Option<std::sync::mpsc::Sender<index::Op>>>,
+    index_thread: Option<std::thread::JoinHandle<()>>,
+    tickets: index::Tickets,
     flusher: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushWaiter>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
     /// FLUSH_TIMEOUT (shorter in tests).
@@ -166,9 +199,14 @@ pub struct Store {
 }
 
 impl Drop for Store {
-    /// Stops the flusher (its `Db` handle holds the store's file lock), so
-    /// the store can be opened again as soon as this one is gone.
+    /// Stops the index thread (after it wrote what it was sent) and the
+    /// flusher (its `Db` handle holds the store's file lock), so the store
+    /// can be opened again as soon as this one is gone.
     fn drop(&mut self) {
+        self.index.lock().unwrap().take();
+        if let Some(t) = self.index_thread.take() {
+            let _ = t.join();
+        }
         self.flusher.lock().unwrap().take();
         if let Some(t) = self.flusher_thread.take() {
             let _ = t.join();
@@ -176,7 +214,8 @@ impl Drop for Store {
     }
 }
 
-const AUDIT_HEAD: &[u8] = b"audit_head";
+/// The head of the log kept in sled before segment files.
+const LEGACY_AUDIT_HEAD: &[u8] = b"audit_head";
 
 type FlushWaiter = tokio::sync::oneshot::Sender<Result<(), String>>;
 
@@ -211,7 +250,8 @@ fn spawn_flusher(
 
 impl Store {
     /// The store a daemon wrote, for the commands that read it: one that
-    /// is not there is an error naming the path, never created empty.
+    /// is not there is an error naming the path, never created empty. The
+    /// audit log is only read.
     pub fn open_existing(state_dir: &Path) -> Result<Store> {
         let path = state_dir.join("store");
         if !path.is_dir() {
@@ -220,35 +260,76 @@ impl Store {
                 path.display()
             );
         }
-        Store::open(state_dir)
+        Store::open_as(state_dir, &Options::default(), false)
     }
 
+    /// The daemon's store, with default options.
     pub fn open(state_dir: &Path) -> Result<Store> {
+        Store::open_with(state_dir, &Options::default())
+    }
+
+    /// The daemon's store: the audit log opened for appending (an
+    /// unfinished last record cut off), the index rebuilt from the log
+    /// where a crash kept records out of it.
+    pub fn open_with(state_dir: &Path, opts: &Options) -> Result<Store> {
+        Store::open_as(state_dir, opts, true)
+    }
+
+    fn open_as(state_dir: &Path, opts: &Options, write: bool) -> Result<Store> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
         let path = state_dir.join("store");
-        let db = sled::Config::new().path(&path).open().map_err(|e| {
-            // sled wraps the flock failure in an IO error with its own text.
-            if e.to_string().contains("could not acquire lock") {
-                anyhow::anyhow!(
-                    "the session store {} is locked by another process (a running daemon?); \
-                     query it through the admin socket (--admin-socket)",
-                    path.display()
-                )
-            } else {
-                anyhow::anyhow!("opening the session store {}: {e}", path.display())
-            }
-        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(opts.cache_bytes)
+            .open()
+            .map_err(|e| {
+                // sled wraps the flock failure in an IO error with its own text.
+                if e.to_string().contains("could not acquire lock") {
+                    anyhow::anyhow!(
+                        "the session store {} is locked by another process (a running daemon?); \
+                         query it through the admin socket (--admin-socket)",
+                        path.display()
+                    )
+                } else {
+                    anyhow::anyhow!("opening the session store {}: {e}", path.display())
+                }
+            })?;
         let sessions = db.open_tree("sessions")?;
         let open = db.open_tree("sessions_open")?;
         let requests = db.open_tree("requests")?;
-        let audit = db.open_tree("audit")?;
         let approvals = db.open_tree("approvals")?;
         let meta = db.open_tree("meta")?;
-        let head = match meta.get(AUDIT_HEAD)? {
-            Some(v) => serde_json::from_slice(&v)?,
-            None => (0, crate::audit::GENESIS.to_string()),
+        let audit_dir = state_dir.join("audit");
+        import_legacy_audit(&db, &meta, &audit_dir)?;
+        let (log, repair) = if write {
+            let (log, repair) = crate::audit::AuditLog::open(
+                &audit_dir,
+                opts.audit_sync,
+                opts.audit_segment_bytes,
+            )?;
+            (Some(log), repair)
+        } else {
+            (None, None)
         };
+        let trees = index::Trees {
+            sessions: sessions.clone(),
+            open: open.clone(),
+            requests: requests.clone(),
+            meta: meta.clone(),
+        };
+        // What a crash kept out of the index comes back from the log (read
+        // only up to the writer's head: nothing is being written yet).
+        let from = index::watermark(&meta)? + 1;
+        let upto = log.as_ref().map(|l| l.head().0);
+        let records = crate::audit::log::records_from(&audit_dir, from, upto)?;
+        let (rebuilt, max_replayed) = index::replay(&trees, records)?;
+        if rebuilt > 0 {
+            tracing::warn!(
+                records = rebuilt,
+                "rebuilt sessions and requests the index lacked from the audit log"
+            );
+        }
         let (flusher, flusher_thread) = spawn_flusher(db.clone());
         let after_last = |t: &sled::Tree| -> Result<u64> {
             Ok(match t.last()? {
@@ -256,8 +337,22 @@ impl Store {
                 None => 1,
             })
         };
-        let next_session = std::sync::atomic::AtomicU64::new(after_last(&sessions)?);
+        let next_session =
+            std::sync::atomic::AtomicU64::new(after_last(&sessions)?.max(max_replayed + 1));
         let next_approval = std::sync::atomic::AtomicU64::new(after_last(&approvals)?);
+        let tickets = index::Tickets::default();
+        let (index_tx, index_thread) = if write {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let head = log.as_ref().map(|l| l.head_fn()).expect("a writer");
+            let t = tickets.clone();
+            let thread = std::thread::Builder::new()
+                .name("store-index".into())
+                .spawn(move || index::run(rx, trees, t, head))
+                .context("spawning the index thread")?;
+            (Some(tx), Some(thread))
+        } else {
+            (None, None)
+        };
         Ok(Store {
             next_session,
             next_approval,
@@ -265,14 +360,23 @@ impl Store {
             sessions,
             requests,
             open,
-            audit,
             approvals,
-            audit_head: std::sync::Mutex::new(head),
             meta,
+            audit_dir,
+            log,
+            repair,
+            index: std::sync::Mutex::new(index_tx),
+            index_thread,
+            tickets,
             flusher: std::sync::Mutex::new(Some(flusher)),
             flusher_thread: Some(flusher_thread),
             flush_timeout: FLUSH_TIMEOUT,
         })
+    }
+
+    /// What opening the audit log mended, once (the daemon audits it).
+    pub fn take_repair(&mut self) -> Option<crate::audit::Repair> {
+        self.repair.take()
     }
 
     pub fn next_session_id(&self) -> u64 {
@@ -285,27 +389,63 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn put(&self, s: &Session) -> Result<()> {
-        let key = s.id.to_be_bytes();
-        self.sessions.insert(key, serde_json::to_vec(s)?)?;
-        if s.state == State::Open {
-            self.open.insert(key, &[])?;
-        } else {
-            self.open.remove(key)?;
-        }
-        Ok(())
+    fn send(&self, op: index::Op) -> Result<()> {
+        self.index
+            .lock()
+            .unwrap()
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the store is open read-only"))?
+            .send(op)
+            .map_err(|_| anyhow::anyhow!("the index thread is gone"))
     }
 
-    /// Appends to the hash-chained audit log (durable with the next flush).
-    pub fn audit(&self, kind: &str, data: serde_json::Value) -> Result<u64> {
-        let mut head = self.audit_head.lock().unwrap();
-        let rec = crate::audit::AuditRecord::new(head.0 + 1, now_ms(), kind, data, head.1.clone());
-        self.audit
-            .insert(rec.seq.to_be_bytes(), serde_json::to_vec(&rec)?)?;
-        self.meta
-            .insert(AUDIT_HEAD, serde_json::to_vec(&(rec.seq, &rec.hash))?)?;
-        *head = (rec.seq, rec.hash);
-        Ok(head.0)
+    /// Records the session in the index (written off the caller's path).
+    pub fn put(&self, s: &Session) -> Result<()> {
+        self.send(index::Op::Session(s.clone(), None))
+    }
+
+    /// Records the session whose audit record `ticket` is.
+    pub fn put_audited(&self, s: &Session, ticket: Ticket) -> Result<()> {
+        self.send(index::Op::Session(s.clone(), Some(ticket)))
+    }
+
+    fn writer(&self) -> Result<&crate::audit::AuditLog> {
+        self.log
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the audit log is open read-only"))
+    }
+
+    /// Appends to the hash-chained audit log: in the kernel when this
+    /// returns; `durable` for what `audit_sync` promises beyond.
+    pub fn audit<D: serde::Serialize + ?Sized>(&self, kind: &str, data: &D) -> Result<u64> {
+        self.writer()?.append(kind, data)
+    }
+
+    /// Appends a session or request record: its ticket is out until its
+    /// index record is written (`put_audited`, `put_request`), and a
+    /// crash before that rebuilds it from the log.
+    pub fn audit_indexed<D: serde::Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        data: &D,
+    ) -> Result<Ticket> {
+        let (_, t) = self
+            .writer()?
+            .append_then(kind, data, |seq| self.tickets.issue(seq))?;
+        Ok(t)
+    }
+
+    /// Returns once record `seq` is as durable as `audit_sync` promises.
+    pub async fn durable(&self, seq: u64) -> Result<()> {
+        self.writer()?.durable(seq).await
+    }
+
+    /// Waits until the index thread has written what was sent before.
+    fn settle(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.send(index::Op::Barrier(tx)).is_ok() {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+        }
     }
 
     /// Audit records with seq > `after` and time >= `since_ms`, at most `limit`.
@@ -315,42 +455,20 @@ impl Store {
         since_ms: u64,
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditRecord>> {
-        let mut out = Vec::new();
-        for kv in self.audit.range((after + 1).to_be_bytes()..) {
-            let r: crate::audit::AuditRecord = serde_json::from_slice(&kv?.1)?;
-            if r.ts_ms >= since_ms {
-                out.push(r);
-                if out.len() >= limit {
-                    break;
-                }
-            }
+        match &self.log {
+            Some(log) => log.records(after, since_ms, limit),
+            None => crate::audit::log::read_records(&self.audit_dir, after, since_ms, limit, None),
         }
-        Ok(out)
     }
 
     pub fn audit_verify(&self) -> Result<crate::audit::Verification> {
-        let mut bad = Vec::new();
-        let records = self.audit.iter().filter_map(|kv| {
-            match kv.map_err(anyhow::Error::from).and_then(|(k, v)| {
-                serde_json::from_slice::<crate::audit::AuditRecord>(&v)
-                    .map_err(|e| anyhow::anyhow!("record key {k:?}: {e}"))
-            }) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    bad.push(format!("unreadable record: {e}"));
-                    None
-                }
-            }
-        });
-        let head = self
-            .meta
-            .get(AUDIT_HEAD)?
-            .map(|v| serde_json::from_slice(&v))
-            .transpose()?;
+        self.settle();
+        let indexed = index::watermark(&self.meta)?;
         let in_use = !self.sessions.is_empty();
-        let mut v = crate::audit::verify(records, head, in_use);
-        v.problems.splice(0..0, bad);
-        Ok(v)
+        match &self.log {
+            Some(log) => log.verify(indexed, in_use),
+            None => crate::audit::log::verify_dir(&self.audit_dir, None, indexed, in_use),
+        }
     }
 
     pub fn put_approval(&self, a: &crate::approval::Approval) -> Result<()> {
@@ -455,16 +573,15 @@ impl Store {
         Ok(n)
     }
 
-    pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&r.session.to_be_bytes());
-        key[8..].copy_from_slice(&r.seq.to_be_bytes());
-        self.requests.insert(key, serde_json::to_vec(r)?)?;
-        Ok(())
+    /// Records the request in the index (written off the caller's path);
+    /// `ticket`: its decision's audit record.
+    pub fn put_request(&self, r: &RequestRecord, ticket: Option<Ticket>) -> Result<()> {
+        self.send(index::Op::Request(r.clone(), ticket))
     }
 
     /// The requests of one session, in order.
     pub fn requests_of(&self, session: u64) -> Result<Vec<RequestRecord>> {
+        self.settle();
         self.requests
             .scan_prefix(session.to_be_bytes())
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
@@ -473,6 +590,7 @@ impl Store {
 
     /// A session and its requests, as one JSON document.
     pub fn session_with_requests(&self, id: u64) -> Result<Option<SessionDetail>> {
+        self.settle();
         let Some(v) = self.sessions.get(id.to_be_bytes())? else {
             return Ok(None);
         };
@@ -494,7 +612,8 @@ impl Store {
                 s.error.get_or_insert_with(|| {
                     "the daemon stopped while the connection was open".into()
                 });
-                self.put(&s)?;
+                self.sessions.insert(&key, serde_json::to_vec(&s)?)?;
+                self.open.remove(&key)?;
             } else {
                 self.open.remove(&key)?;
             }
@@ -507,6 +626,7 @@ impl Store {
     /// The newest `limit` sessions, oldest first.
     /// The newest `limit` sessions matching `f`, oldest first.
     pub fn find(&self, f: &SessionFilter, limit: usize) -> Result<Vec<Session>> {
+        self.settle();
         let mut out = Vec::new();
         for kv in self.sessions.iter().rev() {
             let s: Session = serde_json::from_slice(&kv?.1)?;
@@ -579,10 +699,50 @@ impl Store {
         }
     }
 
+    /// Everything sent is in the index, the audit log synced, sled
+    /// flushed: at shutdown, and after an approval is decided.
     pub fn flush(&self) -> Result<()> {
+        self.settle();
+        if let Some(log) = &self.log {
+            log.sync()?;
+        }
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// A log kept in sled before segment files moves into the first segment,
+/// with its hashes (anchors taken from it still hold), once.
+fn import_legacy_audit(db: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<()> {
+    let legacy = db.open_tree("audit")?;
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    if !crate::audit::log::has_segments(dir)? {
+        let mut frames = Vec::new();
+        for kv in legacy.iter() {
+            let r: crate::audit::AuditRecord = serde_json::from_slice(&kv?.1)?;
+            frames.push(crate::audit::Frame::from_legacy(&r).with_context(|| {
+                format!(
+                    "audit record {} of the sled log has a malformed hash",
+                    r.seq
+                )
+            })?);
+        }
+        let n = crate::audit::log::import(dir, frames.into_iter())?;
+        tracing::info!(
+            records = n,
+            "moved the audit log from the session store into segment files"
+        );
+        if let Some((seq, _)) = legacy.last()? {
+            let seq = u64::from_be_bytes(seq.as_ref().try_into()?);
+            meta.insert(index::WATERMARK, &seq.to_be_bytes())?;
+        }
+    }
+    db.drop_tree("audit")?;
+    meta.remove(LEGACY_AUDIT_HEAD)?;
+    db.flush()?;
+    Ok(())
 }
 
 pub fn now_ms() -> u64 {
@@ -661,58 +821,129 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn session(id: u64, started_ms: u64) -> Session {
+        Session {
+            id,
+            started_ms,
+            ended_ms: None,
+            state: State::Open,
+            workload: Workload::default(),
+            destination: format!("127.0.0.1:{started_ms}"),
+            client: String::new(),
+            protocol: "tcp".into(),
+            sni: None,
+            requests: 0,
+            decision: crate::policy::Action::Allow,
+            rule: None,
+            reason: String::new(),
+            bytes_up: 0,
+            bytes_down: 0,
+            error: None,
+        }
+    }
+
+    /// A crash after a record reached the audit log and before the index
+    /// had it (a ticket never returned): the next open rebuilds the
+    /// session (interrupted) and the request (its decision, no outcome)
+    /// from the log, and ids go on after them. Records the index had are
+    /// left as they are.
     #[test]
-    fn the_audit_chain_survives_reopening_and_detects_tampering() {
-        let dir = std::env::temp_dir().join(format!("icpt-audit-{}", std::process::id()));
+    fn what_a_crash_kept_out_of_the_index_comes_back_from_the_log() {
+        let dir = std::env::temp_dir().join(format!("icpt-replay-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
             let store = Store::open(&dir).unwrap();
-            for i in 0..3 {
-                store.audit("request", serde_json::json!({"n": i})).unwrap();
-            }
+            let kept = session(store.next_session_id(), 1);
+            let t = store
+                .audit_indexed("connection", &serde_json::json!({"session": kept.id, "destination": "10.0.0.1:1", "decision": "allow"}))
+                .unwrap();
+            store.put_audited(&kept, t).unwrap();
+            let lost = store.next_session_id();
+            let t1 = store
+                .audit_indexed("connection", &serde_json::json!({"session": lost, "workload": "skills.slice/a", "destination": "10.0.0.2:443", "decision": "allow", "rule": "r"}))
+                .unwrap();
+            let t2 = store
+                .audit_indexed("request", &serde_json::json!({"session": lost, "seq": 1, "method": "GET", "host": "h", "path": "/p", "decision": "deny", "rule": "r"}))
+                .unwrap();
+            // As if the daemon died before the index thread got to them.
+            std::mem::forget((t1, t2));
             store.flush().unwrap();
         }
-        // sled's background flusher may hold the lock a moment after drop.
-        let mut tries = 0;
-        let store = loop {
-            match Store::open(&dir) {
-                Ok(s) => break s,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e:#}"),
-            }
-        };
+        let store = Store::open(&dir).unwrap();
+        let all = store.find(&SessionFilter::default(), 10).unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
         assert_eq!(
-            store.audit("request", serde_json::json!({"n": 3})).unwrap(),
+            all[0].destination, "127.0.0.1:1",
+            "the indexed one as it was"
+        );
+        let s = &all[1];
+        assert_eq!((s.id, s.state), (2, State::Interrupted));
+        assert_eq!(
+            (s.workload.cgroup.as_str(), s.rule.as_deref()),
+            ("skills.slice/a", Some("r"))
+        );
+        let r = store.requests_of(2).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].path.as_str(), r[0].decision),
+            ("/p", crate::policy::Action::Deny)
+        );
+        assert!(
+            r[0].error
+                .as_deref()
+                .unwrap()
+                .contains("rebuilt from the audit log")
+        );
+        assert_eq!(store.next_session_id(), 3);
+        let v = store.audit_verify().unwrap();
+        assert_eq!((v.records, v.problems.len()), (3, 0), "{v:?}");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A store written before segment files: its sled log moves into the
+    /// first segment with its hashes, and the chain goes on from it.
+    #[test]
+    fn a_log_kept_in_sled_moves_into_segments_with_its_hashes() {
+        let dir = std::env::temp_dir().join(format!("icpt-legacy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut prev = crate::audit::GENESIS;
+        let mut head = String::new();
+        {
+            let db = sled::open(dir.join("store")).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            for seq in 1..=3u64 {
+                let data = serde_json::json!({"n": seq});
+                let body =
+                    serde_json::json!({"seq": seq, "ts_ms": 7, "kind": "request", "data": data})
+                        .to_string();
+                let hash = crate::audit::digest(&prev, body.as_bytes());
+                let r = crate::audit::AuditRecord {
+                    seq,
+                    ts_ms: 7,
+                    kind: "request".into(),
+                    data,
+                    prev_hash: crate::audit::hex(&prev),
+                    hash: crate::audit::hex(&hash),
+                };
+                tree.insert(seq.to_be_bytes(), serde_json::to_vec(&r).unwrap())
+                    .unwrap();
+                prev = hash;
+                head = r.hash;
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(
+            store
+                .audit("request", &serde_json::json!({"n": 4}))
+                .unwrap(),
             4
         );
         let v = store.audit_verify().unwrap();
         assert_eq!((v.records, v.problems.len()), (4, 0), "{v:?}");
-        // Tamper with record 2 in the store itself.
-        let mut r: crate::audit::AuditRecord =
-            serde_json::from_slice(&store.audit.get(2u64.to_be_bytes()).unwrap().unwrap()).unwrap();
-        r.data = serde_json::json!({"n": 99});
-        store
-            .audit
-            .insert(2u64.to_be_bytes(), serde_json::to_vec(&r).unwrap())
-            .unwrap();
-        let v = store.audit_verify().unwrap();
-        assert_eq!(
-            v.problems,
-            vec!["record 2: content does not match its hash (changed)"]
-        );
-        // Remove record 3.
-        store.audit.remove(3u64.to_be_bytes()).unwrap();
-        let v = store.audit_verify().unwrap();
-        assert!(
-            v.problems
-                .iter()
-                .any(|p| p.contains("record 4: records 3..3 are missing")),
-            "{v:?}"
-        );
+        let third = store.audit_records(2, 0, 1).unwrap();
+        assert_eq!(third[0].hash, head, "the anchor of record 3 still holds");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -722,24 +953,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("icpt-store-{}", std::process::id()));
         let store = Store::open(&dir).unwrap();
         for i in 0..5 {
-            let s = Session {
-                id: store.next_session_id(),
-                started_ms: i,
-                ended_ms: None,
-                state: State::Open,
-                workload: Workload::default(),
-                destination: format!("127.0.0.1:{i}"),
-                client: String::new(),
-                protocol: "tcp".into(),
-                sni: None,
-                requests: 0,
-                decision: crate::policy::Action::Allow,
-                rule: None,
-                reason: String::new(),
-                bytes_up: 0,
-                bytes_down: 0,
-                error: None,
-            };
+            let s = session(store.next_session_id(), i);
             store.put(&s).unwrap();
         }
         let r = store.find(&SessionFilter::default(), 3).unwrap();
