@@ -8,6 +8,11 @@
 #                               upgrade; then arms the reboot check
 #   suite.sh after-reboot       after a reboot: hooks attached before the
 #                               slice's units started, sessions kept
+#   suite.sh power-cut          audit_sync = "always", a skill under load,
+#                               then the power cut (sysrq: no sync, no
+#                               unmount); does not return
+#   suite.sh after-power-cut    every request the skill saw answered has
+#                               its audit record, and the chain verifies
 #
 # Shared by `cargo xtask vm-test` (qemu, no Vagrant) and vagrant/Vagrantfile.
 # Results go to $VM_RESULTS/results.txt as "ok - ..." / "not ok - ..." lines;
@@ -106,7 +111,7 @@ probe_stop() {
 
 setup_upstream() {
     install -d -m 0755 $LIB $ETC $UP
-    install -m 0644 "$HERE/upstream.py" "$HERE/gap_probe.py" $LIB/
+    install -m 0644 "$HERE/upstream.py" "$HERE/gap_probe.py" "$HERE/acked_load.py" "$HERE/acked_check.py" $LIB/
     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >$UP/token
     install -d -m 0700 /etc/interceptor/credentials
     install -m 0600 $UP/token /etc/interceptor/credentials/vm-api
@@ -495,11 +500,50 @@ sys.exit(0 if [r[\"rule\"] for r in d[\"requests\"]] == [\"vm-boot\"] else 1)'"
     info "after-reboot phase done: $FAILS failed"
 }
 
+# The promise of audit_sync = "always": a response a skill received has its
+# record on disk, whatever happens to the host right after. A skill sends
+# requests as fast as it can and prints each answered one to the share (the
+# host's file, written through at once); then the guest is reset with no
+# sync and no unmount, losing everything in its page cache.
+phase_power_cut() {
+    sed -i '/^audit_sync/d' /etc/interceptor/interceptor.toml
+    echo 'audit_sync = "always"' >>/etc/interceptor/interceptor.toml
+    check "restart with audit_sync = always" systemctl restart interceptor.service
+    check "a skill's request answered" wait_for 30 items_status_is 200
+    rm -f "$RESULTS/acked.txt"
+    sync
+    systemd-run --quiet --collect --slice=skills.slice --unit=vm-power-cut -p User=nobody \
+        -p Group=nogroup -p StandardOutput=file:"$RESULTS/acked.txt" \
+        python3 $LIB/acked_load.py 4
+    wait_for 30 test -s "$RESULTS/acked.txt"
+    sleep 3
+    info "power cut after $(wc -l <"$RESULTS/acked.txt") answered requests"
+    echo 1 >/proc/sys/kernel/sysrq
+    echo b >/proc/sysrq-trigger
+    sleep 30
+    fail "the power cut did not happen"
+}
+
+phase_after_power_cut() {
+    check "daemon active after the power cut" wait_for 60 active interceptor.service
+    check "audit log verifies after the power cut" interceptor audit verify
+    local out
+    out=$(interceptor audit export --format jsonl | python3 $LIB/acked_check.py "$RESULTS/acked.txt" 2>&1)
+    local rc=$?
+    info "power cut: $out"
+    check "every response a skill received before the power cut has its audit record" test $rc -eq 0
+    check "sessions are listed after the power cut" sh -c 'interceptor sessions list --limit 5 >/dev/null'
+    journalctl -b -u interceptor --no-pager | grep -E "unfinished record|rebuilt" | while read -r l; do info "$l"; done
+    info "after-power-cut phase done: $FAILS failed"
+}
+
 case "${1:-}" in
 main) phase_main "${2:?usage: suite.sh main PACKAGE.deb}" ;;
 after-reboot) phase_after_reboot ;;
+power-cut) phase_power_cut ;;
+after-power-cut) phase_after_power_cut ;;
 *)
-    echo "usage: suite.sh main PACKAGE.deb | after-reboot" >&2
+    echo "usage: suite.sh main PACKAGE.deb | after-reboot | power-cut | after-power-cut" >&2
     exit 2
     ;;
 esac

@@ -9,7 +9,8 @@
 //!    and `vagrant/guest/` shared read-write over 9p. TCG unless KVM is known
 //!    to work (INTERCEPTOR_VM_ACCEL=kvm|tcg overrides).
 //! 4. The guest runs `vagrant/guest/vm-runner.sh` at each boot: the suite's
-//!    main phase, a reboot, the after-reboot phase, then it powers off.
+//!    main phase, a reboot, the after-reboot phase, a power cut under load
+//!    (a reset with no sync), the after-power-cut phase, then it powers off.
 //! 5. Reads the results back from the share; any failed check, a missing
 //!    phase or a timeout fails the task, with the guest's logs.
 use crate::{lab, run_cmd, workspace_root};
@@ -301,7 +302,7 @@ fn report(results: &Path, console: &Path, outcome: Result<Outcome>) -> Result<()
         Outcome::Exited(s) if !s.success() => problems.push(format!("qemu exited with {s}")),
         Outcome::Exited(_) => {}
     }
-    for phase in ["main", "after-reboot"] {
+    for phase in ["main", "after-reboot", "after-power-cut"] {
         if !phases.lines().any(|l| l == format!("{phase} rc=0")) {
             problems.push(format!(
                 "phase {phase} did not finish clean (phases: {:?})",
@@ -320,7 +321,11 @@ fn report(results: &Path, console: &Path, outcome: Result<Outcome>) -> Result<()
         return Ok(());
     }
     eprintln!("\n===== vm-test results =====\n{lines}");
-    for log in ["interceptor-main.log", "interceptor-after-reboot.log"] {
+    for log in [
+        "interceptor-main.log",
+        "interceptor-after-reboot.log",
+        "interceptor-after-power-cut.log",
+    ] {
         let text = read(log);
         let tail: Vec<&str> = text.lines().rev().take(60).collect();
         eprintln!("\n===== {log} (last 60 lines) =====");

@@ -38,13 +38,21 @@ pub enum DiagCmd {
         #[arg(long, default_value_t = 200_000)]
         events: usize,
     },
-    /// Audit records appended per second, durable (group-committed flushes
-    /// from concurrent writers, as the proxy does): prints JSON
+    /// Audit records appended per second by concurrent writers, each
+    /// waiting until its record is as durable as `--sync` promises (with
+    /// `always`, an fdatasync shared by all waiting: group commit), in a
+    /// directory under --dir: prints JSON
     AuditRate {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         #[arg(long, default_value_t = 32)]
         writers: usize,
+        #[arg(long, value_enum, default_value = "always")]
+        sync: AuditSyncArg,
+        /// Where the log is written (it should be the disk the state
+        /// directory is on) [default: the temp directory]
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -247,10 +255,25 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
             }
             println!("{}", serde_json::Value::Object(report));
         }
-        DiagCmd::AuditRate { seconds, writers } => {
-            let dir =
-                std::env::temp_dir().join(format!("interceptor-diag-audit-{}", std::process::id()));
-            let store = Arc::new(crate::store::Store::open(&dir)?);
+        DiagCmd::AuditRate {
+            seconds,
+            writers,
+            sync,
+            dir,
+        } => {
+            let dir = dir
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("interceptor-diag-audit-{}", std::process::id()));
+            let opts = crate::store::Options {
+                audit_sync: match sync {
+                    AuditSyncArg::Always => crate::audit::SyncMode::Always,
+                    AuditSyncArg::Interval => {
+                        crate::audit::SyncMode::Interval(crate::config::DEFAULT_AUDIT_SYNC_INTERVAL)
+                    }
+                },
+                ..Default::default()
+            };
+            let store = Arc::new(crate::store::Store::open_with(&dir, &opts)?);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -280,11 +303,18 @@ pub fn run(cmd: DiagCmd) -> Result<()> {
             let _ = std::fs::remove_dir_all(&dir);
             println!(
                 "{}",
-                serde_json::json!({"records": n, "per_second": n as f64 / seconds, "writers": writers, "chain_ok": verified.problems.is_empty()})
+                serde_json::json!({"records": n, "per_second": n as f64 / seconds, "writers": writers,
+                    "sync": format!("{sync:?}").to_lowercase(), "chain_ok": verified.problems.is_empty()})
             );
         }
     }
     Ok(())
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AuditSyncArg {
+    Always,
+    Interval,
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -88,7 +88,11 @@ pub fn run(
     while let Ok(first) = rx.recv() {
         let head = head();
         let mut sessions = sled::Batch::default();
-        let mut open = sled::Batch::default();
+        // An open session's key goes into `open` before the session is
+        // written and leaves it after: sled keeps a prefix of its writes
+        // through a crash, and a session left open must be found there.
+        let mut opened = sled::Batch::default();
+        let mut closed = sled::Batch::default();
         let mut requests = sled::Batch::default();
         let mut done = Vec::new();
         let mut barriers = Vec::new();
@@ -103,9 +107,9 @@ pub fn run(
                         }
                     }
                     if s.state == State::Open {
-                        open.insert(&key, &[]);
+                        opened.insert(&key, &[]);
                     } else {
-                        open.remove(&key);
+                        closed.remove(&key);
                     }
                     done.extend(t);
                 }
@@ -122,9 +126,10 @@ pub fn run(
             }
         }
         let applied = trees
-            .sessions
-            .apply_batch(sessions)
-            .and_then(|_| trees.open.apply_batch(open))
+            .open
+            .apply_batch(opened)
+            .and_then(|_| trees.sessions.apply_batch(sessions))
+            .and_then(|_| trees.open.apply_batch(closed))
             .and_then(|_| trees.requests.apply_batch(requests));
         match applied {
             Ok(()) => {

@@ -608,16 +608,17 @@ impl Store {
             let (key, _) = kv?;
             if let Some(v) = self.sessions.get(&key)? {
                 let mut s: Session = serde_json::from_slice(&v)?;
-                s.state = State::Interrupted;
-                s.error.get_or_insert_with(|| {
-                    "the daemon stopped while the connection was open".into()
-                });
-                self.sessions.insert(&key, serde_json::to_vec(&s)?)?;
-                self.open.remove(&key)?;
-            } else {
-                self.open.remove(&key)?;
+                // Closed, but the crash came before its key left `open`.
+                if s.state == State::Open {
+                    s.state = State::Interrupted;
+                    s.error.get_or_insert_with(|| {
+                        "the daemon stopped while the connection was open".into()
+                    });
+                    self.sessions.insert(&key, serde_json::to_vec(&s)?)?;
+                    n += 1;
+                }
             }
-            n += 1;
+            self.open.remove(&key)?;
         }
         self.db.flush()?;
         Ok(n)
