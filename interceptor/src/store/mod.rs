@@ -264,6 +264,7 @@ impl Store {
     }
 
     /// The daemon's store, with default options.
+    #[cfg(test)]
     pub fn open(state_dir: &Path) -> Result<Store> {
         Store::open_with(state_dir, &Options::default())
     }
