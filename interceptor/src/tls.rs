@@ -22,6 +22,8 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 /// Leaves are cheap to mint; the cache only avoids doing it per connection.
 const LEAF_CACHE_MAX: usize = 10_000;
+/// Client TLS sessions kept for resumption (a few hundred bytes each).
+const RESUMABLE_SESSIONS: usize = 8192;
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -34,6 +36,10 @@ pub struct Tls {
     /// One key for every leaf of this daemon run.
     leaf_key: KeyPair,
     leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// TLS sessions clients may resume, shared by every leaf's config (a
+    /// cache per config would be 256 sessions a name, lost with the leaf).
+    /// Stateful: no ticket key to keep secret or rotate.
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
     /// For upstreams: ALPN h2 and http/1.1.
     pub client: Arc<ClientConfig>,
 }
@@ -97,6 +103,7 @@ impl Tls {
             issuer: Issuer::new(ca_params(), key),
             leaf_key: KeyPair::generate()?,
             leaves: Mutex::new(HashMap::new()),
+            sessions: rustls::server::ServerSessionMemoryCache::new(RESUMABLE_SESSIONS),
             client: Arc::new(client_config(extra_cas)?),
         })
     }
@@ -129,6 +136,7 @@ impl Tls {
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.session_storage = self.sessions.clone();
         let cfg = Arc::new(cfg);
         let mut leaves = self.leaves.lock().unwrap();
         if leaves.len() >= LEAF_CACHE_MAX {
@@ -169,6 +177,9 @@ pub fn client_config(extra_cas: &[PathBuf]) -> Result<ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Fresh connections to an upstream resume its TLS session (the pool
+    // reopens connections under churn).
+    cfg.resumption = rustls::client::Resumption::in_memory_sessions(RESUMABLE_SESSIONS);
     Ok(cfg)
 }
 
@@ -216,6 +227,55 @@ pub async fn peek_server_name(
 mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
+
+    /// Runs a TLS handshake in memory (and reads the session tickets the
+    /// server sends after it); returns how the client's went.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        name: &str,
+    ) -> rustls::HandshakeKind {
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        let mut c =
+            rustls::ClientConnection::new(client, name.to_string().try_into().unwrap()).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        c.handshake_kind().unwrap()
+    }
+
+    /// A client's second connection resumes its TLS session (no new key
+    /// exchange and certificate check), also when its name's leaf was
+    /// minted again (the cache full) in between.
+    #[test]
+    fn clients_resume_their_tls_sessions() {
+        let dir = std::env::temp_dir().join(format!("icpt-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tls = Tls::load_or_create(&dir, &[]).unwrap();
+        let ca = dir.join(CA_CERT);
+        let client = Arc::new(client_config(&[ca]).unwrap());
+        let server = tls.server_config("api.example.com").unwrap();
+        assert_eq!(
+            handshake(server.clone(), client.clone(), "api.example.com"),
+            rustls::HandshakeKind::Full
+        );
+        drop(server);
+        tls.leaves.lock().unwrap().clear();
+        let server = tls.server_config("api.example.com").unwrap();
+        assert_eq!(
+            handshake(server, client.clone(), "api.example.com"),
+            rustls::HandshakeKind::Resumed
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_ca_survives_a_restart_and_signs_verifiable_leaves() {
