@@ -65,9 +65,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let rows = tcp_rows(&bin, &sizes)?;
     let tcp_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let https = bench_https::run(&bin, &tools, &plan)?;
+    let (https, figures) = bench_https::run(&bin, &tools, &plan)?;
     let https_secs = t.elapsed().as_secs_f64();
-    let internals = internals(&bin, quick)?;
+    let (internals, durable_per_s) = internals(&bin, quick)?;
+    let goals = goals(&rows, &figures, durable_per_s);
 
     let table = render(&rows);
     println!("\n{table}");
@@ -78,7 +79,7 @@ pub fn run(args: &[String]) -> Result<()> {
          Machine: {} CPUs, kernel {}, release build.\n\n\
          Not a test: no thresholds. Numbers from a shared 2-core machine are\n\
          noisy (other jobs may run at the same time); only the ratios within one\n\
-         run mean something.\n\n\
+         run mean something.\n\n{goals}\n\
          ## TCP: through the interceptor vs direct\n\n\
          Same loopback servers: the client runs once directly and once inside an\n\
          intercepted cgroup, so its connections go through the eBPF redirect and\n\
@@ -105,9 +106,88 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The figures of issue 13 from this run, beside their goals.
+fn goals(rows: &[Row], f: &bench_https::Figures, durable_per_s: f64) -> String {
+    let row = |name: &str| rows.iter().find(|r| r.name == name);
+    let ratio = |name: &str| {
+        row(name).map_or(f64::NAN, |r| {
+            if r.lower_is_better {
+                r.proxied / r.direct
+            } else {
+                r.direct / r.proxied
+            }
+        })
+    };
+    let mark = |ok: bool| if ok { "reached" } else { "**not reached**" };
+    let connect = ratio("connect + first byte, p50");
+    let bulk = row("bulk download throughput").map_or(f64::NAN, |r| r.proxied / r.direct);
+    let (fresh_me, fresh_nginx) = f.fresh_added_us;
+    let (rss_idle, rss_after) = f.rss_mib;
+    let lines = [
+        (
+            "HTTPS keep-alive requests/s vs nginx reverse proxy, 4 / 32 conns".to_string(),
+            format!("{:.2}x / {:.2}x", f.rps_ratio[0], f.rps_ratio[1]),
+            "≥ 1.0x",
+            f.rps_ratio.iter().all(|r| *r >= 1.0),
+        ),
+        (
+            "proxy CPU per request vs nginx, 4 / 32 conns".into(),
+            format!("{:.2}x / {:.2}x", f.cpu_ratio[0], f.cpu_ratio[1]),
+            "≤ 1.0x",
+            f.cpu_ratio.iter().all(|r| *r <= 1.0),
+        ),
+        (
+            "added p50 latency vs nginx's added p50".into(),
+            format!("{:.2}x", f.added_p50_ratio),
+            "≤ 1.0x",
+            f.added_p50_ratio <= 1.0,
+        ),
+        (
+            "TCP connect + first byte vs direct".into(),
+            format!("{connect:.2}x"),
+            "≤ 1.5x",
+            connect <= 1.5,
+        ),
+        (
+            "bulk TCP throughput vs direct".into(),
+            format!("{bulk:.2}x"),
+            "≥ 0.95x",
+            bulk >= 0.95,
+        ),
+        (
+            "fresh TLS connection, added p50 vs nginx's added".into(),
+            format!("{fresh_me:+.0} µs vs {fresh_nginx:+.0} µs"),
+            "≤ nginx",
+            fresh_me <= fresh_nginx,
+        ),
+        (
+            format!("daemon RSS idle / after {} requests", f.requests),
+            format!("{rss_idle:.1} / {rss_after:.1} MiB"),
+            "≤ 20 MiB / flat",
+            rss_idle <= 20.0 && rss_after <= rss_idle + 16.0,
+        ),
+        (
+            "durable audit records/s (`always`: fdatasync, group commit)".into(),
+            format!("{durable_per_s:.0}"),
+            "≥ 50k",
+            durable_per_s >= 50_000.0,
+        ),
+    ];
+    let mut out = String::from(
+        "## Against the goals (issue 13)\n\n\
+         From this run; each figure is explained in its section below.\n\n\
+         | figure | this run | goal | |\n|---|---:|---:|---|\n",
+    );
+    for (name, value, goal, ok) in lines {
+        out += &format!("| {name} | {value} | {goal} | {} |\n", mark(ok));
+    }
+    out
+}
+
 /// Masking throughput and durable audit appends, measured by the release
-/// binary itself (`interceptor diag`, hidden from --help).
-fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
+/// binary itself (`interceptor diag`, hidden from --help); also returns the
+/// durable (`always`) audit records per second.
+fn internals(bin: &std::path::Path, quick: bool) -> Result<(String, f64)> {
     let mib = if quick { "20" } else { "100" };
     eprintln!("measuring masking throughput ({mib} MiB JSON and text) and audit appends...");
     let mask: serde_json::Value =
@@ -117,13 +197,25 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
             "--mib",
             mib,
         ]))?)?;
-    let audit: serde_json::Value =
-        serde_json::from_str(&lab::output(std::process::Command::new(bin).args([
-            "diag",
-            "audit-rate",
-            "--seconds",
-            "3",
-        ]))?)?;
+    // On the disk the daemon's state would be on (target/, not a tmpfs).
+    let audit_dir = workspace_root().join("target");
+    let audit_rate = |sync: &str| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&lab::output(
+            std::process::Command::new(bin)
+                .args([
+                    "diag",
+                    "audit-rate",
+                    "--seconds",
+                    "3",
+                    "--sync",
+                    sync,
+                    "--dir",
+                ])
+                .arg(&audit_dir),
+        )?)?)
+    };
+    let audit = audit_rate("always")?;
+    let audit_interval = audit_rate("interval")?;
     let canon: serde_json::Value =
         serde_json::from_str(&lab::output(std::process::Command::new(bin).args([
             "diag",
@@ -139,7 +231,7 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
             if quick { "50000" } else { "200000" },
         ]))?)?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
-    Ok(format!(
+    let text = format!(
         "## Masking and audit\n\n\
          Measured by the release binary (`interceptor diag`): the streaming masker\n\
          with every built-in detector on and one injected secret, one core, 64 KiB\n\
@@ -155,8 +247,10 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
          bytes at a time as a token stream arrives; a response body's masking\n\
          has a CPU allowance (1 s + 200 ns a byte) past which it is cut off.\n\
          And audit records appended by {} concurrent\n\
-         writers, each waiting for its record to be flushed to disk (group\n\
-         commit), as the proxy does per request.\n\n\
+         writers, each waiting until its record is as durable as `audit_sync`\n\
+         promises, as the proxy does per request: with `always` an fdatasync\n\
+         that covers it (one sync for all who wait: group commit), with\n\
+         `interval` (the default) its `write(2)`.\n\n\
          | measure | value |\n|---|---:|\n\
          | masking, JSON, all detectors | {:.0} MiB/s per core, from memory {:.0} ({} values masked) |\n\
          | masking, text, all detectors | {:.0} MiB/s per core, from memory {:.0} ({} values masked) |\n\
@@ -165,7 +259,8 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
          | the injected secret escaped and one byte short, again and again, 3 bytes a push | {:.2} MiB/s |\n\
          | runs of backslashes, 3 bytes a push | {:.2} MiB/s |\n\
          | a run of `%` (held by the e-mail detector), 3 bytes a push | {:.1} MiB/s |\n\
-         | audit records written (durable) | {:.0} records/s (chain verified: {}) |\n\
+         | audit records, `audit_sync = \"always\"` (fdatasync before the answer) | {:.0} records/s (chain verified: {}) |\n\
+         | audit records, `audit_sync = \"interval\"` (in the kernel before the answer) | {:.0} records/s (chain verified: {}) |\n\
          | canonical request head (method + path), per request | {:.3} µs (copying the raw path: {:.3} µs) |\n\
          | token-stream (SSE) masking, added per event | {:.2} µs (the byte masker over the same bytes: {:.2} µs) |\n\n\
          The canonical head is computed once per request before the decision\n\
@@ -193,11 +288,14 @@ fn internals(bin: &std::path::Path, quick: bool) -> Result<String> {
         f(&mask["percent_run_mib_s"]),
         f(&audit["per_second"]),
         audit["chain_ok"],
+        f(&audit_interval["per_second"]),
+        audit_interval["chain_ok"],
         f(&canon["canonical_ns"]) / 1000.0,
         f(&canon["copy_ns"]) / 1000.0,
         f(&sse["sse_ns"]) / 1000.0,
         f(&sse["bytes_ns"]) / 1000.0,
-    ))
+    );
+    Ok((text, f(&audit["per_second"])))
 }
 
 /// The TCP rows: connect latency, keep-alive round trips, bulk throughput.

@@ -484,6 +484,15 @@ impl Setup {
     /// throughput and proxy CPU from several.
     fn measure(&self, lab: &Lab, wrk: &Path, secs: u64) -> Result<Sample> {
         let latency = self.wrk(lab, wrk, LATENCY_CONNECTIONS, secs)?;
+        // `Connection: close`: wrk opens a new connection (a full TLS
+        // handshake: wrk does not resume sessions) for every request.
+        let fresh = self.wrk_with(
+            lab,
+            wrk,
+            LATENCY_CONNECTIONS,
+            secs,
+            &["-H", "Connection: close"],
+        )?;
         let mut loads = [Load::default(); 2];
         for (load, conns) in loads.iter_mut().zip(LOAD_CONNECTIONS) {
             let cpu0 = self.proxy_pid.map(cpu_seconds);
@@ -501,21 +510,28 @@ impl Setup {
         Ok(Sample {
             p50_us: latency.p50_us,
             p99_us: latency.p99_us,
+            fresh_p50_us: fresh.p50_us,
             loads,
         })
     }
 
     fn wrk(&self, lab: &Lab, wrk: &Path, conns: &str, secs: u64) -> Result<Sample> {
+        self.wrk_with(lab, wrk, conns, secs, &[])
+    }
+
+    fn wrk_with(
+        &self,
+        lab: &Lab,
+        wrk: &Path,
+        conns: &str,
+        secs: u64,
+        extra: &[&str],
+    ) -> Result<Sample> {
         let duration = format!("{secs}s");
-        let args = [
-            "-t1",
-            "-c",
-            conns,
-            "-d",
-            &duration,
-            "--latency",
-            &self.url(),
-        ];
+        let url = self.url();
+        let mut args = vec!["-t1", "-c", conns, "-d", &duration, "--latency"];
+        args.extend_from_slice(extra);
+        args.push(&url);
         let out = self.run(lab, wrk.to_str().unwrap(), &args)?;
         parse_wrk(&out).with_context(|| format!("{}: wrk printed:\n{out}", self.name))
     }
@@ -525,6 +541,8 @@ impl Setup {
 struct Sample {
     p50_us: f64,
     p99_us: f64,
+    /// p50 of a request on a fresh connection (TLS handshake included).
+    fresh_p50_us: f64,
     /// At each of LOAD_CONNECTIONS.
     loads: [Load; 2],
 }
@@ -619,12 +637,91 @@ fn combine(samples: &[Sample]) -> Sample {
     Sample {
         p50_us: m(&|s| s.p50_us),
         p99_us: m(&|s| s.p99_us),
+        fresh_p50_us: m(&|s| s.fresh_p50_us),
         loads: [load(0), load(1)],
     }
 }
 
+/// What the goals of issue 13 are checked against (interceptor vs nginx).
+pub struct Figures {
+    /// Requests/s, interceptor ÷ nginx, at each of LOAD_CONNECTIONS.
+    pub rps_ratio: [f64; 2],
+    /// Proxy CPU per request, interceptor ÷ nginx.
+    pub cpu_ratio: [f64; 2],
+    /// Added p50 latency, interceptor ÷ nginx.
+    pub added_p50_ratio: f64,
+    /// Added p50 of a request on a fresh TLS connection (µs): interceptor, nginx.
+    pub fresh_added_us: (f64, f64),
+    /// Daemon RSS (MiB) when started and after `requests` requests.
+    pub rss_mib: (f64, f64),
+    pub requests: u64,
+}
+
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `interceptor_requests_total` from the daemon's metrics.
+fn requests_served(admin_port: u16) -> u64 {
+    let out = lab::output(
+        Command::new("curl").args(["-s", &format!("http://127.0.0.1:{admin_port}/metrics")]),
+    )
+    .unwrap_or_default();
+    out.lines()
+        .find_map(|l| l.strip_prefix("interceptor_requests_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Where the daemon's CPU goes under load: `perf` samples while wrk runs
+/// 32 connections through it; the top symbols, self time.
+fn profile(lab: &Lab, setup: &Setup, wrk: &Path, pid: u32) -> Result<String> {
+    let data = lab.dir.join("perf.data");
+    let mut perf = Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&data)
+        .args(["--", "sleep", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf")?;
+    setup.wrk(lab, wrk, LOAD_CONNECTIONS[1], 5)?;
+    perf.wait()?;
+    let report = lab::output(
+        Command::new("perf")
+            .arg("report")
+            .arg("-i")
+            .arg(&data)
+            .args([
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+                "--sort",
+                "dso,symbol",
+            ])
+            .args(["--percent-limit", "1"]),
+    )?;
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .take(30)
+        .collect();
+    Ok(lines.join("\n"))
+}
+
 /// Runs the HTTPS comparison; returns its Markdown section for BENCHMARKS.md.
-pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
+pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<(String, Figures)> {
     let lab = Lab::new(bin, "interceptor-bench-https", POLICY, 15211, 15210)?;
     let certs = make_certs(&lab.dir)?;
     let (up, ngx, mitm) = (free_port()?, free_port()?, free_port()?);
@@ -637,6 +734,8 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
     let mut mitmdump = mitmproxy(tools, &mitm_dir, &certs, mitm, up)?;
     mitmdump.wait_port(mitm, Duration::from_secs(60))?;
     let daemon = lab.start_daemon_with(&format!("upstream_ca_files = [{:?}]\n", certs.ca))?;
+    let daemon_pid = daemon.pid().context("the daemon's pid")?;
+    let rss_idle = rss_mib(daemon_pid);
 
     let setups = [
         Setup {
@@ -697,13 +796,42 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<String> {
             out.push(sample);
         }
     }
+    let figures_rss = (rss_idle, rss_mib(daemon_pid));
+    let requests = requests_served(lab.admin_port);
     let results: Vec<(&str, Sample)> = setups
         .iter()
         .zip(&samples)
         .map(|(s, v)| (s.name, combine(v)))
         .collect();
     let rounds = render_rounds(&setups, &samples);
-    Ok(report(&results, tools, plan) + &rounds)
+    eprintln!("profiling the daemon under load (perf)...");
+    let profile = match profile(&lab, &setups[1], &tools.wrk, daemon_pid) {
+        Ok(p) => format!(
+            "\n### Where the daemon's CPU goes\n\n\
+             `perf record -e cpu-clock -g` on the daemon for 4 s while wrk runs {} keep-alive\n\
+             connections through it (the `interceptor` setup); self time by symbol, above 1%:\n\n\
+             ```\n{p}\n```\n",
+            LOAD_CONNECTIONS[1]
+        ),
+        Err(e) => format!("\n(no profile: {e:#})\n"),
+    };
+    let (direct, me, nginx) = (results[0].1, results[1].1, results[3].1);
+    let ratio = |i: usize, f: &dyn Fn(&Load) -> f64| f(&me.loads[i]) / f(&nginx.loads[i]);
+    let figures = Figures {
+        rps_ratio: [ratio(0, &|l| l.rps), ratio(1, &|l| l.rps)],
+        cpu_ratio: [
+            ratio(0, &|l| l.cpu_us().unwrap_or(f64::NAN)),
+            ratio(1, &|l| l.cpu_us().unwrap_or(f64::NAN)),
+        ],
+        added_p50_ratio: (me.p50_us - direct.p50_us) / (nginx.p50_us - direct.p50_us),
+        fresh_added_us: (
+            me.fresh_p50_us - direct.fresh_p50_us,
+            nginx.fresh_p50_us - direct.fresh_p50_us,
+        ),
+        rss_mib: figures_rss,
+        requests,
+    };
+    Ok((report(&results, tools, plan) + &rounds + &profile, figures))
 }
 
 /// Every round's numbers, so a reader can see how noisy the medians are.
@@ -750,11 +878,12 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
          in the same run:\n\n\
          - **direct**;\n\
          - **interceptor**: wrk runs inside an intercepted cgroup (eBPF redirect);\n  \
-         TLS intercepted with a leaf from the interceptor's CA, policy decided,\n  \
-         logged and recorded (sled) per request, the decision appended to the\n  \
-         hash-chained audit log and flushed to disk before the response goes out\n  \
-         (group commit; most of the added latency), upstream TLS verified against\n  \
-         the test CA, upstream connections pooled;\n\
+         TLS intercepted with a leaf from the interceptor's CA, policy decided\n  \
+         and the decision appended to the hash-chained audit log (in the kernel\n  \
+         before the request goes upstream; `audit_sync = \"interval\"`, the\n  \
+         default: on disk within 5 ms), each request recorded in the session\n  \
+         index, upstream TLS verified against the test CA, upstream connections\n  \
+         pooled;\n\
          - **nginx** as a TLS-terminating reverse proxy: `worker_processes 1`,\n  \
          upstream `keepalive {}` (a pool as large as the most clients), TLS 1.3\n  \
          on both hops, `proxy_ssl_verify on` with the test CA, its\n  \
@@ -766,6 +895,9 @@ fn report(results: &[(&str, Sample)], tools: &Tools, plan: &Plan) -> String {
          terminated there). Latency (p50/p99) is from {LATENCY_CONNECTIONS} connection, one request in\n\
          flight, so it is what the proxy adds to a request and not queueing on the\n\
          2 shared cores; added = proxied - direct, ratio = proxied / direct.\n\
+         The fresh-connection column is wrk at one connection with `Connection:\n\
+         close`: every request opens a new TCP connection with a full TLS\n\
+         handshake (wrk resumes no session).\n\
          Requests/s is from {} and from {} connections; proxy CPU per request is\n\
          utime + stime of the proxy's processes (/proc) during that run divided by\n\
          the requests served. wrk and the upstream (`worker_processes\n\
@@ -788,8 +920,8 @@ fn render(results: &[(&str, Sample)]) -> String {
     let direct = results[0].1;
     let [few, many] = LOAD_CONNECTIONS;
     let mut out = format!(
-        "| setup | p50 | p99 | added p50 | added p99 | requests/s, {few} conns | requests/s, {many} conns | proxy CPU per request, {few} / {many} conns |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| setup | p50 | p99 | added p50 | added p99 | fresh TLS connection, p50 (added) | requests/s, {few} conns | requests/s, {many} conns | proxy CPU per request, {few} / {many} conns |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (name, s) in results {
         let added = |v: f64, d: f64| {
@@ -800,11 +932,17 @@ fn render(results: &[(&str, Sample)]) -> String {
             }
         };
         out += &format!(
-            "| {name} | {:.0} µs | {:.0} µs | {} | {} | {:.0} | {:.0} | {} |\n",
+            "| {name} | {:.0} µs | {:.0} µs | {} | {} | {:.0} µs{} | {:.0} | {:.0} | {} |\n",
             s.p50_us,
             s.p99_us,
             added(s.p50_us, direct.p50_us),
             added(s.p99_us, direct.p99_us),
+            s.fresh_p50_us,
+            if s.loads[0].proxy_cores.is_none() {
+                String::new()
+            } else {
+                format!(" ({:+.0} µs)", s.fresh_p50_us - direct.fresh_p50_us)
+            },
             s.loads[0].rps,
             s.loads[1].rps,
             cpu_pair(s),
