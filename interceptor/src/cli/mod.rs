@@ -110,6 +110,17 @@ enum PolicyCmd {
     Explain(policy::Explain),
 }
 
+/// Parses the command line and runs it; exits 1 or 2 on an error (see
+/// `exit`), saying why on stderr.
+pub fn main() {
+    use clap::Parser;
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("interceptor: error: {e:#}");
+        std::process::exit(exit::code(&e));
+    }
+}
+
 pub fn dispatch(cli: Cli) -> Result<()> {
     if !matches!(cli.cmd, Cmd::Run(_)) {
         // A command's output piped into `head` ends it quietly, as any
