@@ -697,27 +697,30 @@ fn profile(lab: &Lab, setup: &Setup, wrk: &Path, pid: u32) -> Result<String> {
         .context("starting perf")?;
     setup.wrk(lab, wrk, LOAD_CONNECTIONS[1], 5)?;
     perf.wait()?;
-    let report = lab::output(
-        Command::new("perf")
-            .arg("report")
-            .arg("-i")
-            .arg(&data)
-            .args([
-                "--stdio",
-                "--no-children",
-                "-g",
-                "none",
-                "--sort",
-                "dso,symbol",
-            ])
-            .args(["--percent-limit", "1"]),
-    )?;
-    let lines: Vec<&str> = report
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .take(30)
-        .collect();
-    Ok(lines.join("\n"))
+    // By thread first (which of the daemon's threads spends it), then by
+    // symbol.
+    let mut out = Vec::new();
+    for (sort, take) in [("comm", 10), ("dso,symbol", 30)] {
+        let report = lab::output(
+            Command::new("perf")
+                .arg("report")
+                .arg("-i")
+                .arg(&data)
+                .args(["--stdio", "--no-children", "-g", "none", "--sort", sort])
+                .args(["--percent-limit", "1"]),
+        )?;
+        out.push(format!("by {sort}:"));
+        out.extend(
+            report
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .take(take)
+                // perf pads its columns to the terminal width.
+                .map(|l| l.trim_end().to_string()),
+        );
+        out.push(String::new());
+    }
+    Ok(out.join("\n").trim_end().to_string())
 }
 
 /// Runs the HTTPS comparison; returns its Markdown section for BENCHMARKS.md.
@@ -809,7 +812,7 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<(String, Figures)> 
         Ok(p) => format!(
             "\n### Where the daemon's CPU goes\n\n\
              `perf record -e cpu-clock -g` on the daemon for 4 s while wrk runs {} keep-alive\n\
-             connections through it (the `interceptor` setup); self time by symbol, above 1%:\n\n\
+             connections through it (the `interceptor` setup); self time by thread and by symbol, above 1%:\n\n\
              ```\n{p}\n```\n",
             LOAD_CONNECTIONS[1]
         ),
