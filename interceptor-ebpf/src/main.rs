@@ -199,97 +199,118 @@ fn forget(ctx: &SockAddrContext) {
     let _ = BY_COOKIE.remove(cookie);
 }
 
-#[cgroup_sock_addr(connect4)]
-pub fn icpt_connect4(ctx: SockAddrContext) -> i32 {
+/// Where a connect is headed, as read from the socket address.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// An IPv4 socket's address (network byte order).
+    V4(u32),
+    /// An IPv6 socket connecting to a v4-mapped address (`::ffff:a.b.c.d`).
+    Mapped(u32),
+    V6([u32; 4]),
+}
+
+impl Dest {
+    /// The local host: where the proxy's own ports live.
+    #[inline(always)]
+    fn is_local(self) -> bool {
+        match self {
+            Dest::V4(ip) | Dest::Mapped(ip) => v4_is_local(ip),
+            Dest::V6(ip) => v6_is_local(&ip),
+        }
+    }
+
+    /// The address and family the record keeps (a v4-mapped destination
+    /// is recorded as the IPv4 address it is).
+    #[inline(always)]
+    fn recorded(self) -> ([u32; 4], u16) {
+        match self {
+            Dest::V4(ip) | Dest::Mapped(ip) => ([ip, 0, 0, 0], AF_INET),
+            Dest::V6(ip) => (ip, AF_INET6),
+        }
+    }
+}
+
+/// The one body of connect4 and connect6: refuse what the proxy cannot
+/// carry or must not be asked, remember the original destination under the
+/// socket's cookie, and point the socket at the proxy. `family` is a
+/// constant in each caller, so each program keeps only the context fields
+/// its attach type may touch (the verifier refuses `user_ip6` in connect4).
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, family: u32) -> i32 {
     let Some(cfg) = config() else { return REFUSE };
     let sa = unsafe { &mut *ctx.sock_addr };
-    if let Some(v) = gate(sa, cfg, AF_INET as u32) {
+    if let Some(v) = gate(sa, cfg, family) {
         if v == REFUSE {
-            forget(&ctx);
+            forget(ctx);
         }
         return v;
     }
-    let ip = sa.user_ip4;
+    let v6 = family == AF_INET6 as u32;
+    let dest = if v6 {
+        let ip = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
+        if v6_is_v4_mapped(&ip) {
+            Dest::Mapped(ip[3])
+        } else {
+            Dest::V6(ip)
+        }
+    } else {
+        Dest::V4(sa.user_ip4)
+    };
     let port = u16::from_be(sa.user_port as u16);
     // The proxy's own ports are never a workload's destination, on any
     // local address and whatever the socket did before (a restart replaces
     // these programs in place, so no second copy ever sees a rewritten
     // address).
-    if v4_is_local(ip) && is_protected(cfg, port) {
-        forget(&ctx);
+    if dest.is_local() && is_protected(cfg, port) {
+        forget(ctx);
         count(counters::REFUSED_PROTECTED);
         return REFUSE;
     }
     if !daemon_alive(cfg) {
-        forget(&ctx);
+        forget(ctx);
         count(counters::REFUSED_STALE);
         return REFUSE;
     }
-    if !remember(&ctx, [ip, 0, 0, 0], port, AF_INET, 0) {
+    let (addr, recorded_family) = dest.recorded();
+    if !remember(ctx, addr, port, recorded_family, v6 as u32) {
         count(counters::REFUSED_RECORD);
         return REFUSE;
     }
-    sa.user_ip4 = u32::to_be(0x7f00_0001);
+    // IPv4 goes to 127.0.0.1, v4-mapped to ::ffff:127.0.0.1 (the v4
+    // listener), IPv6 to ::1.
+    match dest {
+        Dest::V4(_) => sa.user_ip4 = u32::to_be(0x7f00_0001),
+        Dest::Mapped(_) => {
+            sa.user_ip6[0] = 0;
+            sa.user_ip6[1] = 0;
+            sa.user_ip6[2] = u32::to_be(0xffff);
+            sa.user_ip6[3] = u32::to_be(0x7f00_0001);
+        }
+        Dest::V6(_) => {
+            sa.user_ip6[0] = 0;
+            sa.user_ip6[1] = 0;
+            sa.user_ip6[2] = 0;
+            sa.user_ip6[3] = u32::to_be(1);
+        }
+    }
     sa.user_port = u16::to_be(cfg.proxy_port) as u32;
     count(counters::REDIRECTED);
     ALLOW
 }
 
+#[cgroup_sock_addr(connect4)]
+pub fn icpt_connect4(ctx: SockAddrContext) -> i32 {
+    redirect(&ctx, AF_INET as u32)
+}
+
 #[cgroup_sock_addr(connect6)]
 pub fn icpt_connect6(ctx: SockAddrContext) -> i32 {
-    let Some(cfg) = config() else { return REFUSE };
-    let sa = unsafe { &mut *ctx.sock_addr };
-    if let Some(v) = gate(sa, cfg, AF_INET6 as u32) {
-        if v == REFUSE {
-            forget(&ctx);
-        }
-        return v;
-    }
-    let ip = [
-        sa.user_ip6[0],
-        sa.user_ip6[1],
-        sa.user_ip6[2],
-        sa.user_ip6[3],
-    ];
-    let port = u16::from_be(sa.user_port as u16);
-    let mapped = v6_is_v4_mapped(&ip);
-    let local = if mapped {
-        v4_is_local(ip[3])
-    } else {
-        v6_is_local(&ip)
-    };
-    if local && is_protected(cfg, port) {
-        forget(&ctx);
-        count(counters::REFUSED_PROTECTED);
-        return REFUSE;
-    }
-    if !daemon_alive(cfg) {
-        forget(&ctx);
-        count(counters::REFUSED_STALE);
-        return REFUSE;
-    }
-    let stored = if mapped {
-        remember(&ctx, [ip[3], 0, 0, 0], port, AF_INET, 1)
-    } else {
-        remember(&ctx, ip, port, AF_INET6, 1)
-    };
-    if !stored {
-        count(counters::REFUSED_RECORD);
-        return REFUSE;
-    }
-    // v4-mapped goes to ::ffff:127.0.0.1 (the v4 listener), IPv6 to ::1.
-    sa.user_ip6[0] = 0;
-    sa.user_ip6[1] = 0;
-    if mapped {
-        sa.user_ip6[2] = u32::to_be(0xffff);
-        sa.user_ip6[3] = u32::to_be(0x7f00_0001);
-    } else {
-        sa.user_ip6[2] = 0;
-        sa.user_ip6[3] = u32::to_be(1);
-    }
-    sa.user_port = u16::to_be(cfg.proxy_port) as u32;
-    count(counters::REDIRECTED);
-    ALLOW
+    redirect(&ctx, AF_INET6 as u32)
 }
 
 /// UDP sendto()/sendmsg() with an explicit destination.
