@@ -4,7 +4,6 @@
 //!   (`/v1/sessions`), plus health and metrics.
 //! - Loopback TCP: health and metrics only. Workloads cannot reach it: its
 //!   port is protected in the kernel (connect refused, bind refused).
-use crate::proxy::Proxy;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -57,7 +56,19 @@ fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
-pub async fn serve_unix(listener: UnixListener, proxy: Arc<Proxy>) {
+/// What the admin API reads and acts on: the store, the counters, the
+/// kernel hooks' counters and the approval desk; never the proxy itself.
+pub struct AdminState {
+    pub store: Arc<crate::store::Store>,
+    pub stats: Arc<crate::metrics::Stats>,
+    pub kernel: Arc<crate::bpf::Hooks>,
+    pub oidc: Option<Arc<crate::identity::oidc::Validator>>,
+    pub approvals: Arc<crate::approval::Approvals>,
+    /// The group whose members may decide approvals.
+    pub approvers_group: Option<String>,
+}
+
+pub async fn serve_unix(listener: UnixListener, proxy: Arc<AdminState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -76,7 +87,7 @@ pub async fn serve_unix(listener: UnixListener, proxy: Arc<Proxy>) {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn serve_tcp(listener: TcpListener, proxy: Arc<AdminState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -85,7 +96,7 @@ pub async fn serve_tcp(listener: TcpListener, proxy: Arc<Proxy>) {
     }
 }
 
-fn spawn_conn<I>(io: I, proxy: Arc<Proxy>, surface: Surface, peer_uid: Option<u32>)
+fn spawn_conn<I>(io: I, proxy: Arc<AdminState>, surface: Surface, peer_uid: Option<u32>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -108,7 +119,7 @@ where
     });
 }
 
-fn route(req: Request<Incoming>, proxy: &Proxy, surface: Surface) -> Response<Full<Bytes>> {
+fn route(req: Request<Incoming>, proxy: &AdminState, surface: Surface) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -281,7 +292,7 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>>
 
 /// `POST /v1/approvals/ID/approve|deny` with `{"reason": ..., "window_s": ...}`,
 /// as the peer's account.
-async fn decide(req: Request<Incoming>, proxy: &Proxy, uid: u32) -> Response<Full<Bytes>> {
+async fn decide(req: Request<Incoming>, proxy: &AdminState, uid: u32) -> Response<Full<Bytes>> {
     let err = |status, msg: String| json(status, &serde_json::json!({ "error": msg }));
     let path = req
         .uri()
@@ -359,9 +370,9 @@ async fn decide(req: Request<Incoming>, proxy: &Proxy, uid: u32) -> Response<Ful
 }
 
 /// Prometheus text exposition.
-fn metrics(proxy: &Proxy) -> String {
+fn metrics(proxy: &AdminState) -> String {
     let s = &proxy.stats;
-    let k = proxy.hooks.counters();
+    let k = proxy.kernel.counters();
     let mut out = String::new();
     let mut put = |name: &str, help: &str, kind: &str, v: u64| {
         out.push_str(&format!(
@@ -397,7 +408,7 @@ fn metrics(proxy: &Proxy) -> String {
         "interceptor_connections_over_cap_total",
         "Connections refused because their workload held max_connections_per_workload.",
         "counter",
-        c(&proxy.limits.refused),
+        c(&s.over_cap),
     );
     put(
         "interceptor_upstream_errors_total",
@@ -508,7 +519,7 @@ fn metrics(proxy: &Proxy) -> String {
         "Programs found detached from a workload cgroup and re-attached.",
         "counter",
         proxy
-            .hooks
+            .kernel
             .tampered
             .load(std::sync::atomic::Ordering::Relaxed),
     );

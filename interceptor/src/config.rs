@@ -93,9 +93,7 @@ pub struct OidcFile {
     pub ca_files: Option<Vec<PathBuf>>,
 }
 
-/// How long a record may be only in the kernel with `audit_sync =
-/// "interval"` (what a power cut can lose).
-pub const DEFAULT_AUDIT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
+pub use crate::audit::log::DEFAULT_SYNC_INTERVAL as DEFAULT_AUDIT_SYNC_INTERVAL;
 
 /// Effective configuration of `interceptor run`.
 #[derive(Clone, Debug)]

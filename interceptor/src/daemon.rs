@@ -5,9 +5,10 @@ use crate::cgroup::{self, CgroupNames, WorkloadCgroup};
 use crate::config::{Config, LogFormat, Overrides, UdpMode};
 use crate::credentials::Credentials;
 use crate::identity::oidc::{OidcConfig, Validator};
+use crate::metrics::Stats;
 use crate::policy::Policy;
 use crate::proxy::upstream::Pool;
-use crate::proxy::{Clock, Proxy, Stats};
+use crate::proxy::{Clock, Proxy};
 use crate::store::Store;
 use crate::tls::Tls;
 use anyhow::{Context, Result, bail};
@@ -209,6 +210,9 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         max_connections_per_workload = per_workload,
         "connection limits"
     );
+    let stats = Arc::new(Stats::default());
+    let store = Arc::new(store);
+    let approvals = Arc::new(crate::approval::Approvals::default());
     let proxy = Arc::new(Proxy {
         hooks: hooks.clone(),
         names: CgroupNames::new(
@@ -217,12 +221,12 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         ),
         mark: cfg.proxy_mark,
         policy: RwLock::new(Arc::new(policy)),
-        store,
-        stats: Stats::default(),
+        store: store.clone(),
+        stats: stats.clone(),
         connect_timeout: cfg.connect_timeout,
         header_timeout: cfg.client_header_timeout,
         body_timeout: cfg.client_body_timeout,
-        limits: crate::proxy::intake::ConnLimits::new(per_workload),
+        limits: crate::proxy::intake::ConnLimits::new(per_workload, stats.clone()),
         body_budget: crate::memory_budget::BodyBudget::new(
             cfg.inspect_buffer_per_workload,
             cfg.inspect_buffer_total,
@@ -238,7 +242,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         oidc,
         user_header,
         clock,
-        approvals: Default::default(),
+        approvals: approvals.clone(),
         record_body_bytes: cfg.record_body_bytes,
         mask_cpu: crate::masking::cpu_allowance::MaskCpu::new(cfg.mask_cpu, cfg.mask_cpu_cores),
         approvers_group: cfg.approvers_group.clone(),
@@ -284,8 +288,16 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
     if let Some(v6) = v6 {
         tokio::spawn(proxy.clone().serve(v6));
     }
-    tokio::spawn(admin::serve_tcp(admin_tcp, proxy.clone()));
-    tokio::spawn(admin::serve_unix(admin_unix, proxy.clone()));
+    let admin_state = Arc::new(admin::AdminState {
+        store,
+        stats,
+        kernel: hooks.clone(),
+        oidc: proxy.oidc.clone(),
+        approvals,
+        approvers_group: cfg.approvers_group.clone(),
+    });
+    tokio::spawn(admin::serve_tcp(admin_tcp, admin_state.clone()));
+    tokio::spawn(admin::serve_unix(admin_unix, admin_state));
     // The signals are ours before anyone is told we are ready: a SIGTERM
     // right after READY=1 killed the daemon without its stopping steps
     // (seen in CI under load: no STOPPING=1, nothing detached).

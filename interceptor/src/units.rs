@@ -33,6 +33,14 @@ pub fn duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// Wall-clock time in unix milliseconds (0 before 1970), as records keep it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

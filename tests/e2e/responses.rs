@@ -70,6 +70,16 @@ fn serve(c: TcpStream) {
         let _ = w.write_all(&body);
         return;
     }
+    if path == "/big-echo" {
+        // Over the size masked whole: streams, chunked.
+        let body = format!("{}you sent {key}\n", "filler line\n".repeat(8192));
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
     if path == "/echo-encoded" {
         let body = encoded_echoes(&key).join("\n");
         let _ = write!(
@@ -307,6 +317,50 @@ fn encoded_echoes_of_the_secret_are_scrubbed_and_never_recorded() {
         let (_, sent) = echo.split_once(' ').unwrap();
         assert!(!rec.contains(sent), "recorded: {sent}");
     }
+}
+
+/// A masked answer the upstream sent with a length is still one with a
+/// length when small (masked whole: `Content-Length` is the masked
+/// length, not chunked), and streams chunked when large; the secret is
+/// scrubbed either way.
+#[test]
+fn small_masked_answers_keep_a_content_length() {
+    if !kernel_ready() {
+        return;
+    }
+    let (cg, up, _d) = lab("resplen", "detectors = [\"card\"]", "");
+    let fetch = |path: &str| {
+        let url = format!("http://127.0.0.1:{}{path}", up.addr.port());
+        let (ok, out, err) = run(
+            cg.command("curl", &["-sS", "-i", "--max-time", "10", &url]),
+            Duration::from_secs(20),
+        );
+        assert!(ok, "{err}");
+        let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(!body.contains(SECRET), "{path}: secret in {body}");
+        assert!(body.contains("REDACTED"), "{path}: not scrubbed: {body}");
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        (
+            header("content-length"),
+            header("transfer-encoding"),
+            body.len(),
+        )
+    };
+    let (len, te, n) = fetch("/echo-encoded");
+    assert_eq!(
+        len,
+        Some(n.to_string()),
+        "small: Content-Length of the masked body"
+    );
+    assert_eq!(te, None, "small: not chunked");
+    let (len, te, _) = fetch("/big-echo");
+    assert_eq!(len, None, "large: streamed");
+    assert_eq!(te.as_deref(), Some("chunked"), "large: chunked");
 }
 
 /// 128 MiB of zeros, compressed (a few hundred bytes of brotli, 250 KiB of

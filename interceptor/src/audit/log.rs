@@ -26,6 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// How long a record may be only in the kernel with `audit_sync =
+/// "interval"` (what a power cut can lose).
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(5);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncMode {
     /// Every record is on disk (fdatasync) before its effect is answered.
@@ -194,7 +198,7 @@ impl AuditLog {
         w.buf.resize(segment::HEADER, 0);
         let body = Body {
             seq,
-            ts_ms: crate::store::now_ms(),
+            ts_ms: crate::units::now_ms(),
             kind,
             data,
         };
@@ -240,21 +244,26 @@ impl AuditLog {
     /// Returns once record `seq` is as durable as `audit_sync` promises:
     /// at once for `interval`, after an fdatasync that covers it for
     /// `always`. An error means it cannot be promised: refuse its effect.
-    pub async fn durable(&self, seq: u64) -> Result<()> {
-        let s = &*self.shared;
-        if let SyncMode::Interval(_) = s.mode {
-            return s.check();
-        }
-        let mut rx = s.synced.subscribe();
-        let waited =
-            tokio::time::timeout(SYNC_TIMEOUT, rx.wait_for(|v| v.seq >= seq || v.failed)).await;
-        match waited {
-            Err(_) => bail!(
-                "the audit log was not synced to disk within {SYNC_TIMEOUT:?} (disk stalled?)"
-            ),
-            Ok(Err(_)) => bail!("the audit sync thread is gone"),
-            Ok(Ok(v)) if v.seq >= seq => Ok(()),
-            Ok(Ok(_)) => s.check(),
+    ///
+    /// The future owns what it waits on (it borrows nothing from the log),
+    /// so request futures that hold it stay plainly `Send`.
+    pub fn durable(&self, seq: u64) -> impl Future<Output = Result<()>> + Send + 'static {
+        let s = self.shared.clone();
+        async move {
+            if let SyncMode::Interval(_) = s.mode {
+                return s.check();
+            }
+            let mut rx = s.synced.subscribe();
+            let waited =
+                tokio::time::timeout(SYNC_TIMEOUT, rx.wait_for(|v| v.seq >= seq || v.failed)).await;
+            match waited {
+                Err(_) => bail!(
+                    "the audit log was not synced to disk within {SYNC_TIMEOUT:?} (disk stalled?)"
+                ),
+                Ok(Err(_)) => bail!("the audit sync thread is gone"),
+                Ok(Ok(v)) if v.seq >= seq => Ok(()),
+                Ok(Ok(_)) => s.check(),
+            }
         }
     }
 

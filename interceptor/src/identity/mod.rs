@@ -4,8 +4,24 @@
 pub mod oidc;
 
 use crate::cgroup::CgroupNames;
-use crate::store::Workload;
 use interceptor_common::ConnRecord;
+use serde::{Deserialize, Serialize};
+
+/// Who opened the connection, as the kernel and /proc told us.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Workload {
+    /// cgroup path relative to the cgroup2 mount ("skills.slice/foo.service").
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    /// Thread id and process id (tgid) that called connect().
+    pub tid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// /proc/PID/exe at accept time; empty when the process was already gone.
+    pub exe: String,
+    pub comm: String,
+}
 
 /// Builds the workload of a redirected connection. The cgroup is resolved
 /// from the kernel's cgroup id; exe and comm are read from /proc and are

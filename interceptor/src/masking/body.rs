@@ -2,7 +2,7 @@
 //! inspected, masked, and sent on as identity. JSON bodies with field paths
 //! are buffered up to the profile's limit (over it: an error, fail closed).
 use super::{Counts, StreamMasker};
-use crate::proxy::upstream::BoxError;
+use crate::BoxError;
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use std::io::Write;

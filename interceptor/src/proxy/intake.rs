@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 pub struct ConnLimits {
     max: usize,
     open: Mutex<HashMap<String, usize>>,
-    /// Refusals since start (metrics), and when one was last logged (a
-    /// flood would otherwise write a log line per connection).
-    pub refused: AtomicU64,
+    /// Refusals are counted in `stats.over_cap`; when one was last logged
+    /// (a flood would otherwise write a log line per connection).
+    stats: Arc<crate::metrics::Stats>,
     last_logged_ms: AtomicU64,
 }
 
@@ -23,11 +23,11 @@ pub struct Slot {
 }
 
 impl ConnLimits {
-    pub fn new(max: usize) -> Arc<ConnLimits> {
+    pub fn new(max: usize, stats: Arc<crate::metrics::Stats>) -> Arc<ConnLimits> {
         Arc::new(ConnLimits {
             max,
             open: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
+            stats,
             last_logged_ms: AtomicU64::new(0),
         })
     }
@@ -38,7 +38,7 @@ impl ConnLimits {
         let n = open.entry(workload.to_string()).or_insert(0);
         if *n >= self.max {
             drop(open);
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            let refused = self.stats.over_cap.fetch_add(1, Ordering::Relaxed) + 1;
             let now = crate::store::now_ms();
             let last = self.last_logged_ms.load(Ordering::Relaxed);
             if now.saturating_sub(last) >= 1000
@@ -50,7 +50,7 @@ impl ConnLimits {
                 tracing::warn!(
                     workload,
                     max = self.max,
-                    refused_total = self.refused.load(Ordering::Relaxed),
+                    refused_total = refused,
                     "connection refused: the workload holds max_connections_per_workload open \
                      connections (logged at most once a second)"
                 );
@@ -115,13 +115,13 @@ mod tests {
 
     #[test]
     fn slots_are_per_workload_and_come_back() {
-        let l = ConnLimits::new(2);
+        let l = ConnLimits::new(2, Default::default());
         let a1 = l.acquire("a").unwrap();
         let _a2 = l.acquire("a").unwrap();
         assert!(l.acquire("a").is_none());
         let _b = l.acquire("b").unwrap();
         drop(a1);
         assert!(l.acquire("a").is_some());
-        assert_eq!(l.refused.load(Ordering::Relaxed), 1);
+        assert_eq!(l.stats.over_cap.load(Ordering::Relaxed), 1);
     }
 }

@@ -25,39 +25,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-/// Counters for /metrics.
-#[derive(Default, Debug, serde::Serialize)]
-pub struct Stats {
-    pub accepted: AtomicU64,
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub unattributed: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub active: AtomicU64,
-    pub bytes_up: AtomicU64,
-    pub bytes_down: AtomicU64,
-    pub requests: AtomicU64,
-    /// HTTP exchanges from request to the end of the response body; a
-    /// stopping daemon waits for them (bounded), see [`Proxy::drain`].
-    #[serde(skip)]
-    pub in_flight: Arc<AtomicU64>,
-}
-
-/// Counts one HTTP exchange in flight while it lives.
-pub struct InFlight(Arc<AtomicU64>);
-
-impl InFlight {
-    pub fn new(counter: &Arc<AtomicU64>) -> InFlight {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub use crate::metrics::{InFlight, Stats};
 
 /// The time policy sees; tests may pin it (INTERCEPTOR_TEST_NOW).
 #[derive(Clone, Copy)]
@@ -88,8 +56,8 @@ pub struct Proxy {
     /// connections that carry it.
     pub mark: u32,
     pub policy: RwLock<Arc<Policy>>,
-    pub store: Store,
-    pub stats: Stats,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
     pub connect_timeout: Duration,
     /// First bytes, TLS handshake and each request head from a client
     /// within this. Waiting as long for a client's first bytes costs a
@@ -107,7 +75,7 @@ pub struct Proxy {
     /// Where users present their token (default Proxy-Authorization).
     pub user_header: ::http::HeaderName,
     pub clock: Clock,
-    pub approvals: crate::approval::Approvals,
+    pub approvals: Arc<crate::approval::Approvals>,
     /// Masked response bodies recorded per session, at most (bytes).
     pub record_body_bytes: u64,
     /// The CPU masking one body may use.
@@ -371,10 +339,8 @@ impl Proxy {
             seq: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
-            pending_counts: Default::default(),
             recorded: AtomicU64::new(0),
             record_cap: self.record_body_bytes,
-            pending_bodies: Default::default(),
         });
         let result = match &sni {
             None => serve_http(conn, ctx.clone(), self.header_timeout).await,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 pub type ReqBody = BoxBody<Bytes, BoxError>;
 
 /// Idle HTTP/1.1 connections kept per upstream.

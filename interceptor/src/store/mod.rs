@@ -7,21 +7,7 @@ use std::path::Path;
 mod index;
 pub use index::Ticket;
 
-/// Who opened the connection, as the kernel and /proc told us.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Workload {
-    /// cgroup path relative to the cgroup2 mount ("skills.slice/foo.service").
-    pub cgroup: String,
-    pub cgroup_id: u64,
-    /// Thread id and process id (tgid) that called connect().
-    pub tid: u32,
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// /proc/PID/exe at accept time; empty when the process was already gone.
-    pub exe: String,
-    pub comm: String,
-}
+pub use crate::identity::Workload;
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -157,9 +143,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            audit_sync: crate::audit::SyncMode::Interval(
-                crate::config::DEFAULT_AUDIT_SYNC_INTERVAL,
-            ),
+            audit_sync: crate::audit::SyncMode::Interval(crate::audit::log::DEFAULT_SYNC_INTERVAL),
             audit_segment_bytes: crate::audit::log::DEFAULT_SEGMENT_BYTES,
             cache_bytes: 8 << 20,
         }
@@ -437,8 +421,9 @@ impl Store {
     }
 
     /// Returns once record `seq` is as durable as `audit_sync` promises.
-    pub async fn durable(&self, seq: u64) -> Result<()> {
-        self.writer()?.durable(seq).await
+    pub fn durable(&self, seq: u64) -> impl Future<Output = Result<()>> + Send + 'static {
+        let wait = self.writer().map(|w| w.durable(seq));
+        async move { wait?.await }
     }
 
     /// Waits until the index thread has written what was sent before.
@@ -747,12 +732,7 @@ fn import_legacy_audit(db: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<(
     Ok(())
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::units::now_ms;
 
 #[cfg(test)]
 mod tests {
