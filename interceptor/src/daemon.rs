@@ -7,13 +7,12 @@ use crate::credentials::Credentials;
 use crate::identity::oidc::{OidcConfig, Validator};
 use crate::metrics::Stats;
 use crate::policy::Policy;
-use crate::proxy::upstream::Pool;
 use crate::proxy::{Clock, Proxy};
 use crate::store::Store;
 use crate::tls::Tls;
 use anyhow::{Context, Result, bail};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
@@ -213,45 +212,29 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
     let stats = Arc::new(Stats::default());
     let store = Arc::new(store);
     let approvals = Arc::new(crate::approval::Approvals::default());
-    let proxy = Arc::new(Proxy {
-        hooks: hooks.clone(),
-        names: CgroupNames::new(
-            mount.clone(),
-            cgroups.iter().map(|c| c.abs.clone()).collect(),
-        ),
-        mark: cfg.proxy_mark,
-        policy: RwLock::new(Arc::new(policy)),
-        store: store.clone(),
-        stats: stats.clone(),
-        connect_timeout: cfg.connect_timeout,
-        header_timeout: cfg.client_header_timeout,
-        body_timeout: cfg.client_body_timeout,
-        limits: crate::proxy::intake::ConnLimits::new(per_workload, stats.clone()),
-        body_budget: crate::memory_budget::BodyBudget::new(
-            cfg.inspect_buffer_per_workload,
-            cfg.inspect_buffer_total,
-        ),
-        upstreams: Pool::new(
-            tls.client.clone(),
-            cfg.connect_timeout,
-            cfg.proxy_mark,
-            hooks.clone(),
-        ),
-        tls,
-        credentials: Credentials::new(cfg.credentials_dir.clone()),
-        oidc,
-        user_header,
-        clock,
-        approvals: approvals.clone(),
-        record_body_bytes: cfg.record_body_bytes,
-        mask_cpu: crate::masking::cpu_allowance::MaskCpu::new(cfg.mask_cpu, cfg.mask_cpu_cores),
-        approvers_group: cfg.approvers_group.clone(),
-        max_pending_approvals: cfg.max_pending_approvals,
-        webhook,
-    });
+    let proxy = Proxy::new(
+        &cfg,
+        crate::proxy::Parts {
+            kernel: hooks.clone(),
+            names: CgroupNames::new(
+                mount.clone(),
+                cgroups.iter().map(|c| c.abs.clone()).collect(),
+            ),
+            policy,
+            store: store.clone(),
+            stats: stats.clone(),
+            tls,
+            oidc,
+            user_header,
+            clock,
+            approvals: approvals.clone(),
+            webhook,
+            connections_per_workload: per_workload,
+        },
+    );
 
     report_credentials(&proxy.policy.read().unwrap(), &proxy.credentials);
-    let hb = proxy.clone();
+    let hb = hooks.clone();
     // systemd's watchdog is fed by the same task as the kernel heartbeat:
     // if this task stalls, both notice.
     let watchdog = watchdog_enabled();
@@ -259,7 +242,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            match hb.hooks.beat() {
+            match hb.beat() {
                 Ok(()) if watchdog => {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
@@ -273,11 +256,11 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
     // Skills must run under uids nothing outside the workload uses (a
     // same-uid process outside can be ptraced and its sockets used).
     crate::hostcheck::spawn_shared_uid_watch(cgroups.clone());
-    crate::inbound::sync(&proxy, &mount, &cgroups);
-    if let Some(ring) = proxy.hooks.take_events() {
-        tokio::spawn(crate::inbound::record(proxy.clone(), ring));
+    crate::inbound::sync(&proxy, &hooks, &mount, &cgroups);
+    if let Some(ring) = hooks.take_events() {
+        tokio::spawn(crate::inbound::record(proxy.clone(), hooks.clone(), ring));
     }
-    let cgroup_watch = watch_cgroups(proxy.clone(), mount.clone(), cgroups.clone())?;
+    let cgroup_watch = watch_cgroups(proxy.clone(), hooks.clone(), mount.clone(), cgroups.clone())?;
     tokio::spawn(enforce_retention(
         proxy.clone(),
         cfg.retention,
@@ -323,7 +306,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
                 source.check();
                 reload(&proxy, &cfg);
-                crate::inbound::sync(&proxy, &mount, &cgroups);
+                crate::inbound::sync(&proxy, &hooks, &mount, &cgroups);
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
             Some(()) = policy_changed.recv() => {
@@ -331,7 +314,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while policy_changed.try_recv().is_ok() {}
                 reload(&proxy, &cfg);
-                crate::inbound::sync(&proxy, &mount, &cgroups);
+                crate::inbound::sync(&proxy, &hooks, &mount, &cgroups);
             }
         }
     }
@@ -358,7 +341,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
             "stopping; hooks detached, the workload connects directly now"
         );
     } else {
-        proxy.hooks.stop_beating()?;
+        hooks.stop_beating()?;
         tracing::info!(
             "stopping; hooks stay attached and refuse connects until the daemon is back"
         );
@@ -392,6 +375,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// keeps the inbound rules' cgroup list current.
 fn watch_cgroups(
     proxy: Arc<Proxy>,
+    hooks: Arc<Hooks>,
     mount: std::path::PathBuf,
     cgroups: Vec<WorkloadCgroup>,
 ) -> Result<CgroupWatch> {
@@ -421,7 +405,7 @@ fn watch_cgroups(
                 return;
             }
             for cg in &cgroups {
-                match proxy.hooks.ensure_attached(cg) {
+                match hooks.ensure_attached(cg) {
                     Ok(true) => {
                         tracing::warn!(cgroup = %cg.rel, "workload cgroup was re-created; hooks attached to the new one")
                     }
@@ -434,7 +418,7 @@ fn watch_cgroups(
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 continue;
             }
-            match proxy.hooks.verify() {
+            match hooks.verify() {
                 Ok(missing) => {
                     for t in missing {
                         tracing::error!(cgroup = %t.cgroup, program = t.program, "a kernel hook was detached from a workload cgroup; re-attached it");
@@ -448,7 +432,7 @@ fn watch_cgroups(
                     tracing::error!(error = %format!("{e:#}"), "could not verify the kernel hooks")
                 }
             }
-            crate::inbound::sync(&proxy, &mount, &cgroups);
+            crate::inbound::sync(&proxy, &hooks, &mount, &cgroups);
         }
     });
     Ok(CgroupWatch {

@@ -2,6 +2,7 @@
 //! workload socket unless the proxy sent it or an `[[inbound]]` rule allows
 //! it for that workload; this module turns the rules into the kernel's maps
 //! and records every connection a workload accepted by rule as a session.
+use crate::bpf::Hooks;
 use crate::cgroup::{CgroupNames, WorkloadCgroup};
 use crate::policy::{Action, Policy};
 use crate::proxy::Proxy;
@@ -83,11 +84,11 @@ pub fn cgroup_masks(policy: &Policy, mount: &Path, roots: &[WorkloadCgroup]) -> 
 
 /// Pushes the current policy's inbound rules and the matching cgroups to
 /// the kernel (at start, on reload, and as cgroups come and go).
-pub fn sync(proxy: &Proxy, mount: &Path, roots: &[WorkloadCgroup]) {
+pub fn sync(proxy: &Proxy, hooks: &Hooks, mount: &Path, roots: &[WorkloadCgroup]) {
     let policy = proxy.policy();
     let rules = kernel_rules(&policy);
     let cgroups = cgroup_masks(&policy, mount, roots);
-    if let Err(e) = proxy.hooks.set_inbound(&rules, &cgroups) {
+    if let Err(e) = hooks.set_inbound(&rules, &cgroups) {
         tracing::error!(error = %format!("{e:#}"), "could not update the kernel's inbound rules; inbound stays as it was");
     }
 }
@@ -103,7 +104,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// connection in a map from its SYN until this has recorded its end (the
 /// ring buffer only rings the bell), so a burst delays records, it does not
 /// lose them. A daemon that starts finds what its predecessor left.
-pub async fn record(proxy: Arc<Proxy>, ring: RingBuf<MapData>) {
+pub async fn record(proxy: Arc<Proxy>, hooks: Arc<Hooks>, ring: RingBuf<MapData>) {
     // SAFETY: the AsyncFd owns the ring buffer, so its fd stays open for as
     // long as it is registered.
     let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(ring) } {
@@ -131,20 +132,20 @@ pub async fn record(proxy: Arc<Proxy>, ring: RingBuf<MapData>) {
                 tick.tick().await;
             }
         }
-        sweep(&proxy, &mut open);
+        sweep(&proxy, &hooks, &mut open);
     }
 }
 
 /// One pass over the kernel's entries; returns how many records it wrote.
-fn sweep(proxy: &Proxy, open: &mut HashMap<u64, Session>) -> usize {
+fn sweep(proxy: &Proxy, hooks: &Hooks, open: &mut HashMap<u64, Session>) -> usize {
     let now = crate::bpf::monotonic_ns();
     let mut wrote = 0;
-    for (t, ev) in proxy.hooks.inbound_conns() {
+    for (t, ev) in hooks.inbound_conns() {
         match ev.kind {
             EVENT_INBOUND_PENDING
                 if now.saturating_sub(ev.since_ns) > PENDING_EXPIRY.as_nanos() as u64 =>
             {
-                proxy.hooks.forget_inbound(&t);
+                hooks.forget_inbound(&t);
             }
             EVENT_INBOUND_OPEN if !open.contains_key(&ev.cookie) => {
                 open.insert(ev.cookie, opened(proxy, &ev));
@@ -165,7 +166,7 @@ fn sweep(proxy: &Proxy, open: &mut HashMap<u64, Session>) -> usize {
                     open.insert(ev.cookie, s);
                     continue;
                 }
-                proxy.hooks.forget_inbound(&t);
+                hooks.forget_inbound(&t);
                 wrote += 1;
             }
             _ => {}

@@ -715,8 +715,9 @@ fn profile(lab: &Lab, setup: &Setup, wrk: &Path, pid: u32) -> Result<String> {
                 .lines()
                 .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
                 .take(take)
-                // perf pads its columns to the terminal width.
-                .map(|l| l.trim_end().to_string()),
+                // perf pads its columns to the terminal width and ends
+                // each line with empty columns shown as `-`.
+                .map(|l| l.trim_end_matches([' ', '-']).to_string()),
         );
         out.push(String::new());
     }

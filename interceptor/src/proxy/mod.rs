@@ -10,7 +10,10 @@ mod tcp;
 pub mod upstream;
 mod websocket;
 
-use crate::bpf::{Hooks, original_destination};
+#[cfg(test)]
+mod pipeline_tests;
+
+use crate::bpf::original_destination;
 use crate::cgroup::CgroupNames;
 use crate::credentials::Credentials;
 use crate::identity::{self, oidc::Validator};
@@ -26,6 +29,44 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 pub use crate::metrics::{InFlight, Stats};
+
+/// What the data path asks the kernel: where a redirected connection was
+/// headed and who opened it (the record its connect hook left), and
+/// whether a socket the proxy opened landed on a workload's own listener.
+/// `bpf::Hooks` answers in the daemon; the in-process tests stand in.
+pub trait Redirects: Send + Sync {
+    fn take_original(&self, peer: SocketAddr) -> Option<interceptor_common::ConnRecord>;
+    fn upstream_is_workload(&self, local: SocketAddr) -> Option<u64>;
+}
+
+impl Redirects for crate::bpf::Hooks {
+    fn take_original(&self, peer: SocketAddr) -> Option<interceptor_common::ConnRecord> {
+        crate::bpf::Hooks::take_original(self, peer)
+    }
+
+    fn upstream_is_workload(&self, local: SocketAddr) -> Option<u64> {
+        crate::bpf::Hooks::upstream_is_workload(self, local)
+    }
+}
+
+/// What a proxy is made of besides its configuration, built by the daemon
+/// (or a test) and handed over.
+pub struct Parts {
+    pub kernel: Arc<dyn Redirects>,
+    pub names: CgroupNames,
+    pub policy: Policy,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub tls: Tls,
+    pub oidc: Option<Arc<Validator>>,
+    /// Where users present their token.
+    pub user_header: ::http::HeaderName,
+    pub clock: Clock,
+    pub approvals: Arc<crate::approval::Approvals>,
+    pub webhook: Option<Arc<crate::webhook::Webhook>>,
+    /// `max_connections_per_workload`, resolved against the fd limit.
+    pub connections_per_workload: usize,
+}
 
 /// The time policy sees; tests may pin it (INTERCEPTOR_TEST_NOW).
 #[derive(Clone, Copy)]
@@ -49,7 +90,7 @@ impl Clock {
 
 /// Everything a connection handler reads; shared by all connections.
 pub struct Proxy {
-    pub hooks: Arc<Hooks>,
+    pub kernel: Arc<dyn Redirects>,
     pub names: CgroupNames,
     /// SO_MARK on every socket the proxy opens towards an upstream: a
     /// workload's own server (reached through the proxy) accepts only
@@ -87,6 +128,42 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    pub fn new(cfg: &crate::config::Config, p: Parts) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            kernel: p.kernel.clone(),
+            names: p.names,
+            mark: cfg.proxy_mark,
+            policy: RwLock::new(Arc::new(p.policy)),
+            store: p.store,
+            stats: p.stats.clone(),
+            connect_timeout: cfg.connect_timeout,
+            header_timeout: cfg.client_header_timeout,
+            body_timeout: cfg.client_body_timeout,
+            limits: intake::ConnLimits::new(p.connections_per_workload, p.stats),
+            body_budget: crate::memory_budget::BodyBudget::new(
+                cfg.inspect_buffer_per_workload,
+                cfg.inspect_buffer_total,
+            ),
+            upstreams: upstream::Pool::new(
+                p.tls.client.clone(),
+                cfg.connect_timeout,
+                cfg.proxy_mark,
+                p.kernel,
+            ),
+            tls: p.tls,
+            credentials: Credentials::new(cfg.credentials_dir.clone()),
+            oidc: p.oidc,
+            user_header: p.user_header,
+            clock: p.clock,
+            approvals: p.approvals,
+            record_body_bytes: cfg.record_body_bytes,
+            mask_cpu: crate::masking::cpu_allowance::MaskCpu::new(cfg.mask_cpu, cfg.mask_cpu_cores),
+            approvers_group: cfg.approvers_group.clone(),
+            max_pending_approvals: cfg.max_pending_approvals,
+            webhook: p.webhook,
+        })
+    }
+
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap().clone()
     }
@@ -135,7 +212,7 @@ impl Proxy {
         let _ = conn.set_nodelay(true);
 
         // attribute
-        let Some(rec) = self.hooks.take_original(peer) else {
+        let Some(rec) = self.kernel.take_original(peer) else {
             // Not redirected by our hooks (or the record is gone): never
             // forward what we cannot attribute.
             self.stats.unattributed.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +363,7 @@ impl Proxy {
             Ok(Ok(u)) => {
                 // Opaque TCP carries no credential; consume the kernel's note.
                 if let Ok(l) = u.local_addr() {
-                    let _ = self.hooks.upstream_is_workload(l);
+                    let _ = self.kernel.upstream_is_workload(l);
                 }
                 u
             }
@@ -518,7 +595,11 @@ pub async fn connect_marked(addr: SocketAddr, mark: u32) -> std::io::Result<TcpS
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    set_mark(&sock, mark)?;
+    // 0 is every socket's mark already (and setting it needs
+    // CAP_NET_ADMIN, which the in-process tests do not have).
+    if mark != 0 {
+        set_mark(&sock, mark)?;
+    }
     sock.connect(addr).await
 }
 

@@ -58,7 +58,7 @@ pub struct Pool {
     /// SO_MARK of the proxy's sockets (see `Proxy::mark`).
     mark: u32,
     /// Tells whether a new connection landed on a workload's socket.
-    hooks: Arc<crate::bpf::Hooks>,
+    hooks: Arc<dyn super::Redirects>,
     h1_idle: Mutex<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>>,
     h2: Mutex<HashMap<Key, http2::SendRequest<ReqBody>>>,
 }
@@ -68,7 +68,7 @@ impl Pool {
         tls: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
         mark: u32,
-        hooks: Arc<crate::bpf::Hooks>,
+        hooks: Arc<dyn super::Redirects>,
     ) -> Self {
         let mut h1 = (*tls).clone();
         h1.alpn_protocols = vec![b"http/1.1".to_vec()];

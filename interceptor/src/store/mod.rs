@@ -610,7 +610,6 @@ impl Store {
         Ok(n)
     }
 
-    /// The newest `limit` sessions, oldest first.
     /// The newest `limit` sessions matching `f`, oldest first.
     pub fn find(&self, f: &SessionFilter, limit: usize) -> Result<Vec<Session>> {
         self.settle();
