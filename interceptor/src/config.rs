@@ -66,6 +66,7 @@ struct File {
     allow_sockets: Option<Vec<String>>,
     proxy_mark: Option<u32>,
     conn_map_entries: Option<u32>,
+    worker_threads: Option<usize>,
 }
 
 /// `audit_sync`: what a record survives before its effect is answered.
@@ -160,6 +161,8 @@ pub struct Config {
     pub proxy_mark: u32,
     /// Capacity of the kernel's connection record maps (LRU).
     pub conn_map_entries: u32,
+    /// Threads of the proxy's async runtime (default: one per CPU).
+    pub worker_threads: usize,
 }
 
 impl Default for Config {
@@ -199,6 +202,7 @@ impl Default for Config {
             socket_kinds: interceptor_common::kinds::DEFAULT,
             proxy_mark: DEFAULT_PROXY_MARK,
             conn_map_entries: 65536,
+            worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -368,6 +372,12 @@ impl Config {
         if let Some(t) = &file.store_cache_size {
             c.store.cache_bytes = crate::units::size(t)
                 .map_err(|e| anyhow::anyhow!("config `store_cache_size`: {e}"))?;
+        }
+        if let Some(n) = file.worker_threads {
+            if !(1..=1024).contains(&n) {
+                bail!("config `worker_threads` must be between 1 and 1024");
+            }
+            c.worker_threads = n;
         }
         if let Some(kb) = file.record_body_kb {
             c.record_body_bytes = kb << 10;
@@ -602,6 +612,26 @@ mod tests {
         let c = Config::load(&o).unwrap();
         assert_eq!(c.listen_port, 15009);
         assert_eq!(c.cgroups, vec!["a".to_string()]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("icpt-cfg-wt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&f, "listen = \"15009\"\n").unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::load(&o).unwrap().worker_threads, cpus);
+        std::fs::write(&f, "worker_threads = 1\n").unwrap();
+        assert_eq!(Config::load(&o).unwrap().worker_threads, 1);
+        std::fs::write(&f, "worker_threads = 0\n").unwrap();
+        let err = format!("{:#}", Config::load(&o).unwrap_err());
+        assert!(err.contains("worker_threads"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

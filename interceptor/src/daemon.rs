@@ -28,6 +28,7 @@ pub fn run(o: Overrides) -> Result<()> {
     let started = crate::config::file_table(&o)?;
     init_logging(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
         .enable_all()
         .build()?;
     // An error is printed once, by main.
