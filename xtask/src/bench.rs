@@ -181,6 +181,18 @@ fn goals(rows: &[Row], f: &bench_https::Figures, durable_per_s: f64) -> String {
     for (name, value, goal, ok) in lines {
         out += &format!("| {name} | {value} | {goal} | {} |\n", mark(ok));
     }
+    if !f.cpu_split.is_empty() {
+        out += &format!(
+            "\nWhat is left, by the profile (below) of the daemon under 32 keep-alive \
+             HTTPS connections: its CPU went to {}. The session index is sled, \
+             written in batches off the request path but still the largest cost \
+             after the proxy itself; the runtime threads' share is TLS, hyper, \
+             policy and masking, and the kernel's context switches between the \
+             runtime's threads (`finish_task_switch` leads the symbols; one runtime \
+             thread, `worker_threads = 1`, costs less per request, see README).\n",
+            f.cpu_split
+        );
+    }
     out
 }
 

@@ -655,6 +655,50 @@ pub struct Figures {
     /// Daemon RSS (MiB) when started and after `requests` requests.
     pub rss_mib: (f64, f64),
     pub requests: u64,
+    /// Where the daemon's CPU went under load, from the profile's
+    /// per-thread split (empty without a profile).
+    pub cpu_split: String,
+}
+
+/// The profile's per-thread lines grouped by what the threads do: the
+/// proxy's runtime, the session index (its thread and sled's I/O
+/// threads), the audit log's sync thread, the rest.
+fn cpu_split(profile: &str) -> String {
+    let mut groups = [
+        ("the proxy's runtime threads", 0.0),
+        ("the session index (store-index and sled's threads)", 0.0),
+        ("the audit log's sync thread", 0.0),
+        ("other threads", 0.0),
+    ];
+    let by_comm = profile.split("by dso,symbol:").next().unwrap_or_default();
+    for line in by_comm.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(pct), Some(comm)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(pct) = pct.trim_end_matches('%').parse::<f64>() else {
+            continue;
+        };
+        let g = if comm.starts_with("tokio") {
+            0
+        } else if comm.starts_with("store-index") || comm.starts_with("sled") {
+            1
+        } else if comm.starts_with("audit") {
+            2
+        } else {
+            3
+        };
+        groups[g].1 += pct;
+    }
+    if groups.iter().all(|g| g.1 == 0.0) {
+        return String::new();
+    }
+    groups
+        .iter()
+        .filter(|g| g.1 > 0.0)
+        .map(|(name, pct)| format!("{name} {pct:.0}%"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Resident memory of a process, MiB.
@@ -809,14 +853,18 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<(String, Figures)> 
         .collect();
     let rounds = render_rounds(&setups, &samples);
     eprintln!("profiling the daemon under load (perf)...");
+    let mut split = String::new();
     let profile = match profile(&lab, &setups[1], &tools.wrk, daemon_pid) {
-        Ok(p) => format!(
-            "\n### Where the daemon's CPU goes\n\n\
+        Ok(p) => {
+            split = cpu_split(&p);
+            format!(
+                "\n### Where the daemon's CPU goes\n\n\
              `perf record -e cpu-clock -g` on the daemon for 4 s while wrk runs {} keep-alive\n\
              connections through it (the `interceptor` setup); self time by thread and by symbol, above 1%:\n\n\
              ```\n{p}\n```\n",
-            LOAD_CONNECTIONS[1]
-        ),
+                LOAD_CONNECTIONS[1]
+            )
+        }
         Err(e) => format!("\n(no profile: {e:#})\n"),
     };
     let (direct, me, nginx) = (results[0].1, results[1].1, results[3].1);
@@ -834,6 +882,7 @@ pub fn run(bin: &Path, tools: &Tools, plan: &Plan) -> Result<(String, Figures)> 
         ),
         rss_mib: figures_rss,
         requests,
+        cpu_split: split,
     };
     Ok((report(&results, tools, plan) + &rounds + &profile, figures))
 }
@@ -1027,4 +1076,20 @@ fn render_ratios(results: &[(&str, Sample)]) -> String {
         out += "\n";
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_cpu_split_groups_threads_by_what_they_do() {
+        let p = "by comm:\n    58.90%  tokio-rt-worker\n    17.46%  store-index\n     3.39%  audit-sync\n     \
+                 2.94%  sled-io-6\n     2.93%  sled-io-0\n     1.00%  interceptor\n\nby dso,symbol:\n    \
+                 17.46%  [kernel.kallsyms]  [k] finish_task_switch.isra.0\n";
+        assert_eq!(
+            super::cpu_split(p),
+            "the proxy's runtime threads 59%, the session index (store-index and sled's threads) 23%, \
+             the audit log's sync thread 3%, other threads 1%"
+        );
+        assert_eq!(super::cpu_split("by comm:\n\nby dso,symbol:\n"), "");
+    }
 }
