@@ -108,6 +108,9 @@ where
                     (&Method::POST, p, Some(uid)) if p.starts_with("/v1/approvals/") => {
                         decide(req, &proxy, uid).await
                     }
+                    (&Method::POST, "/v1/audit/exported", Some(uid)) => {
+                        exported(req, &proxy, uid).await
+                    }
                     _ => route(req, &proxy, surface),
                 };
                 Ok::<_, std::convert::Infallible>(resp)
@@ -366,6 +369,38 @@ async fn decide(req: Request<Incoming>, proxy: &AdminState, uid: u32) -> Respons
             err(StatusCode::CONFLICT, e.to_string())
         }
         Err(e) => err(StatusCode::FORBIDDEN, e.to_string()),
+    }
+}
+
+/// `POST /v1/audit/exported` with `{"through": SEQ}`: the caller's export
+/// has every record up to SEQ, so audit retention may remove them. Root
+/// only (an approver must not be able to age the log out).
+async fn exported(req: Request<Incoming>, proxy: &AdminState, uid: u32) -> Response<Full<Bytes>> {
+    let err = |status, msg: String| json(status, &serde_json::json!({ "error": msg }));
+    if uid != 0 {
+        return err(
+            StatusCode::FORBIDDEN,
+            "only root may mark the audit log exported".into(),
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        through: u64,
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return err(StatusCode::BAD_REQUEST, "body too large".into()),
+    };
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match proxy.store.mark_audit_exported(b.through) {
+        Ok(now) => json(StatusCode::OK, &serde_json::json!({ "exported": now })),
+        Err(e) => err(StatusCode::CONFLICT, format!("{e:#}")),
     }
 }
 

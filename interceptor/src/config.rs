@@ -54,6 +54,7 @@ struct File {
     max_pending_approvals: Option<usize>,
     approval_webhook: Option<String>,
     retention_days: Option<f64>,
+    audit_retention_days: Option<f64>,
     retention_max_mb: Option<u64>,
     audit_sync: Option<AuditSync>,
     audit_sync_interval: Option<String>,
@@ -145,6 +146,9 @@ pub struct Config {
     pub retention: Duration,
     /// Above this store size the oldest sessions go first.
     pub retention_max_bytes: u64,
+    /// Audit segments older than this may be removed once exported
+    /// (`audit export --mark-exported`); `None`: the log is kept whole.
+    pub audit_retention: Option<Duration>,
     /// The audit log's sync mode and segment size, sled's cache.
     pub store: crate::store::Options,
     /// Masked response bodies recorded per session, at most.
@@ -193,6 +197,7 @@ impl Default for Config {
             approval_webhook: None,
             retention: Duration::from_secs(30 * 86400),
             retention_max_bytes: 4 << 30,
+            audit_retention: None,
             store: Default::default(),
             record_body_bytes: 64 << 10,
             mask_cpu: Default::default(),
@@ -343,6 +348,12 @@ impl Config {
                 bail!("config `retention_days` must be positive");
             }
             c.retention = Duration::from_secs_f64(d * 86400.0);
+        }
+        if let Some(d) = file.audit_retention_days {
+            if !d.is_finite() || d <= 0.0 {
+                bail!("config `audit_retention_days` must be positive");
+            }
+            c.audit_retention = Some(Duration::from_secs_f64(d * 86400.0));
         }
         if let Some(mb) = file.retention_max_mb {
             c.retention_max_bytes = mb << 20;

@@ -266,6 +266,7 @@ async fn serve(cfg: Config, source: ConfigSource) -> Result<()> {
         proxy.clone(),
         cfg.retention,
         cfg.retention_max_bytes,
+        cfg.audit_retention,
     ));
     tokio::spawn(return_freed_memory());
     tokio::spawn(proxy.clone().serve(v4));
@@ -483,7 +484,12 @@ async fn return_freed_memory() {
     }
 }
 
-async fn enforce_retention(proxy: Arc<Proxy>, max_age: Duration, max_bytes: u64) {
+async fn enforce_retention(
+    proxy: Arc<Proxy>,
+    max_age: Duration,
+    max_bytes: u64,
+    audit_max_age: Option<Duration>,
+) {
     // Checked often enough for short test retentions, rarely enough to cost nothing.
     let every = (max_age / 4).clamp(Duration::from_millis(500), Duration::from_secs(300));
     let mut tick = tokio::time::interval(every);
@@ -498,6 +504,25 @@ async fn enforce_retention(proxy: Arc<Proxy>, max_age: Duration, max_bytes: u64)
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "retention removed old sessions"),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "retention failed"),
+        }
+        let Some(audit_max_age) = audit_max_age else {
+            continue;
+        };
+        let cutoff = crate::store::now_ms().saturating_sub(audit_max_age.as_millis() as u64);
+        match store.prune_audit(cutoff) {
+            Ok(p) if p.segments == 0 => {}
+            Ok(p) => {
+                tracing::info!(
+                    segments = p.segments,
+                    through = p.through,
+                    "audit retention removed exported segments"
+                );
+                let data = serde_json::json!({ "segments": p.segments, "through": p.through });
+                if let Err(e) = store.audit("audit_pruned", &data) {
+                    tracing::error!(error = %e, "could not append to the audit log");
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "audit retention failed"),
         }
     }
 }

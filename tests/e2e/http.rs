@@ -1252,6 +1252,13 @@ for n in range(1000):
     assert!(ok);
     let (ok, out, err) = cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
+    // An export that marks what it wrote: the daemon keeps the last record
+    // the reader has, which audit retention may then remove.
+    let (ok, out, err) = cli(&["audit", "export", "--mark-exported"]);
+    assert!(ok, "{err}");
+    let last = json(out.lines().last().unwrap())["seq"].as_u64().unwrap();
+    let mark = std::fs::read_to_string(s.cfg.dir.join("state/audit/exported")).unwrap();
+    assert_eq!(mark.trim().parse::<u64>().unwrap(), last, "{mark}");
     // The anchor kept before: nothing up to it was rewritten since.
     let (ok, out, err) = cli(&["audit", "verify", "--anchor", &anchor]);
     assert!(ok && out.contains("unchanged since"), "{out}{err}");

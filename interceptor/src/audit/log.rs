@@ -51,6 +51,16 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// A retention anchor: the last record of segments removed, `SEQ HASH`.
 const ANCHOR: &str = "anchor";
+/// The last record an operator's export confirmed it has (`audit export
+/// --mark-exported`): retention removes nothing after it.
+const EXPORTED: &str = "exported";
+
+/// What a retention pass removed: whole segments, through record `through`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub segments: usize,
+    pub through: u64,
+}
 
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -273,6 +283,31 @@ impl AuditLog {
         self.shared.check()
     }
 
+    /// Notes that records up to `seq` were exported (kept elsewhere), so
+    /// retention may remove them. Never moves back, never past the head.
+    pub fn mark_exported(&self, seq: u64) -> Result<u64> {
+        let _w = self.shared.writer.lock().unwrap();
+        let head = self.shared.written.load(Ordering::SeqCst);
+        if seq > head {
+            bail!("record {seq} is not written yet (the log's last record is {head})");
+        }
+        let dir = &self.shared.dir;
+        let now = exported(dir)?.max(seq);
+        write_atomically(dir, EXPORTED, &format!("{now}\n"))?;
+        Ok(now)
+    }
+
+    /// Removes the oldest segments whose records were all exported and
+    /// written before `before_ms` (unix ms), keeping a chain anchor.
+    pub fn prune(&self, before_ms: u64) -> Result<Pruned> {
+        self.shared.prune(before_ms)
+    }
+
+    /// The last record an export confirmed (0: none).
+    pub fn exported(&self) -> Result<u64> {
+        exported(&self.shared.dir)
+    }
+
     /// The last record written: its number and hash.
     pub fn head(&self) -> (u64, [u8; 32]) {
         let w = self.shared.writer.lock().unwrap();
@@ -325,6 +360,13 @@ impl Shared {
         tracing::error!(error = %why, "the audit log stopped taking records");
         self.failed.lock().unwrap().get_or_insert(why);
         self.synced.send_modify(|v| v.failed = true);
+    }
+
+    /// Removes what retention may: see [`prune_dir`]. Holds the writer so
+    /// no rotation happens meanwhile.
+    fn prune(&self, before_ms: u64) -> Result<Pruned> {
+        let _w = self.writer.lock().unwrap();
+        prune_dir(&self.dir, exported(&self.dir)?, before_ms)
     }
 
     /// Closes the full segment (synced first: the sync thread only ever
@@ -385,6 +427,85 @@ impl Shared {
             Err(e) => self.fail(format!("fdatasync failed: {e}")),
         }
     }
+}
+
+/// `name` in `dir` replaced by `text` as one step: written beside it,
+/// synced, renamed over it, the directory synced.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The last record an export confirmed (0: none).
+fn exported(dir: &Path) -> Result<u64> {
+    let path = dir.join(EXPORTED);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => t
+            .trim()
+            .parse()
+            .with_context(|| format!("{}: not a record number", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Retention: removes the oldest segments, never the one being written,
+/// while every record of each was exported (seq ≤ `exported`) and written
+/// before `before_ms`. First the anchor names the last record removed and
+/// its hash, so the chain verifies from there on and an anchor kept before
+/// still checks against the export that has its record; a crash between
+/// the anchor and the removals leaves segments before the anchor, which
+/// readers skip and the next pass removes.
+pub fn prune_dir(dir: &Path, exported: u64, before_ms: u64) -> Result<Pruned> {
+    let segs = segment::list(dir)?;
+    let (first, _) = anchor(dir)?;
+    let mut cut = None;
+    let mut remove = Vec::new();
+    for pair in segs.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        let last_seq = next_first - 1;
+        if last_seq < first {
+            remove.push(path.clone());
+            continue;
+        }
+        if last_seq > exported {
+            break;
+        }
+        let Some((_, frame)) = last_frame(path)?.0 else {
+            break;
+        };
+        let rec = frame.record()?;
+        if rec.seq != last_seq {
+            bail!(
+                "{}: ends at record {} but the next segment starts at {next_first}",
+                path.display(),
+                rec.seq
+            );
+        }
+        if rec.ts_ms >= before_ms {
+            break;
+        }
+        cut = Some((last_seq, frame.hash));
+        remove.push(path.clone());
+    }
+    if let Some((seq, hash)) = cut {
+        write_atomically(dir, ANCHOR, &format!("{seq} {}\n", super::hex(&hash)))?;
+    }
+    for p in &remove {
+        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    if !remove.is_empty() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(Pruned {
+        segments: remove.len(),
+        through: cut.map_or(first - 1, |c| c.0),
+    })
 }
 
 /// A new, empty segment, its directory entry on disk.
@@ -581,6 +702,61 @@ mod tests {
         let got = log.records(4, 0, 3).unwrap();
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert_eq!(got[0].data["n"], 4);
+        drop(log);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Retention removes whole segments only once exported and old
+    /// enough, never the current one; the chain then verifies from the
+    /// anchor, the writer goes on after it, and an anchor an operator kept
+    /// of a removed record no longer checks (its record is gone), while
+    /// one of a kept record does.
+    #[test]
+    fn retention_removes_exported_segments_and_keeps_an_anchor() {
+        let d = dir("prune");
+        let (log, _) = AuditLog::open(&d, SyncMode::Always, 300).unwrap();
+        for i in 0..12 {
+            log.append("request", &json!({"n": i})).unwrap();
+        }
+        let segs = segment::list(&d).unwrap();
+        assert!(segs.len() >= 4, "{segs:?}");
+        let future = crate::units::now_ms() + 60_000;
+        // Nothing exported: nothing removed, whatever the age.
+        assert_eq!(log.prune(future).unwrap(), Pruned::default());
+        // Exported into the middle of a segment: only whole segments before it go.
+        let third_first = segs[2].0;
+        assert_eq!(log.mark_exported(third_first).unwrap(), third_first);
+        assert!(log.mark_exported(99).is_err(), "past the head");
+        assert_eq!(
+            log.mark_exported(1).unwrap(),
+            third_first,
+            "never moves back"
+        );
+        // Too recent: kept.
+        assert_eq!(log.prune(0).unwrap(), Pruned::default());
+        let p = log.prune(future).unwrap();
+        assert_eq!(
+            p,
+            Pruned {
+                segments: 2,
+                through: third_first - 1
+            }
+        );
+        assert_eq!(segment::list(&d).unwrap().len(), segs.len() - 2);
+        let v = log.verify(12, true).unwrap();
+        assert!(v.problems.is_empty(), "{v:?}");
+        assert_eq!(v.records, 12 - (third_first - 1));
+        assert_eq!(log.records(0, 0, 100).unwrap()[0].seq, third_first);
+        // Everything exported: all but the segment being written go.
+        log.mark_exported(12).unwrap();
+        log.prune(future).unwrap();
+        assert_eq!(segment::list(&d).unwrap().len(), 1);
+        drop(log);
+        // The writer reopens after the anchor and the chain goes on.
+        let (log, _) = AuditLog::open(&d, SyncMode::Always, 300).unwrap();
+        assert_eq!(log.append("request", &json!({"n": 12})).unwrap(), 13);
+        let v = log.verify(13, true).unwrap();
+        assert!(v.problems.is_empty(), "{v:?}");
         drop(log);
         std::fs::remove_dir_all(&d).unwrap();
     }

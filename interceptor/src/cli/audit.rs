@@ -33,6 +33,10 @@ pub enum AuditCmd {
         /// Keep running and print new records as they are written
         #[arg(long)]
         follow: bool,
+        /// Once records are written out (stdout flushed), tell the daemon
+        /// they were exported, so `audit_retention_days` may remove them (root)
+        #[arg(long)]
+        mark_exported: bool,
         #[command(flatten)]
         target: StoreArgs,
     },
@@ -173,9 +177,32 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
             format,
             since,
             follow,
+            mark_exported,
             target,
         } => {
             let src = Source::open(target, &rt)?;
+            let mark = |through: u64| -> Result<()> {
+                let Source::Daemon(sock) = &src else {
+                    bail!("--mark-exported needs the running daemon (its admin socket)");
+                };
+                let (status, body) = rt
+                    .block_on(crate::admin::post(
+                        sock,
+                        "/v1/audit/exported",
+                        serde_json::json!({ "through": through }),
+                    ))?
+                    .context("the daemon went away")?;
+                if !status.is_success() {
+                    bail!(
+                        "marking records up to {through} exported: {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                Ok(())
+            };
+            if mark_exported && !matches!(src, Source::Daemon(_)) {
+                bail!("--mark-exported needs the running daemon (its admin socket)");
+            }
             let (mut after, since_ms) = match since.as_deref() {
                 None => (0, 0),
                 Some(s) => match s.parse::<u64>() {
@@ -192,6 +219,7 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
             loop {
                 let batch = src.records(&rt, after, since_ms, BATCH)?;
                 let mut lock = out.lock();
+                let before = after;
                 for r in &batch {
                     // A closed pipe (`| head`) ends the export quietly.
                     if writeln!(lock, "{}", crate::audit::format(r, format)).is_err() {
@@ -199,7 +227,14 @@ pub fn run(cmd: AuditCmd) -> Result<()> {
                     }
                     after = r.seq;
                 }
-                let _ = lock.flush();
+                // Only what reached the reader counts as exported.
+                if lock.flush().is_err() {
+                    return Ok(());
+                }
+                drop(lock);
+                if mark_exported && after > before {
+                    mark(after)?;
+                }
                 if batch.len() < BATCH {
                     if !follow {
                         return Ok(());

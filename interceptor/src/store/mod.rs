@@ -420,6 +420,17 @@ impl Store {
         Ok(t)
     }
 
+    /// Notes that the audit log's records up to `seq` were exported, so
+    /// `audit_retention_days` may remove them; returns the mark now.
+    pub fn mark_audit_exported(&self, seq: u64) -> Result<u64> {
+        self.writer()?.mark_exported(seq)
+    }
+
+    /// Removes exported audit segments written before `before_ms`.
+    pub fn prune_audit(&self, before_ms: u64) -> Result<crate::audit::log::Pruned> {
+        self.writer()?.prune(before_ms)
+    }
+
     /// Returns once record `seq` is as durable as `audit_sync` promises.
     pub fn durable(&self, seq: u64) -> impl Future<Output = Result<()>> + Send + 'static {
         let wait = self.writer().map(|w| w.durable(seq));
