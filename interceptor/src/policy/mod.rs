@@ -23,10 +23,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use time_window::TimeWindow;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What a rule decides; a record not yet decided says `Deny` (fail closed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
+    #[default]
     Deny,
     /// Hold the request until a human approves or denies it.
     Approve,

@@ -251,19 +251,11 @@ pub fn replay(
                     rule: opt_str("rule"),
                     reason: str_of("reason"),
                     injected: opt_str("injected"),
-                    masked: Default::default(),
-                    response_body: None,
-                    request_body: None,
-                    status: 0,
-                    bytes_up: 0,
-                    bytes_down: 0,
-                    messages_up: 0,
-                    messages_down: 0,
-                    duration_ms: 0,
                     error: Some(
                         "the daemon stopped before the request's outcome was recorded (rebuilt from the audit log)"
                             .into(),
                     ),
+                    ..Default::default()
                 };
                 trees.requests.insert(key, serde_json::to_vec(&rec)?)?;
                 rebuilt += 1;

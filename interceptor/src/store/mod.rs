@@ -51,7 +51,7 @@ pub struct Session {
 }
 
 /// One HTTP request, under its connection's session.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RequestRecord {
     pub session: u64,
     /// 1-based order on the connection.

@@ -130,21 +130,7 @@ impl HttpConn {
                 .path_and_query()
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_default(),
-            user: None,
-            decision: Action::Deny,
-            rule: None,
-            reason: String::new(),
-            injected: None,
-            masked: Default::default(),
-            response_body: None,
-            request_body: None,
-            status: 0,
-            bytes_up: 0,
-            bytes_down: 0,
-            messages_up: 0,
-            messages_down: 0,
-            duration_ms: 0,
-            error: None,
+            ..Default::default()
         };
         let mut ctx = RequestCtx {
             rec,
